@@ -1,0 +1,118 @@
+//! The JSON error shape of every HTTP API, and bearer-token checking.
+//!
+//! [`ApiError`] is the one place an error becomes a public answer: it carries
+//! a stable `code` and a message written for the caller. Internal causes are
+//! logged where they happen and never put into an `ApiError`'s message; use
+//! [`ApiError::internal`] for those, which logs and answers a fixed text.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid 'Authorization: Bearer <token>' header is required",
+        )
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// Logs `cause` for the operator and answers a fixed, detail-free 500.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the operator's logs have the details",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A bearer token, kept only as its SHA-256 digest.
+#[derive(Clone)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Checks an `Authorization` header value in constant time (over the
+    /// digests, so the token's length leaks nothing either).
+    pub fn verify_header(&self, header: Option<&str>) -> bool {
+        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        presented.ct_eq(&self.0).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_check() {
+        let h = TokenHash::of("s3cret");
+        assert!(h.verify_header(Some("Bearer s3cret")));
+        assert!(!h.verify_header(Some("Bearer s3cre")));
+        assert!(!h.verify_header(Some("s3cret")));
+        assert!(!h.verify_header(Some("Basic s3cret")));
+        assert!(!h.verify_header(None));
+    }
+}

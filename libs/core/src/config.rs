@@ -1,0 +1,222 @@
+//! Process configuration: an optional TOML file (`PICLOUD_CONFIG`), then
+//! environment variables, which win.
+//!
+//! One struct serves every role; each role reads the fields it needs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::{DEFAULT_MAX_SOURCE_BYTES, Limits};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Postgres URL. Absent in `picloud up`: a private cluster is started.
+    pub database_url: Option<String>,
+    /// NATS URL. Absent in `picloud up`: a private `nats-server -js` is started.
+    pub nats_url: Option<String>,
+    /// Where HTTP is served.
+    pub listen: SocketAddr,
+    /// The admin API's bearer token. Only its SHA-256 is kept in memory.
+    pub admin_token: Option<String>,
+    /// Where `picloud up` keeps its private servers' data.
+    pub data_dir: PathBuf,
+    /// Namespace for every NATS subject, stream and bucket name: several
+    /// installations (or tests) can share one NATS server.
+    pub prefix: String,
+    /// Executor worker threads (0 = one per core).
+    pub workers: usize,
+    /// Invocations an executor accepts beyond busy workers before it rejects.
+    pub queue_depth: usize,
+    /// Largest HTTP request body the gateway accepts, in bytes.
+    pub max_request_bytes: usize,
+    /// Largest script source a deploy accepts, in bytes.
+    pub max_source_bytes: usize,
+    /// Extra time the gateway waits past a script's wall-time limit.
+    pub deadline_grace_ms: u64,
+    /// Defaults for every script.
+    pub limits: Limits,
+    /// Ceilings for per-script overrides.
+    pub max_limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            nats_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_token: None,
+            data_dir: default_data_dir(),
+            prefix: "picloud".into(),
+            workers: 0,
+            queue_depth: 256,
+            max_request_bytes: 1 << 20,
+            max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
+            deadline_grace_ms: 1_000,
+            limits: Limits::default(),
+            max_limits: Limits::default_maxima(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+}
+
+impl Config {
+    /// Reads `PICLOUD_CONFIG` (if set) and then the `PICLOUD_*` variables.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut config = match std::env::var_os("PICLOUD_CONFIG") {
+            Some(path) => Self::from_file(Path::new(&path))?,
+            None => Self::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Applies environment overrides; `get` is injectable for tests.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var,
+                reason: e.to_string(),
+            })
+        }
+        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = non_empty("PICLOUD_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_NATS_URL") {
+            self.nats_url = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_LISTEN") {
+            self.listen = parse("PICLOUD_LISTEN", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_PREFIX") {
+            self.prefix = v;
+        }
+        if let Some(v) = non_empty("PICLOUD_WORKERS") {
+            self.workers = parse("PICLOUD_WORKERS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_QUEUE_DEPTH") {
+            self.queue_depth = parse("PICLOUD_QUEUE_DEPTH", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_MAX_REQUEST_BYTES") {
+            self.max_request_bytes = parse("PICLOUD_MAX_REQUEST_BYTES", &v)?;
+        }
+        self.validate()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ok = !self.prefix.is_empty()
+            && self.prefix.len() <= 32
+            && self
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            return Err(ConfigError::Env {
+                var: "PICLOUD_PREFIX",
+                reason: "use 1-32 ASCII letters, digits, '-' or '_'".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Worker threads to start: the configured number, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    // As root, a home directory is usually closed to the unprivileged user
+    // that must own the private Postgres cluster: use /var/lib instead.
+    if is_root() {
+        return PathBuf::from("/var/lib/picloud");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("picloud");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/picloud"),
+        None => PathBuf::from(".picloud"),
+    }
+}
+
+fn is_root() -> bool {
+    // Without libc: /proc/self/status carries the real and effective uids.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_values() {
+        let mut c: Config = toml::from_str("prefix = \"a\"\nworkers = 3\n[limits]\nwall_time_ms = 10\n").unwrap();
+        assert_eq!(c.limits.wall_time_ms, 10);
+        c.apply_env(|k| match k {
+            "PICLOUD_PREFIX" => Some("b".into()),
+            "PICLOUD_LISTEN" => Some("0.0.0.0:9000".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.prefix, "b");
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn bad_env_is_named() {
+        let err = Config::default()
+            .apply_env(|k| (k == "PICLOUD_LISTEN").then(|| "nope".into()))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("invalid PICLOUD_LISTEN"), "{err}");
+        let err = Config::default()
+            .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| "a.b".into()))
+            .unwrap_err();
+        assert!(err.to_string().contains("PICLOUD_PREFIX"), "{err}");
+    }
+}

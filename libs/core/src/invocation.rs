@@ -1,0 +1,185 @@
+//! What travels between the roles for one invocation.
+//!
+//! `InvocationRequest` goes gateway → executor, `InvocationReply` comes back,
+//! and `InvocationRecord` goes executor → manager (batched, off the hot path).
+//! All are JSON on the wire.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What started an invocation (`event.kind` in scripts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Http,
+    Cron,
+    Event,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Http => "http",
+            Trigger::Cron => "cron",
+            Trigger::Event => "event",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+/// The `event` value every script sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventInput {
+    pub id: Uuid,
+    pub kind: Trigger,
+    pub topic: Option<String>,
+    pub payload: serde_json::Value,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub attempt: u32,
+    pub trace_id: Uuid,
+}
+
+/// The `request` value of an HTTP invocation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpRequestInput {
+    pub method: String,
+    /// The path below `/fn/{name}`, starting with `/` (`/` when none).
+    pub path: String,
+    pub params: BTreeMap<String, String>,
+    pub query: BTreeMap<String, String>,
+    /// Lower-case names; repeated headers joined with ", ".
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRequest {
+    pub id: Uuid,
+    pub script: String,
+    pub version: u32,
+    /// Absolute deadline; an executor drops the job once it has passed
+    /// (the caller has given up).
+    pub deadline_unix_ms: i64,
+    pub event: EventInput,
+    pub request: Option<HttpRequestInput>,
+}
+
+/// An HTTP-shaped result of a successful script.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// Why an invocation produced no response. The `message` is already safe for
+/// a public caller; details stay in the invocation record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    Response(ScriptResponse),
+    /// The script failed (runtime error, thrown value, bad result).
+    ScriptError { message: String },
+    /// A sandbox limit ended the script; `message` names the limit.
+    LimitExceeded { message: String },
+    /// The executor could not take the job (saturated, script missing).
+    Unavailable { message: String },
+    /// The job's deadline passed before it could start.
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationReply {
+    pub id: Uuid,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationStatus {
+    Ok,
+    Error,
+    LimitExceeded,
+    Unavailable,
+    Expired,
+}
+
+impl InvocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationStatus::Ok => "ok",
+            InvocationStatus::Error => "error",
+            InvocationStatus::LimitExceeded => "limit_exceeded",
+            InvocationStatus::Unavailable => "unavailable",
+            InvocationStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Ok,
+            Self::Error,
+            Self::LimitExceeded,
+            Self::Unavailable,
+            Self::Expired,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+impl Outcome {
+    pub fn status(&self) -> InvocationStatus {
+        match self {
+            Outcome::Response(_) => InvocationStatus::Ok,
+            Outcome::ScriptError { .. } => InvocationStatus::Error,
+            Outcome::LimitExceeded { .. } => InvocationStatus::LimitExceeded,
+            Outcome::Unavailable { .. } => InvocationStatus::Unavailable,
+            Outcome::Expired => InvocationStatus::Expired,
+        }
+    }
+}
+
+/// The durable record of one invocation, written by the manager.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub id: Uuid,
+    pub script: String,
+    pub version: u32,
+    pub trigger: Trigger,
+    pub status: InvocationStatus,
+    /// The HTTP status the script answered with, when it answered.
+    pub http_status: Option<u16>,
+    pub started_at: DateTime<Utc>,
+    pub duration_us: u64,
+    /// Captured `log`/`print` output, capped by the script's limit.
+    pub log: String,
+    /// The full error, for the operator only.
+    pub error: Option<String>,
+    pub executor: String,
+    pub trace_id: Uuid,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips() {
+        for s in [
+            InvocationStatus::Ok,
+            InvocationStatus::Error,
+            InvocationStatus::LimitExceeded,
+            InvocationStatus::Unavailable,
+            InvocationStatus::Expired,
+        ] {
+            assert_eq!(InvocationStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(InvocationStatus::parse("nope"), None);
+    }
+}

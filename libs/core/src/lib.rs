@@ -1,0 +1,39 @@
+//! PiCloud's shared vocabulary.
+//!
+//! Everything more than one role must agree on lives here, and nothing else:
+//!
+//! - [`name`]: validated script names ([`ScriptName`]).
+//! - [`limits`]: per-invocation sandbox limits, operator maxima and per-script
+//!   overrides ([`Limits`], [`LimitOverrides`]).
+//! - [`invocation`]: what travels between gateway, executor and manager: the
+//!   invocation request, its reply and its record.
+//! - [`config`]: the process configuration (environment and optional TOML).
+//! - [`api`]: the JSON error shape and the one place where errors are redacted
+//!   before a caller sees them; bearer-token checking.
+//!
+//! Architecture invariant: this crate performs no I/O. It knows nothing of NATS
+//! subjects (the bus crate owns them) or SQL (the store crate owns it).
+
+pub mod api;
+pub mod config;
+pub mod invocation;
+pub mod limits;
+pub mod name;
+
+pub use config::Config;
+pub use invocation::{
+    EventInput, HttpRequestInput, InvocationRecord, InvocationReply, InvocationRequest,
+    InvocationStatus, Outcome, ScriptResponse, Trigger,
+};
+pub use limits::{LimitOverrides, Limits};
+pub use name::{NameError, ScriptName};
+pub use uuid::Uuid;
+
+/// Graceful-shutdown signal shared by every task of a process: cancel it once,
+/// every role drains and returns.
+pub type Shutdown = tokio_util::sync::CancellationToken;
+
+/// Milliseconds since the Unix epoch, the unit of every deadline on the wire.
+pub fn now_unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

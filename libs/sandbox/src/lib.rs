@@ -1,0 +1,290 @@
+//! The Rhai sandbox.
+//!
+//! A [`Sandbox`] owns one Rhai [`Engine`] configured for untrusted code: no
+//! `eval`, no file-system module resolver, `print`/`debug`/`log` captured into
+//! a capped per-invocation log, every limit of [`Limits`] applied, and a
+//! wall-clock deadline enforced through the progress callback. It is meant to
+//! live on one thread (an executor worker, or the manager's compile thread)
+//! and serve one invocation at a time.
+//!
+//! - [`Sandbox::compile`] parses a script under the limits, running none of it.
+//! - [`Sandbox::run`] evaluates a cached [`AST`] with a fresh scope holding
+//!   `event` and `request`, and maps the program's value to a
+//!   [`ScriptResponse`] (see [`response`]).
+//!
+//! Architecture invariant: this crate knows nothing of NATS, Postgres or HTTP
+//! servers. It takes an invocation's inputs and returns its outcome.
+
+mod capture;
+pub mod response;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use picloud_core::{
+    EventInput, HttpRequestInput, Limits, Outcome, ScriptResponse,
+};
+pub use rhai::AST;
+use rhai::{Dynamic, Engine, EvalAltResult, Scope};
+
+use capture::Capture;
+
+/// How often (in Rhai operations) the progress callback reads the clock.
+/// Reading it on every operation would cost more than the operation.
+const CLOCK_CHECK_EVERY: u64 = 256;
+
+/// A compile error with the position users need to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (line {line}, column {column})")]
+pub struct CompileError {
+    pub message: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// What one run produced: the outcome for the caller, and the details for
+/// the invocation record.
+#[derive(Debug)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    /// Captured `log`/`print`/`debug` output.
+    pub log: String,
+    /// The full error text, for the operator.
+    pub error: Option<String>,
+}
+
+pub struct Sandbox {
+    engine: Engine,
+    capture: Arc<Capture>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        let capture = Arc::new(Capture::default());
+        let mut engine = Engine::new();
+
+        // Close what a default engine leaves open.
+        engine.disable_symbol("eval");
+        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+
+        {
+            let c = capture.clone();
+            engine.on_print(move |s| c.line(s));
+            let c = capture.clone();
+            engine.on_debug(move |s, _, _| c.line(s));
+            let c = capture.clone();
+            engine.register_fn("log", move |msg: Dynamic| c.line(&msg.to_string()));
+            let c = capture.clone();
+            engine.on_progress(move |ops| {
+                if ops % CLOCK_CHECK_EVERY == 0 && c.deadline_passed() {
+                    Some(Dynamic::from(DEADLINE_TOKEN))
+                } else {
+                    None
+                }
+            });
+        }
+        response::register(&mut engine);
+
+        let mut sandbox = Self { engine, capture };
+        sandbox.apply_limits(&Limits::default());
+        sandbox
+    }
+
+    fn apply_limits(&mut self, l: &Limits) {
+        let e = &mut self.engine;
+        e.set_max_operations(l.max_operations);
+        e.set_max_call_levels(l.max_call_depth);
+        e.set_max_expr_depths(l.max_expr_depth, l.max_function_expr_depth);
+        e.set_max_string_size(l.max_string_bytes);
+        e.set_max_array_size(l.max_array_len);
+        e.set_max_map_size(l.max_map_len);
+        e.set_max_variables(l.max_variables);
+        e.set_max_functions(l.max_functions);
+        // Modules arrive with the shared-modules work; until then none loads.
+        e.set_max_modules(0);
+    }
+
+    /// Parses `source` under `limits`. Runs no script code.
+    pub fn compile(&mut self, source: &str, limits: &Limits) -> Result<AST, CompileError> {
+        self.apply_limits(limits);
+        self.engine.compile(source).map_err(|e| {
+            let pos = e.position();
+            CompileError {
+                message: e.err_type().to_string(),
+                line: pos.line().unwrap_or(0),
+                column: pos.position().unwrap_or(0),
+            }
+        })
+    }
+
+    /// Runs `ast` once with a fresh scope, under `limits`, until `deadline`
+    /// at the latest.
+    pub fn run(
+        &mut self,
+        ast: &AST,
+        limits: &Limits,
+        deadline: Instant,
+        event: &EventInput,
+        request: Option<&HttpRequestInput>,
+    ) -> RunResult {
+        self.apply_limits(limits);
+        let wall = Instant::now() + Duration::from_millis(limits.wall_time_ms);
+        self.capture.begin(deadline.min(wall), limits.max_log_bytes);
+
+        let mut scope = Scope::new();
+        scope.push_constant_dynamic("event", event_value(event));
+        scope.push_constant_dynamic("request", request.map_or(Dynamic::UNIT, request_value));
+
+        let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        let log = self.capture.finish();
+        match evaluated {
+            Ok(value) => match response::from_value(value, limits) {
+                Ok(resp) => ok(resp, log),
+                Err(fail) => fail.into_result(log),
+            },
+            Err(err) => classify(*err, limits).into_result(log),
+        }
+    }
+}
+
+fn ok(resp: ScriptResponse, log: String) -> RunResult {
+    RunResult {
+        outcome: Outcome::Response(resp),
+        log,
+        error: None,
+    }
+}
+
+/// The value returned by the progress callback when the clock runs out.
+const DEADLINE_TOKEN: &str = "picloud:deadline";
+
+/// A failed run, before it becomes a [`RunResult`].
+pub(crate) struct Failure {
+    /// Safe for the caller.
+    public: String,
+    /// For the operator.
+    detail: String,
+    limit: bool,
+}
+
+impl Failure {
+    pub(crate) fn script(detail: impl Into<String>) -> Self {
+        Self {
+            public: "the script failed".into(),
+            detail: detail.into(),
+            limit: false,
+        }
+    }
+
+    pub(crate) fn limit(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            public: name.into(),
+            detail: detail.into(),
+            limit: true,
+        }
+    }
+
+    fn into_result(self, log: String) -> RunResult {
+        let outcome = if self.limit {
+            Outcome::LimitExceeded {
+                message: self.public,
+            }
+        } else {
+            Outcome::ScriptError {
+                message: self.public,
+            }
+        };
+        RunResult {
+            outcome,
+            log,
+            error: Some(self.detail),
+        }
+    }
+}
+
+fn classify(err: EvalAltResult, limits: &Limits) -> Failure {
+    let detail = err.to_string();
+    match err {
+        EvalAltResult::ErrorTooManyOperations(_) => {
+            Failure::limit("operation limit exceeded", detail)
+        }
+        EvalAltResult::ErrorTerminated(token, _)
+            if token.clone().into_immutable_string().is_ok_and(|s| s == DEADLINE_TOKEN) =>
+        {
+            Failure::limit(wall_time_message(limits.wall_time_ms), detail)
+        }
+        EvalAltResult::ErrorStackOverflow(_) => Failure::limit("call depth limit exceeded", detail),
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            Failure::limit(format!("data size limit exceeded ({what})"), detail)
+        }
+        EvalAltResult::ErrorTooManyVariables(_) => {
+            Failure::limit("variable limit exceeded", detail)
+        }
+        EvalAltResult::ErrorTooManyModules(_) => Failure::limit("module limit exceeded", detail),
+        _ => Failure::script(detail),
+    }
+}
+
+fn wall_time_message(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("wall time limit of {}s exceeded", ms / 1000)
+    } else {
+        format!("wall time limit of {ms}ms exceeded")
+    }
+}
+
+fn event_value(event: &EventInput) -> Dynamic {
+    let mut map = rhai::Map::new();
+    map.insert("id".into(), event.id.to_string().into());
+    map.insert("kind".into(), event.kind.as_str().into());
+    map.insert("topic".into(), event.topic.clone().map_or(Dynamic::UNIT, Dynamic::from));
+    map.insert("payload".into(), json_to_dynamic(&event.payload));
+    map.insert(
+        "scheduled_at".into(),
+        event
+            .scheduled_at
+            .map_or(Dynamic::UNIT, |t| t.to_rfc3339().into()),
+    );
+    map.insert("attempt".into(), (event.attempt as rhai::INT).into());
+    map.insert("trace_id".into(), event.trace_id.to_string().into());
+    map.into()
+}
+
+fn request_value(req: &HttpRequestInput) -> Dynamic {
+    let strings = |m: &std::collections::BTreeMap<String, String>| -> Dynamic {
+        m.iter()
+            .map(|(k, v)| (k.as_str().into(), Dynamic::from(v.clone())))
+            .collect::<rhai::Map>()
+            .into()
+    };
+    let json = if req.body.trim().is_empty() {
+        Dynamic::UNIT
+    } else {
+        serde_json::from_str::<serde_json::Value>(&req.body)
+            .map_or(Dynamic::UNIT, |v| json_to_dynamic(&v))
+    };
+    let mut map = rhai::Map::new();
+    map.insert("method".into(), req.method.clone().into());
+    map.insert("path".into(), req.path.clone().into());
+    map.insert("params".into(), strings(&req.params));
+    map.insert("query".into(), strings(&req.query));
+    map.insert("headers".into(), strings(&req.headers));
+    map.insert("body".into(), req.body.clone().into());
+    map.insert("json".into(), json);
+    map.into()
+}
+
+/// JSON → Rhai value. Integers that fit stay integers; other numbers are
+/// floats.
+pub fn json_to_dynamic(v: &serde_json::Value) -> Dynamic {
+    rhai::serde::to_dynamic(v).unwrap_or(Dynamic::UNIT)
+}
+
+#[cfg(test)]
+mod tests;

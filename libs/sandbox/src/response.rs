@@ -1,0 +1,149 @@
+//! From a script's value to an HTTP-shaped [`ScriptResponse`].
+//!
+//! | value                              | status | content type                |
+//! |------------------------------------|--------|-----------------------------|
+//! | string                             | 200    | `text/plain; charset=utf-8` |
+//! | map or array                       | 200    | `application/json`          |
+//! | integer, float, boolean            | 200    | `application/json`          |
+//! | `()`                               | 204    | none                        |
+//! | `response(status, body[, headers])`| given  | from `body` unless a `content-type` header is given |
+//!
+//! Anything else (a function pointer, a timestamp, …) is a script error that
+//! says which type was returned.
+
+use picloud_core::{Limits, ScriptResponse};
+use rhai::{Dynamic, Engine, Map};
+
+use crate::Failure;
+
+pub const TEXT: &str = "text/plain; charset=utf-8";
+pub const JSON: &str = "application/json";
+
+/// The value of `response(...)` inside a script.
+#[derive(Debug, Clone)]
+pub struct ResponseValue {
+    status: rhai::INT,
+    body: Dynamic,
+    headers: Map,
+}
+
+pub(crate) fn register(engine: &mut Engine) {
+    engine.register_type_with_name::<ResponseValue>("Response");
+    engine.register_fn("response", |status: rhai::INT, body: Dynamic| ResponseValue {
+        status,
+        body,
+        headers: Map::new(),
+    });
+    engine.register_fn(
+        "response",
+        |status: rhai::INT, body: Dynamic, headers: Map| ResponseValue {
+            status,
+            body,
+            headers,
+        },
+    );
+}
+
+pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptResponse, Failure> {
+    let resp = if value.is::<ResponseValue>() {
+        let r = value.cast::<ResponseValue>();
+        let status = u16::try_from(r.status)
+            .ok()
+            .filter(|s| (200..=599).contains(s))
+            .ok_or_else(|| {
+                Failure::script(format!(
+                    "response status {} is not between 200 and 599",
+                    r.status
+                ))
+            })?;
+        let (mut content_type, body) = body(r.body)?;
+        let mut headers = Vec::with_capacity(r.headers.len() + 1);
+        for (name, v) in r.headers {
+            let name = name.to_ascii_lowercase();
+            if !valid_header_name(&name) {
+                return Err(Failure::script(format!("invalid response header name {name:?}")));
+            }
+            let v = v.to_string();
+            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(Failure::script(format!(
+                    "response header {name:?} contains a line break"
+                )));
+            }
+            if name == "content-type" {
+                content_type = None;
+            }
+            headers.push((name, v));
+        }
+        if let Some(ct) = content_type {
+            headers.push(("content-type".into(), ct.into()));
+        }
+        let body = if status == 204 || status == 304 { String::new() } else { body };
+        ScriptResponse {
+            status,
+            headers,
+            body,
+        }
+    } else {
+        let (content_type, body) = body(value)?;
+        match content_type {
+            None => ScriptResponse {
+                status: 204,
+                headers: vec![],
+                body,
+            },
+            Some(ct) => ScriptResponse {
+                status: 200,
+                headers: vec![("content-type".into(), ct.into())],
+                body,
+            },
+        }
+    };
+    if resp.body.len() > limits.max_response_bytes {
+        return Err(Failure::limit(
+            format!(
+                "response size limit of {} bytes exceeded",
+                limits.max_response_bytes
+            ),
+            format!(
+                "response body of {} bytes exceeds the limit of {} bytes",
+                resp.body.len(),
+                limits.max_response_bytes
+            ),
+        ));
+    }
+    Ok(resp)
+}
+
+/// A body value → (content type, text). `()` has no content type.
+fn body(value: Dynamic) -> Result<(Option<&'static str>, String), Failure> {
+    if value.is_unit() {
+        return Ok((None, String::new()));
+    }
+    if value.is_string() {
+        return Ok((Some(TEXT), value.into_string().unwrap_or_default()));
+    }
+    if value.is_map()
+        || value.is_array()
+        || value.is_int()
+        || value.is_float()
+        || value.is_bool()
+    {
+        return serde_json::to_string(&value)
+            .map(|s| (Some(JSON), s))
+            .map_err(|e| Failure::script(format!("result cannot be encoded as JSON: {e}")));
+    }
+    if value.is_char() {
+        return Ok((Some(TEXT), value.to_string()));
+    }
+    Err(Failure::script(format!(
+        "a script cannot return a value of type {}",
+        value.type_name()
+    )))
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}

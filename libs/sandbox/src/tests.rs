@@ -1,0 +1,222 @@
+use std::time::{Duration, Instant};
+
+use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome, Trigger};
+
+use super::*;
+
+fn event() -> EventInput {
+    EventInput {
+        id: uuid_nil(),
+        kind: Trigger::Http,
+        topic: None,
+        payload: serde_json::Value::Null,
+        scheduled_at: None,
+        attempt: 1,
+        trace_id: uuid_nil(),
+    }
+}
+
+fn uuid_nil() -> picloud_core::Uuid {
+    picloud_core::Uuid::nil()
+}
+
+fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -> RunResult {
+    let mut sb = Sandbox::new();
+    let ast = sb.compile(source, limits).expect("compiles");
+    sb.run(
+        &ast,
+        limits,
+        Instant::now() + Duration::from_secs(30),
+        &event(),
+        request,
+    )
+}
+
+fn run(source: &str) -> RunResult {
+    run_with(source, &Limits::default(), None)
+}
+
+fn response(r: &RunResult) -> &ScriptResponse {
+    match &r.outcome {
+        Outcome::Response(resp) => resp,
+        other => panic!("expected a response, got {other:?} ({:?})", r.error),
+    }
+}
+
+fn header<'a>(r: &'a ScriptResponse, name: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn string_is_text() {
+    let r = run(r#""hello""#);
+    let resp = response(&r);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, "hello");
+    assert_eq!(header(resp, "content-type"), Some(response::TEXT));
+}
+
+#[test]
+fn map_and_array_are_json() {
+    let r = run(r#"#{ a: 1, b: [true, "x"] }"#);
+    let resp = response(&r);
+    assert_eq!(resp.body, r#"{"a":1,"b":[true,"x"]}"#);
+    assert_eq!(header(resp, "content-type"), Some(response::JSON));
+    let r = run("[1, 2]");
+    assert_eq!(response(&r).body, "[1,2]");
+}
+
+#[test]
+fn unit_is_no_content() {
+    let r = run("let x = 1;");
+    let resp = response(&r);
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.body, "");
+    assert!(resp.headers.is_empty());
+}
+
+#[test]
+fn response_function_gives_full_control() {
+    let r = run(r#"response(201, #{ id: 7 }, #{ "X-Thing": "yes" })"#);
+    let resp = response(&r);
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.body, r#"{"id":7}"#);
+    assert_eq!(header(resp, "x-thing"), Some("yes"));
+    assert_eq!(header(resp, "content-type"), Some(response::JSON));
+
+    let r = run(r#"response(404, "<b>no</b>", #{ "content-type": "text/html" })"#);
+    let resp = response(&r);
+    assert_eq!(resp.status, 404);
+    assert_eq!(header(resp, "content-type"), Some("text/html"));
+    assert_eq!(resp.headers.len(), 1);
+}
+
+#[test]
+fn bad_responses_are_script_errors() {
+    for src in [
+        "response(99, \"x\")",
+        "response(700, \"x\")",
+        r#"response(200, "x", #{ "bad name": "v" })"#,
+        r#"response(200, "x", #{ "x": "a\nb" })"#,
+        "|| 1",
+    ] {
+        let r = run(src);
+        assert!(
+            matches!(r.outcome, Outcome::ScriptError { .. }),
+            "{src}: {:?}",
+            r.outcome
+        );
+        assert!(r.error.is_some());
+    }
+}
+
+#[test]
+fn request_and_event_are_in_scope() {
+    let mut req = HttpRequestInput {
+        method: "POST".into(),
+        path: "/a/b".into(),
+        body: r#"{"n": 41}"#.into(),
+        ..Default::default()
+    };
+    req.query.insert("q".into(), "1".into());
+    req.headers.insert("x-h".into(), "v".into());
+    let r = run_with(
+        r#"#{ m: request.method, p: request.path, n: request.json.n + 1, q: request.query.q, h: request.headers["x-h"], k: event.kind, a: event.attempt }"#,
+        &Limits::default(),
+        Some(&req),
+    );
+    assert_eq!(
+        response(&r).body,
+        r#"{"a":1,"h":"v","k":"http","m":"POST","n":42,"p":"/a/b","q":"1"}"#
+    );
+}
+
+#[test]
+fn compile_error_has_position() {
+    let mut sb = Sandbox::new();
+    let err = sb.compile("let x = 1;\nlet y = ;", &Limits::default()).unwrap_err();
+    assert_eq!(err.line, 2);
+    assert_eq!(err.column, 9);
+}
+
+#[test]
+fn thrown_errors_are_redacted_for_the_caller() {
+    let r = run(r#"throw "db password is hunter2""#);
+    match &r.outcome {
+        Outcome::ScriptError { message } => assert!(!message.contains("hunter2")),
+        other => panic!("{other:?}"),
+    }
+    assert!(r.error.as_deref().unwrap().contains("hunter2"));
+}
+
+#[test]
+fn log_is_captured_and_capped() {
+    let r = run(r#"log("one"); print("two"); debug("three"); "ok""#);
+    assert_eq!(r.log, "one\ntwo\n\"three\"\n");
+    let limits = Limits {
+        max_log_bytes: 10,
+        ..Limits::default()
+    };
+    let r = run_with(r#"for i in 0..100 { log("abcdef") } "ok""#, &limits, None);
+    assert!(r.log.starts_with("abcdef\nabc"), "{}", r.log);
+    assert!(r.log.ends_with("[log truncated]"));
+}
+
+#[test]
+fn eval_is_disabled() {
+    let mut sb = Sandbox::new();
+    assert!(sb.compile(r#"eval("1")"#, &Limits::default()).is_err());
+}
+
+#[test]
+fn limits_name_themselves() {
+    let ops = Limits {
+        max_operations: 1_000,
+        ..Limits::default()
+    };
+    let r = run_with("loop {}", &ops, None);
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "operation limit exceeded".into()
+        }
+    );
+
+    let wall = Limits {
+        wall_time_ms: 100,
+        max_operations: u64::MAX,
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let r = run_with("loop {}", &wall, None);
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "wall time limit of 100ms exceeded".into()
+        }
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    let r = run("fn f(n) { f(n + 1) } f(0)");
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "call depth limit exceeded".into()
+        }
+    );
+
+    let small = Limits {
+        max_response_bytes: 4,
+        ..Limits::default()
+    };
+    let r = run_with(r#""hello""#, &small, None);
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "response size limit of 4 bytes exceeded".into()
+        }
+    );
+}
