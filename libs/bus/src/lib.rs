@@ -1,0 +1,374 @@
+//! The bus: PiCloud's use of NATS.
+//!
+//! This crate is the only one that names subjects, streams and buckets
+//! ([`names::Names`]), and the only one that speaks `async-nats`. The roles
+//! talk through [`Bus`]:
+//!
+//! - **Routes** (`{P}_ROUTES` KV bucket): script name → active version and its
+//!   wall-time limit. The manager writes; gateways watch and cache.
+//! - **Versions** (`{P}_VERSIONS` KV bucket): (name, version) → source and
+//!   resolved limits. Immutable once written. Executors read on a cache miss;
+//!   no role but the manager ever touches Postgres.
+//! - **Sync invocations**: core NATS request/reply on `{p}.invoke.{name}`
+//!   with the executors' queue group, so a missing executor is an instant
+//!   "no responders" instead of a timeout (see docs/PERFORMANCE.md for why not
+//!   JetStream on this path).
+//! - **Invocation records** (`{P}_RECORDS` work-queue stream): executors
+//!   publish batches; managers consume with one shared durable consumer.
+
+pub mod names;
+mod records;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use picloud_core::{InvocationReply, InvocationRequest, Limits};
+use serde::{Deserialize, Serialize};
+
+pub use names::Names;
+pub use records::{RecordBatch, RecordConsumer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("NATS JetStream {what}: {source}")]
+    JetStream {
+        what: &'static str,
+        source: async_nats::Error,
+    },
+    #[error("NATS {what}: {source}")]
+    Nats {
+        what: &'static str,
+        source: async_nats::Error,
+    },
+    #[error("malformed message on {subject}: {source}")]
+    Decode {
+        subject: String,
+        source: serde_json::Error,
+    },
+}
+
+impl BusError {
+    fn js(what: &'static str) -> impl FnOnce(async_nats::Error) -> Self {
+        move |source| BusError::JetStream { what, source }
+    }
+}
+
+/// Why a sync invocation got no reply.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no executor is listening")]
+    NoExecutor,
+    #[error("no reply before the deadline")]
+    TimedOut,
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// What the gateway knows about a script: enough to route and to set the
+/// caller's deadline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    pub script: String,
+    pub version: u32,
+    pub wall_time_ms: u64,
+}
+
+/// One immutable script version, as executors need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionDoc {
+    pub script: String,
+    pub version: u32,
+    pub source: String,
+    pub limits: Limits,
+}
+
+/// A change to the route table, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    Put(Route),
+    Deleted(String),
+}
+
+/// An invocation an executor has received, with where to reply.
+pub struct IncomingInvocation {
+    pub request: InvocationRequest,
+    reply_to: Option<async_nats::Subject>,
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    routes: kv::Store,
+    versions: kv::Store,
+}
+
+impl Bus {
+    /// Connects and makes sure every stream and bucket exists (idempotent, so
+    /// any role may start first). `role` names the connection in NATS
+    /// monitoring.
+    pub async fn connect(url: &str, prefix: &str, role: &str) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("picloud-{role}"))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|source| BusError::Connect {
+                url: url.to_owned(),
+                source,
+            })?;
+        let js = jetstream::new(client.clone());
+        let names = Names::new(prefix);
+        let routes = ensure_bucket(&js, names.routes_bucket()).await?;
+        let versions = ensure_bucket(&js, names.versions_bucket()).await?;
+        records::ensure_stream(&js, &names).await?;
+        Ok(Self {
+            client,
+            js,
+            names,
+            routes,
+            versions,
+        })
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// True while the connection to NATS is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Largest message the server accepts.
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    // ---- routes -------------------------------------------------------
+
+    pub async fn put_route(&self, route: &Route) -> Result<(), BusError> {
+        self.routes
+            .put(Names::route_key(&route.script), encode(route))
+            .await
+            .map_err(|e| BusError::js("route put")(e.into()))?;
+        Ok(())
+    }
+
+    pub async fn delete_route(&self, script: &str) -> Result<(), BusError> {
+        self.routes
+            .delete(Names::route_key(script))
+            .await
+            .map_err(|e| BusError::js("route delete")(e.into()))
+    }
+
+    /// The authoritative current route (a direct read, not the cache).
+    pub async fn get_route(&self, script: &str) -> Result<Option<Route>, BusError> {
+        let key = Names::route_key(script);
+        match self.routes.get(key.clone()).await {
+            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(BusError::js("route get")(e.into())),
+        }
+    }
+
+    /// Every current route, then every change, for as long as the stream is
+    /// polled. Reconnects are handled by the ordered consumer underneath.
+    pub async fn watch_routes(
+        &self,
+    ) -> Result<impl Stream<Item = Result<RouteChange, BusError>> + use<>, BusError> {
+        let watch = self
+            .routes
+            .watch_with_history(">")
+            .await
+            .map_err(|e| BusError::js("route watch")(e.into()))?;
+        Ok(watch.map(|entry| {
+            let entry = entry.map_err(|e| BusError::js("route watch")(e.into()))?;
+            match entry.operation {
+                kv::Operation::Put => decode(&entry.key, &entry.value).map(RouteChange::Put),
+                kv::Operation::Delete | kv::Operation::Purge => Ok(RouteChange::Deleted(
+                    Names::script_of_route_key(&entry.key).to_owned(),
+                )),
+            }
+        }))
+    }
+
+    // ---- versions -----------------------------------------------------
+
+    pub async fn put_version(&self, doc: &VersionDoc) -> Result<(), BusError> {
+        self.versions
+            .put(Names::version_key(&doc.script, doc.version), encode(doc))
+            .await
+            .map_err(|e| BusError::js("version put")(e.into()))?;
+        Ok(())
+    }
+
+    pub async fn get_version(
+        &self,
+        script: &str,
+        version: u32,
+    ) -> Result<Option<VersionDoc>, BusError> {
+        let key = Names::version_key(script, version);
+        match self.versions.get(key.clone()).await {
+            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(BusError::js("version get")(e.into())),
+        }
+    }
+
+    /// Forgets every version of a deleted script.
+    pub async fn purge_versions(&self, script: &str, versions: &[u32]) -> Result<(), BusError> {
+        for v in versions {
+            self.versions
+                .purge(Names::version_key(script, *v))
+                .await
+                .map_err(|e| BusError::js("version purge")(e.into()))?;
+        }
+        Ok(())
+    }
+
+    // ---- sync invocations ---------------------------------------------
+
+    /// Sends `req` to one executor and waits up to `timeout` for its reply.
+    pub async fn invoke(
+        &self,
+        req: &InvocationRequest,
+        timeout: Duration,
+    ) -> Result<InvocationReply, InvokeError> {
+        let subject = self.names.invoke_subject(&req.script);
+        let request = async_nats::Request::new()
+            .payload(encode(req))
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(msg) => Ok(decode(&subject, &msg.payload)?),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => InvokeError::NoExecutor,
+                async_nats::RequestErrorKind::TimedOut => InvokeError::TimedOut,
+                _ => InvokeError::Bus(BusError::Nats {
+                    what: "request",
+                    source: e.into(),
+                }),
+            }),
+        }
+    }
+
+    /// Joins the executors' queue group: each invocation reaches exactly one
+    /// member. Malformed messages are logged and skipped.
+    pub async fn serve_invocations(
+        &self,
+    ) -> Result<impl Stream<Item = IncomingInvocation> + use<>, BusError> {
+        let sub = self
+            .client
+            .queue_subscribe(self.names.invoke_wildcard(), self.names.executor_group())
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "subscribe",
+                source: e.into(),
+            })?;
+        Ok(sub.filter_map(|msg| async move {
+            match serde_json::from_slice::<InvocationRequest>(&msg.payload) {
+                Ok(request) => Some(IncomingInvocation {
+                    request,
+                    reply_to: msg.reply,
+                }),
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "dropping malformed invocation");
+                    None
+                }
+            }
+        }))
+    }
+
+    /// Answers an invocation. A reply larger than the server accepts is
+    /// replaced by an error reply, so the caller is never left waiting.
+    pub async fn reply(
+        &self,
+        incoming: &IncomingInvocation,
+        reply: &InvocationReply,
+    ) -> Result<(), BusError> {
+        let Some(to) = incoming.reply_to.clone() else {
+            return Ok(());
+        };
+        let mut payload = encode(reply);
+        if payload.len() > self.max_payload() {
+            payload = encode(&InvocationReply {
+                id: reply.id,
+                outcome: picloud_core::Outcome::LimitExceeded {
+                    message: "response too large for the message bus".into(),
+                },
+            });
+        }
+        self.client
+            .publish(to, payload)
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "reply",
+                source: e.into(),
+            })
+    }
+
+    // ---- records --------------------------------------------------------
+
+    /// Publishes a batch of invocation records and waits for JetStream's ack.
+    pub async fn publish_records(
+        &self,
+        records: &[picloud_core::InvocationRecord],
+    ) -> Result<(), BusError> {
+        records::publish(&self.js, &self.names, records).await
+    }
+
+    /// The managers' shared consumer of invocation records.
+    pub async fn record_consumer(&self) -> Result<RecordConsumer, BusError> {
+        RecordConsumer::open(&self.js, &self.names).await
+    }
+
+    /// Flushes buffered outgoing messages.
+    pub async fn flush(&self) -> Result<(), BusError> {
+        self.client.flush().await.map_err(|e| BusError::Nats {
+            what: "flush",
+            source: e.into(),
+        })
+    }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, bucket: String) -> Result<kv::Store, BusError> {
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another role created it between our get and create.
+        Err(create_err) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|_| BusError::js("create bucket")(create_err.into())),
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
+    // Serialising our own plain data types cannot fail.
+    Bytes::from(serde_json::to_vec(value).expect("bus messages serialise"))
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(subject: &str, bytes: &[u8]) -> Result<T, BusError> {
+    serde_json::from_slice(bytes).map_err(|source| BusError::Decode {
+        subject: subject.to_owned(),
+        source,
+    })
+}

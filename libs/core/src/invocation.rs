@@ -29,6 +29,12 @@ impl Trigger {
             Trigger::Manual => "manual",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Http, Self::Cron, Self::Event, Self::Manual]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
 }
 
 /// The `event` value every script sees.

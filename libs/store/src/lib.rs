@@ -1,0 +1,56 @@
+//! The store: PiCloud's Postgres.
+//!
+//! Only this crate writes SQL, and only the manager role links it. Migrations
+//! live in the workspace's `migrations/` folder and are embedded at build
+//! time; [`Store::connect`] applies them (under sqlx's advisory lock, so
+//! several managers may start at once).
+//!
+//! - [`scripts`]: scripts and their immutable versions.
+//! - [`invocations`]: the invocation log.
+
+pub mod invocations;
+pub mod scripts;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+pub use invocations::InvocationFilter;
+pub use scripts::{ScriptRow, VersionRow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects and migrates.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("../../migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// True when the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

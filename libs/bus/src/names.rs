@@ -1,0 +1,79 @@
+//! Every NATS name PiCloud uses, derived from one prefix so that several
+//! installations (or parallel tests) can share a server without meeting.
+//!
+//! Subjects use the prefix as given (`picloud.invoke.hello`); streams and
+//! buckets, which may not contain dots, use it upper-cased
+//! (`PICLOUD_RECORDS`).
+
+#[derive(Debug, Clone)]
+pub struct Names {
+    subject: String,
+    stream: String,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Self {
+        let stream = prefix
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .collect();
+        Self {
+            subject: prefix.to_owned(),
+            stream,
+        }
+    }
+
+    pub fn invoke_subject(&self, script: &str) -> String {
+        format!("{}.invoke.{script}", self.subject)
+    }
+
+    pub fn invoke_wildcard(&self) -> String {
+        format!("{}.invoke.*", self.subject)
+    }
+
+    pub fn executor_group(&self) -> String {
+        format!("{}.executors", self.subject)
+    }
+
+    pub fn records_subject(&self) -> String {
+        format!("{}.records", self.subject)
+    }
+
+    pub fn records_stream(&self) -> String {
+        format!("{}_RECORDS", self.stream)
+    }
+
+    pub fn routes_bucket(&self) -> String {
+        format!("{}_ROUTES", self.stream)
+    }
+
+    pub fn versions_bucket(&self) -> String {
+        format!("{}_VERSIONS", self.stream)
+    }
+
+    pub fn route_key(script: &str) -> String {
+        format!("route.{script}")
+    }
+
+    pub fn script_of_route_key(key: &str) -> &str {
+        key.strip_prefix("route.").unwrap_or(key)
+    }
+
+    pub fn version_key(script: &str, version: u32) -> String {
+        format!("source.{script}.{version}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed() {
+        let n = Names::new("t-1a");
+        assert_eq!(n.invoke_subject("hello"), "t-1a.invoke.hello");
+        assert_eq!(n.records_stream(), "T_1A_RECORDS");
+        assert_eq!(n.routes_bucket(), "T_1A_ROUTES");
+        assert_eq!(Names::script_of_route_key(&Names::route_key("x")), "x");
+    }
+}

@@ -1,0 +1,201 @@
+//! Scripts and versions. A deploy adds a version and makes it active in one
+//! transaction; versions are never changed afterwards.
+
+use chrono::{DateTime, Utc};
+use picloud_core::Limits;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptRow {
+    pub name: String,
+    pub active_version: u32,
+    pub latest_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRow {
+    pub script: String,
+    pub version: u32,
+    pub source: String,
+    pub sha256: String,
+    pub limits: Limits,
+    pub created_at: DateTime<Utc>,
+}
+
+fn script_row(r: &PgRow) -> Result<ScriptRow, StoreError> {
+    Ok(ScriptRow {
+        name: r.try_get("name")?,
+        active_version: r.try_get::<i32, _>("active_version")? as u32,
+        latest_version: r.try_get::<i32, _>("latest_version")? as u32,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn version_row(r: &PgRow) -> Result<VersionRow, StoreError> {
+    let limits: serde_json::Value = r.try_get("limits")?;
+    Ok(VersionRow {
+        script: r.try_get("script")?,
+        version: r.try_get::<i32, _>("version")? as u32,
+        source: r.try_get("source")?,
+        sha256: r.try_get("sha256")?,
+        limits: serde_json::from_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+const SCRIPT_COLS: &str = "name, active_version, latest_version, created_at, updated_at";
+const VERSION_COLS: &str = "script, version, source, sha256, limits, created_at";
+
+impl Store {
+    /// Stores a new version of `name` (creating the script if needed) and
+    /// makes it the active one.
+    pub async fn create_version(
+        &self,
+        name: &str,
+        source: &str,
+        sha256: &str,
+        limits: &Limits,
+    ) -> Result<VersionRow, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Take the row lock (creating the row if this is the first deploy)
+        // so concurrent deploys of one script get consecutive numbers.
+        let version: i32 = sqlx::query_scalar(
+            "INSERT INTO scripts (name, active_version, latest_version) VALUES ($1, 1, 1)
+             ON CONFLICT (name) DO UPDATE
+                SET latest_version = scripts.latest_version + 1,
+                    active_version = scripts.latest_version + 1,
+                    updated_at = now()
+             RETURNING latest_version",
+        )
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
+        let limits = serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let row = sqlx::query(&format!(
+            "INSERT INTO script_versions (script, version, source, sha256, limits)
+             VALUES ($1, $2, $3, $4, $5) RETURNING {VERSION_COLS}"
+        ))
+        .bind(name)
+        .bind(version)
+        .bind(source)
+        .bind(sha256)
+        .bind(limits)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        version_row(&row)
+    }
+
+    pub async fn list_scripts(&self) -> Result<Vec<ScriptRow>, StoreError> {
+        sqlx::query(&format!("SELECT {SCRIPT_COLS} FROM scripts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(script_row)
+            .collect()
+    }
+
+    pub async fn get_script(&self, name: &str) -> Result<Option<ScriptRow>, StoreError> {
+        sqlx::query(&format!("SELECT {SCRIPT_COLS} FROM scripts WHERE name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(script_row)
+            .transpose()
+    }
+
+    /// Deletes a script and all its versions; returns the version numbers
+    /// that existed, or `None` when there was no such script.
+    pub async fn delete_script(&self, name: &str) -> Result<Option<Vec<u32>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let versions: Vec<i32> = sqlx::query_scalar(
+            "SELECT version FROM script_versions WHERE script = $1 ORDER BY version",
+        )
+        .bind(name)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deleted = sqlx::query("DELETE FROM scripts WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok((deleted > 0).then(|| versions.into_iter().map(|v| v as u32).collect()))
+    }
+
+    /// All versions of a script, newest first.
+    pub async fn list_versions(&self, name: &str) -> Result<Vec<VersionRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 ORDER BY version DESC"
+        ))
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(version_row)
+        .collect()
+    }
+
+    pub async fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 AND version = $2"
+        ))
+        .bind(name)
+        .bind(version as i32)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(version_row)
+        .transpose()
+    }
+
+    /// Makes an existing version the active one. `None` when the script or
+    /// version does not exist.
+    pub async fn activate(&self, name: &str, version: u32) -> Result<Option<VersionRow>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE scripts SET active_version = $2, updated_at = now()
+             WHERE name = $1
+               AND EXISTS (SELECT 1 FROM script_versions WHERE script = $1 AND version = $2)",
+        )
+        .bind(name)
+        .bind(version as i32)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 AND version = $2"
+        ))
+        .bind(name)
+        .bind(version as i32)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        version_row(&row).map(Some)
+    }
+
+    /// The active version of every script (to rebuild the bus's route table).
+    pub async fn active_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
+        sqlx::query(
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.created_at
+             FROM scripts s JOIN script_versions v
+               ON v.script = s.name AND v.version = s.active_version
+             ORDER BY s.name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(version_row)
+        .collect()
+    }
+}
