@@ -21,7 +21,7 @@ mod records;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use picloud_core::{InvocationReply, InvocationRequest, Limits};
@@ -339,26 +339,32 @@ impl Bus {
     }
 }
 
+/// Opens a KV bucket, creating it if needed.
+///
+/// `create_key_value` first asks for account info, which async-nats cannot
+/// parse from a 2.9 server (it expects fields 2.10 added); so the bucket's
+/// stream is created here by hand, with the KV conventions (`KV_` name,
+/// `$KV.<bucket>.>` subjects, rollups, direct get, one value per key).
 async fn ensure_bucket(js: &jetstream::Context, bucket: String) -> Result<kv::Store, BusError> {
     if let Ok(store) = js.get_key_value(&bucket).await {
         return Ok(store);
     }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another role created it between our get and create.
-        Err(create_err) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| BusError::js("create bucket")(create_err.into())),
-    }
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::js("create bucket")(e.into()))?;
+    js.get_key_value(&bucket)
+        .await
+        .map_err(|e| BusError::js("open bucket")(e.into()))
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
@@ -366,7 +372,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).expect("bus messages serialise"))
 }
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(subject: &str, bytes: &[u8]) -> Result<T, BusError> {
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(
+    subject: &str,
+    bytes: &[u8],
+) -> Result<T, BusError> {
     serde_json::from_slice(bytes).map_err(|source| BusError::Decode {
         subject: subject.to_owned(),
         source,

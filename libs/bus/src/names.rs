@@ -15,7 +15,13 @@ impl Names {
     pub fn new(prefix: &str) -> Self {
         let stream = prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Self {
             subject: prefix.to_owned(),

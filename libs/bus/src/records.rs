@@ -56,9 +56,7 @@ pub struct RecordBatch {
 impl RecordBatch {
     pub async fn ack(self) -> Result<(), BusError> {
         for m in self.messages {
-            m.ack()
-                .await
-                .map_err(|e| BusError::js("records ack")(e))?;
+            m.ack().await.map_err(|e| BusError::js("records ack")(e))?;
         }
         Ok(())
     }

@@ -65,9 +65,15 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid {var}: {reason}")]
     Env { var: &'static str, reason: String },
 }
@@ -195,7 +201,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_values() {
-        let mut c: Config = toml::from_str("prefix = \"a\"\nworkers = 3\n[limits]\nwall_time_ms = 10\n").unwrap();
+        let mut c: Config =
+            toml::from_str("prefix = \"a\"\nworkers = 3\n[limits]\nwall_time_ms = 10\n").unwrap();
         assert_eq!(c.limits.wall_time_ms, 10);
         c.apply_env(|k| match k {
             "PICLOUD_PREFIX" => Some("b".into()),
@@ -213,7 +220,10 @@ mod tests {
         let err = Config::default()
             .apply_env(|k| (k == "PICLOUD_LISTEN").then(|| "nope".into()))
             .unwrap_err();
-        assert!(err.to_string().starts_with("invalid PICLOUD_LISTEN"), "{err}");
+        assert!(
+            err.to_string().starts_with("invalid PICLOUD_LISTEN"),
+            "{err}"
+        );
         let err = Config::default()
             .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| "a.b".into()))
             .unwrap_err();

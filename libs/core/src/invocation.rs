@@ -89,11 +89,17 @@ pub struct ScriptResponse {
 pub enum Outcome {
     Response(ScriptResponse),
     /// The script failed (runtime error, thrown value, bad result).
-    ScriptError { message: String },
+    ScriptError {
+        message: String,
+    },
     /// A sandbox limit ended the script; `message` names the limit.
-    LimitExceeded { message: String },
+    LimitExceeded {
+        message: String,
+    },
     /// The executor could not take the job (saturated, script missing).
-    Unavailable { message: String },
+    Unavailable {
+        message: String,
+    },
     /// The job's deadline passed before it could start.
     Expired,
 }

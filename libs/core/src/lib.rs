@@ -8,13 +8,11 @@
 //! - [`invocation`]: what travels between gateway, executor and manager: the
 //!   invocation request, its reply and its record.
 //! - [`config`]: the process configuration (environment and optional TOML).
-//! - [`api`]: the JSON error shape and the one place where errors are redacted
-//!   before a caller sees them; bearer-token checking.
 //!
 //! Architecture invariant: this crate performs no I/O. It knows nothing of NATS
-//! subjects (the bus crate owns them) or SQL (the store crate owns it).
+//! subjects (the bus crate owns them), SQL (the store crate owns it) or HTTP
+//! serving (the http crate owns it).
 
-pub mod api;
 pub mod config;
 pub mod invocation;
 pub mod limits;

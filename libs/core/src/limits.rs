@@ -103,6 +103,9 @@ mod tests {
     #[test]
     fn unknown_override_is_an_error() {
         let err = serde_json::from_str::<LimitOverrides>(r#"{"wall_time": 3}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `wall_time`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `wall_time`"),
+            "{err}"
+        );
     }
 }

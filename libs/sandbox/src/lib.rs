@@ -21,9 +21,7 @@ pub mod response;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use picloud_core::{
-    EventInput, HttpRequestInput, Limits, Outcome, ScriptResponse,
-};
+use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome, ScriptResponse};
 pub use rhai::AST;
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
@@ -215,7 +213,10 @@ fn classify(err: EvalAltResult, limits: &Limits) -> Failure {
             Failure::limit("operation limit exceeded", detail)
         }
         EvalAltResult::ErrorTerminated(token, _)
-            if token.clone().into_immutable_string().is_ok_and(|s| s == DEADLINE_TOKEN) =>
+            if token
+                .clone()
+                .into_immutable_string()
+                .is_ok_and(|s| s == DEADLINE_TOKEN) =>
         {
             Failure::limit(wall_time_message(limits.wall_time_ms), detail)
         }
@@ -243,7 +244,10 @@ fn event_value(event: &EventInput) -> Dynamic {
     let mut map = rhai::Map::new();
     map.insert("id".into(), event.id.to_string().into());
     map.insert("kind".into(), event.kind.as_str().into());
-    map.insert("topic".into(), event.topic.clone().map_or(Dynamic::UNIT, Dynamic::from));
+    map.insert(
+        "topic".into(),
+        event.topic.clone().map_or(Dynamic::UNIT, Dynamic::from),
+    );
     map.insert("payload".into(), json_to_dynamic(&event.payload));
     map.insert(
         "scheduled_at".into(),

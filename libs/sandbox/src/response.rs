@@ -29,10 +29,12 @@ pub struct ResponseValue {
 
 pub(crate) fn register(engine: &mut Engine) {
     engine.register_type_with_name::<ResponseValue>("Response");
-    engine.register_fn("response", |status: rhai::INT, body: Dynamic| ResponseValue {
-        status,
-        body,
-        headers: Map::new(),
+    engine.register_fn("response", |status: rhai::INT, body: Dynamic| {
+        ResponseValue {
+            status,
+            body,
+            headers: Map::new(),
+        }
     });
     engine.register_fn(
         "response",
@@ -61,7 +63,9 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
         for (name, v) in r.headers {
             let name = name.to_ascii_lowercase();
             if !valid_header_name(&name) {
-                return Err(Failure::script(format!("invalid response header name {name:?}")));
+                return Err(Failure::script(format!(
+                    "invalid response header name {name:?}"
+                )));
             }
             let v = v.to_string();
             if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
@@ -77,7 +81,11 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
         if let Some(ct) = content_type {
             headers.push(("content-type".into(), ct.into()));
         }
-        let body = if status == 204 || status == 304 { String::new() } else { body };
+        let body = if status == 204 || status == 304 {
+            String::new()
+        } else {
+            body
+        };
         ScriptResponse {
             status,
             headers,
@@ -122,12 +130,7 @@ fn body(value: Dynamic) -> Result<(Option<&'static str>, String), Failure> {
     if value.is_string() {
         return Ok((Some(TEXT), value.into_string().unwrap_or_default()));
     }
-    if value.is_map()
-        || value.is_array()
-        || value.is_int()
-        || value.is_float()
-        || value.is_bool()
-    {
+    if value.is_map() || value.is_array() || value.is_int() || value.is_float() || value.is_bool() {
         return serde_json::to_string(&value)
             .map(|s| (Some(JSON), s))
             .map_err(|e| Failure::script(format!("result cannot be encoded as JSON: {e}")));
@@ -143,7 +146,7 @@ fn body(value: Dynamic) -> Result<(Option<&'static str>, String), Failure> {
 
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }

@@ -137,7 +137,9 @@ fn request_and_event_are_in_scope() {
 #[test]
 fn compile_error_has_position() {
     let mut sb = Sandbox::new();
-    let err = sb.compile("let x = 1;\nlet y = ;", &Limits::default()).unwrap_err();
+    let err = sb
+        .compile("let x = 1;\nlet y = ;", &Limits::default())
+        .unwrap_err();
     assert_eq!(err.line, 2);
     assert_eq!(err.column, 9);
 }

@@ -28,7 +28,9 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("unknown trigger {trigger:?}")))?,
         status: InvocationStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
-        http_status: r.try_get::<Option<i32>, _>("http_status")?.map(|s| s as u16),
+        http_status: r
+            .try_get::<Option<i32>, _>("http_status")?
+            .map(|s| s as u16),
         started_at: r.try_get("started_at")?,
         duration_us: r.try_get::<i64, _>("duration_us")? as u64,
         log: r.try_get("log")?,
@@ -39,14 +41,20 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
 }
 
 impl Store {
-    pub async fn insert_invocations(&self, records: &[InvocationRecord]) -> Result<u64, StoreError> {
+    pub async fn insert_invocations(
+        &self,
+        records: &[InvocationRecord],
+    ) -> Result<u64, StoreError> {
         if records.is_empty() {
             return Ok(0);
         }
         let col = |f: fn(&InvocationRecord) -> String| records.iter().map(f).collect::<Vec<_>>();
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
         let versions: Vec<i32> = records.iter().map(|r| r.version as i32).collect();
-        let http: Vec<Option<i32>> = records.iter().map(|r| r.http_status.map(i32::from)).collect();
+        let http: Vec<Option<i32>> = records
+            .iter()
+            .map(|r| r.http_status.map(i32::from))
+            .collect();
         let started: Vec<_> = records.iter().map(|r| r.started_at).collect();
         let durations: Vec<i64> = records.iter().map(|r| r.duration_us as i64).collect();
         let errors: Vec<Option<String>> = records.iter().map(|r| r.error.clone()).collect();

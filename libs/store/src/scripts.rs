@@ -76,7 +76,8 @@ impl Store {
         .bind(name)
         .fetch_one(&mut *tx)
         .await?;
-        let limits = serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let limits =
+            serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let row = sqlx::query(&format!(
             "INSERT INTO script_versions (script, version, source, sha256, limits)
              VALUES ($1, $2, $3, $4, $5) RETURNING {VERSION_COLS}"
@@ -102,13 +103,15 @@ impl Store {
     }
 
     pub async fn get_script(&self, name: &str) -> Result<Option<ScriptRow>, StoreError> {
-        sqlx::query(&format!("SELECT {SCRIPT_COLS} FROM scripts WHERE name = $1"))
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(script_row)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {SCRIPT_COLS} FROM scripts WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(script_row)
+        .transpose()
     }
 
     /// Deletes a script and all its versions; returns the version numbers
@@ -143,7 +146,11 @@ impl Store {
         .collect()
     }
 
-    pub async fn get_version(&self, name: &str, version: u32) -> Result<Option<VersionRow>, StoreError> {
+    pub async fn get_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<VersionRow>, StoreError> {
         sqlx::query(&format!(
             "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 AND version = $2"
         ))
@@ -158,7 +165,11 @@ impl Store {
 
     /// Makes an existing version the active one. `None` when the script or
     /// version does not exist.
-    pub async fn activate(&self, name: &str, version: u32) -> Result<Option<VersionRow>, StoreError> {
+    pub async fn activate(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> Result<Option<VersionRow>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE scripts SET active_version = $2, updated_at = now()

@@ -1,0 +1,97 @@
+//! The executor: where scripts run.
+//!
+//! - [`pool`]: a fixed set of dedicated OS threads (not tokio's blocking
+//!   pool), each owning one sandbox, fed through a bounded queue: a saturated
+//!   executor says so at once instead of growing.
+//! - [`cache`]: compiled ASTs per (script, version). Versions are immutable,
+//!   so a cached AST is never stale; a redeploy is a new key, fetched from the
+//!   bus on first use. No restart, no database.
+//! - [`serve`]: the loop that takes invocations from NATS, runs them and
+//!   replies.
+//! - [`records`]: batches invocation records onto the bus, off the hot path.
+//!
+//! Architecture invariant: the executor holds no database credentials; it
+//! learns scripts from the bus's version bucket only.
+
+pub mod cache;
+pub mod pool;
+pub mod records;
+pub mod serve;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use picloud_bus::Bus;
+use picloud_core::{Config, Shutdown};
+use picloud_http::ReadyCheck;
+use tokio::task::JoinSet;
+
+pub struct Executor {
+    pub ready: ReadyCheck,
+    pub id: String,
+    tasks: JoinSet<()>,
+}
+
+pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Executor> {
+    let nats_url = config
+        .nats_url
+        .as_deref()
+        .context("PICLOUD_NATS_URL is required for the executor role")?;
+    let bus = Bus::connect(nats_url, &config.prefix, "executor").await?;
+    let id = executor_id();
+    let workers = config.worker_threads();
+    let pool =
+        pool::Pool::start(workers, config.queue_depth).context("cannot start worker threads")?;
+    let (recorder, record_task) = records::Recorder::start(bus.clone(), shutdown.clone());
+    let server = serve::Server {
+        bus: bus.clone(),
+        pool,
+        cache: cache::AstCache::new(cache::DEFAULT_CAPACITY),
+        recorder,
+        executor_id: id.clone(),
+    };
+    let mut tasks = JoinSet::new();
+    let incoming = bus.serve_invocations().await?;
+    tasks.spawn(server.run(incoming, shutdown.clone()));
+    tasks.spawn(record_task);
+    tracing::info!(executor = %id, workers, "executor started");
+    let ready: ReadyCheck = Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move {
+            if bus.is_connected() {
+                Ok(())
+            } else {
+                Err("executor: NATS disconnected".into())
+            }
+        })
+    });
+    Ok(Executor { ready, id, tasks })
+}
+
+impl Executor {
+    /// Waits until the executor has drained (after shutdown).
+    pub async fn join(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs an executor until `shutdown`. It serves no HTTP of its own except
+/// health, on `config.listen`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let executor = start(&config, shutdown.clone()).await?;
+    let health = picloud_http::health_router(vec![executor.ready.clone()]);
+    picloud_http::serve(config.listen, health, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
+    shutdown.cancel();
+    executor.join().await;
+    Ok(())
+}
+
+fn executor_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &nonce[..6])
+}

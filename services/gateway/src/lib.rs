@@ -1,0 +1,81 @@
+//! The gateway: HTTP ingress for scripts.
+//!
+//! `ANY /fn/{name}` and `/fn/{name}/{*rest}` become an invocation request,
+//! sent over NATS to one executor, whose reply becomes the HTTP response.
+//!
+//! - [`routes`]: the route table (script → active version), a cache kept
+//!   current by watching the bus's route bucket, with a direct read on a miss.
+//! - [`invoke`]: the `/fn` handler and the mapping of outcomes to HTTP.
+//!
+//! Architecture invariant: the gateway holds no database credentials and
+//! runs no script code; it knows scripts only through the bus.
+
+pub mod invoke;
+pub mod routes;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use picloud_bus::Bus;
+use picloud_core::{Config, Shutdown};
+use picloud_http::ReadyCheck;
+use tokio::task::JoinSet;
+
+pub struct Gateway {
+    pub router: Router,
+    pub ready: ReadyCheck,
+    tasks: JoinSet<()>,
+}
+
+pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Gateway> {
+    let nats_url = config
+        .nats_url
+        .as_deref()
+        .context("PICLOUD_NATS_URL is required for the gateway role")?;
+    let bus = Bus::connect(nats_url, &config.prefix, "gateway").await?;
+    let routes = routes::RouteTable::default();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(routes.clone().follow(bus.clone(), shutdown.clone()));
+    let state = Arc::new(invoke::GatewayState {
+        bus: bus.clone(),
+        routes,
+        grace_ms: config.deadline_grace_ms,
+    });
+    let ready: ReadyCheck = Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move {
+            if bus.is_connected() {
+                Ok(())
+            } else {
+                Err("gateway: NATS disconnected".into())
+            }
+        })
+    });
+    Ok(Gateway {
+        router: invoke::router(state, config.max_request_bytes),
+        ready,
+        tasks,
+    })
+}
+
+impl Gateway {
+    pub async fn join(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs the gateway alone on `config.listen` until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let gateway = start(&config, shutdown.clone()).await?;
+    let router = gateway
+        .router
+        .clone()
+        .merge(picloud_http::health_router(vec![gateway.ready.clone()]));
+    picloud_http::serve(config.listen, router, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
+    shutdown.cancel();
+    gateway.join().await;
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The manager: PiCloud's control plane.
+//!
+//! - [`api`]: the admin API under `/api/v1` (bearer token).
+//! - [`compiler`]: a dedicated thread with a sized stack that compiles
+//!   deploys under the sandbox's limits. The manager never runs script code.
+//! - [`publisher`]: keeps the bus's route and version buckets equal to
+//!   Postgres (after every change, and once at start, with retries).
+//! - [`records`]: drains the invocation-record stream into Postgres in
+//!   batches.
+//!
+//! Architecture invariant: the manager is the only role that holds database
+//! credentials; everything other roles need, it publishes on the bus.
+
+pub mod api;
+pub mod compiler;
+pub mod publisher;
+pub mod records;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use picloud_bus::Bus;
+use picloud_core::{Config, Shutdown};
+use picloud_http::{ReadyCheck, TokenHash};
+use picloud_store::Store;
+use tokio::task::JoinSet;
+
+/// A started manager: its router (to be served alone or merged with other
+/// roles) and its background tasks.
+pub struct Manager {
+    pub router: Router,
+    pub ready: ReadyCheck,
+    tasks: JoinSet<()>,
+    store: Store,
+}
+
+/// Connects to Postgres (migrating it) and NATS, starts the background tasks,
+/// and builds the router.
+pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manager> {
+    let db_url = config
+        .database_url
+        .as_deref()
+        .context("PICLOUD_DATABASE_URL is required for the manager role")?;
+    let nats_url = config
+        .nats_url
+        .as_deref()
+        .context("PICLOUD_NATS_URL is required for the manager role")?;
+    let token = config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .context("PICLOUD_ADMIN_TOKEN is required for the manager role")?;
+
+    let store = Store::connect(db_url)
+        .await
+        .context("cannot open the database")?;
+    let bus = Bus::connect(nats_url, &config.prefix, "manager").await?;
+    let compiler = compiler::Compiler::start()?;
+    let publisher = publisher::Publisher::new(store.clone(), bus.clone());
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(publisher.clone().run(shutdown.clone()));
+    publisher.request_sync();
+    tasks.spawn(records::run(store.clone(), bus.clone(), shutdown.clone()));
+
+    let state = Arc::new(api::AppState {
+        store: store.clone(),
+        publisher,
+        compiler,
+        token: TokenHash::of(token.trim()),
+        limits: config.limits.clone(),
+        max_limits: config.max_limits.clone(),
+        max_source_bytes: config.max_source_bytes,
+    });
+    let ready: ReadyCheck = {
+        let (store, bus) = (store.clone(), bus.clone());
+        Arc::new(move || {
+            let (store, bus) = (store.clone(), bus.clone());
+            Box::pin(async move {
+                if !store.ping().await {
+                    return Err("manager: database unreachable".into());
+                }
+                if !bus.is_connected() {
+                    return Err("manager: NATS disconnected".into());
+                }
+                Ok(())
+            })
+        })
+    };
+    Ok(Manager {
+        router: api::router(state),
+        ready,
+        tasks,
+        store,
+    })
+}
+
+impl Manager {
+    /// Waits for the background tasks (they end on shutdown).
+    pub async fn join(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        self.store.close().await;
+    }
+}
+
+/// Runs the manager alone on `config.listen` until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let manager = start(&config, shutdown.clone()).await?;
+    let router = manager
+        .router
+        .clone()
+        .merge(picloud_http::health_router(vec![manager.ready.clone()]));
+    picloud_http::serve(config.listen, router, shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
+    shutdown.cancel();
+    manager.join().await;
+    Ok(())
+}

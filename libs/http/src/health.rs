@@ -1,0 +1,40 @@
+//! `/healthz` (the process answers) and `/readyz` (every dependency of every
+//! role in this process answers).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::future::BoxFuture;
+
+/// One readiness check: `Ok` when ready, otherwise what is not.
+pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move {
+                    let mut failing = Vec::new();
+                    for check in checks.iter() {
+                        if let Err(what) = check().await {
+                            failing.push(what);
+                        }
+                    }
+                    if failing.is_empty() {
+                        (StatusCode::OK, "ready".to_owned())
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {}", failing.join("; ")),
+                        )
+                    }
+                }
+            }),
+        )
+}

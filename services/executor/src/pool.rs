@@ -1,0 +1,104 @@
+//! A bounded pool of dedicated worker threads, each owning a [`Sandbox`].
+//!
+//! Script evaluation is CPU-bound and may run for seconds; on tokio's
+//! blocking pool it would compete with everything else that blocks and the
+//! pool would grow without bound. Here the number of threads is fixed, the
+//! queue in front of them is bounded, and [`Pool::try_submit`] fails at once
+//! when both are full, so an overloaded executor answers 503 instead of
+//! queueing without limit. A runaway script occupies one thread until its
+//! deadline and no longer.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use picloud_sandbox::Sandbox;
+
+/// Stack for worker threads. Rhai's evaluator recurses per call level and
+/// expression level; the maxima in `Limits` are sized so that this holds in
+/// debug and release builds (see docs/ARCHITECTURE.md, "stack safety").
+pub const WORKER_STACK_BYTES: usize = 64 << 20;
+
+pub type Job = Box<dyn FnOnce(&mut Sandbox) + Send>;
+
+#[derive(Clone)]
+pub struct Pool {
+    jobs: Sender<Job>,
+    threads: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Saturated;
+
+impl Pool {
+    /// Starts `threads` workers behind a queue of `queue_depth` jobs. The
+    /// threads end when every `Pool` clone is dropped.
+    pub fn start(threads: usize, queue_depth: usize) -> std::io::Result<Self> {
+        let (tx, rx) = bounded::<Job>(queue_depth.max(1));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("picloud-worker-{i}"))
+                .stack_size(WORKER_STACK_BYTES)
+                .spawn(move || {
+                    let mut sandbox = Sandbox::new();
+                    for job in rx {
+                        if catch_unwind(AssertUnwindSafe(|| job(&mut sandbox))).is_err() {
+                            // The job's reply channel is dropped, which its
+                            // caller reports; start from a clean engine.
+                            tracing::error!("worker job panicked; sandbox rebuilt");
+                            sandbox = Sandbox::new();
+                        }
+                    }
+                })?;
+        }
+        Ok(Self {
+            jobs: tx,
+            threads: threads.max(1),
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Queues `job`, or fails at once when the queue is full.
+    pub fn try_submit(&self, job: Job) -> Result<(), Saturated> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => Saturated,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_full_pool_rejects_instead_of_growing() {
+        let pool = Pool::start(1, 1).unwrap();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        pool.try_submit(Box::new(move |_| {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        }))
+        .unwrap();
+        started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        pool.try_submit(Box::new(|_| {})).unwrap(); // queued
+        assert_eq!(pool.try_submit(Box::new(|_| {})), Err(Saturated));
+        release_tx.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_kill_the_worker() {
+        let pool = Pool::start(1, 4).unwrap();
+        pool.try_submit(Box::new(|_| panic!("boom"))).unwrap();
+        let (tx, rx) = mpsc::channel();
+        pool.try_submit(Box::new(move |_| tx.send(42).unwrap()))
+            .unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), 42);
+    }
+}

@@ -1,0 +1,219 @@
+//! `ANY /fn/{name}[/{*rest}]`: one HTTP request, one invocation.
+//!
+//! | what happened                      | caller gets                         |
+//! |------------------------------------|-------------------------------------|
+//! | script answered                    | its response                        |
+//! | no such script                     | 404 `not_found`                     |
+//! | body over the limit                | 413 `payload_too_large`             |
+//! | no executor listening / saturated  | 503 `no_executor` / `unavailable`   |
+//! | no answer before the deadline      | 504 `timeout`                       |
+//! | script failed                      | 500 `script_error` (redacted)       |
+//! | a sandbox limit ended it           | 500 `limit_exceeded`, naming it     |
+//!
+//! Every answer carries `x-picloud-invocation-id`, the key to the full
+//! record in the admin API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use picloud_bus::{Bus, InvokeError};
+use picloud_core::{
+    EventInput, HttpRequestInput, InvocationRequest, Outcome, ScriptName, ScriptResponse, Trigger,
+    Uuid, now_unix_ms,
+};
+use picloud_http::ApiError;
+
+use crate::routes::RouteTable;
+
+pub const INVOCATION_HEADER: &str = "x-picloud-invocation-id";
+
+pub struct GatewayState {
+    pub bus: Bus,
+    pub routes: RouteTable,
+    pub grace_ms: u64,
+}
+
+type Shared = Arc<GatewayState>;
+
+#[derive(Clone)]
+struct BodyLimit(usize);
+
+pub fn router(state: Shared, max_request_bytes: usize) -> Router {
+    let limit = BodyLimit(max_request_bytes);
+    Router::new()
+        .route(
+            "/fn/{name}",
+            any({
+                let limit = limit.clone();
+                move |state: State<Shared>, Path(name): Path<String>, q, req| {
+                    handle(state, name, String::new(), limit.0, q, req)
+                }
+            }),
+        )
+        .route(
+            "/fn/{name}/{*rest}",
+            any(
+                move |state: State<Shared>, Path((name, rest)): Path<(String, String)>, q, req| {
+                    handle(state, name, rest, limit.0, q, req)
+                },
+            ),
+        )
+        .with_state(state)
+}
+
+async fn handle(
+    State(state): State<Shared>,
+    name: String,
+    rest: String,
+    max_body: usize,
+    Query(query): Query<BTreeMap<String, String>>,
+    req: Request,
+) -> Response {
+    let id = Uuid::now_v7();
+    let mut resp = match invoke(&state, id, &name, rest, max_body, query, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+        resp.headers_mut().insert(INVOCATION_HEADER, v);
+    }
+    resp
+}
+
+async fn invoke(
+    state: &GatewayState,
+    id: Uuid,
+    name: &str,
+    rest: String,
+    max_body: usize,
+    query: BTreeMap<String, String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::not_found(format!("no script named {name:?}"));
+    let name = ScriptName::parse(name).map_err(|_| not_found())?;
+    let route = state
+        .routes
+        .lookup(&state.bus, name.as_str())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "route lookup failed");
+            ApiError::unavailable("the message bus is unavailable")
+        })?
+        .ok_or_else(not_found)?;
+
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, max_body).await?;
+    let request = HttpRequestInput {
+        method: parts.method.as_str().to_owned(),
+        path: format!("/{rest}"),
+        params: BTreeMap::new(),
+        query,
+        headers: flatten_headers(&parts.headers),
+        body,
+    };
+    let wait = Duration::from_millis(route.wall_time_ms + state.grace_ms);
+    let invocation = InvocationRequest {
+        id,
+        script: route.script,
+        version: route.version,
+        deadline_unix_ms: now_unix_ms() + wait.as_millis() as i64,
+        event: EventInput {
+            id,
+            kind: Trigger::Http,
+            topic: None,
+            payload: serde_json::Value::Null,
+            scheduled_at: None,
+            attempt: 1,
+            trace_id: id,
+        },
+        request: Some(request),
+    };
+    match state.bus.invoke(&invocation, wait).await {
+        Ok(reply) => outcome_response(reply.outcome, id),
+        Err(InvokeError::NoExecutor) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_executor",
+            "no executor is available to run the script",
+        )),
+        Err(InvokeError::TimedOut) => Err(timeout()),
+        Err(InvokeError::Bus(e)) => {
+            tracing::warn!(error = %e, "invocation failed on the bus");
+            Err(ApiError::unavailable("the message bus is unavailable"))
+        }
+    }
+}
+
+fn timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        "the script did not answer before its deadline",
+    )
+}
+
+async fn read_body(body: Body, max: usize) -> Result<String, ApiError> {
+    let bytes = to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body is larger than {max} bytes"),
+        )
+    })?;
+    Ok(String::from_utf8(bytes.into())
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+fn flatten_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        out.entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    out
+}
+
+fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
+    match outcome {
+        Outcome::Response(r) => Ok(script_response(r)),
+        Outcome::ScriptError { message } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "script_error",
+            format!("{message}; see invocation {id} for details"),
+        )),
+        Outcome::LimitExceeded { message } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "limit_exceeded",
+            message,
+        )),
+        Outcome::Unavailable { message } => Err(ApiError::unavailable(message)),
+        Outcome::Expired => Err(timeout()),
+    }
+}
+
+fn script_response(r: ScriptResponse) -> Response {
+    let mut resp = Response::new(Body::from(r.body));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+    let headers = resp.headers_mut();
+    for (name, value) in r.headers {
+        // The sandbox validated both; skip anything that still does not parse.
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    resp
+}

@@ -1,0 +1,83 @@
+//! The admin API: `/api/v1/...`, JSON in and out, bearer token required.
+
+mod invocations;
+mod scripts;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use picloud_core::{Limits, ScriptName};
+use picloud_http::{ApiError, TokenHash};
+use picloud_store::Store;
+
+use crate::compiler::Compiler;
+use crate::publisher::Publisher;
+
+pub struct AppState {
+    pub store: Store,
+    pub publisher: Publisher,
+    pub compiler: Compiler,
+    pub token: TokenHash,
+    pub limits: Limits,
+    pub max_limits: Limits,
+    pub max_source_bytes: usize,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub fn router(state: Shared) -> Router {
+    // JSON escaping can double a source's size; leave room for the envelope.
+    let body_limit = state.max_source_bytes * 2 + (64 << 10);
+    let api = Router::new()
+        .route("/scripts", get(scripts::list))
+        .route(
+            "/scripts/{name}",
+            get(scripts::get)
+                .put(scripts::deploy)
+                .delete(scripts::delete),
+        )
+        .route("/scripts/{name}/versions", get(scripts::versions))
+        .route("/scripts/{name}/versions/{version}", get(scripts::version))
+        .route("/scripts/{name}/rollback", post(scripts::rollback))
+        .route("/invocations", get(invocations::list))
+        .route("/invocations/{id}", get(invocations::get))
+        .fallback(|| async { ApiError::not_found("no such API endpoint") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state);
+    Router::new().nest("/api/v1", api)
+}
+
+async fn authorize(
+    State(state): State<Shared>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !state.token.verify_header(header) {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(next.run(req).await)
+}
+
+fn script_name(raw: &str) -> Result<ScriptName, ApiError> {
+    ScriptName::parse(raw).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_name",
+            format!("invalid script name {raw:?}: {e}"),
+        )
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(e)
+}

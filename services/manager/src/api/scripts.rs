@@ -1,0 +1,252 @@
+//! Scripts and versions.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use picloud_core::{LimitOverrides, Limits};
+use picloud_http::{ApiError, JsonBody};
+use picloud_store::{ScriptRow, VersionRow};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Shared, internal, script_name};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployBody {
+    source: String,
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackBody {
+    version: u32,
+}
+
+#[derive(Serialize)]
+pub struct ScriptView {
+    name: String,
+    active_version: u32,
+    latest_version: u32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize)]
+pub struct VersionView {
+    script: String,
+    version: u32,
+    sha256: String,
+    limits: Limits,
+    created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct ScriptDetail {
+    #[serde(flatten)]
+    script: ScriptView,
+    active: VersionView,
+}
+
+impl From<ScriptRow> for ScriptView {
+    fn from(r: ScriptRow) -> Self {
+        Self {
+            name: r.name,
+            active_version: r.active_version,
+            latest_version: r.latest_version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn version_view(v: VersionRow, with_source: bool) -> VersionView {
+    VersionView {
+        script: v.script,
+        version: v.version,
+        sha256: v.sha256,
+        limits: v.limits,
+        created_at: v.created_at,
+        source: with_source.then_some(v.source),
+    }
+}
+
+fn no_script(name: &str) -> ApiError {
+    ApiError::not_found(format!("no script named {name:?}"))
+}
+
+/// `PUT /scripts/{name}`: compile, store a new version, make it active.
+pub async fn deploy(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<DeployBody>,
+) -> Result<Response, ApiError> {
+    let name = script_name(&name)?;
+    if body.source.len() > state.max_source_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "source_too_large",
+            format!(
+                "script source is {} bytes; the limit is {} bytes",
+                body.source.len(),
+                state.max_source_bytes
+            ),
+        ));
+    }
+    let limits = state.limits.resolve(&body.limits, &state.max_limits);
+    if let Err(e) = state
+        .compiler
+        .check(body.source.clone(), limits.clone())
+        .await
+    {
+        return Err(ApiError::bad_request(format!("compile error: {e}"))
+            .with_code("compile_error")
+            .with_details(serde_json::json!({ "line": e.line, "column": e.column })));
+    }
+    let sha = hex(&Sha256::digest(body.source.as_bytes()));
+    let version = state
+        .store
+        .create_version(name.as_str(), &body.source, &sha, &limits)
+        .await
+        .map_err(internal)?;
+    if let Err(e) = state.publisher.publish_active(&version).await {
+        // Stored, so not lost: the publisher retries until the bus has it.
+        tracing::warn!(error = %e, script = %name, "version stored but not yet on the bus");
+        state.publisher.request_sync();
+        return Err(ApiError::unavailable(format!(
+            "version {} was stored but could not be activated yet (message bus unavailable); it will be activated automatically",
+            version.version
+        )));
+    }
+    tracing::info!(script = %name, version = version.version, "deployed");
+    let status = if version.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(version_view(version, false))).into_response())
+}
+
+pub async fn list(State(state): State<Shared>) -> Result<Json<Vec<ScriptView>>, ApiError> {
+    let rows = state.store.list_scripts().await.map_err(internal)?;
+    Ok(Json(rows.into_iter().map(Into::into).collect()))
+}
+
+pub async fn get(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<ScriptDetail>, ApiError> {
+    let name = script_name(&name)?;
+    let script = state
+        .store
+        .get_script(name.as_str())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| no_script(name.as_str()))?;
+    let active = state
+        .store
+        .get_version(name.as_str(), script.active_version)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal("active version row missing"))?;
+    Ok(Json(ScriptDetail {
+        script: script.into(),
+        active: version_view(active, true),
+    }))
+}
+
+pub async fn delete(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = script_name(&name)?;
+    let versions = state
+        .store
+        .delete_script(name.as_str())
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| no_script(name.as_str()))?;
+    if let Err(e) = state.publisher.unpublish(name.as_str(), &versions).await {
+        // The database no longer has it; a stale route would only answer
+        // until the bus is back, but say so rather than pretend.
+        tracing::warn!(error = %e, script = %name, "script deleted but route not yet removed");
+        return Err(ApiError::unavailable(
+            "script deleted, but the message bus is unavailable: it may still answer until the bus is back",
+        ));
+    }
+    tracing::info!(script = %name, "deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn versions(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionView>>, ApiError> {
+    let name = script_name(&name)?;
+    let rows = state
+        .store
+        .list_versions(name.as_str())
+        .await
+        .map_err(internal)?;
+    if rows.is_empty() {
+        return Err(no_script(name.as_str()));
+    }
+    Ok(Json(
+        rows.into_iter().map(|v| version_view(v, false)).collect(),
+    ))
+}
+
+pub async fn version(
+    State(state): State<Shared>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<VersionView>, ApiError> {
+    let name = script_name(&name)?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid version {version:?}")))?;
+    let row = state
+        .store
+        .get_version(name.as_str(), version)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("script {name:?} has no version {version}")))?;
+    Ok(Json(version_view(row, true)))
+}
+
+/// `POST /scripts/{name}/rollback {"version": N}`: make an older (or any
+/// existing) version the active one.
+pub async fn rollback(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<RollbackBody>,
+) -> Result<Json<VersionView>, ApiError> {
+    let name = script_name(&name)?;
+    let row = state
+        .store
+        .activate(name.as_str(), body.version)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("script {name:?} has no version {}", body.version))
+        })?;
+    if let Err(e) = state.publisher.publish_active(&row).await {
+        tracing::warn!(error = %e, script = %name, "rollback stored but not yet on the bus");
+        state.publisher.request_sync();
+        return Err(ApiError::unavailable(format!(
+            "version {} was made active but the message bus is unavailable; it will take effect automatically",
+            row.version
+        )));
+    }
+    tracing::info!(script = %name, version = row.version, "rolled back");
+    Ok(Json(version_view(row, false)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,62 @@
+//! Drains invocation records from the bus into Postgres.
+//!
+//! Batches are acked only after the insert commits; a failed insert leaves
+//! them unacked, so JetStream redelivers them, and the insert ignores ids it
+//! already has.
+
+use std::time::Duration;
+
+use picloud_bus::Bus;
+use picloud_core::Shutdown;
+use picloud_store::Store;
+
+pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match drain(&store, &bus, &shutdown).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "invocation records consumer failed")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Returns `Ok` on shutdown, `Err` when the consumer must be reopened.
+async fn drain(store: &Store, bus: &Bus, shutdown: &Shutdown) -> Result<(), String> {
+    let mut consumer = bus.record_consumer().await.map_err(|e| e.to_string())?;
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            b = consumer.next() => b,
+        };
+        let batch = match batch {
+            None => return Err("record consumer ended".into()),
+            Some(Err(e)) => {
+                // Missed heartbeats and the like: the stream recovers by itself.
+                tracing::debug!(error = %e, "record consumer hiccup");
+                continue;
+            }
+            Some(Ok(b)) => b,
+        };
+        match store.insert_invocations(&batch.records).await {
+            Ok(_) => {
+                if let Err(e) = batch.ack().await {
+                    tracing::warn!(error = %e, "cannot ack invocation records; they will be redelivered");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, n = batch.records.len(), "cannot store invocation records; they will be redelivered");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}

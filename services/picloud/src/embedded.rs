@@ -1,0 +1,394 @@
+//! The embedded default: a private `nats-server -js` and a private Postgres
+//! cluster under the data directory, as child processes.
+//!
+//! - Never the standard ports: NATS gets a free loopback port; Postgres
+//!   listens on no TCP port at all, only on a Unix socket in a directory of
+//!   its own.
+//! - `initdb` refuses to run as root. As root, the cluster belongs to the
+//!   `postgres` user (uid/gid switched in the child), in a directory that
+//!   user can reach.
+//! - Children live in their own process group (a terminal's Ctrl-C reaches
+//!   only us, and we stop them after the roles have drained) and get a
+//!   parent-death signal, so a crashed `picloud` leaves no orphans.
+
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use picloud_core::{Config, Shutdown};
+use tokio::process::{Child, Command};
+
+const SETUP_HINT: &str = "install them with: sudo apt-get install -y nats-server postgresql \
+     (or run scripts/setup.sh), or set PICLOUD_NATS_URL and PICLOUD_DATABASE_URL";
+
+/// The private servers this process started (none when URLs were given).
+#[derive(Default)]
+pub struct Embedded {
+    nats: Option<Child>,
+    postgres: Option<Child>,
+}
+
+impl Embedded {
+    /// Starts what `config` lacks and fills in its URLs and admin token.
+    pub async fn start(config: &mut Config, shutdown: &Shutdown) -> anyhow::Result<Self> {
+        let mut me = Self::default();
+        if config.admin_token.is_none() {
+            config.admin_token = Some(admin_token(&config.data_dir)?);
+        }
+        if config.nats_url.is_none() || config.database_url.is_none() {
+            prepare_data_dir(&config.data_dir)?;
+        }
+        let result = async {
+            if config.nats_url.is_none() {
+                let (child, url) = start_nats(&config.data_dir).await?;
+                me.nats = Some(child);
+                config.nats_url = Some(url);
+            }
+            if config.database_url.is_none() {
+                let (child, url) = start_postgres(&config.data_dir, shutdown).await?;
+                me.postgres = Some(child);
+                config.database_url = Some(url);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(me),
+            Err(e) => {
+                me.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops Postgres (fast shutdown) and NATS, and waits for both.
+    pub async fn stop(mut self) {
+        if let Some(pg) = self.postgres.take() {
+            stop_child("postgres", pg, libc::SIGINT).await;
+        }
+        if let Some(nats) = self.nats.take() {
+            stop_child("nats-server", nats, libc::SIGTERM).await;
+        }
+    }
+}
+
+async fn stop_child(name: &str, mut child: Child, signal: i32) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+        Ok(_) => tracing::info!("{name} stopped"),
+        Err(_) => {
+            tracing::warn!("{name} did not stop in 30s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    if is_root() {
+        // The postgres user must be able to pass through to its own
+        // subdirectory; nothing in here is readable by others.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    Ok(())
+}
+
+/// The admin token: from the data directory, or generated once into it
+/// (mode 0600, like an SSH key: this file is the credential).
+fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_owned());
+        }
+    }
+    prepare_data_dir(data_dir)?;
+    let token = format!(
+        "pc_{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    std::fs::write(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(token)
+}
+
+// ---- NATS ------------------------------------------------------------------
+
+async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
+    let bin = find_binary("nats-server", &[])
+        .with_context(|| format!("nats-server is not installed; {SETUP_HINT}"))?;
+    let dir = data_dir.join("nats");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let conf = dir.join("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "# Written by `picloud up` at every start.\n\
+             listen: 127.0.0.1:{port}\n\
+             max_payload: 8MB\n\
+             jetstream {{\n  store_dir: {:?}\n}}\n",
+            dir.join("jetstream").display().to_string()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("nats.log"))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-c")
+        .arg(&conf)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = spawn_child(cmd, libc::SIGTERM, None).context("cannot start nats-server")?;
+    let url = format!("nats://127.0.0.1:{port}");
+    wait_for(Duration::from_secs(20), "nats-server", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await?;
+    tracing::info!(%url, "private nats-server started");
+    Ok((child, url))
+}
+
+// ---- Postgres --------------------------------------------------------------
+
+async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<(Child, String)> {
+    let bindir = postgres_bindir()
+        .with_context(|| format!("Postgres (initdb, postgres) is not installed; {SETUP_HINT}"))?;
+    let owner = if is_root() {
+        Some(postgres_user()?)
+    } else {
+        None
+    };
+    let base = data_dir.join("postgres");
+    let pgdata = base.join("data");
+    let run = base.join("run");
+    for d in [&base, &run] {
+        std::fs::create_dir_all(d)?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        if let Some((uid, gid)) = owner {
+            chown(d, Some(uid), Some(gid))?;
+        }
+    }
+    if let Some((uid, _)) = owner {
+        check_reachable(&base, uid)?;
+    }
+
+    if !pgdata.join("PG_VERSION").exists() {
+        tracing::info!(dir = %pgdata.display(), "initialising a private Postgres cluster");
+        let mut cmd = Command::new(bindir.join("initdb"));
+        cmd.arg("-D")
+            .arg(&pgdata)
+            .args([
+                "--auth=trust",
+                "--username=picloud",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let out = spawn_child(cmd, libc::SIGTERM, owner)?
+            .wait_with_output()
+            .await
+            .context("initdb failed to run")?;
+        if !out.status.success() {
+            bail!(
+                "initdb failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+
+    let log = std::fs::File::create(base.join("postgres.log"))?;
+    if let Some((uid, gid)) = owner {
+        chown(base.join("postgres.log"), Some(uid), Some(gid))?;
+    }
+    let mut cmd = Command::new(bindir.join("postgres"));
+    cmd.arg("-D")
+        .arg(&pgdata)
+        .arg("-k")
+        .arg(&run)
+        // No TCP at all: the socket directory is private to its owner.
+        .args([
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "unix_socket_permissions=0700",
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    let child = spawn_child(cmd, libc::SIGINT, owner).context("cannot start postgres")?;
+
+    let admin = format!(
+        "postgres://picloud@localhost/postgres?host={}",
+        run.display()
+    );
+    let started = Instant::now();
+    let pool = loop {
+        match sqlx::PgPool::connect(&admin).await {
+            Ok(p) => break p,
+            Err(e) if started.elapsed() > Duration::from_secs(60) || shutdown.is_cancelled() => {
+                bail!(
+                    "private Postgres did not come up (see {}): {e}",
+                    base.join("postgres.log").display()
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'picloud')")
+            .fetch_one(&pool)
+            .await?;
+    if !exists {
+        sqlx::query("CREATE DATABASE picloud")
+            .execute(&pool)
+            .await?;
+    }
+    pool.close().await;
+    tracing::info!(socket_dir = %run.display(), "private Postgres started");
+    Ok((
+        child,
+        format!(
+            "postgres://picloud@localhost/picloud?host={}",
+            run.display()
+        ),
+    ))
+}
+
+/// Where `initdb` and `postgres` live: Debian keeps them off PATH.
+fn postgres_bindir() -> Option<PathBuf> {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && dir.join("initdb").exists() {
+            return Some(dir);
+        }
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    find_binary("initdb", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+fn postgres_user() -> anyhow::Result<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd")?;
+    passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"postgres") && f.len() > 3)
+                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .with_context(|| {
+            format!(
+                "running as root needs the 'postgres' user to own the private cluster; {SETUP_HINT}"
+            )
+        })
+}
+
+/// As root, the `postgres` user must be able to walk down to its directory.
+fn check_reachable(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(ancestor)?;
+        let mode = meta.mode();
+        let ok = if meta.uid() == uid {
+            mode & 0o100 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            bail!(
+                "{} is not reachable by the 'postgres' user, which must own the private \
+                 database (initdb refuses to run as root): set PICLOUD_DATA_DIR to a directory \
+                 under /var/lib or /tmp, or open {} with chmod o+x",
+                dir.display(),
+                ancestor.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+fn spawn_child(
+    mut cmd: Command,
+    death_signal: i32,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<Child> {
+    if let Some((uid, gid)) = owner {
+        cmd.uid(uid).gid(gid);
+        cmd.env("HOME", "/tmp");
+    }
+    cmd.process_group(0).kill_on_drop(true);
+    // SAFETY: the closure runs in the forked child before exec and calls
+    // only async-signal-safe functions (prctl, getppid, raise).
+    unsafe {
+        cmd.pre_exec(move || {
+            let parent = libc::getppid();
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != parent {
+                libc::raise(death_signal);
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn find_binary(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/usr/local/sbin", "/sbin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_for(limit: Duration, what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !ready() {
+        if started.elapsed() > limit {
+            bail!("{what} did not start within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

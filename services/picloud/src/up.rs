@@ -1,0 +1,73 @@
+//! `picloud up`: every role in one process, on one port.
+
+use anyhow::Context;
+use picloud_core::{Config, Shutdown};
+
+use crate::embedded::Embedded;
+
+pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let token_generated = config.admin_token.is_none();
+    let embedded = Embedded::start(&mut config, &shutdown).await?;
+    let token = config.admin_token.clone().unwrap_or_default();
+
+    let result = serve(&config, shutdown.clone(), &token, token_generated).await;
+    shutdown.cancel();
+    embedded.stop().await;
+    result
+}
+
+async fn serve(
+    config: &Config,
+    shutdown: Shutdown,
+    token: &str,
+    token_from_file: bool,
+) -> anyhow::Result<()> {
+    let manager = picloud_manager::start(config, shutdown.clone()).await?;
+    let gateway = picloud_gateway::start(config, shutdown.clone()).await?;
+    let executor = picloud_executor::start(config, shutdown.clone()).await?;
+    let router =
+        manager
+            .router
+            .clone()
+            .merge(gateway.router.clone())
+            .merge(picloud_http::health_router(vec![
+                manager.ready.clone(),
+                gateway.ready.clone(),
+                executor.ready.clone(),
+            ]));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (set PICLOUD_LISTEN)", config.listen))?;
+    let addr = listener.local_addr()?;
+    print_banner(&addr.to_string(), token, token_from_file, config);
+    picloud_http::serve_on(listener, router, shutdown.clone()).await?;
+    shutdown.cancel();
+    executor.join().await;
+    gateway.join().await;
+    manager.join().await;
+    Ok(())
+}
+
+fn print_banner(addr: &str, token: &str, token_from_file: bool, config: &Config) {
+    let base = format!("http://{addr}");
+    let saved = if token_from_file {
+        format!(
+            " (kept in {})",
+            config.data_dir.join("admin-token").display()
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "PiCloud is up on {base}\n\
+         admin token: {token}{saved}\n\
+         \n\
+         Deploy a sample and call it:\n  \
+         curl -X PUT {base}/api/v1/scripts/hello -H 'Authorization: Bearer {token}' \
+         -H 'content-type: application/json' \
+         -d '{{\"source\": \"let who = request.query.who ?? \\\"world\\\"; `Hello, ${{who}}!`\"}}'\n  \
+         curl '{base}/fn/hello?who=PiCloud'\n\
+         \n\
+         Press Ctrl-C to stop."
+    );
+}
