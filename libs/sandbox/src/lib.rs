@@ -80,7 +80,7 @@ impl Sandbox {
             engine.register_fn("log", move |msg: Dynamic| c.line(&msg.to_string()));
             let c = capture.clone();
             engine.on_progress(move |ops| {
-                if ops % CLOCK_CHECK_EVERY == 0 && c.deadline_passed() {
+                if ops.is_multiple_of(CLOCK_CHECK_EVERY) && c.deadline_passed() {
                     Some(Dynamic::from(DEADLINE_TOKEN))
                 } else {
                     None
@@ -233,7 +233,7 @@ fn classify(err: EvalAltResult, limits: &Limits) -> Failure {
 }
 
 fn wall_time_message(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("wall time limit of {}s exceeded", ms / 1000)
     } else {
         format!("wall time limit of {ms}ms exceeded")

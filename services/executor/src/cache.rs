@@ -17,9 +17,11 @@ pub struct Compiled {
     pub limits: Limits,
 }
 
+type Key = (String, u32);
+
 #[derive(Clone)]
 pub struct AstCache {
-    inner: Arc<Mutex<LruCache<(String, u32), Arc<Compiled>>>>,
+    inner: Arc<Mutex<LruCache<Key, Arc<Compiled>>>>,
 }
 
 impl AstCache {
