@@ -102,10 +102,10 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// (mode 0600, like an SSH key: this file is the credential).
 fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("admin-token");
-    if let Ok(t) = std::fs::read_to_string(&path) {
-        if !t.trim().is_empty() {
-            return Ok(t.trim().to_owned());
-        }
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && !t.trim().is_empty()
+    {
+        return Ok(t.trim().to_owned());
     }
     prepare_data_dir(data_dir)?;
     let token = format!(
