@@ -1,1 +1,269 @@
+//! Test support shared by every end-to-end test.
+//!
+//! [`TestEnv::new`] gives a test its own Postgres database and its own NATS
+//! prefix (so its subjects, streams and buckets are its own), on the real
+//! servers named by `PICLOUD_TEST_DATABASE_URL` (default: the local
+//! Postgres) and `PICLOUD_TEST_NATS_URL` (default: the local NATS). Tests
+//! therefore run in parallel without meeting. Roles run in-process on
+//! loopback ports; [`TestEnv::cleanup`] drops the database and the streams.
 
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use picloud_core::{Config, Shutdown};
+use serde_json::Value;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+pub struct TestEnv {
+    pub config: Config,
+    pub token: String,
+    admin_url: String,
+    db_name: String,
+    shutdowns: Vec<Shutdown>,
+}
+
+/// A running manager + gateway (one port, like `picloud up`).
+pub struct Front {
+    pub base: String,
+    pub shutdown: Shutdown,
+    pub addr: SocketAddr,
+}
+
+/// A running executor.
+pub struct ExecutorHandle {
+    pub id: String,
+    pub shutdown: Shutdown,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl ExecutorHandle {
+    /// Stops the executor and waits for it to drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let admin_url = std::env::var("PICLOUD_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+        let nats_url =
+            std::env::var("PICLOUD_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.into());
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("picloud_test_{}", &id[..16]);
+        let admin = sqlx::PgPool::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("test Postgres at {admin_url} is not reachable: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {db_name}"))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let token = format!("test-token-{}", &id[16..]);
+        let config = Config {
+            database_url: Some(replace_db(&admin_url, &db_name)),
+            nats_url: Some(nats_url),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: Some(token.clone()),
+            prefix: format!("t{}", &id[..12]),
+            workers: 2,
+            ..Config::default()
+        };
+        Self {
+            config,
+            token,
+            admin_url,
+            db_name,
+            shutdowns: Vec::new(),
+        }
+    }
+
+    /// Starts a manager and a gateway on one loopback port.
+    pub async fn start_front(&mut self) -> Front {
+        let shutdown = Shutdown::new();
+        self.shutdowns.push(shutdown.clone());
+        let manager = picloud_manager::start(&self.config, shutdown.clone())
+            .await
+            .expect("manager starts");
+        let gateway = picloud_gateway::start(&self.config, shutdown.clone())
+            .await
+            .expect("gateway starts");
+        let router = manager.router.clone().merge(gateway.router.clone()).merge(
+            picloud_http::health_router(vec![manager.ready.clone(), gateway.ready.clone()]),
+        );
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let s = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = picloud_http::serve_on(listener, router, s.clone()).await;
+            s.cancel();
+            gateway.join().await;
+            manager.join().await;
+        });
+        Front {
+            base: format!("http://{addr}"),
+            shutdown,
+            addr,
+        }
+    }
+
+    pub async fn start_executor(&mut self) -> ExecutorHandle {
+        let shutdown = Shutdown::new();
+        self.shutdowns.push(shutdown.clone());
+        let executor = picloud_executor::start(&self.config, shutdown.clone())
+            .await
+            .expect("executor starts");
+        let id = executor.id.clone();
+        let done = tokio::spawn(executor.join());
+        ExecutorHandle { id, shutdown, done }
+    }
+
+    /// Stops everything this env started, drops its database and deletes
+    /// its streams.
+    pub async fn cleanup(self) {
+        for s in &self.shutdowns {
+            s.cancel();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(admin) = sqlx::PgPool::connect(&self.admin_url).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .execute(&admin)
+            .await;
+            admin.close().await;
+        }
+        if let Some(url) = &self.config.nats_url
+            && let Ok(client) = async_nats::connect(url).await
+        {
+            let js = async_nats::jetstream::new(client);
+            let upper = self.config.prefix.to_ascii_uppercase();
+            for s in ["RECORDS"] {
+                let _ = js.delete_stream(format!("{upper}_{s}")).await;
+            }
+            for b in ["ROUTES", "VERSIONS"] {
+                let _ = js.delete_stream(format!("KV_{upper}_{b}")).await;
+            }
+        }
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let base = match base.rfind('/') {
+        Some(i) if i > "postgres://".len() => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+/// A small admin/`/fn` client for tests.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn deploy(&self, name: &str, source: &str) -> reqwest::Response {
+        self.deploy_json(name, serde_json::json!({ "source": source }))
+            .await
+    }
+
+    pub async fn deploy_json(&self, name: &str, body: Value) -> reqwest::Response {
+        self.http
+            .put(format!("{}/api/v1/scripts/{name}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("deploy request")
+    }
+
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("api request")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let resp = self.api(reqwest::Method::GET, path, None).await;
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.json().await.expect("json")
+    }
+
+    pub async fn call(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}/fn/{path}", self.base))
+            .send()
+            .await
+            .expect("fn request")
+    }
+
+    /// Calls `/fn/{path}` until its body equals `expected` (bounded retry,
+    /// for changes that propagate through the bus).
+    pub async fn wait_for_body(&self, path: &str, expected: &str) {
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < Duration::from_secs(20) {
+            let resp = self.call(path).await;
+            let status = resp.status();
+            let body = resp.text().await.unwrap_or_default();
+            if status == reqwest::StatusCode::OK && body == expected {
+                return;
+            }
+            last = format!("{status} {body}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("/fn/{path} never answered {expected:?}; last answer: {last}");
+    }
+}
+
+/// Polls `f` until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

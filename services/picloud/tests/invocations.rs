@@ -1,0 +1,205 @@
+//! Invocation paths: executors, failures, limits and the invocation log.
+
+use std::time::{Duration, Instant};
+
+use picloud_testkit::{Client, TestEnv, eventually};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+async fn records_for(c: &Client, script: &str, want: usize) -> Vec<Value> {
+    eventually(Duration::from_secs(20), || async {
+        let v = c
+            .get_json(&format!("/invocations?script={script}&limit=1000"))
+            .await;
+        let list = v.as_array().unwrap().clone();
+        (list.len() >= want).then_some(list)
+    })
+    .await
+    .unwrap_or_else(|| panic!("fewer than {want} invocation records for {script}"))
+}
+
+#[tokio::test]
+async fn no_executor_is_an_immediate_503() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy("lonely", r#""hi""#).await;
+    // The route is known (the deploy answered), but nobody runs scripts.
+    let started = Instant::now();
+    let resp = c.call("lonely").await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // "No responders" comes back at once, not after the 5 s wall-time wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "no_executor");
+
+    // An executor joining later serves without anything restarting.
+    env.start_executor().await;
+    c.wait_for_body("lonely", "hi").await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_executors_both_take_work() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    let a = env.start_executor().await;
+    let b = env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy("work", r#""done""#).await;
+    c.wait_for_body("work", "done").await;
+    let calls = 60;
+    for _ in 0..calls {
+        let resp = c.call("work").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let records = records_for(&c, "work", calls).await;
+    let by = |id: &str| records.iter().filter(|r| r["executor"] == id).count();
+    assert!(
+        by(&a.id) > 0 && by(&b.id) > 0,
+        "a={} b={}",
+        by(&a.id),
+        by(&b.id)
+    );
+    assert_eq!(by(&a.id) + by(&b.id), records.len());
+
+    // One executor gone: the other serves everything.
+    a.stop().await;
+    for _ in 0..10 {
+        assert_eq!(c.call("work").await.status(), StatusCode::OK);
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn invocations_are_recorded_with_log_and_operator_only_errors() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy("chatty", r#"log("one"); print("two"); "ok""#)
+        .await;
+    c.deploy(
+        "broken",
+        r#"log("before"); throw "the db password is hunter2";"#,
+    )
+    .await;
+    c.wait_for_body("chatty", "ok").await;
+
+    let resp = c.call("broken").await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let id = resp.headers()["x-picloud-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("hunter2"),
+        "public error leaks the thrown value: {text}"
+    );
+    let err: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["error"]["code"], "script_error");
+    assert!(err["error"]["message"].as_str().unwrap().contains(&id));
+
+    let ok = records_for(&c, "chatty", 1).await;
+    assert_eq!(ok[0]["status"], "ok");
+    assert_eq!(ok[0]["http_status"], 200);
+    assert_eq!(ok[0]["log"], "one\ntwo\n");
+    assert_eq!(ok[0]["trigger"], "http");
+    assert_eq!(ok[0]["version"], 1);
+
+    let record = eventually(Duration::from_secs(20), || async {
+        let resp = c
+            .api(Method::GET, &format!("/invocations/{id}"), None)
+            .await;
+        if resp.status() == StatusCode::OK {
+            resp.json::<Value>().await.ok()
+        } else {
+            None
+        }
+    })
+    .await
+    .expect("the failed invocation is recorded");
+    assert_eq!(record["status"], "error");
+    assert_eq!(record["log"], "before\n");
+    assert!(record["error"].as_str().unwrap().contains("hunter2"));
+    assert!(record["duration_us"].as_u64().is_some());
+
+    let errors = c.get_json("/invocations?status=error").await;
+    assert_eq!(errors.as_array().unwrap().len(), 1);
+    assert_eq!(errors[0]["script"], "broken");
+    let resp = c.api(Method::GET, "/invocations?status=weird", None).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = c.api(Method::GET, "/invocations?limit=0", None).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = c.api(Method::GET, "/invocations/not-a-uuid", None).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = c
+        .api(Method::GET, &format!("/invocations/{}", uuid_v4()), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}
+
+fn uuid_v4() -> String {
+    picloud_core::Uuid::new_v4().to_string()
+}
+
+#[tokio::test]
+async fn a_broken_limit_ends_only_that_invocation() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_json(
+        "spin",
+        json!({ "source": "loop {}", "limits": { "wall_time_ms": 300, "max_operations": 1_000_000_000u64 } }),
+    )
+    .await;
+    c.deploy("fine", r#""fine""#).await;
+    c.wait_for_body("fine", "fine").await;
+
+    let resp = c.call("spin").await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "limit_exceeded");
+    assert_eq!(err["error"]["message"], "wall time limit of 300ms exceeded");
+    assert_eq!(c.call("fine").await.text().await.unwrap(), "fine");
+    let spin = records_for(&c, "spin", 1).await;
+    assert_eq!(spin[0]["status"], "limit_exceeded");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_body_is_a_413() {
+    let mut env = TestEnv::new().await;
+    env.config.max_request_bytes = 1024;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy("sink", "request.body.len()").await;
+    c.wait_for_body("sink", "0").await;
+    let resp = c
+        .http
+        .post(format!("{}/fn/sink", c.base))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "payload_too_large");
+    let resp = c
+        .http
+        .post(format!("{}/fn/sink", c.base))
+        .body(vec![b'x'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "1000");
+    env.cleanup().await;
+}
