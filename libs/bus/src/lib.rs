@@ -67,6 +67,8 @@ pub enum InvokeError {
     NoExecutor,
     #[error("no reply before the deadline")]
     TimedOut,
+    #[error("the invocation is larger than the bus accepts ({0} bytes)")]
+    TooLarge(usize),
     #[error(transparent)]
     Bus(#[from] BusError),
 }
@@ -180,6 +182,36 @@ impl Bus {
         }
     }
 
+    /// The scripts that currently have a route.
+    pub async fn route_names(&self) -> Result<Vec<String>, BusError> {
+        let keys = self.keys(&self.routes, "route keys").await?;
+        Ok(keys
+            .iter()
+            .map(|k| Names::script_of_route_key(k).to_owned())
+            .collect())
+    }
+
+    /// Every (script, version) in the version bucket.
+    pub async fn version_keys(&self) -> Result<Vec<(String, u32)>, BusError> {
+        let keys = self.keys(&self.versions, "version keys").await?;
+        Ok(keys
+            .iter()
+            .filter_map(|k| Names::parse_version_key(k))
+            .collect())
+    }
+
+    async fn keys(&self, store: &kv::Store, what: &'static str) -> Result<Vec<String>, BusError> {
+        let mut keys = store
+            .keys()
+            .await
+            .map_err(|e| BusError::js(what)(e.into()))?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            out.push(k.map_err(|e| BusError::js(what)(e.into()))?);
+        }
+        Ok(out)
+    }
+
     /// Every current route, then every change, for as long as the stream is
     /// polled. Reconnects are handled by the ordered consumer underneath.
     pub async fn watch_routes(
@@ -244,8 +276,12 @@ impl Bus {
         timeout: Duration,
     ) -> Result<InvocationReply, InvokeError> {
         let subject = self.names.invoke_subject(&req.script);
+        let payload = encode(req);
+        if payload.len() > self.max_payload() {
+            return Err(InvokeError::TooLarge(payload.len()));
+        }
         let request = async_nats::Request::new()
-            .payload(encode(req))
+            .payload(payload)
             .timeout(Some(timeout));
         match self.client.send_request(subject.clone(), request).await {
             Ok(msg) => Ok(decode(&subject, &msg.payload)?),

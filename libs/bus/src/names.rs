@@ -68,6 +68,12 @@ impl Names {
     pub fn version_key(script: &str, version: u32) -> String {
         format!("source.{script}.{version}")
     }
+
+    pub fn parse_version_key(key: &str) -> Option<(String, u32)> {
+        let rest = key.strip_prefix("source.")?;
+        let (script, version) = rest.rsplit_once('.')?;
+        Some((script.to_owned(), version.parse().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -81,5 +87,10 @@ mod tests {
         assert_eq!(n.records_stream(), "T_1A_RECORDS");
         assert_eq!(n.routes_bucket(), "T_1A_ROUTES");
         assert_eq!(Names::script_of_route_key(&Names::route_key("x")), "x");
+        assert_eq!(
+            Names::parse_version_key(&Names::version_key("a-b", 12)),
+            Some(("a-b".into(), 12))
+        );
+        assert_eq!(Names::parse_version_key("source.x"), None);
     }
 }

@@ -2,6 +2,7 @@
 //! environment variables, which win.
 //!
 //! One struct serves every role; each role reads the fields it needs.
+//! (Reading the file and the environment is the only I/O in this crate.)
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,7 +54,9 @@ impl Default for Config {
             prefix: "picloud".into(),
             workers: 0,
             queue_depth: 256,
-            max_request_bytes: 1 << 20,
+            // Stays under NATS's default 1 MB message limit with the
+            // invocation's envelope.
+            max_request_bytes: 512 << 10,
             max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
             deadline_grace_ms: 1_000,
             limits: Limits::default(),

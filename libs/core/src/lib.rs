@@ -9,7 +9,8 @@
 //!   invocation request, its reply and its record.
 //! - [`config`]: the process configuration (environment and optional TOML).
 //!
-//! Architecture invariant: this crate performs no I/O. It knows nothing of NATS
+//! Architecture invariant: this crate performs no network or database I/O
+//! (it reads only its config file and the environment). It knows nothing of NATS
 //! subjects (the bus crate owns them), SQL (the store crate owns it) or HTTP
 //! serving (the http crate owns it).
 

@@ -11,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! limits {
     ($( $(#[$doc:meta])* $field:ident : $ty:ty = $default:expr, max $max:expr; )*) => {
-        /// The resolved limits of one script version.
+        /// The resolved limits of one script version. Unknown fields are
+        /// ignored when reading, so executors of an older release can run
+        /// versions stored by a newer one.
         #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
+        #[serde(default)]
         pub struct Limits {
             $( $(#[$doc])* pub $field: $ty, )*
         }
@@ -73,7 +75,7 @@ limits! {
     /// Bytes of captured `log`/`print` output kept per invocation.
     max_log_bytes: usize = 64 << 10, max 1 << 20;
     /// Bytes of response body.
-    max_response_bytes: usize = 1 << 20, max 16 << 20;
+    max_response_bytes: usize = 512 << 10, max 4 << 20;
 }
 
 /// Bytes of script source accepted by a deploy (operator-wide, not per script).

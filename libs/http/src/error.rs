@@ -110,7 +110,11 @@ impl TokenHash {
     /// Checks an `Authorization` header value in constant time (over the
     /// digests, so the token's length leaks nothing either).
     pub fn verify_header(&self, header: Option<&str>) -> bool {
-        let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110).
+        let Some(token) = header.and_then(|h| {
+            let (scheme, rest) = h.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        }) else {
             return false;
         };
         let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
@@ -126,6 +130,7 @@ mod tests {
     fn token_check() {
         let h = TokenHash::of("s3cret");
         assert!(h.verify_header(Some("Bearer s3cret")));
+        assert!(h.verify_header(Some("bearer s3cret")));
         assert!(!h.verify_header(Some("Bearer s3cre")));
         assert!(!h.verify_header(Some("s3cret")));
         assert!(!h.verify_header(Some("Basic s3cret")));

@@ -40,6 +40,14 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
     })
 }
 
+fn no_nul(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s
+    }
+}
+
 impl Store {
     pub async fn insert_invocations(
         &self,
@@ -48,7 +56,11 @@ impl Store {
         if records.is_empty() {
             return Ok(0);
         }
-        let col = |f: fn(&InvocationRecord) -> String| records.iter().map(f).collect::<Vec<_>>();
+        // Postgres text cannot hold NUL; one stray byte in a script's log
+        // must not block the whole batch forever.
+        let col = |f: fn(&InvocationRecord) -> String| {
+            records.iter().map(|r| no_nul(f(r))).collect::<Vec<_>>()
+        };
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
         let versions: Vec<i32> = records.iter().map(|r| r.version as i32).collect();
         let http: Vec<Option<i32>> = records
@@ -57,7 +69,10 @@ impl Store {
             .collect();
         let started: Vec<_> = records.iter().map(|r| r.started_at).collect();
         let durations: Vec<i64> = records.iter().map(|r| r.duration_us as i64).collect();
-        let errors: Vec<Option<String>> = records.iter().map(|r| r.error.clone()).collect();
+        let errors: Vec<Option<String>> = records
+            .iter()
+            .map(|r| r.error.clone().map(no_nul))
+            .collect();
         let traces: Vec<Uuid> = records.iter().map(|r| r.trace_id).collect();
         let done = sqlx::query(
             "INSERT INTO invocations (id, script, version, trigger, status, http_status,

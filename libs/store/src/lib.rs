@@ -50,6 +50,38 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Creates database `name` on the server at `admin_url` unless it
+    /// exists, waiting up to `wait` for the server to accept connections.
+    /// Used by `picloud up` for its private cluster.
+    pub async fn ensure_database(
+        admin_url: &str,
+        name: &str,
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let pool = loop {
+            match sqlx::PgPool::connect(admin_url).await {
+                Ok(p) => break p,
+                Err(e) if started.elapsed() > wait => return Err(e.into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(name)
+                .fetch_one(&pool)
+                .await?;
+        if !exists {
+            // Identifiers cannot be bound; `name` is quoted as one.
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            sqlx::query(&format!("CREATE DATABASE {quoted}"))
+                .execute(&pool)
+                .await?;
+        }
+        pool.close().await;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -118,6 +118,15 @@ impl Store {
     /// that existed, or `None` when there was no such script.
     pub async fn delete_script(&self, name: &str) -> Result<Option<Vec<u32>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Lock the script first, so a concurrent deploy cannot add a version
+        // between listing and deleting.
+        let found = sqlx::query("SELECT 1 FROM scripts WHERE name = $1 FOR UPDATE")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
         let versions: Vec<i32> = sqlx::query_scalar(
             "SELECT version FROM script_versions WHERE script = $1 ORDER BY version",
         )
@@ -193,6 +202,22 @@ impl Store {
         .await?;
         tx.commit().await?;
         version_row(&row).map(Some)
+    }
+
+    /// The active version of one script, `None` when it does not exist.
+    pub async fn active_version(&self, name: &str) -> Result<Option<VersionRow>, StoreError> {
+        sqlx::query(
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.created_at
+             FROM scripts s JOIN script_versions v
+               ON v.script = s.name AND v.version = s.active_version
+             WHERE s.name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(version_row)
+        .transpose()
     }
 
     /// The active version of every script (to rebuild the bus's route table).

@@ -2,8 +2,10 @@
 //!
 //! `record` never blocks and never fails on the hot path: records go into a
 //! bounded channel; a background task gathers what is there (up to
-//! [`MAX_BATCH`], or whatever arrived within [`LINGER`] of the first) and
-//! publishes it as one JetStream message. When NATS is down it retries with
+//! [`MAX_BATCH`] records or [`MAX_BATCH_BYTES`], or whatever arrived within
+//! [`LINGER`] of the first) and publishes it as one JetStream message. The
+//! task ends when the last `Recorder` is dropped, after the executor has
+//! drained its in-flight invocations, so their records go out too. When NATS is down it retries with
 //! backoff; past the channel's capacity new records are dropped and counted
 //! in the log rather than holding up scripts. A timer runs only while a batch
 //! is being gathered, never when idle.
@@ -17,6 +19,10 @@ use picloud_core::{InvocationRecord, Shutdown};
 use tokio::sync::mpsc;
 
 pub const MAX_BATCH: usize = 256;
+/// Well under NATS's default 1 MB message limit.
+pub const MAX_BATCH_BYTES: usize = 512 << 10;
+/// A single record's log and error are cut to fit this.
+const MAX_RECORD_TEXT: usize = 192 << 10;
 pub const LINGER: Duration = Duration::from_millis(20);
 const CAPACITY: usize = 65_536;
 
@@ -37,7 +43,11 @@ impl Recorder {
         (Self { tx, dropped }, task)
     }
 
-    pub fn record(&self, r: InvocationRecord) {
+    pub fn record(&self, mut r: InvocationRecord) {
+        cut(&mut r.log, MAX_RECORD_TEXT);
+        if let Some(e) = r.error.as_mut() {
+            cut(e, MAX_RECORD_TEXT);
+        }
         if self.tx.try_send(r).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -50,38 +60,54 @@ impl Recorder {
     }
 }
 
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push_str("\n[truncated]");
+    }
+}
+
+fn size(r: &InvocationRecord) -> usize {
+    // JSON escaping can grow text; 2x plus the fixed fields is a safe bound.
+    2 * (r.log.len() + r.error.as_ref().map_or(0, String::len) + r.script.len()) + 512
+}
+
 async fn publish_loop(bus: Bus, mut rx: mpsc::Receiver<InvocationRecord>, shutdown: Shutdown) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        // Wait (without a timer) for the first record of a batch.
-        let first = tokio::select! {
-            r = rx.recv() => r,
-            _ = shutdown.cancelled() => None,
-        };
-        let Some(first) = first else { break };
+    // Wait (without a timer) for the first record of a batch; `None` once
+    // every sender is gone.
+    while let Some(first) = rx.recv().await {
+        let mut bytes = size(&first);
         batch.push(first);
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);
+        let mut carry = None;
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 r = rx.recv() => match r {
-                    Some(r) => batch.push(r),
+                    Some(r) if bytes + size(&r) > MAX_BATCH_BYTES => {
+                        carry = Some(r);
+                        break;
+                    }
+                    Some(r) => {
+                        bytes += size(&r);
+                        batch.push(r);
+                    }
                     None => break,
                 },
                 _ = &mut linger => break,
             }
         }
         publish(&bus, &mut batch, &shutdown).await;
-    }
-    // Shutdown: whatever is still buffered goes out too.
-    rx.close();
-    while let Some(r) = rx.recv().await {
-        batch.push(r);
-        if batch.len() == MAX_BATCH {
+        if let Some(r) = carry {
+            batch.push(r);
             publish(&bus, &mut batch, &shutdown).await;
         }
     }
-    publish(&bus, &mut batch, &shutdown).await;
 }
 
 async fn publish(bus: &Bus, batch: &mut Vec<InvocationRecord>, shutdown: &Shutdown) {

@@ -145,6 +145,12 @@ impl Server {
         let job_req = req.clone();
         let cache = self.cache.clone();
         let job = Box::new(move |sandbox: &mut picloud_sandbox::Sandbox| {
+            // It may have waited in the queue: a caller that has given up
+            // gets no work done for it.
+            if Instant::now() >= deadline {
+                let _ = tx.send(plain(Outcome::Expired, "deadline passed while queued"));
+                return;
+            }
             let compiled = match (cached, source) {
                 (Some(c), _) => c,
                 (None, Some(doc)) => match sandbox.compile(&doc.source, &doc.limits) {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, to_bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -73,14 +74,18 @@ async fn handle(
     name: String,
     rest: String,
     max_body: usize,
-    Query(query): Query<BTreeMap<String, String>>,
+    query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     req: Request,
 ) -> Response {
     let id = Uuid::now_v7();
-    let mut resp = match invoke(&state, id, &name, rest, max_body, query, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    let answer = match query {
+        Ok(Query(query)) => invoke(&state, id, &name, rest, max_body, query, req).await,
+        Err(e) => Err(ApiError::bad_request(format!(
+            "invalid query string: {}",
+            e.body_text()
+        ))),
     };
+    let mut resp = answer.unwrap_or_else(IntoResponse::into_response);
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         resp.headers_mut().insert(INVOCATION_HEADER, v);
     }
@@ -143,6 +148,11 @@ async fn invoke(
             "no executor is available to run the script",
         )),
         Err(InvokeError::TimedOut) => Err(timeout()),
+        Err(InvokeError::TooLarge(n)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request is too large to dispatch ({n} bytes with its envelope)"),
+        )),
         Err(InvokeError::Bus(e)) => {
             tracing::warn!(error = %e, "invocation failed on the bus");
             Err(ApiError::unavailable("the message bus is unavailable"))

@@ -17,6 +17,12 @@ pub const COMPILE_STACK_BYTES: usize = 64 << 20;
 
 type Job = (String, Limits, oneshot::Sender<Result<(), CompileError>>);
 
+/// The compile thread is gone (it cannot be, short of a bug): a server
+/// error, not the user's.
+#[derive(Debug, thiserror::Error)]
+#[error("the compiler thread is not running")]
+pub struct CompilerGone;
+
 #[derive(Clone)]
 pub struct Compiler {
     jobs: mpsc::Sender<Job>,
@@ -32,21 +38,36 @@ impl Compiler {
                 let mut sandbox = Sandbox::new();
                 // Ends when every sender is gone (the manager shut down).
                 while let Ok((source, limits, reply)) = rx.recv() {
-                    let _ = reply.send(sandbox.compile(&source, &limits).map(drop));
+                    let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        sandbox.compile(&source, &limits).map(drop)
+                    }));
+                    match compiled {
+                        Ok(result) => {
+                            let _ = reply.send(result);
+                        }
+                        Err(_) => {
+                            // Dropping `reply` reports CompilerGone for this
+                            // deploy only; the next one gets a fresh engine.
+                            tracing::error!("the Rhai compiler panicked; engine rebuilt");
+                            sandbox = Sandbox::new();
+                        }
+                    }
                 }
             })?;
         Ok(Self { jobs: tx })
     }
 
-    /// Compiles `source`; `Err` carries the position of the first error.
-    pub async fn check(&self, source: String, limits: Limits) -> Result<(), CompileError> {
+    /// Compiles `source`. The inner `Err` is the user's compile error, with
+    /// the position of the first problem.
+    pub async fn check(
+        &self,
+        source: String,
+        limits: Limits,
+    ) -> Result<Result<(), CompileError>, CompilerGone> {
         let (tx, rx) = oneshot::channel();
-        let gone = || CompileError {
-            message: "the compiler thread is gone".into(),
-            line: 0,
-            column: 0,
-        };
-        self.jobs.send((source, limits, tx)).map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+        self.jobs
+            .send((source, limits, tx))
+            .map_err(|_| CompilerGone)?;
+        rx.await.map_err(|_| CompilerGone)
     }
 }

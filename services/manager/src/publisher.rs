@@ -1,25 +1,40 @@
 //! Keeps the bus in step with Postgres.
 //!
 //! Postgres is the source of truth for scripts; the bus's route and version
-//! buckets are what gateways and executors read. A deploy writes Postgres,
-//! then the bus. If the bus write fails (NATS down), the change is not lost:
-//! the publisher is asked to sync, and it retries with backoff until every
-//! active version is on the bus. It also syncs once at start. It sleeps
-//! while there is nothing to do (no timer runs when in sync).
+//! buckets are what gateways and executors read. After every change the
+//! manager calls [`Publisher::publish_script`], which publishes what the
+//! database says *now* (not what the request wrote), one script at a time
+//! under a lock, so concurrent deploys and rollbacks cannot leave the route
+//! on an older version than the database.
+//!
+//! When a bus write fails (NATS down), nothing is lost: a full sync is
+//! requested, and it retries with backoff until the buckets equal the
+//! database (routes and versions of deleted scripts removed too). It also
+//! runs once at start. No timer runs while in sync.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use picloud_bus::{Bus, BusError, Route, VersionDoc};
 use picloud_core::Shutdown;
 use picloud_store::{Store, VersionRow};
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 
 #[derive(Clone)]
 pub struct Publisher {
     store: Store,
     bus: Bus,
     wake: Arc<Notify>,
+    lock: Arc<Mutex<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Store(#[from] picloud_store::StoreError),
 }
 
 impl Publisher {
@@ -28,18 +43,42 @@ impl Publisher {
             store,
             bus,
             wake: Arc::new(Notify::new()),
+            lock: Arc::new(Mutex::new(())),
         }
     }
 
-    /// Publishes one version and makes it the script's route.
-    pub async fn publish_active(&self, v: &VersionRow) -> Result<(), BusError> {
-        self.bus.put_version(&doc(v)).await?;
-        self.bus.put_route(&route(v)).await
+    /// Makes the bus show `script` as the database has it now: its active
+    /// version routed, or no route when the script is gone. On failure a
+    /// background sync is requested before the error is returned.
+    pub async fn publish_script(
+        &self,
+        script: &str,
+        deleted_versions: &[u32],
+    ) -> Result<(), PublishError> {
+        let result = self.publish_locked(script, deleted_versions).await;
+        if result.is_err() {
+            self.request_sync();
+        }
+        result
     }
 
-    pub async fn unpublish(&self, script: &str, versions: &[u32]) -> Result<(), BusError> {
-        self.bus.delete_route(script).await?;
-        self.bus.purge_versions(script, versions).await
+    async fn publish_locked(
+        &self,
+        script: &str,
+        deleted_versions: &[u32],
+    ) -> Result<(), PublishError> {
+        let _guard = self.lock.lock().await;
+        match self.store.active_version(script).await? {
+            Some(v) => {
+                self.bus.put_version(&doc(&v)).await?;
+                self.bus.put_route(&route(&v)).await?;
+            }
+            None => {
+                self.bus.delete_route(script).await?;
+                self.bus.purge_versions(script, deleted_versions).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Asks for a full sync in the background.
@@ -71,14 +110,23 @@ impl Publisher {
         }
     }
 
-    async fn sync_all(&self) -> Result<usize, String> {
-        let active = self
-            .store
-            .active_versions()
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn sync_all(&self) -> Result<usize, PublishError> {
+        let _guard = self.lock.lock().await;
+        let active = self.store.active_versions().await?;
         for v in &active {
-            self.publish_active(v).await.map_err(|e| e.to_string())?;
+            self.bus.put_version(&doc(v)).await?;
+            self.bus.put_route(&route(v)).await?;
+        }
+        let live: HashSet<&str> = active.iter().map(|v| v.script.as_str()).collect();
+        for name in self.bus.route_names().await? {
+            if !live.contains(name.as_str()) {
+                self.bus.delete_route(&name).await?;
+            }
+        }
+        for (script, version) in self.bus.version_keys().await? {
+            if !live.contains(script.as_str()) {
+                self.bus.purge_versions(&script, &[version]).await?;
+            }
         }
         Ok(active.len())
     }

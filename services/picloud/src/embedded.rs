@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use picloud_core::{Config, Shutdown};
+use picloud_store::Store;
 use tokio::process::{Child, Command};
 
 const SETUP_HINT: &str = "install them with: sudo apt-get install -y nats-server postgresql \
@@ -113,18 +114,35 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    std::fs::write(&path, &token).with_context(|| format!("cannot write {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created 0600: never readable by others, not even for a moment.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        f.write_all(token.as_bytes())?;
+    }
     Ok(token)
 }
 
 // ---- NATS ------------------------------------------------------------------
 
 async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
-    let bin = find_binary("nats-server", &[])
-        .with_context(|| format!("nats-server is not installed; {SETUP_HINT}"))?;
+    // PICLOUD_NATS_SERVER picks a specific server (e.g. a newer one).
+    let bin = match std::env::var_os("PICLOUD_NATS_SERVER") {
+        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
+        None => find_binary("nats-server"),
+    }
+    .with_context(|| format!("nats-server is not installed; {SETUP_HINT}"))?;
     let dir = data_dir.join("nats");
     std::fs::create_dir_all(&dir)?;
+    // Script sources and invocation records live in here.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let port = free_port()?;
     let conf = dir.join("nats.conf");
     std::fs::write(
@@ -226,29 +244,16 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
         "postgres://picloud@localhost/postgres?host={}",
         run.display()
     );
-    let started = Instant::now();
-    let pool = loop {
-        match sqlx::PgPool::connect(&admin).await {
-            Ok(p) => break p,
-            Err(e) if started.elapsed() > Duration::from_secs(60) || shutdown.is_cancelled() => {
-                bail!(
-                    "private Postgres did not come up (see {}): {e}",
-                    base.join("postgres.log").display()
-                )
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
+    let ensured = tokio::select! {
+        r = Store::ensure_database(&admin, "picloud", Duration::from_secs(60)) => r,
+        _ = shutdown.cancelled() => bail!("interrupted while Postgres was starting"),
     };
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'picloud')")
-            .fetch_one(&pool)
-            .await?;
-    if !exists {
-        sqlx::query("CREATE DATABASE picloud")
-            .execute(&pool)
-            .await?;
-    }
-    pool.close().await;
+    ensured.with_context(|| {
+        format!(
+            "private Postgres did not come up (see {})",
+            base.join("postgres.log").display()
+        )
+    })?;
     tracing::info!(socket_dir = %run.display(), "private Postgres started");
     Ok((
         child,
@@ -261,6 +266,11 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
 
 /// Where `initdb` and `postgres` live: Debian keeps them off PATH.
 fn postgres_bindir() -> Option<PathBuf> {
+    // PICLOUD_PG_BINDIR picks a specific Postgres installation.
+    if let Some(dir) = std::env::var_os("PICLOUD_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        return dir.join("initdb").is_file().then_some(dir);
+    }
     if let Ok(out) = std::process::Command::new("pg_config")
         .arg("--bindir")
         .output()
@@ -284,7 +294,7 @@ fn postgres_bindir() -> Option<PathBuf> {
     if let Some((_, bin)) = versions.pop() {
         return Some(bin);
     }
-    find_binary("initdb", &[]).and_then(|p| p.parent().map(Path::to_path_buf))
+    find_binary("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
 }
 
 fn postgres_user() -> anyhow::Result<(u32, u32)> {
@@ -340,11 +350,12 @@ fn spawn_child(
         cmd.env("HOME", "/tmp");
     }
     cmd.process_group(0).kill_on_drop(true);
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the forked child before exec and calls
     // only async-signal-safe functions (prctl, getppid, raise).
     unsafe {
         cmd.pre_exec(move || {
-            let parent = libc::getppid();
             if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -358,7 +369,9 @@ fn spawn_child(
     cmd.spawn()
 }
 
-fn find_binary(name: &str, extra: &[&str]) -> Option<PathBuf> {
+/// `name` on PATH or in the sbin directories (Debian installs nats-server
+/// in /usr/sbin, which a normal user's PATH lacks).
+fn find_binary(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(
@@ -366,7 +379,6 @@ fn find_binary(name: &str, extra: &[&str]) -> Option<PathBuf> {
                 .iter()
                 .map(PathBuf::from),
         )
-        .chain(extra.iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }

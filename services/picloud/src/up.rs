@@ -6,11 +6,17 @@ use picloud_core::{Config, Shutdown};
 use crate::embedded::Embedded;
 
 pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let token_generated = config.admin_token.is_none();
+    let token_from_env = config.admin_token.is_some();
     let embedded = Embedded::start(&mut config, &shutdown).await?;
     let token = config.admin_token.clone().unwrap_or_default();
 
-    let result = serve(&config, shutdown.clone(), &token, token_generated).await;
+    let shown = if token_from_env {
+        // The operator chose it; do not echo a credential into logs.
+        "(the one in PICLOUD_ADMIN_TOKEN)".to_owned()
+    } else {
+        token
+    };
+    let result = serve(&config, shutdown.clone(), &shown, !token_from_env).await;
     shutdown.cancel();
     embedded.stop().await;
     result

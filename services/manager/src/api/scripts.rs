@@ -100,11 +100,12 @@ pub async fn deploy(
         ));
     }
     let limits = state.limits.resolve(&body.limits, &state.max_limits);
-    if let Err(e) = state
+    let compiled = state
         .compiler
         .check(body.source.clone(), limits.clone())
         .await
-    {
+        .map_err(internal)?;
+    if let Err(e) = compiled {
         return Err(ApiError::bad_request(format!("compile error: {e}"))
             .with_code("compile_error")
             .with_details(serde_json::json!({ "line": e.line, "column": e.column })));
@@ -115,10 +116,9 @@ pub async fn deploy(
         .create_version(name.as_str(), &body.source, &sha, &limits)
         .await
         .map_err(internal)?;
-    if let Err(e) = state.publisher.publish_active(&version).await {
+    if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
         // Stored, so not lost: the publisher retries until the bus has it.
         tracing::warn!(error = %e, script = %name, "version stored but not yet on the bus");
-        state.publisher.request_sync();
         return Err(ApiError::unavailable(format!(
             "version {} was stored but could not be activated yet (message bus unavailable); it will be activated automatically",
             version.version
@@ -172,12 +172,16 @@ pub async fn delete(
         .await
         .map_err(internal)?
         .ok_or_else(|| no_script(name.as_str()))?;
-    if let Err(e) = state.publisher.unpublish(name.as_str(), &versions).await {
-        // The database no longer has it; a stale route would only answer
-        // until the bus is back, but say so rather than pretend.
+    if let Err(e) = state
+        .publisher
+        .publish_script(name.as_str(), &versions)
+        .await
+    {
+        // The database no longer has it; the publisher keeps retrying until
+        // the route is gone too. Say so rather than pretend.
         tracing::warn!(error = %e, script = %name, "script deleted but route not yet removed");
         return Err(ApiError::unavailable(
-            "script deleted, but the message bus is unavailable: it may still answer until the bus is back",
+            "script deleted, but the message bus is unavailable: its endpoint may answer until the bus is back",
         ));
     }
     tracing::info!(script = %name, "deleted");
@@ -235,9 +239,8 @@ pub async fn rollback(
         .ok_or_else(|| {
             ApiError::not_found(format!("script {name:?} has no version {}", body.version))
         })?;
-    if let Err(e) = state.publisher.publish_active(&row).await {
+    if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
         tracing::warn!(error = %e, script = %name, "rollback stored but not yet on the bus");
-        state.publisher.request_sync();
         return Err(ApiError::unavailable(format!(
             "version {} was made active but the message bus is unavailable; it will take effect automatically",
             row.version

@@ -1,0 +1,158 @@
+//! `picloud up` end to end: the real binary starts its own nats-server and
+//! Postgres, serves, and on SIGTERM stops them and leaves no process behind.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use picloud_testkit::Client;
+use reqwest::StatusCode;
+
+/// Processes whose command line mentions `needle` (our private servers
+/// carry the data directory in theirs).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .chars()
+            .all(|c| c.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
+    // Under /tmp (world-traversable) so that, as root, the private Postgres
+    // can run as the postgres user.
+    let data = tempfile::Builder::new()
+        .prefix("picloud-up-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_picloud"))
+        .arg("up")
+        .env_remove("PICLOUD_DATABASE_URL")
+        .env_remove("PICLOUD_NATS_URL")
+        .env_remove("PICLOUD_ADMIN_TOKEN")
+        .env_remove("PICLOUD_CONFIG")
+        .env("PICLOUD_DATA_DIR", &data_dir)
+        .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("picloud starts");
+
+    // The banner comes once everything serves.
+    let stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Press Ctrl-C");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(120), banner)
+        .await
+        .expect("banner within 120 s")
+        .unwrap();
+    let token = std::fs::read_to_string(format!("{data_dir}/admin-token")).unwrap();
+    assert!(
+        banner
+            .iter()
+            .any(|l| l.contains(&format!("admin token: {token}"))),
+        "{banner:?}"
+    );
+    assert!(
+        banner.iter().any(|l| l.contains("curl -X PUT")),
+        "{banner:?}"
+    );
+    assert!(
+        !processes_mentioning(&data_dir).is_empty(),
+        "private servers run"
+    );
+
+    let c = Client::new(&format!("http://127.0.0.1:{port}"), &token);
+    let ready = c
+        .http
+        .get(format!("{}/readyz", c.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    let resp = c
+        .deploy(
+            "hello",
+            r#"let who = request.query.who ?? "world"; `Hello, ${who}!`"#,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    c.wait_for_body("hello?who=PiCloud", "Hello, PiCloud!")
+        .await;
+
+    // SIGTERM: drain, stop the children, exit 0.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "picloud did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    let left = processes_mentioning(&data_dir);
+    assert!(left.is_empty(), "orphans left behind: {left:?}");
+}
+
+#[test]
+fn a_missing_binary_names_the_setup_command() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_picloud"))
+        .arg("up")
+        .env_remove("PICLOUD_DATABASE_URL")
+        .env_remove("PICLOUD_NATS_URL")
+        .env("PICLOUD_DATA_DIR", data.path())
+        .env(
+            "PICLOUD_NATS_SERVER",
+            data.path().join("no-such-nats-server"),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not installed"), "{err}");
+    assert!(
+        err.contains("apt-get install -y nats-server postgresql"),
+        "{err}"
+    );
+}
