@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, then all tests against a
+# real Postgres and a real NATS JetStream server.
+#
+# Servers: PICLOUD_TEST_DATABASE_URL and PICLOUD_TEST_NATS_URL when set;
+# otherwise the local ones on 127.0.0.1:5432 / 4222 when they answer (trust
+# login, JetStream on); otherwise private ones started here on free ports and
+# stopped on exit. Each test makes its own database and NATS prefix, so tests
+# run in parallel and leave nothing behind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+work=$(mktemp -d /tmp/picloud-test-XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  if [ -f "$work/pg/postmaster.pid" ]; then
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    as_pg "$pgbin/pg_ctl" -D "$work/pg" -m immediate stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ---- Postgres ---------------------------------------------------------------
+if [ -z "${PICLOUD_TEST_DATABASE_URL:-}" ]; then
+  local_url="postgres://postgres@127.0.0.1:${PICLOUD_TEST_LOCAL_PG_PORT:-5432}/postgres"
+  if PGCONNECT_TIMEOUT=3 psql "$local_url" -qtAc 'SELECT 1' >/dev/null 2>&1; then
+    export PICLOUD_TEST_DATABASE_URL="$local_url"
+  else
+    echo "no usable Postgres on 127.0.0.1:5432: starting a private one"
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    port=$(free_port)
+    mkdir -p "$work/pg"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$work/pg"; fi
+    as_pg "$pgbin/initdb" -D "$work/pg" --auth=trust --username=postgres >/dev/null
+    as_pg "$pgbin/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $work/pg -c max_connections=300" start >/dev/null
+    export PICLOUD_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  fi
+fi
+# Databases of earlier, interrupted runs.
+psql "$PICLOUD_TEST_DATABASE_URL" -qtAc \
+  "SELECT 'DROP DATABASE \"' || datname || '\" WITH (FORCE);' FROM pg_database WHERE datname LIKE 'picloud_test_%'" \
+  | psql "$PICLOUD_TEST_DATABASE_URL" -q >/dev/null 2>&1 || true
+
+# ---- NATS -------------------------------------------------------------------
+jetstream_at() { # host port -> success when a NATS server with JetStream answers
+  timeout 3 bash -c "exec 3<>/dev/tcp/$1/$2; head -n 1 <&3" 2>/dev/null | grep -q '"jetstream":true'
+}
+if [ -z "${PICLOUD_TEST_NATS_URL:-}" ]; then
+  if jetstream_at 127.0.0.1 "${PICLOUD_TEST_LOCAL_NATS_PORT:-4222}"; then
+    export PICLOUD_TEST_NATS_URL="nats://127.0.0.1:${PICLOUD_TEST_LOCAL_NATS_PORT:-4222}"
+  else
+    echo "no NATS with JetStream on 127.0.0.1:4222: starting a private one"
+    nats=$(command -v nats-server || echo /usr/sbin/nats-server)
+    port=$(free_port)
+    "$nats" -a 127.0.0.1 -p "$port" -js -sd "$work/nats" >"$work/nats.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 100); do jetstream_at 127.0.0.1 "$port" && break; sleep 0.1; done
+    export PICLOUD_TEST_NATS_URL="nats://127.0.0.1:$port"
+  fi
+fi
+echo "tests use Postgres at $PICLOUD_TEST_DATABASE_URL and NATS at $PICLOUD_TEST_NATS_URL"
+
+if [ "${PICLOUD_TEST_SERVERS_ONLY:-}" = 1 ]; then
+  psql "$PICLOUD_TEST_DATABASE_URL" -qtAc 'SELECT version()'
+  jetstream_at 127.0.0.1 "${PICLOUD_TEST_NATS_URL##*:}" && echo "NATS JetStream answers"
+  exit 0
+fi
+
+# ---- checks and tests -------------------------------------------------------
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace

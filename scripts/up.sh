@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds PiCloud and runs `picloud up`: a private
+# NATS and Postgres under the data directory, everything served on
+# PICLOUD_LISTEN (default 127.0.0.1:8080). Ctrl-C stops it all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release -p picloud
+exec ./target/release/picloud up "$@"
