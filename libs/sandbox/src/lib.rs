@@ -16,6 +16,7 @@
 //! servers. It takes an invocation's inputs and returns its outcome.
 
 mod capture;
+pub mod host;
 pub mod response;
 
 use std::sync::Arc;
@@ -88,6 +89,7 @@ impl Sandbox {
             });
         }
         response::register(&mut engine);
+        host::register(&mut engine);
 
         let mut sandbox = Self { engine, capture };
         sandbox.apply_limits(&Limits::default());

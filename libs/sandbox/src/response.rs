@@ -131,9 +131,9 @@ fn body(value: Dynamic) -> Result<(Option<&'static str>, String), Failure> {
         return Ok((Some(TEXT), value.into_string().unwrap_or_default()));
     }
     if value.is_map() || value.is_array() || value.is_int() || value.is_float() || value.is_bool() {
-        return serde_json::to_string(&value)
+        return crate::host::to_json(&value)
             .map(|s| (Some(JSON), s))
-            .map_err(|e| Failure::script(format!("result cannot be encoded as JSON: {e}")));
+            .map_err(|e| Failure::script(format!("result cannot be returned as JSON: {e}")));
     }
     if value.is_char() {
         return Ok((Some(TEXT), value.to_string()));

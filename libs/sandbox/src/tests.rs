@@ -222,3 +222,80 @@ fn limits_name_themselves() {
         }
     );
 }
+
+/// Runs `f` on a thread with the executor workers' stack size.
+fn on_worker_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(64 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deeply_nested_values_built_in_a_loop_do_not_overflow() {
+    let r = on_worker_stack(|| {
+        run_with(
+            "let a = []; for i in 0..1000000 { a = [a]; } a",
+            &Limits {
+                max_operations: u64::MAX,
+                ..Limits::default()
+            },
+            None,
+        )
+    });
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::LimitExceeded { .. } | Outcome::ScriptError { .. }
+        ),
+        "{:?}",
+        r.outcome
+    );
+}
+
+#[test]
+fn host_api() {
+    let r = run(r#"
+        let v = json::parse(`{"a": [1, 2, {"b": null}]}`);
+        let id = uuid();
+        let t = now();
+        #{ back: json::stringify(v), a1: v.a[1], idlen: id.len(), tz: t.ends_with("Z"), ms: now_ms() > 1700000000000 }
+    "#);
+    assert_eq!(
+        response(&r).body,
+        r#"{"a1":2,"back":"{\"a\":[1,2,{\"b\":null}]}","idlen":36,"ms":true,"tz":true}"#
+    );
+    let r = run(
+        r#"let out = ""; try { json::parse("{nope"); } catch (e) { out = "caught: " + e; } out"#,
+    );
+    assert!(
+        response(&r)
+            .body
+            .starts_with("caught: json::parse: invalid JSON"),
+        "{}",
+        response(&r).body
+    );
+}
+
+#[test]
+fn results_nested_too_deep_are_refused_not_overflowed() {
+    let r = on_worker_stack(|| run("let a = []; for i in 0..5000 { a = [a]; } a"));
+    assert!(
+        r.error
+            .as_deref()
+            .unwrap()
+            .contains("nested deeper than 128"),
+        "{:?}",
+        r.error
+    );
+    let r = on_worker_stack(|| {
+        run("let a = #{}; for i in 0..5000 { a = #{ a: a }; } json::stringify(a)")
+    });
+    assert!(
+        matches!(r.outcome, Outcome::ScriptError { .. }),
+        "{:?}",
+        r.outcome
+    );
+}

@@ -156,3 +156,58 @@ fn a_missing_binary_names_the_setup_command() {
         "{err}"
     );
 }
+
+/// Two `picloud executor` processes (cluster mode) against one manager and
+/// gateway: both take work.
+#[tokio::test]
+async fn executor_processes_share_the_work() {
+    let mut env = picloud_testkit::TestEnv::new().await;
+    let front = env.start_front().await;
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_picloud"))
+            .arg("executor")
+            .env_remove("PICLOUD_DATABASE_URL")
+            .env_remove("PICLOUD_CONFIG")
+            .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_PREFIX", &env.config.prefix)
+            .env("PICLOUD_LISTEN", "127.0.0.1:0")
+            .env("PICLOUD_WORKERS", "1")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("executor starts")
+    };
+    let mut executors = [spawn(), spawn()];
+    let pids: Vec<String> = executors.iter().map(|c| format!("-{}-", c.id())).collect();
+
+    let c = Client::new(&front.base, &env.token);
+    c.deploy("shared", r#""ok""#).await;
+    c.wait_for_body("shared", "ok").await;
+    // Keep calling until both processes have answered (each joins the
+    // queue group when it is up; bounded).
+    let both = picloud_testkit::eventually(Duration::from_secs(30), || async {
+        for _ in 0..20 {
+            assert_eq!(c.call("shared").await.status(), StatusCode::OK);
+        }
+        let records = c.get_json("/invocations?script=shared&limit=1000").await;
+        let served = |pid: &str| {
+            records
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["executor"].as_str().unwrap().contains(pid))
+        };
+        pids.iter().all(|p| served(p)).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "not every executor process took work");
+
+    for child in &mut executors {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    for child in &mut executors {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+    env.cleanup().await;
+}
