@@ -70,6 +70,14 @@ impl Sandbox {
 
         // Close what a default engine leaves open.
         engine.disable_symbol("eval");
+        // Rhai's `sleep` parks the thread, past any deadline: replace it.
+        engine.register_fn("sleep", |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
+            no_sleep()
+        });
+        engine.register_fn(
+            "sleep",
+            |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { no_sleep() },
+        );
         engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
 
         {
@@ -106,8 +114,9 @@ impl Sandbox {
         e.set_max_map_size(l.max_map_len);
         e.set_max_variables(l.max_variables);
         e.set_max_functions(l.max_functions);
-        // Modules arrive with the shared-modules work; until then none loads.
-        e.set_max_modules(0);
+        // Every import goes through the resolver, which (until shared
+        // modules arrive) finds nothing: a clear "module not found".
+        e.set_max_modules(16);
     }
 
     /// Parses `source` under `limits`. Runs no script code.
@@ -151,6 +160,14 @@ impl Sandbox {
             Err(err) => classify(*err, limits).into_result(log),
         }
     }
+}
+
+fn no_sleep() -> Result<(), Box<EvalAltResult>> {
+    Err(EvalAltResult::ErrorRuntime(
+        "sleep is not available: a script may not hold a worker idle".into(),
+        rhai::Position::NONE,
+    )
+    .into())
 }
 
 fn ok(resp: ScriptResponse, log: String) -> RunResult {
