@@ -80,4 +80,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace 2>&1 | tee "$work/test.log"
 # One closing line for the whole run (cargo prints one per test binary).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "all tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
