@@ -299,3 +299,72 @@ fn results_nested_too_deep_are_refused_not_overflowed() {
         r.outcome
     );
 }
+
+/// The deepest nesting the maxima allow, all at once: a function whose body
+/// nests expressions to the function-expression maximum, recursing to the
+/// call-depth maximum, called from an expression nested to the global
+/// maximum. It must run on a worker-sized stack (this test runs in the
+/// debug profile, whose frames are the largest).
+#[test]
+fn the_deepest_nesting_the_maxima_allow_fits_the_worker_stack() {
+    let max = Limits::default_maxima();
+    let limits = Limits {
+        max_call_depth: max.max_call_depth,
+        max_expr_depth: max.max_expr_depth,
+        max_function_expr_depth: max.max_function_expr_depth,
+        max_operations: u64::MAX,
+        wall_time_ms: 60_000,
+        ..Limits::default()
+    };
+    let calls = max.max_call_depth - 2;
+    let program = move |fn_nest: usize, global_nest: usize| {
+        format!(
+            "fn f(n) {{ if n <= 0 {{ 0 }} else {{ f({}n{} - 1) + 1 }} }}\n{}f({}){}",
+            "(".repeat(fn_nest),
+            ")".repeat(fn_nest),
+            "(".repeat(global_nest),
+            calls,
+            ")".repeat(global_nest),
+        )
+    };
+    // The deepest nesting the compiler accepts under the maxima, found by
+    // stepping down from the maxima themselves.
+    let lim = limits.clone();
+    let maxima = max.clone();
+    let source = on_worker_stack(move || {
+        let max = maxima;
+        let mut sb = Sandbox::new();
+        let fn_nest = (0..=max.max_function_expr_depth)
+            .rev()
+            .find(|&d| sb.compile(&program(d, 0), &lim).is_ok())
+            .expect("some function nesting compiles");
+        let global_nest = (0..=max.max_expr_depth)
+            .rev()
+            .find(|&d| sb.compile(&program(fn_nest, d), &lim).is_ok())
+            .expect("some global nesting compiles");
+        assert!(fn_nest > max.max_function_expr_depth / 4, "{fn_nest}");
+        assert!(global_nest > max.max_expr_depth / 4, "{global_nest}");
+        program(fn_nest, global_nest)
+    });
+    let r = on_worker_stack(move || run_with(&source, &limits, None));
+    assert_eq!(response(&r).body, (max.max_call_depth - 2).to_string());
+
+    // One level more than allowed is a clean limit error, not a crash.
+    let over = Limits {
+        max_call_depth: max.max_call_depth,
+        ..Limits::default()
+    };
+    let r = on_worker_stack(move || {
+        run_with(
+            "fn f(n) { if n <= 0 { 0 } else { f(n - 1) + 1 } } f(1000)",
+            &over,
+            None,
+        )
+    });
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "call depth limit exceeded".into()
+        }
+    );
+}
