@@ -17,6 +17,7 @@
 
 mod capture;
 pub mod host;
+pub mod modules;
 pub mod response;
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub use rhai::AST;
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
 use capture::Capture;
+use modules::Resolver;
+pub use modules::{ModuleCache, ModuleSet};
 
 /// How often (in Rhai operations) the progress callback reads the clock.
 /// Reading it on every operation would cost more than the operation.
@@ -55,6 +58,7 @@ pub struct RunResult {
 pub struct Sandbox {
     engine: Engine,
     capture: Arc<Capture>,
+    resolver: Resolver,
 }
 
 impl Default for Sandbox {
@@ -64,8 +68,15 @@ impl Default for Sandbox {
 }
 
 impl Sandbox {
+    /// A sandbox with a module cache of its own.
     pub fn new() -> Self {
+        Self::with_module_cache(ModuleCache::default())
+    }
+
+    /// A sandbox sharing `cache` (one per executor, for all its threads).
+    pub fn with_module_cache(cache: ModuleCache) -> Self {
         let capture = Arc::new(Capture::default());
+        let resolver = Resolver::new(cache);
         let mut engine = Engine::new();
 
         // Close what a default engine leaves open.
@@ -78,7 +89,7 @@ impl Sandbox {
             "sleep",
             |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { no_sleep() },
         );
-        engine.set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.set_module_resolver(resolver.clone());
 
         {
             let c = capture.clone();
@@ -99,7 +110,11 @@ impl Sandbox {
         response::register(&mut engine);
         host::register(&mut engine);
 
-        let mut sandbox = Self { engine, capture };
+        let mut sandbox = Self {
+            engine,
+            capture,
+            resolver,
+        };
         sandbox.apply_limits(&Limits::default());
         sandbox
     }
@@ -132,8 +147,32 @@ impl Sandbox {
         })
     }
 
+    /// Parses `source` under `limits` and returns the modules it imports
+    /// (literal `import "name"` statements), running none of its code and
+    /// none of theirs.
+    pub fn imports(&mut self, source: &str, limits: &Limits) -> Result<Vec<String>, CompileError> {
+        self.apply_limits(limits);
+        self.resolver.record();
+        let compiled = self
+            .engine
+            .compile_into_self_contained(&Scope::new(), source);
+        let names = self.resolver.finish();
+        compiled.map(|_| names).map_err(|e| {
+            let pos = e.position();
+            let message = match *e {
+                EvalAltResult::ErrorParsing(kind, _) => kind.to_string(),
+                other => other.to_string(),
+            };
+            CompileError {
+                message,
+                line: pos.line().unwrap_or(0),
+                column: pos.position().unwrap_or(0),
+            }
+        })
+    }
+
     /// Runs `ast` once with a fresh scope, under `limits`, until `deadline`
-    /// at the latest.
+    /// at the latest; its imports resolve from `modules`.
     pub fn run(
         &mut self,
         ast: &AST,
@@ -141,8 +180,10 @@ impl Sandbox {
         deadline: Instant,
         event: &EventInput,
         request: Option<&HttpRequestInput>,
+        modules: ModuleSet,
     ) -> RunResult {
         self.apply_limits(limits);
+        self.resolver.serve(modules);
         let wall = Instant::now() + Duration::from_millis(limits.wall_time_ms);
         self.capture.begin(deadline.min(wall), limits.max_log_bytes);
 
@@ -151,6 +192,7 @@ impl Sandbox {
         scope.push_constant_dynamic("request", request.map_or(Dynamic::UNIT, request_value));
 
         let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        self.resolver.finish();
         let log = self.capture.finish();
         match evaluated {
             Ok(value) => match response::from_value(value, limits) {

@@ -29,6 +29,7 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
         Instant::now() + Duration::from_secs(30),
         &event(),
         request,
+        ModuleSet::default(),
     )
 }
 
@@ -367,4 +368,73 @@ fn the_deepest_nesting_the_maxima_allow_fits_the_worker_stack() {
             message: "call depth limit exceeded".into()
         }
     );
+}
+
+fn module_set(mods: &[(&str, u32, &str)]) -> ModuleSet {
+    ModuleSet {
+        pinned: mods.iter().map(|(n, v, _)| (n.to_string(), *v)).collect(),
+        sources: mods
+            .iter()
+            .map(|(n, _, s)| (n.to_string(), s.to_string()))
+            .collect(),
+    }
+}
+
+fn run_mods(source: &str, set: ModuleSet) -> RunResult {
+    let mut sb = Sandbox::new();
+    let limits = Limits::default();
+    let ast = sb.compile(source, &limits).expect("compiles");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    sb.run(&ast, &limits, deadline, &event(), None, set)
+}
+
+#[test]
+fn imports_are_listed_without_running_anything() {
+    let mut sb = Sandbox::new();
+    let names = sb
+        .imports(
+            r#"import "a" as x; import "b" as y; import "a" as z; throw "never runs";"#,
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(names, ["a", "b"]);
+    let err = sb
+        .imports("import \"a\" as ;", &Limits::default())
+        .unwrap_err();
+    assert_eq!(err.line, 1);
+}
+
+#[test]
+fn pinned_modules_resolve_and_nest() {
+    let set = module_set(&[
+        (
+            "greet",
+            3,
+            r#"import "punct" as p; fn hi(x) { `hi ${x}${p::MARK}` }"#,
+        ),
+        ("punct", 1, r#"export const MARK = "!";"#),
+    ]);
+    let r = run_mods(r#"import "greet" as g; g::hi("ann")"#, set);
+    assert_eq!(response(&r).body, "hi ann!");
+}
+
+#[test]
+fn unpinned_and_cyclic_imports_fail_cleanly() {
+    let r = run_mods(r#"import "nope" as n; 1"#, ModuleSet::default());
+    assert!(matches!(r.outcome, Outcome::ScriptError { .. }));
+    assert!(r.error.unwrap().contains("Module not found"));
+
+    let set = module_set(&[
+        ("a", 1, r#"import "b" as b; fn f() { 1 }"#),
+        ("b", 1, r#"import "a" as a; fn g() { 2 }"#),
+    ]);
+    let r = run_mods(r#"import "a" as a; a::f()"#, set);
+    assert!(r.error.unwrap().contains("import cycle"), "cycle detected");
+
+    let set = module_set(&[("bad", 1, r#"throw "module secret";"#)]);
+    let r = run_mods(r#"import "bad" as b; 1"#, set);
+    match r.outcome {
+        Outcome::ScriptError { message } => assert!(!message.contains("secret")),
+        other => panic!("{other:?}"),
+    }
 }
