@@ -6,8 +6,8 @@
 //!
 //! - **Routes** (`{P}_ROUTES` KV bucket): script name → active version and its
 //!   wall-time limit. The manager writes; gateways watch and cache.
-//! - **Versions** (`{P}_VERSIONS` KV bucket): (name, version) → source and
-//!   resolved limits. Immutable once written. Executors read on a cache miss;
+//! - **Versions** (`{P}_VERSIONS` KV bucket): (name, version) → source,
+//!   resolved limits and pinned modules; also every shared-module version. Immutable once written. Executors read on a cache miss;
 //!   no role but the manager ever touches Postgres.
 //! - **Sync invocations**: core NATS request/reply on `{p}.invoke.{name}`
 //!   with the executors' queue group, so a missing executor is an instant
@@ -19,6 +19,7 @@
 pub mod names;
 mod records;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -89,6 +90,17 @@ pub struct VersionDoc {
     pub version: u32,
     pub source: String,
     pub limits: Limits,
+    /// Pinned module versions (the whole import closure).
+    #[serde(default)]
+    pub modules: BTreeMap<String, u32>,
+}
+
+/// One immutable shared-module version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleDoc {
+    pub module: String,
+    pub version: u32,
+    pub source: String,
 }
 
 /// A change to the route table, as a watcher sees it.
@@ -253,6 +265,27 @@ impl Bus {
             Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
             Ok(None) => Ok(None),
             Err(e) => Err(BusError::js("version get")(e.into())),
+        }
+    }
+
+    pub async fn put_module(&self, doc: &ModuleDoc) -> Result<(), BusError> {
+        self.versions
+            .put(Names::module_key(&doc.module, doc.version), encode(doc))
+            .await
+            .map_err(|e| BusError::js("module put")(e.into()))?;
+        Ok(())
+    }
+
+    pub async fn get_module(
+        &self,
+        module: &str,
+        version: u32,
+    ) -> Result<Option<ModuleDoc>, BusError> {
+        let key = Names::module_key(module, version);
+        match self.versions.get(key.clone()).await {
+            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(BusError::js("module get")(e.into())),
         }
     }
 

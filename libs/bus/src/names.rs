@@ -69,6 +69,10 @@ impl Names {
         format!("source.{script}.{version}")
     }
 
+    pub fn module_key(module: &str, version: u32) -> String {
+        format!("module.{module}.{version}")
+    }
+
     pub fn parse_version_key(key: &str) -> Option<(String, u32)> {
         let rest = key.strip_prefix("source.")?;
         let (script, version) = rest.rsplit_once('.')?;

@@ -28,11 +28,13 @@ pub struct ModuleSet {
     pub sources: HashMap<String, String>,
 }
 
+type Evaluated = HashMap<(String, u32), Shared<Module>>;
+
 /// Evaluated modules per (name, version), shared by every sandbox of an
 /// executor. Versions are immutable, so an entry never goes stale.
 #[derive(Clone, Default)]
 pub struct ModuleCache {
-    inner: Arc<Mutex<HashMap<(String, u32), Shared<Module>>>>,
+    inner: Arc<Mutex<Evaluated>>,
 }
 
 impl ModuleCache {
@@ -48,7 +50,7 @@ impl ModuleCache {
         self.lock().insert((name.to_owned(), version), module);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Shared<Module>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Evaluated> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -6,9 +6,11 @@
 //! several managers may start at once).
 //!
 //! - [`scripts`]: scripts and their immutable versions.
+//! - [`modules`]: shared modules and their versions.
 //! - [`invocations`]: the invocation log.
 
 pub mod invocations;
+pub mod modules;
 pub mod scripts;
 
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub use invocations::InvocationFilter;
+pub use modules::{ModuleRow, ModuleVersionRow};
 pub use scripts::{ScriptRow, VersionRow};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,8 @@
 //! Scripts and versions. A deploy adds a version and makes it active in one
 //! transaction; versions are never changed afterwards.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use picloud_core::Limits;
 use sqlx::Row;
@@ -24,6 +26,8 @@ pub struct VersionRow {
     pub source: String,
     pub sha256: String,
     pub limits: Limits,
+    /// The module versions this version imports (its whole closure).
+    pub modules: BTreeMap<String, u32>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -39,18 +43,20 @@ fn script_row(r: &PgRow) -> Result<ScriptRow, StoreError> {
 
 fn version_row(r: &PgRow) -> Result<VersionRow, StoreError> {
     let limits: serde_json::Value = r.try_get("limits")?;
+    let modules: serde_json::Value = r.try_get("modules")?;
     Ok(VersionRow {
         script: r.try_get("script")?,
         version: r.try_get::<i32, _>("version")? as u32,
         source: r.try_get("source")?,
         sha256: r.try_get("sha256")?,
         limits: serde_json::from_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        modules: serde_json::from_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         created_at: r.try_get("created_at")?,
     })
 }
 
 const SCRIPT_COLS: &str = "name, active_version, latest_version, created_at, updated_at";
-const VERSION_COLS: &str = "script, version, source, sha256, limits, created_at";
+const VERSION_COLS: &str = "script, version, source, sha256, limits, modules, created_at";
 
 impl Store {
     /// Stores a new version of `name` (creating the script if needed) and
@@ -61,6 +67,7 @@ impl Store {
         source: &str,
         sha256: &str,
         limits: &Limits,
+        modules: &BTreeMap<String, u32>,
     ) -> Result<VersionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Take the row lock (creating the row if this is the first deploy)
@@ -79,14 +86,15 @@ impl Store {
         let limits =
             serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let row = sqlx::query(&format!(
-            "INSERT INTO script_versions (script, version, source, sha256, limits)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {VERSION_COLS}"
+            "INSERT INTO script_versions (script, version, source, sha256, limits, modules)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {VERSION_COLS}"
         ))
         .bind(name)
         .bind(version)
         .bind(source)
         .bind(sha256)
         .bind(limits)
+        .bind(serde_json::to_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -207,7 +215,7 @@ impl Store {
     /// The active version of one script, `None` when it does not exist.
     pub async fn active_version(&self, name: &str) -> Result<Option<VersionRow>, StoreError> {
         sqlx::query(
-            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.created_at
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
              WHERE s.name = $1",
@@ -223,7 +231,7 @@ impl Store {
     /// The active version of every script (to rebuild the bus's route table).
     pub async fn active_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
         sqlx::query(
-            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.created_at
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
              ORDER BY s.name",

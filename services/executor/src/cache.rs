@@ -3,6 +3,7 @@
 //! Versions are immutable, so an entry never goes stale; it only ages out
 //! when more than `capacity` versions are in use.
 
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +16,8 @@ pub const DEFAULT_CAPACITY: usize = 1024;
 pub struct Compiled {
     pub ast: AST,
     pub limits: Limits,
+    /// Pinned module versions.
+    pub modules: BTreeMap<String, u32>,
 }
 
 type Key = (String, u32);

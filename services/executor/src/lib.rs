@@ -40,13 +40,15 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
     let bus = Bus::connect(nats_url, &config.prefix, "executor").await?;
     let id = executor_id();
     let workers = config.worker_threads();
-    let pool =
-        pool::Pool::start(workers, config.queue_depth).context("cannot start worker threads")?;
+    let modules = picloud_sandbox::ModuleCache::default();
+    let pool = pool::Pool::start(workers, config.queue_depth, modules.clone())
+        .context("cannot start worker threads")?;
     let (recorder, record_task) = records::Recorder::start(bus.clone(), shutdown.clone());
     let server = serve::Server {
         bus: bus.clone(),
         pool,
         cache: cache::AstCache::new(cache::DEFAULT_CAPACITY),
+        modules,
         recorder,
         executor_id: id.clone(),
     };

@@ -11,7 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
-use picloud_sandbox::Sandbox;
+use picloud_sandbox::{ModuleCache, Sandbox};
 
 /// Stack for worker threads. Rhai's evaluator recurses per call level and
 /// expression level; the maxima in `Limits` are sized so that this holds in
@@ -32,21 +32,27 @@ pub struct Saturated;
 impl Pool {
     /// Starts `threads` workers behind a queue of `queue_depth` jobs. The
     /// threads end when every `Pool` clone is dropped.
-    pub fn start(threads: usize, queue_depth: usize) -> std::io::Result<Self> {
+    /// All threads share `modules`, the executor's evaluated-module cache.
+    pub fn start(
+        threads: usize,
+        queue_depth: usize,
+        modules: ModuleCache,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = bounded::<Job>(queue_depth.max(1));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
+            let modules = modules.clone();
             std::thread::Builder::new()
                 .name(format!("picloud-worker-{i}"))
                 .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || {
-                    let mut sandbox = Sandbox::new();
+                    let mut sandbox = Sandbox::with_module_cache(modules.clone());
                     for job in rx {
                         if catch_unwind(AssertUnwindSafe(|| job(&mut sandbox))).is_err() {
                             // The job's reply channel is dropped, which its
                             // caller reports; start from a clean engine.
                             tracing::error!("worker job panicked; sandbox rebuilt");
-                            sandbox = Sandbox::new();
+                            sandbox = Sandbox::with_module_cache(modules.clone());
                         }
                     }
                 })?;
@@ -78,7 +84,7 @@ mod tests {
 
     #[test]
     fn a_full_pool_rejects_instead_of_growing() {
-        let pool = Pool::start(1, 1).unwrap();
+        let pool = Pool::start(1, 1, ModuleCache::default()).unwrap();
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let (started_tx, started_rx) = mpsc::channel::<()>();
         pool.try_submit(Box::new(move |_| {
@@ -94,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_does_not_kill_the_worker() {
-        let pool = Pool::start(1, 4).unwrap();
+        let pool = Pool::start(1, 4, ModuleCache::default()).unwrap();
         pool.try_submit(Box::new(|_| panic!("boom"))).unwrap();
         let (tx, rx) = mpsc::channel();
         pool.try_submit(Box::new(move |_| tx.send(42).unwrap()))

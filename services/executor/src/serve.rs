@@ -13,7 +13,7 @@ use picloud_bus::{Bus, IncomingInvocation};
 use picloud_core::{
     InvocationRecord, InvocationReply, InvocationRequest, Outcome, Shutdown, now_unix_ms,
 };
-use picloud_sandbox::RunResult;
+use picloud_sandbox::{ModuleCache, ModuleSet, RunResult};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::cache::{AstCache, Compiled};
@@ -24,6 +24,7 @@ pub struct Server {
     pub bus: Bus,
     pub pool: Pool,
     pub cache: AstCache,
+    pub modules: ModuleCache,
     pub recorder: Recorder,
     pub executor_id: String,
 }
@@ -141,6 +142,22 @@ impl Server {
             },
         };
 
+        let pinned = match (&cached, &source) {
+            (Some(c), _) => c.modules.clone(),
+            (None, Some(doc)) => doc.modules.clone(),
+            (None, None) => Default::default(),
+        };
+        let modules = match self.module_set(pinned).await {
+            Ok(set) => set,
+            Err(detail) => {
+                return plain(
+                    Outcome::Unavailable {
+                        message: "a module of this script could not be loaded".into(),
+                    },
+                    detail,
+                );
+            }
+        };
         let (tx, rx) = oneshot::channel();
         let job_req = req.clone();
         let cache = self.cache.clone();
@@ -158,6 +175,7 @@ impl Server {
                         let c = Arc::new(Compiled {
                             ast,
                             limits: doc.limits,
+                            modules: doc.modules,
                         });
                         cache.insert(&doc.script, doc.version, c.clone());
                         c
@@ -180,6 +198,7 @@ impl Server {
                 deadline,
                 &job_req.event,
                 job_req.request.as_ref(),
+                modules,
             );
             let _ = tx.send(result);
         });
@@ -194,6 +213,31 @@ impl Server {
                 "the worker running the script crashed",
             )
         })
+    }
+}
+
+impl Server {
+    /// The pinned modules, with the sources of those not yet evaluated here.
+    async fn module_set(
+        &self,
+        pinned: std::collections::BTreeMap<String, u32>,
+    ) -> Result<ModuleSet, String> {
+        let mut sources = std::collections::HashMap::new();
+        for (name, version) in &pinned {
+            if self.modules.contains(name, *version) {
+                continue;
+            }
+            match self.bus.get_module(name, *version).await {
+                Ok(Some(doc)) => {
+                    sources.insert(name.clone(), doc.source);
+                }
+                Ok(None) => {
+                    return Err(format!("module {name} version {version} is not on the bus"));
+                }
+                Err(e) => return Err(format!("cannot fetch module {name}: {e}")),
+            }
+        }
+        Ok(ModuleSet { pinned, sources })
     }
 }
 

@@ -105,7 +105,7 @@ fn run(pool: &Pool, ast: Arc<AST>, limits: Limits) -> mpsc::Receiver<(RunResult,
     pool.try_submit(Box::new(move |sb: &mut Sandbox| {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(120);
-        let r = sb.run(&ast, &limits, deadline, &event(), None);
+        let r = sb.run(&ast, &limits, deadline, &event(), None, Default::default());
         let _ = tx.send((r, started.elapsed()));
     }))
     .unwrap();
@@ -166,7 +166,7 @@ fn hostile_scripts_end_with_the_right_error_and_others_go_on() {
     paths.sort();
     assert!(paths.len() >= 30, "the corpus has {} scripts", paths.len());
 
-    let pool = Pool::start(2, 8).unwrap();
+    let pool = Pool::start(2, 8, Default::default()).unwrap();
     let hello = compile(&pool, r#""ok""#.into(), Limits::default()).unwrap();
     let mut failures = Vec::new();
     for path in &paths {

@@ -15,7 +15,11 @@ use tokio::sync::oneshot;
 /// Stack for the compile thread. See docs/ARCHITECTURE.md ("stack safety").
 pub const COMPILE_STACK_BYTES: usize = 64 << 20;
 
-type Job = (String, Limits, oneshot::Sender<Result<(), CompileError>>);
+type Job = (
+    String,
+    Limits,
+    oneshot::Sender<Result<Vec<String>, CompileError>>,
+);
 
 /// The compile thread is gone (it cannot be, short of a bug): a server
 /// error, not the user's.
@@ -39,7 +43,7 @@ impl Compiler {
                 // Ends when every sender is gone (the manager shut down).
                 while let Ok((source, limits, reply)) = rx.recv() {
                     let compiled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        sandbox.compile(&source, &limits).map(drop)
+                        sandbox.imports(&source, &limits)
                     }));
                     match compiled {
                         Ok(result) => {
@@ -57,13 +61,13 @@ impl Compiler {
         Ok(Self { jobs: tx })
     }
 
-    /// Compiles `source`. The inner `Err` is the user's compile error, with
-    /// the position of the first problem.
+    /// Compiles `source` and lists the modules it imports. The inner `Err`
+    /// is the user's compile error, with the position of the first problem.
     pub async fn check(
         &self,
         source: String,
         limits: Limits,
-    ) -> Result<Result<(), CompileError>, CompilerGone> {
+    ) -> Result<Result<Vec<String>, CompileError>, CompilerGone> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send((source, limits, tx))

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod compiler;
+pub mod imports;
 pub mod publisher;
 pub mod records;
 

@@ -16,9 +16,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use picloud_bus::{Bus, BusError, Route, VersionDoc};
+use picloud_bus::{Bus, BusError, ModuleDoc, Route, VersionDoc};
 use picloud_core::Shutdown;
-use picloud_store::{Store, VersionRow};
+use picloud_store::{ModuleVersionRow, Store, VersionRow};
 use tokio::sync::{Mutex, Notify};
 
 #[derive(Clone)]
@@ -70,12 +70,36 @@ impl Publisher {
         let _guard = self.lock.lock().await;
         match self.store.active_version(script).await? {
             Some(v) => {
+                self.publish_pins(&v).await?;
                 self.bus.put_version(&doc(&v)).await?;
                 self.bus.put_route(&route(&v)).await?;
             }
             None => {
                 self.bus.delete_route(script).await?;
                 self.bus.purge_versions(script, deleted_versions).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts a new module version on the bus.
+    pub async fn publish_module(&self, m: &ModuleVersionRow) -> Result<(), PublishError> {
+        let result = self.bus.put_module(&module_doc(m)).await;
+        if result.is_err() {
+            self.request_sync();
+        }
+        Ok(result?)
+    }
+
+    /// Makes sure every module version `v` pins is on the bus (they were put
+    /// there when deployed; this repairs a failed or lost write).
+    async fn publish_pins(&self, v: &VersionRow) -> Result<(), PublishError> {
+        for (name, version) in &v.modules {
+            if self.bus.get_module(name, *version).await?.is_some() {
+                continue;
+            }
+            if let Some(m) = self.store.module_version(name, *version).await? {
+                self.bus.put_module(&module_doc(&m)).await?;
             }
         }
         Ok(())
@@ -114,6 +138,7 @@ impl Publisher {
         let _guard = self.lock.lock().await;
         let active = self.store.active_versions().await?;
         for v in &active {
+            self.publish_pins(v).await?;
             self.bus.put_version(&doc(v)).await?;
             self.bus.put_route(&route(v)).await?;
         }
@@ -138,6 +163,15 @@ fn doc(v: &VersionRow) -> VersionDoc {
         version: v.version,
         source: v.source.clone(),
         limits: v.limits.clone(),
+        modules: v.modules.clone(),
+    }
+}
+
+fn module_doc(m: &ModuleVersionRow) -> ModuleDoc {
+    ModuleDoc {
+        module: m.module.clone(),
+        version: m.version,
+        source: m.source.clone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The admin API: `/api/v1/...`, JSON in and out, bearer token required.
 
 mod invocations;
+mod modules;
 mod scripts;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub fn router(state: Shared) -> Router {
         .route("/scripts/{name}/versions", get(scripts::versions))
         .route("/scripts/{name}/versions/{version}", get(scripts::version))
         .route("/scripts/{name}/rollback", post(scripts::rollback))
+        .route("/modules", get(modules::list))
+        .route("/modules/{name}", get(modules::get).put(modules::deploy))
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })

@@ -1,6 +1,8 @@
 //! Scripts and versions.
 
 use axum::Json;
+use std::collections::BTreeMap;
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Shared, internal, script_name};
+use crate::imports::{self, ImportError};
+use picloud_sandbox::CompileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +46,7 @@ pub struct VersionView {
     version: u32,
     sha256: String,
     limits: Limits,
+    modules: BTreeMap<String, u32>,
     created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
@@ -72,6 +77,7 @@ fn version_view(v: VersionRow, with_source: bool) -> VersionView {
         version: v.version,
         sha256: v.sha256,
         limits: v.limits,
+        modules: v.modules,
         created_at: v.created_at,
         source: with_source.then_some(v.source),
     }
@@ -89,31 +95,23 @@ pub async fn deploy(
 ) -> Result<Response, ApiError> {
     let name = script_name(&name)?;
     if body.source.len() > state.max_source_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "source_too_large",
-            format!(
-                "script source is {} bytes; the limit is {} bytes",
-                body.source.len(),
-                state.max_source_bytes
-            ),
-        ));
+        return Err(source_too_large(body.source.len(), state.max_source_bytes));
     }
     let limits = state.limits.resolve(&body.limits, &state.max_limits);
-    let compiled = state
+    let imports = state
         .compiler
         .check(body.source.clone(), limits.clone())
         .await
-        .map_err(internal)?;
-    if let Err(e) = compiled {
-        return Err(ApiError::bad_request(format!("compile error: {e}"))
-            .with_code("compile_error")
-            .with_details(serde_json::json!({ "line": e.line, "column": e.column })));
-    }
-    let sha = hex(&Sha256::digest(body.source.as_bytes()));
+        .map_err(internal)?
+        .map_err(compile_error)?;
+    // Pin the module versions current now; redeploying picks up newer ones.
+    let modules = imports::pin(&state.store, &imports)
+        .await
+        .map_err(import_error)?;
+    let sha = sha256_hex(&body.source);
     let version = state
         .store
-        .create_version(name.as_str(), &body.source, &sha, &limits)
+        .create_version(name.as_str(), &body.source, &sha, &limits, &modules)
         .await
         .map_err(internal)?;
     if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
@@ -250,6 +248,30 @@ pub async fn rollback(
     Ok(Json(version_view(row, false)))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub(super) fn sha256_hex(source: &str) -> String {
+    Sha256::digest(source.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub(super) fn source_too_large(len: usize, max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "source_too_large",
+        format!("source is {len} bytes; the limit is {max} bytes"),
+    )
+}
+
+pub(super) fn compile_error(e: CompileError) -> ApiError {
+    ApiError::bad_request(format!("compile error: {e}"))
+        .with_code("compile_error")
+        .with_details(serde_json::json!({ "line": e.line, "column": e.column }))
+}
+
+pub(super) fn import_error(e: ImportError) -> ApiError {
+    match e {
+        ImportError::Store(e) => internal(e),
+        other => ApiError::bad_request(other.to_string()).with_code("import_error"),
+    }
 }
