@@ -185,6 +185,9 @@ impl Sandbox {
         self.apply_limits(limits);
         self.resolver.serve(modules);
         let wall = Instant::now() + Duration::from_millis(limits.wall_time_ms);
+        // The caller's deadline may come first (the job waited in a queue):
+        // then it is the caller who gave up, not the script's limit.
+        let caller_first = deadline < wall;
         self.capture.begin(deadline.min(wall), limits.max_log_bytes);
 
         let mut scope = Scope::new();
@@ -199,7 +202,7 @@ impl Sandbox {
                 Ok(resp) => ok(resp, log),
                 Err(fail) => fail.into_result(log),
             },
-            Err(err) => classify(*err, limits).into_result(log),
+            Err(err) => classify(*err, limits, caller_first).into_result(log),
         }
     }
 }
@@ -229,7 +232,14 @@ pub(crate) struct Failure {
     public: String,
     /// For the operator.
     detail: String,
-    limit: bool,
+    kind: FailureKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Script,
+    Limit,
+    Expired,
 }
 
 impl Failure {
@@ -237,7 +247,7 @@ impl Failure {
         Self {
             public: "the script failed".into(),
             detail: detail.into(),
-            limit: false,
+            kind: FailureKind::Script,
         }
     }
 
@@ -245,19 +255,27 @@ impl Failure {
         Self {
             public: name.into(),
             detail: detail.into(),
-            limit: true,
+            kind: FailureKind::Limit,
+        }
+    }
+
+    pub(crate) fn expired(detail: impl Into<String>) -> Self {
+        Self {
+            public: String::new(),
+            detail: detail.into(),
+            kind: FailureKind::Expired,
         }
     }
 
     fn into_result(self, log: String) -> RunResult {
-        let outcome = if self.limit {
-            Outcome::LimitExceeded {
+        let outcome = match self.kind {
+            FailureKind::Limit => Outcome::LimitExceeded {
                 message: self.public,
-            }
-        } else {
-            Outcome::ScriptError {
+            },
+            FailureKind::Script => Outcome::ScriptError {
                 message: self.public,
-            }
+            },
+            FailureKind::Expired => Outcome::Expired,
         };
         RunResult {
             outcome,
@@ -267,7 +285,7 @@ impl Failure {
     }
 }
 
-fn classify(err: EvalAltResult, limits: &Limits) -> Failure {
+fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure {
     let detail = err.to_string();
     match err {
         EvalAltResult::ErrorTooManyOperations(_) => {
@@ -279,7 +297,11 @@ fn classify(err: EvalAltResult, limits: &Limits) -> Failure {
                 .into_immutable_string()
                 .is_ok_and(|s| s == DEADLINE_TOKEN) =>
         {
-            Failure::limit(wall_time_message(limits.wall_time_ms), detail)
+            if caller_first {
+                Failure::expired(format!("{detail}: the caller's deadline passed first"))
+            } else {
+                Failure::limit(wall_time_message(limits.wall_time_ms), detail)
+            }
         }
         EvalAltResult::ErrorStackOverflow(_) => Failure::limit("call depth limit exceeded", detail),
         EvalAltResult::ErrorDataTooLarge(what, _) => {

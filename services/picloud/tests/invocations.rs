@@ -203,3 +203,58 @@ async fn an_oversized_request_body_is_a_413() {
     assert_eq!(resp.text().await.unwrap(), "1000");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
+    let mut env = TestEnv::new().await;
+    env.config.workers = 1;
+    env.config.queue_depth = 1;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_json(
+        "busy",
+        json!({ "source": "loop {}", "limits": { "wall_time_ms": 1500, "max_operations": 1_000_000_000u64 } }),
+    )
+    .await;
+    c.deploy("quick", r#""quick""#).await;
+    c.wait_for_body("quick", "quick").await;
+
+    // One runs, one waits in the queue, the rest are turned away at once.
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let resp = c.call("busy").await;
+                let status = resp.status();
+                (status, resp.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut saturated = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                saturated += 1;
+                assert_eq!(body["error"]["code"], "unavailable");
+                assert!(
+                    body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("saturated")
+                );
+            }
+            StatusCode::INTERNAL_SERVER_ERROR => {
+                assert_eq!(body["error"]["code"], "limit_exceeded")
+            }
+            // The queued one starts late and meets its caller's deadline.
+            StatusCode::GATEWAY_TIMEOUT => assert_eq!(body["error"]["code"], "timeout"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(saturated >= 3, "only {saturated} of 6 were turned away");
+    // Once the runaway scripts are done, the executor serves again.
+    c.wait_for_body("quick", "quick").await;
+    env.cleanup().await;
+}
