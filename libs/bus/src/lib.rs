@@ -110,6 +110,24 @@ pub enum RouteChange {
     Deleted(String),
 }
 
+#[derive(Serialize, Deserialize)]
+struct SecretAsk {
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretAnswer {
+    value: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A manager's view of one executor's request for a secret.
+pub struct SecretRequest {
+    pub name: String,
+    reply_to: Option<async_nats::Subject>,
+}
+
 /// An invocation an executor has received, with where to reply.
 pub struct IncomingInvocation {
     pub request: InvocationRequest,
@@ -380,6 +398,86 @@ impl Bus {
             .await
             .map_err(|e| BusError::Nats {
                 what: "reply",
+                source: e.into(),
+            })
+    }
+
+    // ---- secrets ------------------------------------------------------------
+
+    /// Asks a manager for a secret's value. `Ok(None)`: no such secret.
+    pub async fn get_secret(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, String> {
+        let request = async_nats::Request::new()
+            .payload(encode(&SecretAsk {
+                name: name.to_owned(),
+            }))
+            .timeout(Some(timeout));
+        let subject = self.names.secrets_subject();
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(msg) => {
+                let answer: SecretAnswer = decode(&subject, &msg.payload)
+                    .map_err(|_| "malformed secret answer".to_string())?;
+                match answer.error {
+                    Some(e) => Err(e),
+                    None => Ok(answer.value),
+                }
+            }
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => {
+                    "no manager is available to serve secrets".into()
+                }
+                async_nats::RequestErrorKind::TimedOut => "timed out fetching the secret".into(),
+                _ => "the message bus is unavailable".into(),
+            }),
+        }
+    }
+
+    /// The managers' queue-group subscription to secret requests.
+    pub async fn serve_secret_requests(
+        &self,
+    ) -> Result<impl Stream<Item = SecretRequest> + use<>, BusError> {
+        let sub = self
+            .client
+            .queue_subscribe(self.names.secrets_subject(), self.names.manager_group())
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "subscribe",
+                source: e.into(),
+            })?;
+        Ok(sub.filter_map(|msg| async move {
+            let ask: SecretAsk = serde_json::from_slice(&msg.payload).ok()?;
+            Some(SecretRequest {
+                name: ask.name,
+                reply_to: msg.reply,
+            })
+        }))
+    }
+
+    /// Answers a secret request with its value, `None` (no such secret) or an
+    /// error safe to show the script.
+    pub async fn answer_secret(
+        &self,
+        req: &SecretRequest,
+        answer: Result<Option<String>, String>,
+    ) -> Result<(), BusError> {
+        let Some(to) = req.reply_to.clone() else {
+            return Ok(());
+        };
+        let body = match answer {
+            Ok(value) => SecretAnswer { value, error: None },
+            Err(e) => SecretAnswer {
+                value: None,
+                error: Some(e),
+            },
+        };
+        self.client
+            .publish(to, encode(&body))
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "secret reply",
                 source: e.into(),
             })
     }

@@ -41,6 +41,18 @@ impl Names {
         format!("{}.executors", self.subject)
     }
 
+    /// Executors ask managers for a secret's value here (request/reply,
+    /// never a stream: the value is not stored on the bus). Kept apart from
+    /// every other subject so NATS permissions can give `pub` on it to the
+    /// executor role only and `sub` to the manager role only.
+    pub fn secrets_subject(&self) -> String {
+        format!("{}.secrets.get", self.subject)
+    }
+
+    pub fn manager_group(&self) -> String {
+        format!("{}.managers", self.subject)
+    }
+
     pub fn records_subject(&self) -> String {
         format!("{}.records", self.subject)
     }

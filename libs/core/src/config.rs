@@ -22,6 +22,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The admin API's bearer token. Only its SHA-256 is kept in memory.
     pub admin_token: Option<String>,
+    /// The key that encrypts secrets at rest: 32 bytes, base64. Absent: the
+    /// manager generates one once into `data_dir/secrets.key` (single node;
+    /// in cluster mode every manager must be given the same key).
+    pub secrets_key: Option<String>,
     /// Where `picloud up` keeps its private servers' data.
     pub data_dir: PathBuf,
     /// Namespace for every NATS subject, stream and bucket name: several
@@ -50,6 +54,7 @@ impl Default for Config {
             nats_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
+            secrets_key: None,
             data_dir: default_data_dir(),
             prefix: "picloud".into(),
             workers: 0,
@@ -126,6 +131,9 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_ADMIN_TOKEN") {
             self.admin_token = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_SECRETS_KEY") {
+            self.secrets_key = Some(v);
         }
         if let Some(v) = non_empty("PICLOUD_DATA_DIR") {
             self.data_dir = PathBuf::from(v);

@@ -2,11 +2,12 @@
 //! 100-line script), with the fresh scope every invocation gets, and the
 //! per-invocation setup alone. `cargo bench -p picloud-sandbox`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use picloud_core::{EventInput, HttpRequestInput, Limits, Trigger, Uuid};
-use picloud_sandbox::{ModuleSet, Sandbox};
+use picloud_sandbox::{ModuleSet, NoHost, Sandbox};
 
 fn event() -> EventInput {
     EventInput {
@@ -54,6 +55,7 @@ fn bench(c: &mut Criterion) {
                 &ev,
                 Some(&req),
                 ModuleSet::default(),
+                Arc::new(NoHost),
             )
         })
     });
@@ -62,14 +64,34 @@ fn bench(c: &mut Criterion) {
     assert_eq!(source.lines().count(), 100);
     let big = sb.compile(&source, &limits).unwrap();
     c.bench_function("eval 100-line script (cached AST, fresh scope)", |b| {
-        b.iter(|| sb.run(&big, &limits, far(), &ev, Some(&req), ModuleSet::default()))
+        b.iter(|| {
+            sb.run(
+                &big,
+                &limits,
+                far(),
+                &ev,
+                Some(&req),
+                ModuleSet::default(),
+                std::sync::Arc::new(NoHost),
+            )
+        })
     });
 
     // The per-invocation setup: limits applied, log and deadline reset,
     // scope with `event` and `request` built, result mapped.
     let unit = sb.compile("()", &limits).unwrap();
     c.bench_function("per-invocation setup (run of an empty script)", |b| {
-        b.iter(|| sb.run(&unit, &limits, far(), &ev, Some(&req), ModuleSet::default()))
+        b.iter(|| {
+            sb.run(
+                &unit,
+                &limits,
+                far(),
+                &ev,
+                Some(&req),
+                ModuleSet::default(),
+                std::sync::Arc::new(NoHost),
+            )
+        })
     });
 
     c.bench_function("compile hello world", |b| {

@@ -1,10 +1,15 @@
-//! Per-invocation state the engine's callbacks need: the captured log and the
-//! deadline. The engine is built once per thread, its callbacks are
+//! Per-invocation state the engine's callbacks need: the captured log, the
+//! deadline, the host's capabilities and the secret values handed out (which
+//! are masked as `***` wherever the log or an error would show them). The engine is built once per thread, its callbacks are
 //! `'static`, so they share this through an `Arc` and the sandbox resets it
 //! at the start of every run.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use crate::Host;
+
+pub(crate) const MASK: &str = "***";
 
 const TRUNCATED: &str = "\n[log truncated]";
 
@@ -19,30 +24,74 @@ struct State {
     max_bytes: usize,
     truncated: bool,
     deadline: Option<Instant>,
+    host: Option<Arc<dyn Host>>,
+    secrets: Vec<String>,
+}
+
+/// `text` with every secret value replaced by [`MASK`], longest first (so a
+/// secret containing another is masked whole).
+pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for s in secrets {
+        if !s.is_empty() && out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), MASK);
+        }
+    }
+    out
 }
 
 impl Capture {
-    pub(crate) fn begin(&self, deadline: Instant, max_bytes: usize) {
+    pub(crate) fn begin(&self, deadline: Instant, max_bytes: usize, host: Arc<dyn Host>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.log.clear();
         s.max_bytes = max_bytes;
         s.truncated = false;
         s.deadline = Some(deadline);
+        s.host = Some(host);
+        s.secrets.clear();
     }
 
-    pub(crate) fn finish(&self) -> String {
+    /// Ends the invocation: the (masked) log and the secret values handed
+    /// out, for masking anything else the invocation produced.
+    pub(crate) fn finish(&self) -> (String, Vec<String>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.deadline = None;
-        let mut log = std::mem::take(&mut s.log);
+        s.host = None;
+        let secrets = std::mem::take(&mut s.secrets);
+        let mut log = mask(&std::mem::take(&mut s.log), &secrets);
         if s.truncated {
             log.push_str(TRUNCATED);
         }
-        log
+        (log, secrets)
     }
 
-    /// Appends one line, keeping at most `max_bytes` (cut on a char boundary).
+    /// Asks the host for a secret (outside the lock: it may wait on the
+    /// network) and remembers its value for masking.
+    pub(crate) fn secret(&self, name: &str) -> Result<Option<String>, String> {
+        let (host, deadline) = {
+            let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (s.host.clone(), s.deadline)
+        };
+        let (Some(host), Some(deadline)) = (host, deadline) else {
+            return Err("secrets are not available here".into());
+        };
+        let value = host.secret(name, deadline)?;
+        if let Some(v) = &value {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !s.secrets.contains(v) {
+                s.secrets.push(v.clone());
+                s.secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
+            }
+        }
+        Ok(value)
+    }
+
+    /// Appends one line (secrets masked), keeping at most `max_bytes` (cut
+    /// on a char boundary).
     pub(crate) fn line(&self, text: &str) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let masked = mask(text, &s.secrets);
+        let text = masked.as_str();
         if s.truncated {
             return;
         }

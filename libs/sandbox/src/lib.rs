@@ -44,6 +44,24 @@ pub struct CompileError {
     pub column: usize,
 }
 
+/// Capabilities the embedding process lends a script for one invocation.
+/// The sandbox calls them from its own thread; each must return by
+/// `deadline`.
+pub trait Host: Send + Sync {
+    /// The value of secret `name`; `Ok(None)` when there is no such secret;
+    /// `Err` (safe to show the script) when it cannot be fetched.
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String>;
+}
+
+/// A host that lends nothing (compile checks, tests, benchmarks).
+pub struct NoHost;
+
+impl Host for NoHost {
+    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, String> {
+        Err("secrets are not available here".into())
+    }
+}
+
 /// What one run produced: the outcome for the caller, and the details for
 /// the invocation record.
 #[derive(Debug)]
@@ -98,6 +116,17 @@ impl Sandbox {
             engine.on_debug(move |s, _, _| c.line(s));
             let c = capture.clone();
             engine.register_fn("log", move |msg: Dynamic| c.line(&msg.to_string()));
+            let c = capture.clone();
+            engine.register_fn(
+                "secret",
+                move |name: &str| -> Result<String, Box<EvalAltResult>> {
+                    match c.secret(name) {
+                        Ok(Some(v)) => Ok(v),
+                        Ok(None) => Err(runtime_error(format!("no secret named {name:?}"))),
+                        Err(e) => Err(runtime_error(e)),
+                    }
+                },
+            );
             let c = capture.clone();
             engine.on_progress(move |ops| {
                 if ops.is_multiple_of(CLOCK_CHECK_EVERY) && c.deadline_passed() {
@@ -181,6 +210,7 @@ impl Sandbox {
         event: &EventInput,
         request: Option<&HttpRequestInput>,
         modules: ModuleSet,
+        host: Arc<dyn Host>,
     ) -> RunResult {
         self.apply_limits(limits);
         self.resolver.serve(modules);
@@ -188,7 +218,8 @@ impl Sandbox {
         // The caller's deadline may come first (the job waited in a queue):
         // then it is the caller who gave up, not the script's limit.
         let caller_first = deadline < wall;
-        self.capture.begin(deadline.min(wall), limits.max_log_bytes);
+        self.capture
+            .begin(deadline.min(wall), limits.max_log_bytes, host);
 
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", event_value(event));
@@ -196,15 +227,23 @@ impl Sandbox {
 
         let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         self.resolver.finish();
-        let log = self.capture.finish();
-        match evaluated {
+        let (log, secrets) = self.capture.finish();
+        let mut result = match evaluated {
             Ok(value) => match response::from_value(value, limits) {
                 Ok(resp) => ok(resp, log),
                 Err(fail) => fail.into_result(log),
             },
             Err(err) => classify(*err, limits, caller_first).into_result(log),
-        }
+        };
+        // The response body is the author's business; the operator's detail
+        // is not a place for secrets.
+        result.error = result.error.map(|e| capture::mask(&e, &secrets));
+        result
     }
+}
+
+fn runtime_error(message: String) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(message.into(), rhai::Position::NONE).into()
 }
 
 fn no_sleep() -> Result<(), Box<EvalAltResult>> {

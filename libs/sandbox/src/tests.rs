@@ -30,6 +30,7 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
         &event(),
         request,
         ModuleSet::default(),
+        std::sync::Arc::new(NoHost),
     )
 }
 
@@ -385,7 +386,15 @@ fn run_mods(source: &str, set: ModuleSet) -> RunResult {
     let limits = Limits::default();
     let ast = sb.compile(source, &limits).expect("compiles");
     let deadline = Instant::now() + Duration::from_secs(30);
-    sb.run(&ast, &limits, deadline, &event(), None, set)
+    sb.run(
+        &ast,
+        &limits,
+        deadline,
+        &event(),
+        None,
+        set,
+        std::sync::Arc::new(NoHost),
+    )
 }
 
 #[test]
@@ -437,4 +446,50 @@ fn unpinned_and_cyclic_imports_fail_cleanly() {
         Outcome::ScriptError { message } => assert!(!message.contains("secret")),
         other => panic!("{other:?}"),
     }
+}
+
+struct OneSecret;
+
+impl Host for OneSecret {
+    fn secret(&self, name: &str, _: Instant) -> Result<Option<String>, String> {
+        Ok((name == "api_key").then(|| "s3cr3t-v4lue".to_owned()))
+    }
+}
+
+#[test]
+fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
+    let mut sb = Sandbox::new();
+    let limits = Limits::default();
+    let run_secret = |sb: &mut Sandbox, src: &str| {
+        let ast = sb.compile(src, &limits).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        sb.run(
+            &ast,
+            &limits,
+            deadline,
+            &event(),
+            None,
+            ModuleSet::default(),
+            std::sync::Arc::new(OneSecret),
+        )
+    };
+    let r = run_secret(
+        &mut sb,
+        r#"let k = secret("api_key"); log(k); print(`key=${k}`); debug(k); throw `failed with ${k}`;"#,
+    );
+    assert_eq!(r.log, "***\nkey=***\n\"***\"\n");
+    let err = r.error.unwrap();
+    assert!(
+        err.contains("failed with ***") && !err.contains("s3cr3t"),
+        "{err}"
+    );
+
+    let r = run_secret(&mut sb, r#"secret("api_key")"#);
+    assert_eq!(response(&r).body, "s3cr3t-v4lue");
+
+    let r = run_secret(&mut sb, r#"secret("missing")"#);
+    assert!(r.error.unwrap().contains("no secret named \"missing\""));
+    // Without a host, secret() is a clean error.
+    let r = run(r#"secret("api_key")"#);
+    assert!(r.error.unwrap().contains("secrets are not available"));
 }

@@ -7,11 +7,13 @@
 //!
 //! - [`scripts`]: scripts and their immutable versions.
 //! - [`modules`]: shared modules and their versions.
+//! - [`secrets`]: encrypted secrets (ciphertext only).
 //! - [`invocations`]: the invocation log.
 
 pub mod invocations;
 pub mod modules;
 pub mod scripts;
+pub mod secrets;
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 pub use invocations::InvocationFilter;
 pub use modules::{ModuleRow, ModuleVersionRow};
 pub use scripts::{ScriptRow, VersionRow};
+pub use secrets::{SealedSecret, SecretRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -14,6 +14,7 @@
 //! learns scripts from the bus's version bucket only.
 
 pub mod cache;
+pub mod host;
 pub mod pool;
 pub mod records;
 pub mod serve;
@@ -48,6 +49,10 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
         bus: bus.clone(),
         pool,
         cache: cache::AstCache::new(cache::DEFAULT_CAPACITY),
+        host: Arc::new(host::BusHost {
+            bus: bus.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }),
         modules,
         recorder,
         executor_id: id.clone(),

@@ -13,7 +13,7 @@ use picloud_bus::{Bus, IncomingInvocation};
 use picloud_core::{
     InvocationRecord, InvocationReply, InvocationRequest, Outcome, Shutdown, now_unix_ms,
 };
-use picloud_sandbox::{ModuleCache, ModuleSet, RunResult};
+use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunResult};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::cache::{AstCache, Compiled};
@@ -24,6 +24,7 @@ pub struct Server {
     pub bus: Bus,
     pub pool: Pool,
     pub cache: AstCache,
+    pub host: Arc<dyn Host>,
     pub modules: ModuleCache,
     pub recorder: Recorder,
     pub executor_id: String,
@@ -160,6 +161,7 @@ impl Server {
         };
         let (tx, rx) = oneshot::channel();
         let job_req = req.clone();
+        let host = self.host.clone();
         let cache = self.cache.clone();
         let job = Box::new(move |sandbox: &mut picloud_sandbox::Sandbox| {
             // It may have waited in the queue: a caller that has given up
@@ -199,6 +201,7 @@ impl Server {
                 &job_req.event,
                 job_req.request.as_ref(),
                 modules,
+                host,
             );
             let _ = tx.send(result);
         });

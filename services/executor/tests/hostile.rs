@@ -105,7 +105,15 @@ fn run(pool: &Pool, ast: Arc<AST>, limits: Limits) -> mpsc::Receiver<(RunResult,
     pool.try_submit(Box::new(move |sb: &mut Sandbox| {
         let started = Instant::now();
         let deadline = started + Duration::from_secs(120);
-        let r = sb.run(&ast, &limits, deadline, &event(), None, Default::default());
+        let r = sb.run(
+            &ast,
+            &limits,
+            deadline,
+            &event(),
+            None,
+            Default::default(),
+            std::sync::Arc::new(picloud_sandbox::NoHost),
+        );
         let _ = tx.send((r, started.elapsed()));
     }))
     .unwrap();

@@ -7,6 +7,8 @@
 //!   Postgres (after every change, and once at start, with retries).
 //! - [`records`]: drains the invocation-record stream into Postgres in
 //!   batches.
+//! - [`secrets`]: encrypts secrets at rest and answers executors' requests
+//!   for them.
 //!
 //! Architecture invariant: the manager is the only role that holds database
 //! credentials; everything other roles need, it publishes on the bus.
@@ -16,6 +18,7 @@ pub mod compiler;
 pub mod imports;
 pub mod publisher;
 pub mod records;
+pub mod secrets;
 
 use std::sync::Arc;
 
@@ -58,12 +61,19 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
         .context("cannot open the database")?;
     let bus = Bus::connect(nats_url, &config.prefix, "manager").await?;
     let compiler = compiler::Compiler::start()?;
+    let secret_box = Arc::new(secrets::SecretBox::load(config)?);
     let publisher = publisher::Publisher::new(store.clone(), bus.clone());
 
     let mut tasks = JoinSet::new();
     tasks.spawn(publisher.clone().run(shutdown.clone()));
     publisher.request_sync();
     tasks.spawn(records::run(store.clone(), bus.clone(), shutdown.clone()));
+    tasks.spawn(secrets::serve(
+        store.clone(),
+        bus.clone(),
+        secret_box.clone(),
+        shutdown.clone(),
+    ));
 
     let state = Arc::new(api::AppState {
         store: store.clone(),
@@ -73,6 +83,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
         limits: config.limits.clone(),
         max_limits: config.max_limits.clone(),
         max_source_bytes: config.max_source_bytes,
+        secrets: secret_box,
     });
     let ready: ReadyCheck = {
         let (store, bus) = (store.clone(), bus.clone());

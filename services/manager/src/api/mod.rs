@@ -3,6 +3,7 @@
 mod invocations;
 mod modules;
 mod scripts;
+mod secrets;
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use picloud_core::{Limits, ScriptName};
 use picloud_http::{ApiError, TokenHash};
 use picloud_store::Store;
@@ -27,6 +28,7 @@ pub struct AppState {
     pub limits: Limits,
     pub max_limits: Limits,
     pub max_source_bytes: usize,
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -47,6 +49,8 @@ pub fn router(state: Shared) -> Router {
         .route("/scripts/{name}/rollback", post(scripts::rollback))
         .route("/modules", get(modules::list))
         .route("/modules/{name}", get(modules::get).put(modules::deploy))
+        .route("/secrets", get(secrets::list))
+        .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })

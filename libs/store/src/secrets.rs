@@ -1,0 +1,74 @@
+//! Secrets: only ciphertext is stored; this crate never sees a key or a value.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretRow {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A stored secret, still encrypted.
+pub struct SealedSecret {
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl Store {
+    pub async fn put_secret(&self, name: &str, sealed: &SealedSecret) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO secrets (name, nonce, ciphertext) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE
+                SET nonce = EXCLUDED.nonce, ciphertext = EXCLUDED.ciphertext, updated_at = now()",
+        )
+        .bind(name)
+        .bind(&sealed.nonce)
+        .bind(&sealed.ciphertext)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
+        let row = sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(SealedSecret {
+                nonce: r.try_get("nonce")?,
+                ciphertext: r.try_get("ciphertext")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `true` when it existed.
+    pub async fn delete_secret(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Names and timestamps only.
+    pub async fn list_secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
+        sqlx::query("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SecretRow {
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+}

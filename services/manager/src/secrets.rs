@@ -1,0 +1,186 @@
+//! Secrets: encrypted at rest with AES-256-GCM, decrypted only to answer an
+//! executor's request over NATS (request/reply: the value is never written
+//! to a stream or bucket, or to Postgres, or to a log).
+//!
+//! The key comes from `PICLOUD_SECRETS_KEY` (32 bytes, base64), or, for a
+//! single node, is generated once into `data_dir/secrets.key` (mode 0600).
+//! The secret's name is the associated data, so a ciphertext copied to
+//! another name does not decrypt.
+
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures::StreamExt;
+use picloud_bus::Bus;
+use picloud_core::{Config, Shutdown};
+use picloud_store::{SealedSecret, Store};
+
+pub struct SecretBox {
+    cipher: Aes256Gcm,
+}
+
+impl SecretBox {
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let key = match &config.secrets_key {
+            Some(k) => decode_key(k).context("invalid PICLOUD_SECRETS_KEY")?,
+            None => key_file(&config.data_dir.join("secrets.key"))?,
+        };
+        Ok(Self {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+        })
+    }
+
+    pub fn seal(&self, name: &str, value: &str) -> anyhow::Result<SealedSecret> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("encryption failed"))?;
+        Ok(SealedSecret {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        })
+    }
+
+    pub fn open(&self, name: &str, sealed: &SealedSecret) -> anyhow::Result<String> {
+        if sealed.nonce.len() != 12 {
+            bail!("stored nonce has the wrong length");
+        }
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: name.as_bytes(),
+                },
+            )
+            .map_err(|_| anyhow::anyhow!("cannot decrypt (wrong key, or tampered data)"))?;
+        String::from_utf8(plain).context("secret is not UTF-8")
+    }
+}
+
+fn decode_key(text: &str) -> anyhow::Result<Vec<u8>> {
+    let key = B64.decode(text.trim()).context("not base64")?;
+    if key.len() != 32 {
+        bail!("the key must be 32 bytes (it is {})", key.len());
+    }
+    Ok(key)
+}
+
+fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return decode_key(&text).with_context(|| format!("invalid key in {}", path.display()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let key = Aes256Gcm::generate_key(&mut OsRng);
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create the secrets key {}", path.display()))?;
+    f.write_all(B64.encode(key).as_bytes())?;
+    tracing::info!(path = %path.display(), "generated the secrets key");
+    Ok(key.to_vec())
+}
+
+/// Answers executors' secret requests until shutdown.
+pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, shutdown: Shutdown) {
+    let mut requests = match bus.serve_secret_requests().await {
+        Ok(r) => Box::pin(r),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve secret requests");
+            return;
+        }
+    };
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = requests.next() => r,
+        };
+        let Some(req) = req else { return };
+        let answer = match store.get_secret(&req.name).await {
+            Ok(None) => Ok(None),
+            Ok(Some(sealed)) => secrets.open(&req.name, &sealed).map(Some).map_err(|e| {
+                tracing::error!(secret = %req.name, error = %e, "cannot open a secret");
+                "the secret could not be read".to_string()
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load a secret");
+                Err("secrets are unavailable right now".to_string())
+            }
+        };
+        if let Err(e) = bus.answer_secret(&req, answer).await {
+            tracing::warn!(error = %e, "cannot answer a secret request");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sbox() -> SecretBox {
+        let config = Config {
+            secrets_key: Some(B64.encode([7u8; 32])),
+            ..Config::default()
+        };
+        SecretBox::load(&config).unwrap()
+    }
+
+    #[test]
+    fn seal_and_open_round_trip_bound_to_the_name() {
+        let b = sbox();
+        let sealed = b.seal("api_key", "hunter2").unwrap();
+        assert!(!sealed.ciphertext.windows(7).any(|w| w == b"hunter2"));
+        assert_eq!(b.open("api_key", &sealed).unwrap(), "hunter2");
+        assert!(b.open("other", &sealed).is_err());
+    }
+
+    #[test]
+    fn bad_keys_are_refused() {
+        let config = Config {
+            secrets_key: Some(B64.encode([1u8; 16])),
+            ..Config::default()
+        };
+        assert!(SecretBox::load(&config).is_err());
+    }
+
+    #[test]
+    fn a_generated_key_is_kept_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let sealed = SecretBox::load(&config).unwrap().seal("n", "v").unwrap();
+        let mode = std::fs::metadata(dir.path().join("secrets.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            SecretBox::load(&config)
+                .unwrap()
+                .open("n", &sealed)
+                .unwrap(),
+            "v"
+        );
+    }
+}
