@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use picloud_core::{EventInput, HttpRequestInput, Limits, Trigger, Uuid};
-use picloud_sandbox::{ModuleSet, NoHost, Sandbox};
+use picloud_sandbox::{ModuleSet, NoHost, RunInput, Sandbox};
 
 fn event() -> EventInput {
     EventInput {
@@ -52,10 +52,12 @@ fn bench(c: &mut Criterion) {
                 &hello,
                 &limits,
                 far(),
-                &ev,
-                Some(&req),
-                ModuleSet::default(),
-                Arc::new(NoHost),
+                RunInput {
+                    event: &ev,
+                    request: Some(&req),
+                    modules: ModuleSet::default(),
+                    host: Arc::new(NoHost),
+                },
             )
         })
     });
@@ -69,10 +71,12 @@ fn bench(c: &mut Criterion) {
                 &big,
                 &limits,
                 far(),
-                &ev,
-                Some(&req),
-                ModuleSet::default(),
-                std::sync::Arc::new(NoHost),
+                RunInput {
+                    event: &ev,
+                    request: Some(&req),
+                    modules: ModuleSet::default(),
+                    host: std::sync::Arc::new(NoHost),
+                },
             )
         })
     });
@@ -86,10 +90,12 @@ fn bench(c: &mut Criterion) {
                 &unit,
                 &limits,
                 far(),
-                &ev,
-                Some(&req),
-                ModuleSet::default(),
-                std::sync::Arc::new(NoHost),
+                RunInput {
+                    event: &ev,
+                    request: Some(&req),
+                    modules: ModuleSet::default(),
+                    host: std::sync::Arc::new(NoHost),
+                },
             )
         })
     });

@@ -44,6 +44,15 @@ pub struct CompileError {
     pub column: usize,
 }
 
+/// What one invocation brings to [`Sandbox::run`].
+pub struct RunInput<'a> {
+    pub event: &'a EventInput,
+    pub request: Option<&'a HttpRequestInput>,
+    /// Pinned modules and the sources the module cache lacks.
+    pub modules: ModuleSet,
+    pub host: Arc<dyn Host>,
+}
+
 /// Capabilities the embedding process lends a script for one invocation.
 /// The sandbox calls them from its own thread; each must return by
 /// `deadline`.
@@ -207,11 +216,14 @@ impl Sandbox {
         ast: &AST,
         limits: &Limits,
         deadline: Instant,
-        event: &EventInput,
-        request: Option<&HttpRequestInput>,
-        modules: ModuleSet,
-        host: Arc<dyn Host>,
+        input: RunInput<'_>,
     ) -> RunResult {
+        let RunInput {
+            event,
+            request,
+            modules,
+            host,
+        } = input;
         self.apply_limits(limits);
         self.resolver.serve(modules);
         let wall = Instant::now() + Duration::from_millis(limits.wall_time_ms);

@@ -27,10 +27,12 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
         &ast,
         limits,
         Instant::now() + Duration::from_secs(30),
-        &event(),
-        request,
-        ModuleSet::default(),
-        std::sync::Arc::new(NoHost),
+        RunInput {
+            event: &event(),
+            request,
+            modules: ModuleSet::default(),
+            host: std::sync::Arc::new(NoHost),
+        },
     )
 }
 
@@ -390,10 +392,12 @@ fn run_mods(source: &str, set: ModuleSet) -> RunResult {
         &ast,
         &limits,
         deadline,
-        &event(),
-        None,
-        set,
-        std::sync::Arc::new(NoHost),
+        RunInput {
+            event: &event(),
+            request: None,
+            modules: set,
+            host: std::sync::Arc::new(NoHost),
+        },
     )
 }
 
@@ -467,10 +471,12 @@ fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
             &ast,
             &limits,
             deadline,
-            &event(),
-            None,
-            ModuleSet::default(),
-            std::sync::Arc::new(OneSecret),
+            RunInput {
+                event: &event(),
+                request: None,
+                modules: ModuleSet::default(),
+                host: std::sync::Arc::new(OneSecret),
+            },
         )
     };
     let r = run_secret(

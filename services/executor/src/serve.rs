@@ -13,7 +13,7 @@ use picloud_bus::{Bus, IncomingInvocation};
 use picloud_core::{
     InvocationRecord, InvocationReply, InvocationRequest, Outcome, Shutdown, now_unix_ms,
 };
-use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunResult};
+use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunInput, RunResult};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::cache::{AstCache, Compiled};
@@ -198,10 +198,12 @@ impl Server {
                 &compiled.ast,
                 &compiled.limits,
                 deadline,
-                &job_req.event,
-                job_req.request.as_ref(),
-                modules,
-                host,
+                RunInput {
+                    event: &job_req.event,
+                    request: job_req.request.as_ref(),
+                    modules,
+                    host,
+                },
             );
             let _ = tx.send(result);
         });

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use picloud_core::{EventInput, LimitOverrides, Limits, Outcome, Trigger, Uuid};
 use picloud_executor::pool::Pool;
-use picloud_sandbox::{AST, RunResult, Sandbox};
+use picloud_sandbox::{AST, RunInput, RunResult, Sandbox};
 
 /// How far past its own limit a hostile script may run before it is ended.
 const MARGIN: Duration = Duration::from_millis(1500);
@@ -109,10 +109,12 @@ fn run(pool: &Pool, ast: Arc<AST>, limits: Limits) -> mpsc::Receiver<(RunResult,
             &ast,
             &limits,
             deadline,
-            &event(),
-            None,
-            Default::default(),
-            std::sync::Arc::new(picloud_sandbox::NoHost),
+            RunInput {
+                event: &event(),
+                request: None,
+                modules: Default::default(),
+                host: std::sync::Arc::new(picloud_sandbox::NoHost),
+            },
         );
         let _ = tx.send((r, started.elapsed()));
     }))
