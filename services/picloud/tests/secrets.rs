@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use picloud_testkit::{Client, eventually};
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
