@@ -26,6 +26,13 @@ pub struct Config {
     /// manager generates one once into `data_dir/secrets.key` (single node;
     /// in cluster mode every manager must be given the same key).
     pub secrets_key: Option<String>,
+    /// Hosts, IPs or CIDRs scripts may call although the SSRF policy would
+    /// deny them (comma-separated; `PICLOUD_HTTP_ALLOW`).
+    pub http_allow: String,
+    /// More to deny (`PICLOUD_HTTP_DENY`); wins over `http_allow`.
+    pub http_deny: String,
+    /// Ports scripts may call (`PICLOUD_HTTP_PORTS`, e.g. "80,443"; "*" for any).
+    pub http_ports: String,
     /// Where `picloud up` keeps its private servers' data.
     pub data_dir: PathBuf,
     /// Namespace for every NATS subject, stream and bucket name: several
@@ -55,6 +62,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             secrets_key: None,
+            http_allow: String::new(),
+            http_deny: String::new(),
+            http_ports: "80,443".into(),
             data_dir: default_data_dir(),
             prefix: "picloud".into(),
             workers: 0,
@@ -131,6 +141,15 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_ADMIN_TOKEN") {
             self.admin_token = Some(v);
+        }
+        if let Some(v) = get("PICLOUD_HTTP_ALLOW") {
+            self.http_allow = v;
+        }
+        if let Some(v) = get("PICLOUD_HTTP_DENY") {
+            self.http_deny = v;
+        }
+        if let Some(v) = non_empty("PICLOUD_HTTP_PORTS") {
+            self.http_ports = v;
         }
         if let Some(v) = non_empty("PICLOUD_SECRETS_KEY") {
             self.secrets_key = Some(v);

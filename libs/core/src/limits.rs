@@ -74,8 +74,15 @@ limits! {
     max_functions: usize = 256, max 4_096;
     /// Bytes of captured `log`/`print` output kept per invocation.
     max_log_bytes: usize = 64 << 10, max 1 << 20;
-    /// Bytes of response body.
+        /// Bytes of response body.
     max_response_bytes: usize = 512 << 10, max 4 << 20;
+    /// Outbound HTTP calls per invocation.
+    max_http_calls: u32 = 16, max 256;
+    /// Bytes of one outbound response body kept (the rest is cut).
+    max_http_response_bytes: usize = 1 << 20, max 8 << 20;
+    /// Longest one outbound call may take, in milliseconds (also bounded by
+    /// the invocation's deadline).
+    http_timeout_ms: u64 = 10_000, max 60_000;
 }
 
 /// Bytes of script source accepted by a deploy (operator-wide, not per script).

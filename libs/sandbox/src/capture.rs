@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::Host;
+use crate::http::{HostError, HttpCall, HttpReply};
+use picloud_core::Limits;
 
 pub(crate) const MASK: &str = "***";
 
@@ -26,6 +28,8 @@ struct State {
     deadline: Option<Instant>,
     host: Option<Arc<dyn Host>>,
     secrets: Vec<String>,
+    limits: Limits,
+    http_calls: u32,
 }
 
 /// `text` with every secret value replaced by [`MASK`], longest first (so a
@@ -41,10 +45,12 @@ pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
 }
 
 impl Capture {
-    pub(crate) fn begin(&self, deadline: Instant, max_bytes: usize, host: Arc<dyn Host>) {
+    pub(crate) fn begin(&self, deadline: Instant, limits: &Limits, host: Arc<dyn Host>) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.log.clear();
-        s.max_bytes = max_bytes;
+        s.max_bytes = limits.max_log_bytes;
+        s.limits = limits.clone();
+        s.http_calls = 0;
         s.truncated = false;
         s.deadline = Some(deadline);
         s.host = Some(host);
@@ -63,6 +69,28 @@ impl Capture {
             log.push_str(TRUNCATED);
         }
         (log, secrets)
+    }
+
+    /// Counts the call against `max_http_calls` and hands it to the host
+    /// (outside the lock).
+    pub(crate) fn http(&self, call: HttpCall) -> Result<HttpReply, HostError> {
+        let (host, deadline, limits) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.http_calls >= s.limits.max_http_calls {
+                return Err(HostError::Limit(format!(
+                    "http call limit of {} exceeded",
+                    s.limits.max_http_calls
+                )));
+            }
+            s.http_calls += 1;
+            (s.host.clone(), s.deadline, s.limits.clone())
+        };
+        let (Some(host), Some(deadline)) = (host, deadline) else {
+            return Err(HostError::Failed(
+                "outbound HTTP is not available here".into(),
+            ));
+        };
+        host.http(call, &limits, deadline)
     }
 
     /// Asks the host for a secret (outside the lock: it may wait on the

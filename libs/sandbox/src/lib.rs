@@ -17,6 +17,7 @@
 
 mod capture;
 pub mod host;
+pub mod http;
 pub mod modules;
 pub mod response;
 
@@ -28,6 +29,7 @@ pub use rhai::AST;
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
 use capture::Capture;
+pub use http::{HostError, HttpBody, HttpCall, HttpReply};
 use modules::Resolver;
 pub use modules::{ModuleCache, ModuleSet};
 
@@ -60,6 +62,20 @@ pub trait Host: Send + Sync {
     /// The value of secret `name`; `Ok(None)` when there is no such secret;
     /// `Err` (safe to show the script) when it cannot be fetched.
     fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String>;
+
+    /// Sends an outbound HTTP call under `limits` (response size, timeout),
+    /// by `deadline`.
+    fn http(
+        &self,
+        call: HttpCall,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<HttpReply, HostError> {
+        let _ = (call, limits, deadline);
+        Err(HostError::Failed(
+            "outbound HTTP is not available here".into(),
+        ))
+    }
 }
 
 /// A host that lends nothing (compile checks, tests, benchmarks).
@@ -146,6 +162,7 @@ impl Sandbox {
             });
         }
         response::register(&mut engine);
+        http::register(&mut engine, &capture);
         host::register(&mut engine);
 
         let mut sandbox = Self {
@@ -230,8 +247,7 @@ impl Sandbox {
         // The caller's deadline may come first (the job waited in a queue):
         // then it is the caller who gave up, not the script's limit.
         let caller_first = deadline < wall;
-        self.capture
-            .begin(deadline.min(wall), limits.max_log_bytes, host);
+        self.capture.begin(deadline.min(wall), limits, host);
 
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", event_value(event));
@@ -353,6 +369,16 @@ fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure 
             } else {
                 Failure::limit(wall_time_message(limits.wall_time_ms), detail)
             }
+        }
+        EvalAltResult::ErrorTerminated(token, _)
+            if token
+                .clone()
+                .into_immutable_string()
+                .is_ok_and(|s| s.starts_with(http::LIMIT_TOKEN)) =>
+        {
+            let token = token.into_immutable_string().unwrap_or_default();
+            let message = token.strip_prefix(http::LIMIT_TOKEN).unwrap_or_default();
+            Failure::limit(message, detail)
         }
         EvalAltResult::ErrorStackOverflow(_) => Failure::limit("call depth limit exceeded", detail),
         EvalAltResult::ErrorDataTooLarge(what, _) => {

@@ -499,3 +499,120 @@ fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
     let r = run(r#"secret("api_key")"#);
     assert!(r.error.unwrap().contains("secrets are not available"));
 }
+
+/// A host whose HTTP answers describe the call it got; "deny" in the URL
+/// fails like a policy denial.
+struct EchoHttp;
+
+impl Host for EchoHttp {
+    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
+    fn http(&self, call: HttpCall, limits: &Limits, _: Instant) -> Result<HttpReply, HostError> {
+        if call.url.contains("deny") {
+            return Err(HostError::Failed(
+                "request denied by policy: private".into(),
+            ));
+        }
+        let body = serde_json::json!({
+            "method": call.method,
+            "url": call.url,
+            "headers": call.headers,
+            "query": call.query,
+            "body": match call.body {
+                None => serde_json::Value::Null,
+                Some(HttpBody::Text(t)) => serde_json::Value::String(t),
+                Some(HttpBody::Json(j)) => j,
+            },
+            "timeout": call.timeout.map(|t| t.as_millis() as u64),
+            "max": limits.max_http_response_bytes,
+        });
+        Ok(HttpReply {
+            status: 201,
+            headers: vec![("x-a".into(), "1".into()), ("x-a".into(), "2".into())],
+            body: body.to_string().into_bytes(),
+            truncated: false,
+        })
+    }
+}
+
+fn run_http(source: &str, limits: &Limits) -> RunResult {
+    let mut sb = Sandbox::new();
+    let ast = sb.compile(source, limits).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    sb.run(
+        &ast,
+        limits,
+        deadline,
+        RunInput {
+            event: &event(),
+            request: None,
+            modules: ModuleSet::default(),
+            host: std::sync::Arc::new(EchoHttp),
+        },
+    )
+}
+
+#[test]
+fn http_calls_build_requests_and_read_replies() {
+    let r = run_http(
+        r#"let r = http::post("https://api.example/x", #{ n: 1 }, #{ headers: #{ "x-k": "v" }, query: #{ q: "1" }, timeout: 250 });
+           #{ status: r.status, h: r.headers["x-a"], sent: r.json, text: type_of(r.body), t: r.truncated }"#,
+        &Limits::default(),
+    );
+    let v: serde_json::Value = serde_json::from_str(&response(&r).body).unwrap();
+    assert_eq!(v["status"], 201);
+    assert_eq!(v["h"], "1, 2");
+    assert_eq!(v["text"], "string");
+    assert_eq!(v["t"], false);
+    assert_eq!(v["sent"]["method"], "POST");
+    assert_eq!(v["sent"]["body"], serde_json::json!({ "n": 1 }));
+    assert_eq!(v["sent"]["headers"], serde_json::json!([["x-k", "v"]]));
+    assert_eq!(v["sent"]["query"], serde_json::json!([["q", "1"]]));
+    assert_eq!(v["sent"]["timeout"], 250);
+
+    let r = run_http(
+        r#"[http::get("http://a/").json.method, http::head("http://a/", #{}).json.method,
+            http::delete("http://a/").json.method, http::put("http://a/", "raw").json.body,
+            http::patch("http://a/", ()).json.body, http::request("options", "http://a/", (), #{}).json.method]"#,
+        &Limits::default(),
+    );
+    assert_eq!(
+        response(&r).body,
+        r#"["GET","HEAD","DELETE","raw",null,"OPTIONS"]"#
+    );
+}
+
+#[test]
+fn http_failures_are_catchable_but_the_call_limit_ends_the_invocation() {
+    let r = run_http(
+        r#"let out = ""; try { http::get("http://deny/"); } catch (e) { out = e; } out"#,
+        &Limits::default(),
+    );
+    assert_eq!(response(&r).body, "request denied by policy: private");
+
+    let r = run_http(
+        r#"http::get("http://a/", #{ bogus: 1 })"#,
+        &Limits::default(),
+    );
+    assert!(r.error.unwrap().contains("unknown option \"bogus\""));
+
+    let limits = Limits {
+        max_http_calls: 3,
+        ..Limits::default()
+    };
+    let r = run_http(
+        r#"for i in 0..10 { try { http::get("http://a/"); } catch { } } "never""#,
+        &limits,
+    );
+    assert_eq!(
+        r.outcome,
+        Outcome::LimitExceeded {
+            message: "http call limit of 3 exceeded".into()
+        }
+    );
+    // Without a host that lends HTTP, a clean, catchable error.
+    let r = run(r#"let out = ""; try { http::get("http://a/"); } catch (e) { out = e; } out"#);
+    assert_eq!(response(&r).body, "outbound HTTP is not available here");
+}

@@ -1,4 +1,5 @@
-//! What the executor lends scripts: [`picloud_sandbox::Host`] over the bus.
+//! What the executor lends scripts: [`picloud_sandbox::Host`] over the bus
+//! (secrets) and the SSRF-checked egress client (outbound HTTP).
 //!
 //! Host functions are called on a worker thread (not a tokio thread), so
 //! they block on the runtime's handle, each bounded by the invocation's
@@ -7,7 +8,9 @@
 use std::time::{Duration, Instant};
 
 use picloud_bus::Bus;
-use picloud_sandbox::Host;
+use picloud_core::Limits;
+use picloud_egress::{CallLimits, Egress, OutboundRequest};
+use picloud_sandbox::{Host, HostError, HttpBody, HttpCall, HttpReply};
 use tokio::runtime::Handle;
 
 /// The longest one secret lookup may take, whatever the deadline.
@@ -15,6 +18,7 @@ const SECRET_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct BusHost {
     pub bus: Bus,
+    pub egress: Egress,
     pub runtime: Handle,
 }
 
@@ -26,5 +30,44 @@ impl Host for BusHost {
         }
         self.runtime
             .block_on(self.bus.get_secret(name, left.min(SECRET_TIMEOUT)))
+    }
+
+    fn http(
+        &self,
+        call: HttpCall,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<HttpReply, HostError> {
+        let ceiling = Duration::from_millis(limits.http_timeout_ms);
+        let call_limits = CallLimits {
+            timeout: call.timeout.map_or(ceiling, |t| t.min(ceiling)),
+            max_response_bytes: limits.max_http_response_bytes,
+            ..CallLimits::default()
+        }
+        .within(deadline);
+        if call_limits.timeout.is_zero() {
+            return Err(HostError::Failed(
+                "the invocation's deadline has passed".into(),
+            ));
+        }
+        let mut req = OutboundRequest::new(call.method, call.url);
+        req.headers = call.headers;
+        req.query = call.query;
+        let req = match call.body {
+            None => req,
+            Some(HttpBody::Text(t)) => req.body(t),
+            Some(HttpBody::Json(j)) => req.json(&j),
+        };
+        match self.runtime.block_on(self.egress.send(req, &call_limits)) {
+            Ok(resp) => Ok(HttpReply {
+                status: resp.status,
+                headers: resp.headers,
+                body: resp.body,
+                truncated: resp.truncated,
+            }),
+            Err(e) if e.is_limit() => Err(HostError::Limit(e.to_string())),
+            // The egress client's texts never carry resolved addresses.
+            Err(e) => Err(HostError::Failed(e.to_string())),
+        }
     }
 }

@@ -41,6 +41,14 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
     let bus = Bus::connect(nats_url, &config.prefix, "executor").await?;
     let id = executor_id();
     let workers = config.worker_threads();
+    let ports = picloud_egress::EgressPolicy::parse_ports(&config.http_ports)
+        .context("invalid PICLOUD_HTTP_PORTS")?;
+    let policy =
+        picloud_egress::EgressPolicy::from_config(&config.http_allow, &config.http_deny, &ports)
+            .context("invalid PICLOUD_HTTP_ALLOW or PICLOUD_HTTP_DENY")?;
+    tracing::info!(%policy, "outbound HTTP policy");
+    let egress =
+        picloud_egress::Egress::new(policy).context("cannot build the outbound HTTP client")?;
     let modules = picloud_sandbox::ModuleCache::default();
     let pool = pool::Pool::start(workers, config.queue_depth, modules.clone())
         .context("cannot start worker threads")?;
@@ -51,6 +59,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
         cache: cache::AstCache::new(cache::DEFAULT_CAPACITY),
         host: Arc::new(host::BusHost {
             bus: bus.clone(),
+            egress,
             runtime: tokio::runtime::Handle::current(),
         }),
         modules,
