@@ -7,7 +7,9 @@
 //!   public message), `script_error` (TEXT is in the operator's detail) or
 //!   `compile_error` (TEXT is in the compile error);
 //! - `// limits: {...}`: overrides, as in a deploy body;
-//! - `// expect-log: TEXT`: TEXT is in the captured log.
+//! - `// expect-log: TEXT`: TEXT is in the captured log;
+//! - `// module NAME: SOURCE`: a shared module the script may import
+//!   (pinned at version 1).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use picloud_core::{EventInput, LimitOverrides, Limits, Outcome, Trigger, Uuid};
 use picloud_executor::pool::Pool;
-use picloud_sandbox::{AST, RunInput, RunResult, Sandbox};
+use picloud_sandbox::{AST, ModuleSet, RunInput, RunResult, Sandbox};
 
 /// How far past its own limit a hostile script may run before it is ended.
 const MARGIN: Duration = Duration::from_millis(1500);
@@ -30,6 +32,7 @@ struct Case {
     text: String,
     log: Option<String>,
     limits: Limits,
+    modules: ModuleSet,
 }
 
 fn base_limits() -> Limits {
@@ -51,6 +54,7 @@ fn load(path: &Path) -> Case {
     let mut text = String::new();
     let mut log = None;
     let mut overrides = LimitOverrides::default();
+    let mut modules = ModuleSet::default();
     for line in source.lines().take_while(|l| l.starts_with("//")) {
         if let Some(rest) = line.strip_prefix("// expect: ") {
             let (k, t) = rest.split_once(": ").expect("expect: KIND: TEXT");
@@ -58,6 +62,10 @@ fn load(path: &Path) -> Case {
             text = t.to_owned();
         } else if let Some(rest) = line.strip_prefix("// expect-log: ") {
             log = Some(rest.to_owned());
+        } else if let Some(rest) = line.strip_prefix("// module ") {
+            let (name, source) = rest.split_once(": ").expect("module NAME: SOURCE");
+            modules.pinned.insert(name.to_owned(), 1);
+            modules.sources.insert(name.to_owned(), source.to_owned());
         } else if let Some(rest) = line.strip_prefix("// limits: ") {
             overrides = serde_json::from_str(rest).expect("limits JSON");
         }
@@ -71,6 +79,7 @@ fn load(path: &Path) -> Case {
         text,
         log,
         limits,
+        modules,
     }
 }
 
@@ -100,7 +109,12 @@ fn compile(pool: &Pool, source: String, limits: Limits) -> Result<Arc<AST>, Stri
         .expect("compile answers")
 }
 
-fn run(pool: &Pool, ast: Arc<AST>, limits: Limits) -> mpsc::Receiver<(RunResult, Duration)> {
+fn run(
+    pool: &Pool,
+    ast: Arc<AST>,
+    limits: Limits,
+    modules: ModuleSet,
+) -> mpsc::Receiver<(RunResult, Duration)> {
     let (tx, rx) = mpsc::channel();
     pool.try_submit(Box::new(move |sb: &mut Sandbox| {
         let started = Instant::now();
@@ -112,7 +126,7 @@ fn run(pool: &Pool, ast: Arc<AST>, limits: Limits) -> mpsc::Receiver<(RunResult,
             RunInput {
                 event: &event(),
                 request: None,
-                modules: Default::default(),
+                modules,
                 host: std::sync::Arc::new(picloud_sandbox::NoHost),
             },
         );
@@ -129,11 +143,11 @@ fn check(case: &Case, pool: &Pool, hello: &Arc<AST>) -> Result<(), String> {
         Ok(_) if case.kind == "compile_error" => return Err("compiled, but should not".into()),
         Ok(ast) => ast,
     };
-    let hostile = run(pool, ast, case.limits.clone());
+    let hostile = run(pool, ast, case.limits.clone(), case.modules.clone());
     // While it runs, a well-behaved script on the same pool answers.
     std::thread::sleep(Duration::from_millis(20));
     let asked = Instant::now();
-    let (good, _) = run(pool, hello.clone(), Limits::default())
+    let (good, _) = run(pool, hello.clone(), Limits::default(), ModuleSet::default())
         .recv_timeout(PROMPT)
         .map_err(|_| format!("a well-behaved script waited over {PROMPT:?}"))?;
     if !matches!(good.outcome, Outcome::Response(_)) || asked.elapsed() > PROMPT {
