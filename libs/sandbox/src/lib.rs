@@ -124,6 +124,10 @@ impl Sandbox {
 
         // Close what a default engine leaves open.
         engine.disable_symbol("eval");
+        // Currying nests function pointers inside function pointers, past
+        // Rhai's size checks (a deep chain overflows the stack when
+        // dropped); capturing closures are compiled out (`no_closure`).
+        engine.disable_symbol("curry");
         // Rhai's `sleep` parks the thread, past any deadline: replace it.
         engine.register_fn("sleep", |_: rhai::INT| -> Result<(), Box<EvalAltResult>> {
             no_sleep()

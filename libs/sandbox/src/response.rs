@@ -30,20 +30,44 @@ pub struct ResponseValue {
 pub(crate) fn register(engine: &mut Engine) {
     engine.register_type_with_name::<ResponseValue>("Response");
     engine.register_fn("response", |status: rhai::INT, body: Dynamic| {
-        ResponseValue {
-            status,
-            body,
-            headers: Map::new(),
-        }
+        response_value(status, body, Map::new())
     });
-    engine.register_fn(
-        "response",
-        |status: rhai::INT, body: Dynamic, headers: Map| ResponseValue {
-            status,
-            body,
-            headers,
-        },
-    );
+    engine.register_fn("response", response_value);
+}
+
+/// A body may hold data only: a `Response` inside a `Response` (or inside
+/// an array inside one) would nest values past Rhai's size checks, and
+/// dropping them recurses.
+fn response_value(
+    status: rhai::INT,
+    body: Dynamic,
+    headers: Map,
+) -> Result<ResponseValue, Box<rhai::EvalAltResult>> {
+    if holds_non_data(&body, 0) {
+        return Err(rhai::EvalAltResult::ErrorRuntime(
+            "response: the body must be a string, a number, a map, an array or ()".into(),
+            rhai::Position::NONE,
+        )
+        .into());
+    }
+    Ok(ResponseValue {
+        status,
+        body,
+        headers,
+    })
+}
+
+fn holds_non_data(v: &Dynamic, depth: usize) -> bool {
+    if depth > crate::host::MAX_JSON_DEPTH {
+        return true;
+    }
+    if let Ok(arr) = v.as_array_ref() {
+        return arr.iter().any(|x| holds_non_data(x, depth + 1));
+    }
+    if let Ok(map) = v.as_map_ref() {
+        return map.values().any(|x| holds_non_data(x, depth + 1));
+    }
+    !(v.is_unit() || v.is_string() || v.is_int() || v.is_float() || v.is_bool() || v.is_char())
 }
 
 pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptResponse, Failure> {
@@ -65,6 +89,11 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
             if !valid_header_name(&name) {
                 return Err(Failure::script(format!(
                     "invalid response header name {name:?}"
+                )));
+            }
+            if reserved_header(&name) {
+                return Err(Failure::script(format!(
+                    "response header {name:?} cannot be set by a script"
                 )));
             }
             let v = v.to_string();
@@ -142,6 +171,23 @@ fn body(value: Dynamic) -> Result<(Option<&'static str>, String), Failure> {
         "a script cannot return a value of type {}",
         value.type_name()
     )))
+}
+
+/// Framing and hop-by-hop headers belong to the server: a script setting
+/// `content-length` could split the response and forge a second one on a
+/// kept-alive connection.
+fn reserved_header(name: &str) -> bool {
+    matches!(
+        name,
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "x-picloud-invocation-id"
+    ) || name.starts_with("proxy-")
 }
 
 fn valid_header_name(name: &str) -> bool {
