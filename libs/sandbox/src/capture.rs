@@ -13,6 +13,8 @@ use picloud_core::Limits;
 
 pub(crate) const MASK: &str = "***";
 
+const MODULE_INIT: &str = "{} is not available in a module's top-level code (it runs once for every importer); call it from a function";
+
 const TRUNCATED: &str = "\n[log truncated]";
 
 #[derive(Default)]
@@ -30,6 +32,9 @@ struct State {
     secrets: Vec<String>,
     limits: Limits,
     http_calls: u32,
+    /// Non-zero while a module's top-level code runs: its results are
+    /// cached for every importer, so it may not fetch secrets or call out.
+    module_init: usize,
 }
 
 /// `text` with every secret value replaced by [`MASK`], longest first (so a
@@ -51,6 +56,7 @@ impl Capture {
         s.max_bytes = limits.max_log_bytes;
         s.limits = limits.clone();
         s.http_calls = 0;
+        s.module_init = 0;
         s.truncated = false;
         s.deadline = Some(deadline);
         s.host = Some(host);
@@ -71,11 +77,24 @@ impl Capture {
         (log, secrets)
     }
 
+    /// Brackets a module's top-level code (see `module_init`).
+    pub(crate) fn enter_module(&self, entering: bool) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if entering {
+            s.module_init += 1;
+        } else {
+            s.module_init = s.module_init.saturating_sub(1);
+        }
+    }
+
     /// Counts the call against `max_http_calls` and hands it to the host
     /// (outside the lock).
     pub(crate) fn http(&self, call: HttpCall) -> Result<HttpReply, HostError> {
         let (host, deadline, limits) = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.module_init > 0 {
+                return Err(HostError::Failed(MODULE_INIT.replace("{}", "http::")));
+            }
             if s.http_calls >= s.limits.max_http_calls {
                 return Err(HostError::Limit(format!(
                     "http call limit of {} exceeded",
@@ -98,6 +117,9 @@ impl Capture {
     pub(crate) fn secret(&self, name: &str) -> Result<Option<String>, String> {
         let (host, deadline) = {
             let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if s.module_init > 0 {
+                return Err(MODULE_INIT.replace("{}", "secret()"));
+            }
             (s.host.clone(), s.deadline)
         };
         let (Some(host), Some(deadline)) = (host, deadline) else {

@@ -119,7 +119,7 @@ impl Sandbox {
     /// A sandbox sharing `cache` (one per executor, for all its threads).
     pub fn with_module_cache(cache: ModuleCache) -> Self {
         let capture = Arc::new(Capture::default());
-        let resolver = Resolver::new(cache);
+        let resolver = Resolver::new(cache, capture.clone());
         let mut engine = Engine::new();
 
         // Close what a default engine leaves open.

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use rhai::{Engine, EvalAltResult, Module, ModuleResolver, Position, Scope, Shared};
 
+use crate::capture::Capture;
+
 /// The modules one invocation may import: the script version's pins, and
 /// the sources of pinned versions the cache does not hold yet.
 #[derive(Debug, Clone, Default)]
@@ -66,17 +68,19 @@ enum Mode {
     },
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Resolver {
     mode: Arc<Mutex<Mode>>,
     cache: ModuleCache,
+    capture: Arc<Capture>,
 }
 
 impl Resolver {
-    pub(crate) fn new(cache: ModuleCache) -> Self {
+    pub(crate) fn new(cache: ModuleCache, capture: Arc<Capture>) -> Self {
         Self {
             mode: Arc::default(),
             cache,
+            capture,
         }
     }
 
@@ -152,10 +156,12 @@ impl ModuleResolver for Resolver {
             }
         };
         // Unlocked: evaluating the module may resolve its own imports.
+        self.capture.enter_module(true);
         let evaluated = engine
             .compile(&source)
             .map_err(|e| runtime(format!("module {path:?} does not compile: {e}"), pos))
             .and_then(|ast| Module::eval_ast_as_new(Scope::new(), &ast, engine));
+        self.capture.enter_module(false);
         if let Mode::Serve { loading, .. } = &mut *self.lock() {
             loading.retain(|l| l != path);
         }

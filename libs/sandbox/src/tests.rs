@@ -616,3 +616,36 @@ fn http_failures_are_catchable_but_the_call_limit_ends_the_invocation() {
     let r = run(r#"let out = ""; try { http::get("http://a/"); } catch (e) { out = e; } out"#);
     assert_eq!(response(&r).body, "outbound HTTP is not available here");
 }
+
+#[test]
+fn module_top_level_code_cannot_fetch_secrets_but_its_functions_can() {
+    let mut sb = Sandbox::new();
+    let limits = Limits::default();
+    let set = module_set(&[
+        ("eager", 1, r#"export const K = secret("api_key");"#),
+        ("lazy", 1, r#"fn key() { secret("api_key") }"#),
+    ]);
+    let mut go = |src: &str| {
+        let ast = sb.compile(src, &limits).unwrap();
+        sb.run(
+            &ast,
+            &limits,
+            Instant::now() + Duration::from_secs(30),
+            RunInput {
+                event: &event(),
+                request: None,
+                modules: set.clone(),
+                host: std::sync::Arc::new(OneSecret),
+            },
+        )
+    };
+    let r = go(r#"import "eager" as e; e::K"#);
+    assert!(
+        r.error
+            .unwrap()
+            .contains("not available in a module's top-level code")
+    );
+    let r = go(r#"import "lazy" as l; let k = l::key(); log(k); k.len()"#);
+    assert_eq!(response(&r).body, "12");
+    assert_eq!(r.log, "***\n");
+}
