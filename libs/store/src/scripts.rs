@@ -77,6 +77,7 @@ impl Store {
              ON CONFLICT (name) DO UPDATE
                 SET latest_version = scripts.latest_version + 1,
                     active_version = scripts.latest_version + 1,
+                    deleted = false,
                     updated_at = now()
              RETURNING latest_version",
         )
@@ -102,17 +103,19 @@ impl Store {
     }
 
     pub async fn list_scripts(&self) -> Result<Vec<ScriptRow>, StoreError> {
-        sqlx::query(&format!("SELECT {SCRIPT_COLS} FROM scripts ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(script_row)
-            .collect()
+        sqlx::query(&format!(
+            "SELECT {SCRIPT_COLS} FROM scripts WHERE NOT deleted ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(script_row)
+        .collect()
     }
 
     pub async fn get_script(&self, name: &str) -> Result<Option<ScriptRow>, StoreError> {
         sqlx::query(&format!(
-            "SELECT {SCRIPT_COLS} FROM scripts WHERE name = $1"
+            "SELECT {SCRIPT_COLS} FROM scripts WHERE name = $1 AND NOT deleted"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
@@ -128,7 +131,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Lock the script first, so a concurrent deploy cannot add a version
         // between listing and deleting.
-        let found = sqlx::query("SELECT 1 FROM scripts WHERE name = $1 FOR UPDATE")
+        let found = sqlx::query("SELECT 1 FROM scripts WHERE name = $1 AND NOT deleted FOR UPDATE")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -141,13 +144,17 @@ impl Store {
         .bind(name)
         .fetch_all(&mut *tx)
         .await?;
-        let deleted = sqlx::query("DELETE FROM scripts WHERE name = $1")
+        // Keep the row as a tombstone (its version counter goes on).
+        sqlx::query("DELETE FROM script_versions WHERE script = $1")
             .bind(name)
             .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .await?;
+        sqlx::query("UPDATE scripts SET deleted = true, updated_at = now() WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok((deleted > 0).then(|| versions.into_iter().map(|v| v as u32).collect()))
+        Ok(Some(versions.into_iter().map(|v| v as u32).collect()))
     }
 
     /// All versions of a script, newest first.
@@ -190,7 +197,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let updated = sqlx::query(
             "UPDATE scripts SET active_version = $2, updated_at = now()
-             WHERE name = $1
+             WHERE name = $1 AND NOT deleted
                AND EXISTS (SELECT 1 FROM script_versions WHERE script = $1 AND version = $2)",
         )
         .bind(name)
@@ -218,7 +225,7 @@ impl Store {
             "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
-             WHERE s.name = $1",
+             WHERE s.name = $1 AND NOT s.deleted",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -234,6 +241,7 @@ impl Store {
             "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
+             WHERE NOT s.deleted
              ORDER BY s.name",
         )
         .fetch_all(&self.pool)

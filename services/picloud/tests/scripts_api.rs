@@ -275,6 +275,15 @@ async fn deleting_a_script_removes_its_endpoint() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let list = c.get_json("/scripts").await;
     assert_eq!(list, json!([]));
+
+    // The name can be deployed again; versions never repeat, so no executor
+    // can serve the deleted code from its cache.
+    let resp = c.deploy("gone", r#""back""#).await;
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["version"], 2);
+    c.wait_for_body("gone", "back").await;
+    let versions = c.get_json("/scripts/gone/versions").await;
+    assert_eq!(versions.as_array().unwrap().len(), 1);
     env.cleanup().await;
 }
 
