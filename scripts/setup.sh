@@ -8,6 +8,8 @@ need=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+# For the README's worked example (it JSON-encodes a script file).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is not installed: install Rust first (https://rustup.rs)" >&2

@@ -69,6 +69,8 @@ impl TestEnv {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: Some(token.clone()),
             prefix: format!("t{}", &id[..12]),
+            // A key of its own: nothing is written to the data directory.
+            secrets_key: Some(test_key(&id)),
             workers: 2,
             ..Config::default()
         };
@@ -152,6 +154,21 @@ impl TestEnv {
             }
         }
     }
+}
+
+/// A 32-byte base64 key derived from the test's id.
+fn test_key(id: &str) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    // 32 bytes = 43 base64 characters and one '=' of padding; the id's hex
+    // digits pick characters, and the last one must leave no stray bits.
+    let mut key: String = id
+        .bytes()
+        .cycle()
+        .take(42)
+        .map(|b| B64[(b % 64) as usize] as char)
+        .collect();
+    key.push_str("A=");
+    key
 }
 
 fn replace_db(url: &str, db: &str) -> String {

@@ -85,18 +85,38 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Written whole to a private temporary file, then linked into place:
+    // a concurrent starter either wins the link or reads the winner's key.
     let key = Aes256Gcm::generate_key(&mut OsRng);
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create the secrets key {}", path.display()))?;
-    f.write_all(B64.encode(key).as_bytes())?;
-    tracing::info!(path = %path.display(), "generated the secrets key");
-    Ok(key.to_vec())
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(B64.encode(key).as_bytes())?;
+        f.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "generated the secrets key");
+            Ok(key.to_vec())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path)?;
+            decode_key(&text).with_context(|| format!("invalid key in {}", path.display()))
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("cannot create the secrets key {}", path.display()))
+        }
+    }
 }
 
 /// Answers executors' secret requests until shutdown.
