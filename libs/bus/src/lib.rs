@@ -182,7 +182,8 @@ impl Bus {
 
     /// Largest message the server accepts.
     pub fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        // An atomic read; `server_info()` would clone the whole info.
+        self.client.max_payload()
     }
 
     // ---- routes -------------------------------------------------------

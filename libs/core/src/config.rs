@@ -173,6 +173,21 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        // The worker and compile stacks are sized (and tested) for these;
+        // deeper nesting could overflow them, which aborts the process.
+        let hard = Limits::default_maxima();
+        if self.max_limits.max_call_depth > hard.max_call_depth
+            || self.max_limits.max_expr_depth > hard.max_expr_depth
+            || self.max_limits.max_function_expr_depth > hard.max_function_expr_depth
+        {
+            return Err(ConfigError::Env {
+                var: "max_limits",
+                reason: format!(
+                    "call and expression depths may not exceed {}/{}/{} (the worker stacks are sized for them)",
+                    hard.max_call_depth, hard.max_expr_depth, hard.max_function_expr_depth
+                ),
+            });
+        }
         let ok = !self.prefix.is_empty()
             && self.prefix.len() <= 32
             && self

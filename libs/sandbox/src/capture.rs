@@ -13,6 +13,9 @@ use picloud_core::Limits;
 
 pub(crate) const MASK: &str = "***";
 
+/// Distinct secrets one invocation may fetch (each is fetched once).
+const MAX_SECRETS_PER_INVOCATION: usize = 32;
+
 const MODULE_INIT: &str = "{} is not available in a module's top-level code (it runs once for every importer); call it from a function";
 
 const TRUNCATED: &str = "\n[log truncated]";
@@ -30,6 +33,8 @@ struct State {
     deadline: Option<Instant>,
     host: Option<Arc<dyn Host>>,
     secrets: Vec<String>,
+    /// Secrets fetched in this invocation, by name (asked once each).
+    fetched: Vec<(String, Option<String>)>,
     limits: Limits,
     http_calls: u32,
     /// Non-zero while a module's top-level code runs: its results are
@@ -61,6 +66,7 @@ impl Capture {
         s.deadline = Some(deadline);
         s.host = Some(host);
         s.secrets.clear();
+        s.fetched.clear();
     }
 
     /// Ends the invocation: the (masked) log and the secret values handed
@@ -120,18 +126,27 @@ impl Capture {
             if s.module_init > 0 {
                 return Err(MODULE_INIT.replace("{}", "secret()"));
             }
+            if let Some((_, v)) = s.fetched.iter().find(|(n, _)| n == name) {
+                return Ok(v.clone());
+            }
+            if s.fetched.len() >= MAX_SECRETS_PER_INVOCATION {
+                return Err(format!(
+                    "at most {MAX_SECRETS_PER_INVOCATION} different secrets per invocation"
+                ));
+            }
             (s.host.clone(), s.deadline)
         };
         let (Some(host), Some(deadline)) = (host, deadline) else {
             return Err("secrets are not available here".into());
         };
         let value = host.secret(name, deadline)?;
-        if let Some(v) = &value {
-            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !s.secrets.contains(v) {
-                s.secrets.push(v.clone());
-                s.secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
-            }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.fetched.push((name.to_owned(), value.clone()));
+        if let Some(v) = &value
+            && !s.secrets.contains(v)
+        {
+            s.secrets.push(v.clone());
+            s.secrets.sort_by_key(|v| std::cmp::Reverse(v.len()));
         }
         Ok(value)
     }

@@ -71,30 +71,47 @@ fn cut(s: &mut String, max: usize) {
     }
 }
 
-fn size(r: &InvocationRecord) -> usize {
-    // JSON escaping can grow text; 2x plus the fixed fields is a safe bound.
-    2 * (r.log.len() + r.error.as_ref().map_or(0, String::len) + r.script.len()) + 512
+/// The record's encoded size. A record whose text escapes badly (control
+/// characters grow six-fold in JSON) is cut further until it fits, so no
+/// batch can exceed the bus's message limit.
+fn size(r: &mut InvocationRecord) -> usize {
+    let mut len = encoded_len(r);
+    let mut room = MAX_RECORD_TEXT;
+    while len > MAX_BATCH_BYTES / 2 && room > 1024 {
+        room /= 4;
+        cut(&mut r.log, room);
+        if let Some(e) = r.error.as_mut() {
+            cut(e, room);
+        }
+        len = encoded_len(r);
+    }
+    len
+}
+
+fn encoded_len(r: &InvocationRecord) -> usize {
+    serde_json::to_vec(r).map_or(MAX_BATCH_BYTES, |v| v.len())
 }
 
 async fn publish_loop(bus: Bus, mut rx: mpsc::Receiver<InvocationRecord>, shutdown: Shutdown) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Wait (without a timer) for the first record of a batch; `None` once
     // every sender is gone.
-    while let Some(first) = rx.recv().await {
-        let mut bytes = size(&first);
+    while let Some(mut first) = rx.recv().await {
+        let mut bytes = size(&mut first);
         batch.push(first);
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);
         let mut carry = None;
         while batch.len() < MAX_BATCH {
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(r) if bytes + size(&r) > MAX_BATCH_BYTES => {
-                        carry = Some(r);
-                        break;
-                    }
-                    Some(r) => {
-                        bytes += size(&r);
+                                r = rx.recv() => match r {
+                    Some(mut r) => {
+                        let n = size(&mut r);
+                        if bytes + n > MAX_BATCH_BYTES {
+                            carry = Some(r);
+                            break;
+                        }
+                        bytes += n;
                         batch.push(r);
                     }
                     None => break,
@@ -118,7 +135,10 @@ async fn publish(bus: &Bus, batch: &mut Vec<InvocationRecord>, shutdown: &Shutdo
     for attempt in 1.. {
         match bus.publish_records(batch).await {
             Ok(()) => break,
-            Err(e) if attempt >= 8 || (shutdown.is_cancelled() && attempt >= 2) => {
+            // Keep trying while the executor runs (the bounded channel caps
+            // memory; new records are dropped, and counted, when it fills);
+            // on shutdown, give up after a few tries.
+            Err(e) if shutdown.is_cancelled() && attempt >= 3 => {
                 tracing::error!(error = %e, n = batch.len(), "giving up on invocation records");
                 break;
             }

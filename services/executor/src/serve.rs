@@ -64,6 +64,11 @@ impl Server {
         // Unsubscribe first: new invocations go to other executors (or get
         // an instant "no executor") instead of waiting in our buffer.
         drop(incoming);
+        // The flush's round trip returns once the server has processed the
+        // UNSUB: from then on no request is routed here.
+        if let Err(e) = this.bus.flush().await {
+            tracing::warn!(error = %e, "cannot flush the unsubscribe");
+        }
         // Let running invocations finish and reply (bounded by their own
         // deadlines), so a clean shutdown drops nothing it accepted.
         let total = this.pool.threads() as u32 * 4 + 256;

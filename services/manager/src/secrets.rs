@@ -121,6 +121,7 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Answers executors' secret requests until shutdown.
 pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, shutdown: Shutdown) {
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     let mut requests = match bus.serve_secret_requests().await {
         Ok(r) => Box::pin(r),
         Err(e) => {
@@ -134,20 +135,33 @@ pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, s
             r = requests.next() => r,
         };
         let Some(req) = req else { return };
-        let answer = match store.get_secret(&req.name).await {
-            Ok(None) => Ok(None),
-            Ok(Some(sealed)) => secrets.open(&req.name, &sealed).map(Some).map_err(|e| {
-                tracing::error!(secret = %req.name, error = %e, "cannot open a secret");
-                "the secret could not be read".to_string()
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot load a secret");
-                Err("secrets are unavailable right now".to_string())
-            }
+        // Answer concurrently, but boundedly: one slow lookup must not hold
+        // up every other script's secret.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
         };
-        if let Err(e) = bus.answer_secret(&req, answer).await {
-            tracing::warn!(error = %e, "cannot answer a secret request");
+        let (store, bus, secrets) = (store.clone(), bus.clone(), secrets.clone());
+        tokio::spawn(async move {
+            answer(&store, &bus, &secrets, req).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(store: &Store, bus: &Bus, secrets: &SecretBox, req: picloud_bus::SecretRequest) {
+    let answer = match store.get_secret(&req.name).await {
+        Ok(None) => Ok(None),
+        Ok(Some(sealed)) => secrets.open(&req.name, &sealed).map(Some).map_err(|e| {
+            tracing::error!(secret = %req.name, error = %e, "cannot open a secret");
+            "the secret could not be read".to_string()
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot load a secret");
+            Err("secrets are unavailable right now".to_string())
         }
+    };
+    if let Err(e) = bus.answer_secret(&req, answer).await {
+        tracing::warn!(error = %e, "cannot answer a secret request");
     }
 }
 
