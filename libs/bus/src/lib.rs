@@ -148,15 +148,23 @@ impl Bus {
     /// any role may start first). `role` names the connection in NATS
     /// monitoring.
     pub async fn connect(url: &str, prefix: &str, role: &str) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
+        // Credentials in the URL (`nats://user:password@host:port`) are
+        // passed as such, and never shown in an error.
+        let (address, credentials) = split_credentials(url);
+        let mut options = async_nats::ConnectOptions::new()
             .name(format!("picloud-{role}"))
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(|source| BusError::Connect {
-                url: url.to_owned(),
-                source,
-            })?;
+            .connection_timeout(Duration::from_secs(5));
+        if let Some((user, password)) = credentials {
+            options = options.user_and_password(user, password);
+        }
+        let client =
+            options
+                .connect(address.as_str())
+                .await
+                .map_err(|source| BusError::Connect {
+                    url: address.clone(),
+                    source,
+                })?;
         let js = jetstream::new(client.clone());
         let names = Names::new(prefix);
         let routes = ensure_bucket(&js, names.routes_bucket()).await?;
@@ -505,6 +513,24 @@ impl Bus {
             source: e.into(),
         })
     }
+}
+
+/// `url` without its user and password, and those apart.
+fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_owned(), None);
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let address = if path.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{path}")
+    };
+    (address, Some((user.to_owned(), password.to_owned())))
 }
 
 /// Opens a KV bucket, creating it if needed.

@@ -97,6 +97,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_leave_the_url() {
+        assert_eq!(
+            crate::split_credentials("nats://u:p@127.0.0.1:4222"),
+            (
+                "nats://127.0.0.1:4222".into(),
+                Some(("u".into(), "p".into()))
+            )
+        );
+        assert_eq!(
+            crate::split_credentials("nats://127.0.0.1:4222"),
+            ("nats://127.0.0.1:4222".into(), None)
+        );
+    }
+
+    #[test]
     fn names_are_prefixed() {
         let n = Names::new("t-1a");
         assert_eq!(n.invoke_subject("hello"), "t-1a.invoke.hello");

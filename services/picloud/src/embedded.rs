@@ -114,20 +114,24 @@ fn admin_token(data_dir: &Path) -> anyhow::Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Created 0600: never readable by others, not even for a moment.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        f.write_all(token.as_bytes())?;
-    }
+    write_private(&path, &token)?;
     Ok(token)
+}
+
+/// Writes `text` to a file created 0600: never readable by others, not even
+/// for a moment.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 // ---- NATS ------------------------------------------------------------------
@@ -145,12 +149,17 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let port = free_port()?;
     let conf = dir.join("nats.conf");
-    std::fs::write(
+    // Loopback is shared with every local user: the server demands a
+    // password made fresh at every start (the config file is 0600, in a 0700
+    // directory), so no other user can read secrets or inject code.
+    let password = uuid::Uuid::new_v4().simple().to_string();
+    write_private(
         &conf,
-        format!(
+        &format!(
             "# Written by `picloud up` at every start.\n\
              listen: 127.0.0.1:{port}\n\
              max_payload: 8MB\n\
+             authorization {{\n  user: picloud\n  password: {password}\n}}\n\
              jetstream {{\n  store_dir: {:?}\n}}\n",
             dir.join("jetstream").display().to_string()
         ),
@@ -162,12 +171,12 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
         .stdout(log.try_clone()?)
         .stderr(log);
     let child = spawn_child(cmd, libc::SIGTERM, None).context("cannot start nats-server")?;
-    let url = format!("nats://127.0.0.1:{port}");
+    let url = format!("nats://picloud:{password}@127.0.0.1:{port}");
     wait_for(Duration::from_secs(20), "nats-server", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     })
     .await?;
-    tracing::info!(%url, "private nats-server started");
+    tracing::info!(port, "private nats-server started");
     Ok((child, url))
 }
 
