@@ -65,6 +65,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
         modules,
         recorder,
         executor_id: id.clone(),
+        runtime: tokio::runtime::Handle::current(),
     };
     let mut tasks = JoinSet::new();
     let incoming = bus.serve_invocations().await?;
