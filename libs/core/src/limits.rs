@@ -76,6 +76,9 @@ limits! {
     max_log_bytes: usize = 64 << 10, max 1 << 20;
         /// Bytes of response body.
     max_response_bytes: usize = 512 << 10, max 4 << 20;
+        /// Bytes the invocation's thread may hold beyond what it held at start
+    /// (enforced where the binary installs the counting allocator).
+    max_memory_bytes: usize = 64 << 20, max 512 << 20;
     /// Outbound HTTP calls per invocation.
     max_http_calls: u32 = 16, max 256;
     /// Bytes of one outbound response body kept (the rest is cut).

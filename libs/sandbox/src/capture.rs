@@ -37,6 +37,8 @@ struct State {
     fetched: Vec<(String, Option<String>)>,
     limits: Limits,
     http_calls: u32,
+    /// This thread's live bytes when the invocation began.
+    memory_base: isize,
     /// Non-zero while a module's top-level code runs: its results are
     /// cached for every importer, so it may not fetch secrets or call out.
     module_init: usize,
@@ -62,6 +64,7 @@ impl Capture {
         s.limits = limits.clone();
         s.http_calls = 0;
         s.module_init = 0;
+        s.memory_base = crate::memory::thread_live_bytes();
         s.truncated = false;
         s.deadline = Some(deadline);
         s.host = Some(host);
@@ -173,6 +176,14 @@ impl Capture {
         }
         s.log.push_str(&text[..cut]);
         s.truncated = true;
+    }
+
+    /// The limit, when this thread holds more than it allows beyond what it
+    /// held at the start of the invocation.
+    pub(crate) fn memory_exceeded(&self) -> Option<usize> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let used = crate::memory::thread_live_bytes().saturating_sub(s.memory_base);
+        (used > s.limits.max_memory_bytes as isize).then_some(s.limits.max_memory_bytes)
     }
 
     pub(crate) fn deadline_passed(&self) -> bool {

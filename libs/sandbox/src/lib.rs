@@ -18,6 +18,7 @@
 mod capture;
 pub mod host;
 pub mod http;
+pub mod memory;
 pub mod modules;
 pub mod response;
 
@@ -158,11 +159,19 @@ impl Sandbox {
             );
             let c = capture.clone();
             engine.on_progress(move |ops| {
-                if ops.is_multiple_of(CLOCK_CHECK_EVERY) && c.deadline_passed() {
-                    Some(Dynamic::from(DEADLINE_TOKEN))
-                } else {
-                    None
+                if !ops.is_multiple_of(CLOCK_CHECK_EVERY) {
+                    return None;
                 }
+                if c.deadline_passed() {
+                    return Some(Dynamic::from(DEADLINE_TOKEN));
+                }
+                c.memory_exceeded().map(|limit| {
+                    Dynamic::from(format!(
+                        "{}memory limit of {} MiB exceeded",
+                        http::LIMIT_TOKEN,
+                        limit >> 20
+                    ))
+                })
             });
         }
         response::register(&mut engine);

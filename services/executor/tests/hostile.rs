@@ -20,6 +20,11 @@ use picloud_core::{EventInput, LimitOverrides, Limits, Outcome, Trigger, Uuid};
 use picloud_executor::pool::Pool;
 use picloud_sandbox::{AST, ModuleSet, RunInput, RunResult, Sandbox};
 
+// The executor binary counts allocations per thread; so does this test, so
+// that the memory limit applies to the corpus as it does in production.
+#[global_allocator]
+static ALLOC: picloud_sandbox::memory::CountingAlloc = picloud_sandbox::memory::CountingAlloc;
+
 /// How far past its own limit a hostile script may run before it is ended.
 const MARGIN: Duration = Duration::from_millis(1500);
 /// How long a well-behaved script may take while a hostile one runs.

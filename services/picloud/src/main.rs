@@ -90,3 +90,8 @@ async fn cancel_on_signal(shutdown: Shutdown) {
     tracing::info!("shutting down");
     shutdown.cancel();
 }
+
+/// Counts each thread's allocations so the sandbox can enforce
+/// `max_memory_bytes` (see `picloud_sandbox::memory`).
+#[global_allocator]
+static ALLOC: picloud_sandbox::memory::CountingAlloc = picloud_sandbox::memory::CountingAlloc;

@@ -1,0 +1,70 @@
+//! A memory limit per invocation.
+//!
+//! Rhai checks the size of strings, arrays and maps it builds, but not every
+//! way a value grows (a map grown by `m[new_key] = v` is never re-measured).
+//! So the sandbox also counts what its own thread allocates: binaries that
+//! run scripts install [`CountingAlloc`] as the global allocator, which keeps
+//! a per-thread tally of bytes allocated minus bytes freed; the progress
+//! callback compares the tally with the invocation's `max_memory_bytes`.
+//!
+//! The tally is per thread: memory freed on another thread is not
+//! subtracted, so it can only over-count. Without the allocator installed
+//! (unit tests, or a binary that does not opt in) the tally stays zero and
+//! the limit is inert; every other limit still applies.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+thread_local! {
+    static LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+/// The system allocator, counting per thread.
+pub struct CountingAlloc;
+
+// SAFETY: every call is forwarded to `System` unchanged; the tally is a
+// const-initialised thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            add(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's layout.
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            add(layout.size() as isize);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        add(-(layout.size() as isize));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            add(new_size as isize - layout.size() as isize);
+        }
+        p
+    }
+}
+
+fn add(delta: isize) {
+    // `try_with`: the thread-local may already be gone while a thread exits.
+    let _ = LIVE.try_with(|c| c.set(c.get().wrapping_add(delta)));
+}
+
+/// Bytes this thread holds now (allocated minus freed here).
+pub fn thread_live_bytes() -> isize {
+    LIVE.try_with(Cell::get).unwrap_or(0)
+}
