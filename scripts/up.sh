@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release -p picloud
-exec ./target/release/picloud up "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/picloud" up "$@"
