@@ -197,11 +197,13 @@ impl Bus {
     // ---- routes -------------------------------------------------------
 
     pub async fn put_route(&self, route: &Route) -> Result<(), BusError> {
-        self.routes
-            .put(Names::route_key(&route.script), encode(route))
-            .await
-            .map_err(|e| BusError::js("route put")(e.into()))?;
-        Ok(())
+        kv_put(
+            &self.routes,
+            Names::route_key(&route.script),
+            route,
+            "route put",
+        )
+        .await
     }
 
     pub async fn delete_route(&self, script: &str) -> Result<(), BusError> {
@@ -213,12 +215,7 @@ impl Bus {
 
     /// The authoritative current route (a direct read, not the cache).
     pub async fn get_route(&self, script: &str) -> Result<Option<Route>, BusError> {
-        let key = Names::route_key(script);
-        match self.routes.get(key.clone()).await {
-            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(BusError::js("route get")(e.into())),
-        }
+        kv_get(&self.routes, Names::route_key(script), "route get").await
     }
 
     /// The scripts that currently have a route.
@@ -275,11 +272,13 @@ impl Bus {
     // ---- versions -----------------------------------------------------
 
     pub async fn put_version(&self, doc: &VersionDoc) -> Result<(), BusError> {
-        self.versions
-            .put(Names::version_key(&doc.script, doc.version), encode(doc))
-            .await
-            .map_err(|e| BusError::js("version put")(e.into()))?;
-        Ok(())
+        kv_put(
+            &self.versions,
+            Names::version_key(&doc.script, doc.version),
+            doc,
+            "version put",
+        )
+        .await
     }
 
     pub async fn get_version(
@@ -287,20 +286,22 @@ impl Bus {
         script: &str,
         version: u32,
     ) -> Result<Option<VersionDoc>, BusError> {
-        let key = Names::version_key(script, version);
-        match self.versions.get(key.clone()).await {
-            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(BusError::js("version get")(e.into())),
-        }
+        kv_get(
+            &self.versions,
+            Names::version_key(script, version),
+            "version get",
+        )
+        .await
     }
 
     pub async fn put_module(&self, doc: &ModuleDoc) -> Result<(), BusError> {
-        self.versions
-            .put(Names::module_key(&doc.module, doc.version), encode(doc))
-            .await
-            .map_err(|e| BusError::js("module put")(e.into()))?;
-        Ok(())
+        kv_put(
+            &self.versions,
+            Names::module_key(&doc.module, doc.version),
+            doc,
+            "module put",
+        )
+        .await
     }
 
     pub async fn get_module(
@@ -308,12 +309,12 @@ impl Bus {
         module: &str,
         version: u32,
     ) -> Result<Option<ModuleDoc>, BusError> {
-        let key = Names::module_key(module, version);
-        match self.versions.get(key.clone()).await {
-            Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
-            Ok(None) => Ok(None),
-            Err(e) => Err(BusError::js("module get")(e.into())),
-        }
+        kv_get(
+            &self.versions,
+            Names::module_key(module, version),
+            "module get",
+        )
+        .await
     }
 
     /// Forgets every version of a deleted script.
@@ -512,6 +513,33 @@ impl Bus {
             what: "flush",
             source: e.into(),
         })
+    }
+}
+
+/// Puts a JSON document under `key`.
+async fn kv_put<T: Serialize>(
+    store: &kv::Store,
+    key: String,
+    doc: &T,
+    what: &'static str,
+) -> Result<(), BusError> {
+    store
+        .put(key, encode(doc))
+        .await
+        .map_err(|e| BusError::js(what)(e.into()))?;
+    Ok(())
+}
+
+/// Reads the JSON document under `key`, `None` when there is none.
+async fn kv_get<T: for<'de> Deserialize<'de>>(
+    store: &kv::Store,
+    key: String,
+    what: &'static str,
+) -> Result<Option<T>, BusError> {
+    match store.get(key.clone()).await {
+        Ok(Some(bytes)) => decode(&key, &bytes).map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(BusError::js(what)(e.into())),
     }
 }
 

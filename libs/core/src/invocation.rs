@@ -49,6 +49,21 @@ pub struct EventInput {
     pub trace_id: Uuid,
 }
 
+impl EventInput {
+    /// The event of an HTTP invocation `id` (its own trace, first attempt).
+    pub fn http(id: Uuid) -> Self {
+        Self {
+            id,
+            kind: Trigger::Http,
+            topic: None,
+            payload: serde_json::Value::Null,
+            scheduled_at: None,
+            attempt: 1,
+            trace_id: id,
+        }
+    }
+}
+
 /// The `request` value of an HTTP invocation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpRequestInput {

@@ -6,19 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use picloud_core::{EventInput, HttpRequestInput, Limits, Trigger, Uuid};
+use picloud_core::{EventInput, HttpRequestInput, Limits, Uuid};
 use picloud_sandbox::{ModuleSet, NoHost, RunInput, Sandbox};
 
 fn event() -> EventInput {
-    EventInput {
-        id: Uuid::nil(),
-        kind: Trigger::Http,
-        topic: None,
-        payload: serde_json::Value::Null,
-        scheduled_at: None,
-        attempt: 1,
-        trace_id: Uuid::nil(),
-    }
+    EventInput::http(Uuid::nil())
 }
 
 /// A 100-line script of the kind users write: parse, branch, loop, build.

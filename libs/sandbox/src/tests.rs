@@ -1,19 +1,11 @@
 use std::time::{Duration, Instant};
 
-use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome, Trigger};
+use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome};
 
 use super::*;
 
 fn event() -> EventInput {
-    EventInput {
-        id: uuid_nil(),
-        kind: Trigger::Http,
-        topic: None,
-        payload: serde_json::Value::Null,
-        scheduled_at: None,
-        attempt: 1,
-        trace_id: uuid_nil(),
-    }
+    EventInput::http(uuid_nil())
 }
 
 fn uuid_nil() -> picloud_core::Uuid {

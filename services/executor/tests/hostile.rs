@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use picloud_core::{EventInput, LimitOverrides, Limits, Outcome, Trigger, Uuid};
+use picloud_core::{EventInput, LimitOverrides, Limits, Outcome, Uuid};
 use picloud_executor::pool::Pool;
 use picloud_sandbox::{AST, ModuleSet, RunInput, RunResult, Sandbox};
 
@@ -89,15 +89,7 @@ fn load(path: &Path) -> Case {
 }
 
 fn event() -> EventInput {
-    EventInput {
-        id: Uuid::nil(),
-        kind: Trigger::Http,
-        topic: None,
-        payload: serde_json::Value::Null,
-        scheduled_at: None,
-        attempt: 1,
-        trace_id: Uuid::nil(),
-    }
+    EventInput::http(Uuid::nil())
 }
 
 fn compile(pool: &Pool, source: String, limits: Limits) -> Result<Arc<AST>, String> {

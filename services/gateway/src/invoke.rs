@@ -26,8 +26,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use picloud_bus::{Bus, InvokeError};
 use picloud_core::{
-    EventInput, HttpRequestInput, InvocationRequest, Outcome, ScriptName, ScriptResponse, Trigger,
-    Uuid, now_unix_ms,
+    EventInput, HttpRequestInput, InvocationRequest, Outcome, ScriptName, ScriptResponse, Uuid,
+    now_unix_ms,
 };
 use picloud_http::ApiError;
 
@@ -129,15 +129,7 @@ async fn invoke(
         script: route.script,
         version: route.version,
         deadline_unix_ms: now_unix_ms() + wait.as_millis() as i64,
-        event: EventInput {
-            id,
-            kind: Trigger::Http,
-            topic: None,
-            payload: serde_json::Value::Null,
-            scheduled_at: None,
-            attempt: 1,
-            trace_id: id,
-        },
+        event: EventInput::http(id),
         request: Some(request),
     };
     match state.bus.invoke(&invocation, wait).await {

@@ -152,14 +152,16 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
     // Loopback is shared with every local user: the server demands a
     // password made fresh at every start (the config file is 0600, in a 0700
     // directory), so no other user can read secrets or inject code.
-    let password = uuid::Uuid::new_v4().simple().to_string();
+    // Quoted in the file and led by letters: an unquoted value such as
+    // `1e5...` would be read as a number.
+    let password = format!("pc{}", uuid::Uuid::new_v4().simple());
     write_private(
         &conf,
         &format!(
             "# Written by `picloud up` at every start.\n\
              listen: 127.0.0.1:{port}\n\
              max_payload: 8MB\n\
-             authorization {{\n  user: picloud\n  password: {password}\n}}\n\
+             authorization {{\n  user: picloud\n  password: \"{password}\"\n}}\n\
              jetstream {{\n  store_dir: {:?}\n}}\n",
             dir.join("jetstream").display().to_string()
         ),

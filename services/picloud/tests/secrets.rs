@@ -5,17 +5,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use picloud_testkit::{Client, eventually};
+use picloud_testkit::{Client, eventually, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn a_secret_never_leaves_the_script_except_by_its_own_response() {

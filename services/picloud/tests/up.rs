@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use picloud_testkit::Client;
+use picloud_testkit::{Client, free_port};
 use reqwest::StatusCode;
 
 /// Processes whose command line mentions `needle` (our private servers
@@ -29,14 +29,6 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         }
     }
     found
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
