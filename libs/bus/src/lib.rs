@@ -507,9 +507,17 @@ impl Bus {
         RecordConsumer::open(&self.js, &self.names).await
     }
 
-    /// Flushes buffered outgoing messages.
+    /// Flushes buffered outgoing messages, waiting at most 2 s (a flush on
+    /// a lost connection would otherwise wait for the reconnect, forever if
+    /// the server is gone).
     pub async fn flush(&self) -> Result<(), BusError> {
-        self.client.flush().await.map_err(|e| BusError::Nats {
+        let flushed = tokio::time::timeout(Duration::from_secs(2), self.client.flush())
+            .await
+            .map_err(|_| BusError::Nats {
+                what: "flush",
+                source: "timed out".into(),
+            })?;
+        flushed.map_err(|e| BusError::Nats {
             what: "flush",
             source: e.into(),
         })
