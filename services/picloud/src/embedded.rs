@@ -63,6 +63,26 @@ impl Embedded {
         }
     }
 
+    /// Resolves when a private server exits on its own, naming it. Never
+    /// resolves when this process started none.
+    pub async fn died(&mut self) -> &'static str {
+        match (&mut self.nats, &mut self.postgres) {
+            (Some(n), Some(p)) => tokio::select! {
+                _ = n.wait() => "nats-server",
+                _ = p.wait() => "postgres",
+            },
+            (Some(n), None) => {
+                let _ = n.wait().await;
+                "nats-server"
+            }
+            (None, Some(p)) => {
+                let _ = p.wait().await;
+                "postgres"
+            }
+            (None, None) => std::future::pending().await,
+        }
+    }
+
     /// Stops Postgres (fast shutdown) and NATS, and waits for both.
     pub async fn stop(mut self) {
         if let Some(pg) = self.postgres.take() {

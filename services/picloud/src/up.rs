@@ -7,7 +7,7 @@ use crate::embedded::Embedded;
 
 pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let token_from_env = config.admin_token.is_some();
-    let embedded = Embedded::start(&mut config, &shutdown).await?;
+    let mut embedded = Embedded::start(&mut config, &shutdown).await?;
     let token = config.admin_token.clone().unwrap_or_default();
 
     let shown = if token_from_env {
@@ -16,7 +16,22 @@ pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     } else {
         token
     };
-    let result = serve(&config, shutdown.clone(), &shown, !token_from_env).await;
+    let serving = serve(&config, shutdown.clone(), &shown, !token_from_env);
+    tokio::pin!(serving);
+    // A private server that dies takes PiCloud down with a clear error,
+    // rather than leaving it up and unable to serve.
+    let result = tokio::select! {
+        r = &mut serving => r,
+        which = embedded.died() => {
+            tracing::error!("the private {which} exited unexpectedly; stopping");
+            shutdown.cancel();
+            let _ = serving.await;
+            Err(anyhow::anyhow!(
+                "the private {which} exited unexpectedly (its log is under {})",
+                config.data_dir.display()
+            ))
+        }
+    };
     shutdown.cancel();
     embedded.stop().await;
     result

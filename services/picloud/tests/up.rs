@@ -203,3 +203,59 @@ async fn executor_processes_share_the_work() {
     }
     env.cleanup().await;
 }
+
+/// A private server that dies takes `picloud up` down with a clear error.
+#[tokio::test]
+async fn up_exits_with_an_error_when_its_nats_server_dies() {
+    let data = tempfile::Builder::new()
+        .prefix("picloud-up-dies-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_picloud"))
+        .arg("up")
+        .env_remove("PICLOUD_DATABASE_URL")
+        .env_remove("PICLOUD_NATS_URL")
+        .env_remove("PICLOUD_CONFIG")
+        .env("PICLOUD_DATA_DIR", &data_dir)
+        .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = picloud_testkit::eventually(Duration::from_secs(120), || async {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "picloud up serves");
+
+    let nats: Vec<i32> = processes_mentioning(&format!("{data_dir}/nats/nats.conf"))
+        .iter()
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect();
+    assert_eq!(nats.len(), 1, "one private nats-server");
+    // SAFETY: kill(2) on the private server our child started.
+    unsafe { libc::kill(nats[0], libc::SIGKILL) };
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("picloud exits by itself")
+    .unwrap()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the private nats-server exited unexpectedly"),
+        "{err}"
+    );
+    let left = processes_mentioning(&data_dir);
+    assert!(left.is_empty(), "orphans left behind: {left:?}");
+}
