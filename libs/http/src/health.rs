@@ -11,6 +11,16 @@ use futures::future::BoxFuture;
 /// One readiness check: `Ok` when ready, otherwise what is not.
 pub type ReadyCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// A readiness check from a cheap synchronous test: ready while `ok()`
+/// holds, otherwise "`what`" is reported as not ready.
+pub fn ready_when(what: &'static str, ok: impl Fn() -> bool + Send + Sync + 'static) -> ReadyCheck {
+    let ok = Arc::new(ok);
+    Arc::new(move || {
+        let ready = ok();
+        Box::pin(async move { if ready { Ok(()) } else { Err(what.to_owned()) } })
+    })
+}
+
 pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
     let checks = Arc::new(checks);
     Router::new()

@@ -17,7 +17,7 @@ use picloud_core::Shutdown;
 use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, TokenHash};
-pub use health::{ReadyCheck, health_router};
+pub use health::{ReadyCheck, health_router, ready_when};
 
 /// A JSON request body. Unlike `axum::Json`, a bad body is answered with our
 /// JSON error shape and a message that says what is wrong.

@@ -375,21 +375,32 @@ fn module_set(mods: &[(&str, u32, &str)]) -> ModuleSet {
     }
 }
 
-fn run_mods(source: &str, set: ModuleSet) -> RunResult {
-    let mut sb = Sandbox::new();
-    let limits = Limits::default();
-    let ast = sb.compile(source, &limits).expect("compiles");
+/// Compiles and runs `source` on `sb` with everything an invocation brings.
+fn run_full(
+    sb: &mut Sandbox,
+    source: &str,
+    limits: &Limits,
+    modules: ModuleSet,
+    host: std::sync::Arc<dyn Host>,
+) -> RunResult {
+    let ast = sb.compile(source, limits).expect("compiles");
     let deadline = Instant::now() + Duration::from_secs(30);
-    sb.run(
-        &ast,
-        &limits,
-        deadline,
-        RunInput {
-            event: &event(),
-            request: None,
-            modules: set,
-            host: std::sync::Arc::new(NoHost),
-        },
+    let input = RunInput {
+        event: &event(),
+        request: None,
+        modules,
+        host,
+    };
+    sb.run(&ast, limits, deadline, input)
+}
+
+fn run_mods(source: &str, set: ModuleSet) -> RunResult {
+    run_full(
+        &mut Sandbox::new(),
+        source,
+        &Limits::default(),
+        set,
+        std::sync::Arc::new(NoHost),
     )
 }
 
@@ -457,18 +468,12 @@ fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
     let mut sb = Sandbox::new();
     let limits = Limits::default();
     let run_secret = |sb: &mut Sandbox, src: &str| {
-        let ast = sb.compile(src, &limits).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        sb.run(
-            &ast,
+        run_full(
+            sb,
+            src,
             &limits,
-            deadline,
-            RunInput {
-                event: &event(),
-                request: None,
-                modules: ModuleSet::default(),
-                host: std::sync::Arc::new(OneSecret),
-            },
+            ModuleSet::default(),
+            std::sync::Arc::new(OneSecret),
         )
     };
     let r = run_secret(
@@ -530,19 +535,12 @@ impl Host for EchoHttp {
 }
 
 fn run_http(source: &str, limits: &Limits) -> RunResult {
-    let mut sb = Sandbox::new();
-    let ast = sb.compile(source, limits).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    sb.run(
-        &ast,
+    run_full(
+        &mut Sandbox::new(),
+        source,
         limits,
-        deadline,
-        RunInput {
-            event: &event(),
-            request: None,
-            modules: ModuleSet::default(),
-            host: std::sync::Arc::new(EchoHttp),
-        },
+        ModuleSet::default(),
+        std::sync::Arc::new(EchoHttp),
     )
 }
 
@@ -618,17 +616,12 @@ fn module_top_level_code_cannot_fetch_secrets_but_its_functions_can() {
         ("lazy", 1, r#"fn key() { secret("api_key") }"#),
     ]);
     let mut go = |src: &str| {
-        let ast = sb.compile(src, &limits).unwrap();
-        sb.run(
-            &ast,
+        run_full(
+            &mut sb,
+            src,
             &limits,
-            Instant::now() + Duration::from_secs(30),
-            RunInput {
-                event: &event(),
-                request: None,
-                modules: set.clone(),
-                host: std::sync::Arc::new(OneSecret),
-            },
+            set.clone(),
+            std::sync::Arc::new(OneSecret),
         )
     };
     let r = go(r#"import "eager" as e; e::K"#);

@@ -72,16 +72,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
     tasks.spawn(server.run(incoming, shutdown.clone()));
     tasks.spawn(record_task);
     tracing::info!(executor = %id, workers, "executor started");
-    let ready: ReadyCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move {
-            if bus.is_connected() {
-                Ok(())
-            } else {
-                Err("executor: NATS disconnected".into())
-            }
-        })
-    });
+    let ready = picloud_http::ready_when("executor: NATS disconnected", move || bus.is_connected());
     Ok(Executor { ready, id, tasks })
 }
 

@@ -42,16 +42,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Gatewa
         routes,
         grace_ms: config.deadline_grace_ms,
     });
-    let ready: ReadyCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move {
-            if bus.is_connected() {
-                Ok(())
-            } else {
-                Err("gateway: NATS disconnected".into())
-            }
-        })
-    });
+    let ready = picloud_http::ready_when("gateway: NATS disconnected", move || bus.is_connected());
     Ok(Gateway {
         router: invoke::router(state, config.max_request_bytes),
         ready,
