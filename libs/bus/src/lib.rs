@@ -15,7 +15,11 @@
 //!   JetStream on this path).
 //! - **Invocation records** (`{P}_RECORDS` work-queue stream): executors
 //!   publish batches; managers consume with one shared durable consumer.
+//! - **Jobs and events** (`{P}_JOBS`, `{P}_EVENTS`) and the request/reply
+//!   calls to managers (kv, commits, dead letters, async submissions): see
+//!   [`jobs`].
 
+mod jobs;
 pub mod names;
 mod records;
 
@@ -28,6 +32,7 @@ use futures::{Stream, StreamExt};
 use picloud_core::{InvocationReply, InvocationRequest, Limits};
 use serde::{Deserialize, Serialize};
 
+pub use jobs::{CallError, Incoming, IncomingJob};
 pub use names::Names;
 pub use records::{RecordBatch, RecordConsumer};
 
@@ -170,6 +175,7 @@ impl Bus {
         let routes = ensure_bucket(&js, names.routes_bucket()).await?;
         let versions = ensure_bucket(&js, names.versions_bucket()).await?;
         records::ensure_stream(&js, &names).await?;
+        jobs::ensure_streams(&js, &names).await?;
         Ok(Self {
             client,
             js,

@@ -61,6 +61,54 @@ impl Names {
         format!("{}_RECORDS", self.stream)
     }
 
+    /// Async jobs (work queue, one durable consumer shared by executors).
+    pub fn jobs_stream(&self) -> String {
+        format!("{}_JOBS", self.stream)
+    }
+
+    pub fn job_subject(&self, script: &str) -> String {
+        format!("{}.jobs.{script}", self.subject)
+    }
+
+    pub fn jobs_wildcard(&self) -> String {
+        format!("{}.jobs.>", self.subject)
+    }
+
+    /// The event log (limits retention); the topic is the subject suffix.
+    pub fn events_stream(&self) -> String {
+        format!("{}_EVENTS", self.stream)
+    }
+
+    pub fn event_subject(&self, topic: &str) -> String {
+        format!("{}.events.{topic}", self.subject)
+    }
+
+    pub fn events_wildcard(&self) -> String {
+        format!("{}.events.>", self.subject)
+    }
+
+    /// Executors → managers (request/reply): kv reads, commits, dead letters.
+    pub fn kv_get_subject(&self) -> String {
+        format!("{}.kv.get", self.subject)
+    }
+
+    pub fn kv_list_subject(&self) -> String {
+        format!("{}.kv.list", self.subject)
+    }
+
+    pub fn commit_subject(&self) -> String {
+        format!("{}.commit", self.subject)
+    }
+
+    pub fn dead_letter_subject(&self) -> String {
+        format!("{}.deadletter", self.subject)
+    }
+
+    /// Gateways → managers (request/reply): accept an async HTTP call.
+    pub fn async_submit_subject(&self) -> String {
+        format!("{}.async.submit", self.subject)
+    }
+
     pub fn routes_bucket(&self) -> String {
         format!("{}_ROUTES", self.stream)
     }

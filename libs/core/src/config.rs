@@ -48,6 +48,18 @@ pub struct Config {
     pub max_source_bytes: usize,
     /// Extra time the gateway waits past a script's wall-time limit.
     pub deadline_grace_ms: u64,
+    /// First retry delay of a failed async job; each further attempt doubles
+    /// it, up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts of an async HTTP job (subscriptions and schedules set their own).
+    pub max_attempts: u32,
+    /// How long a job may go without an ack or a progress signal before
+    /// JetStream hands it to another executor (a dead executor's jobs come
+    /// back after this).
+    pub job_ack_wait_ms: u64,
+    /// How long invocation records are kept, in hours.
+    pub invocation_retention_hours: u64,
     /// Defaults for every script.
     pub limits: Limits,
     /// Ceilings for per-script overrides.
@@ -74,6 +86,11 @@ impl Default for Config {
             max_request_bytes: 512 << 10,
             max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
             deadline_grace_ms: 1_000,
+            retry_base_ms: 1_000,
+            retry_max_ms: 300_000,
+            max_attempts: 5,
+            job_ack_wait_ms: 30_000,
+            invocation_retention_hours: 7 * 24,
             limits: Limits::default(),
             max_limits: Limits::default_maxima(),
         }
@@ -169,7 +186,33 @@ impl Config {
         if let Some(v) = non_empty("PICLOUD_MAX_REQUEST_BYTES") {
             self.max_request_bytes = parse("PICLOUD_MAX_REQUEST_BYTES", &v)?;
         }
+        if let Some(v) = non_empty("PICLOUD_RETRY_BASE_MS") {
+            self.retry_base_ms = parse("PICLOUD_RETRY_BASE_MS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_RETRY_MAX_MS") {
+            self.retry_max_ms = parse("PICLOUD_RETRY_MAX_MS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_MAX_ATTEMPTS") {
+            self.max_attempts = parse("PICLOUD_MAX_ATTEMPTS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_JOB_ACK_WAIT_MS") {
+            self.job_ack_wait_ms = parse("PICLOUD_JOB_ACK_WAIT_MS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_INVOCATION_RETENTION_HOURS") {
+            self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;
+        }
         self.validate()
+    }
+
+    /// The delay before attempt `attempt + 1` of a job that failed attempt
+    /// `attempt` (exponential, capped).
+    pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
+        let factor = 1u64 << attempt.saturating_sub(1).min(32);
+        std::time::Duration::from_millis(
+            self.retry_base_ms
+                .saturating_mul(factor)
+                .min(self.retry_max_ms.max(self.retry_base_ms)),
+        )
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -186,6 +229,14 @@ impl Config {
                     "call and expression depths may not exceed {}/{}/{} (the worker stacks are sized for them)",
                     hard.max_call_depth, hard.max_expr_depth, hard.max_function_expr_depth
                 ),
+            });
+        }
+        if self.max_attempts == 0 || self.job_ack_wait_ms < 1_000 || self.retry_base_ms == 0 {
+            return Err(ConfigError::Env {
+                var: "PICLOUD_MAX_ATTEMPTS / PICLOUD_JOB_ACK_WAIT_MS / PICLOUD_RETRY_BASE_MS",
+                reason:
+                    "attempts and retry delay must be at least 1, the ack wait at least 1000 ms"
+                        .into(),
             });
         }
         let ok = !self.prefix.is_empty()

@@ -128,6 +128,8 @@ pub struct InvocationReply {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvocationStatus {
+    /// Accepted (async) and not yet run to an end.
+    Queued,
     Ok,
     Error,
     LimitExceeded,
@@ -138,6 +140,7 @@ pub enum InvocationStatus {
 impl InvocationStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            InvocationStatus::Queued => "queued",
             InvocationStatus::Ok => "ok",
             InvocationStatus::Error => "error",
             InvocationStatus::LimitExceeded => "limit_exceeded",
@@ -148,6 +151,7 @@ impl InvocationStatus {
 
     pub fn parse(s: &str) -> Option<Self> {
         [
+            Self::Queued,
             Self::Ok,
             Self::Error,
             Self::LimitExceeded,
@@ -189,6 +193,22 @@ pub struct InvocationRecord {
     pub error: Option<String>,
     pub executor: String,
     pub trace_id: Uuid,
+    /// 1 for the first try of a job; sync HTTP is always 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The invocation whose emit caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<Uuid>,
+    /// The script's response, kept for async HTTP (the status URL shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ScriptResponse>,
+    /// Readable at the public status URL (async HTTP only).
+    #[serde(default)]
+    pub public: bool,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 #[cfg(test)]
@@ -198,6 +218,7 @@ mod tests {
     #[test]
     fn status_round_trips() {
         for s in [
+            InvocationStatus::Queued,
             InvocationStatus::Ok,
             InvocationStatus::Error,
             InvocationStatus::LimitExceeded,

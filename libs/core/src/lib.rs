@@ -7,6 +7,10 @@
 //!   overrides ([`Limits`], [`LimitOverrides`]).
 //! - [`invocation`]: what travels between gateway, executor and manager: the
 //!   invocation request, its reply and its record.
+//! - [`job`], [`effects`]: async jobs, events, and the kv writes and emits an
+//!   invocation commits.
+//! - [`schedule`]: cron expressions in time zones, and what a scheduler
+//!   does with due instants (catch-up, overlap).
 //! - [`config`]: the process configuration (environment and optional TOML).
 //!
 //! Architecture invariant: this crate performs no network or database I/O
@@ -15,15 +19,20 @@
 //! serving (the http crate owns it).
 
 pub mod config;
+pub mod effects;
 pub mod invocation;
+pub mod job;
 pub mod limits;
 pub mod name;
+pub mod schedule;
 
 pub use config::Config;
+pub use effects::{Commit, CommitReply, DeadLetter, Effects, Emit, KvEntry, KvVersion, ListRead};
 pub use invocation::{
     EventInput, HttpRequestInput, InvocationRecord, InvocationReply, InvocationRequest,
     InvocationStatus, Outcome, ScriptResponse, Trigger,
 };
+pub use job::{EventMessage, Job};
 pub use limits::{LimitOverrides, Limits};
 pub use name::{NameError, ScriptName};
 pub use uuid::Uuid;

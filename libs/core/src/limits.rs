@@ -74,9 +74,9 @@ limits! {
     max_functions: usize = 256, max 4_096;
     /// Bytes of captured `log`/`print` output kept per invocation.
     max_log_bytes: usize = 64 << 10, max 1 << 20;
-        /// Bytes of response body.
+    /// Bytes of response body.
     max_response_bytes: usize = 512 << 10, max 4 << 20;
-        /// Bytes the invocation's thread may hold beyond what it held at start
+    /// Bytes the invocation's thread may hold beyond what it held at start
     /// (enforced where the binary installs the counting allocator).
     max_memory_bytes: usize = 64 << 20, max 512 << 20;
     /// Outbound HTTP calls per invocation.
@@ -86,6 +86,14 @@ limits! {
     /// Longest one outbound call may take, in milliseconds (also bounded by
     /// the invocation's deadline).
     http_timeout_ms: u64 = 10_000, max 60_000;
+    /// `kv::get`/`set`/`delete`/`list` calls per invocation.
+    max_kv_ops: u32 = 1_000, max 100_000;
+    /// Bytes of one kv value (as JSON).
+    max_kv_value_bytes: usize = 64 << 10, max 512 << 10;
+    /// `emit` calls per invocation.
+    max_emits: u32 = 100, max 10_000;
+    /// Bytes of one emitted payload (as JSON).
+    max_emit_bytes: usize = 64 << 10, max 512 << 10;
 }
 
 /// Bytes of script source accepted by a deploy (operator-wide, not per script).

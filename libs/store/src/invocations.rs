@@ -15,7 +15,20 @@ pub struct InvocationFilter {
     pub limit: u32,
 }
 
-const COLS: &str = "id, script, version, trigger, status, http_status, started_at, duration_us, log, error, executor, trace_id";
+const COLS: &str = "id, script, version, trigger, status, http_status, started_at, duration_us, log, error, executor, trace_id, attempt, parent_id, response, public";
+
+/// What a newer report of an invocation overwrites: anything but a
+/// committed (`ok`) record, and only with the same or a later attempt
+/// (batched failure records may arrive after a later attempt's commit).
+const UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET
+        script = EXCLUDED.script, version = EXCLUDED.version, trigger = EXCLUDED.trigger,
+        status = EXCLUDED.status, http_status = EXCLUDED.http_status,
+        started_at = EXCLUDED.started_at, duration_us = EXCLUDED.duration_us,
+        log = EXCLUDED.log, error = EXCLUDED.error, executor = EXCLUDED.executor,
+        trace_id = EXCLUDED.trace_id, attempt = EXCLUDED.attempt,
+        parent_id = COALESCE(EXCLUDED.parent_id, invocations.parent_id),
+        response = EXCLUDED.response, public = invocations.public OR EXCLUDED.public
+    WHERE invocations.status <> 'ok' AND invocations.attempt <= EXCLUDED.attempt";
 
 fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
     let trigger: String = r.try_get("trigger")?;
@@ -37,6 +50,14 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
         error: r.try_get("error")?,
         executor: r.try_get("executor")?,
         trace_id: r.try_get("trace_id")?,
+        attempt: r.try_get::<i32, _>("attempt")? as u32,
+        parent_id: r.try_get("parent_id")?,
+        response: r
+            .try_get::<Option<serde_json::Value>, _>("response")?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("invocation response: {e}")))?,
+        public: r.try_get("public")?,
     })
 }
 
@@ -49,51 +70,72 @@ fn no_nul(s: String) -> String {
 }
 
 impl Store {
+    /// Stores a batch of records. A record of an invocation already stored
+    /// replaces it only as [`UPSERT`] allows (so a redelivered batch writes
+    /// nothing twice).
     pub async fn insert_invocations(
         &self,
         records: &[InvocationRecord],
     ) -> Result<u64, StoreError> {
+        // One statement may touch a row once: keep each id's latest attempt.
+        let mut latest: std::collections::HashMap<Uuid, &InvocationRecord> =
+            std::collections::HashMap::with_capacity(records.len());
+        for r in records {
+            let keep = latest.get(&r.id).is_none_or(|k| k.attempt <= r.attempt);
+            if keep {
+                latest.insert(r.id, r);
+            }
+        }
+        let records: Vec<&InvocationRecord> = latest.into_values().collect();
         if records.is_empty() {
             return Ok(0);
         }
-        // Postgres text cannot hold NUL; one stray byte in a script's log
-        // must not block the whole batch forever.
-        let col = |f: fn(&InvocationRecord) -> String| {
-            records.iter().map(|r| no_nul(f(r))).collect::<Vec<_>>()
-        };
-        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-        let versions: Vec<i32> = records.iter().map(|r| r.version as i32).collect();
-        let http: Vec<Option<i32>> = records
-            .iter()
-            .map(|r| r.http_status.map(i32::from))
-            .collect();
-        let started: Vec<_> = records.iter().map(|r| r.started_at).collect();
-        let durations: Vec<i64> = records.iter().map(|r| r.duration_us as i64).collect();
-        let errors: Vec<Option<String>> = records
-            .iter()
-            .map(|r| r.error.clone().map(no_nul))
-            .collect();
-        let traces: Vec<Uuid> = records.iter().map(|r| r.trace_id).collect();
+        let mut conn = self.pool.acquire().await?;
+        upsert(&mut conn, &records).await
+    }
+
+    /// Stores one record as part of the caller's transaction; `false` when
+    /// the invocation was already committed (`ok`).
+    pub(crate) async fn upsert_one(
+        conn: &mut sqlx::PgConnection,
+        record: &InvocationRecord,
+    ) -> Result<bool, StoreError> {
+        Ok(upsert(conn, &[record]).await? == 1)
+    }
+
+    /// The invocations `parent` caused (its emits' subscribers), oldest first.
+    pub async fn invocation_children(
+        &self,
+        parent: Uuid,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM invocations WHERE parent_id = $1 ORDER BY started_at, id LIMIT 1000"
+        ))
+        .bind(parent)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(record)
+        .collect()
+    }
+
+    /// Deletes records older than `keep` (and idempotency keys older than a
+    /// day), at most 10,000 of each per call.
+    pub async fn prune(&self, keep: std::time::Duration) -> Result<u64, StoreError> {
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(3650));
         let done = sqlx::query(
-            "INSERT INTO invocations (id, script, version, trigger, status, http_status,
-                                      started_at, duration_us, log, error, executor, trace_id)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
-                                  $6::int[], $7::timestamptz[], $8::bigint[], $9::text[],
-                                  $10::text[], $11::text[], $12::uuid[])
-             ON CONFLICT (id) DO NOTHING",
+            "DELETE FROM invocations WHERE id IN
+               (SELECT id FROM invocations WHERE started_at < $1 LIMIT 10000)",
         )
-        .bind(ids)
-        .bind(col(|r| r.script.clone()))
-        .bind(versions)
-        .bind(col(|r| r.trigger.as_str().to_owned()))
-        .bind(col(|r| r.status.as_str().to_owned()))
-        .bind(http)
-        .bind(started)
-        .bind(durations)
-        .bind(col(|r| r.log.clone()))
-        .bind(errors)
-        .bind(col(|r| r.executor.clone()))
-        .bind(traces)
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE (script, key) IN
+               (SELECT script, key FROM idempotency_keys
+                WHERE created_at < now() - interval '24 hours' LIMIT 10000)",
+        )
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -128,4 +170,76 @@ impl Store {
             .map(record)
             .transpose()
     }
+}
+
+async fn upsert(
+    conn: &mut sqlx::PgConnection,
+    records: &[&InvocationRecord],
+) -> Result<u64, StoreError> {
+    // Postgres text cannot hold NUL; one stray byte in a script's log
+    // must not block the whole batch forever.
+    let col = |f: fn(&InvocationRecord) -> String| {
+        records.iter().map(|r| no_nul(f(r))).collect::<Vec<_>>()
+    };
+    let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+    let versions: Vec<i32> = records.iter().map(|r| r.version as i32).collect();
+    let http: Vec<Option<i32>> = records
+        .iter()
+        .map(|r| r.http_status.map(i32::from))
+        .collect();
+    let started: Vec<_> = records.iter().map(|r| r.started_at).collect();
+    let durations: Vec<i64> = records.iter().map(|r| r.duration_us as i64).collect();
+    let errors: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.error.clone().map(no_nul))
+        .collect();
+    let traces: Vec<Uuid> = records.iter().map(|r| r.trace_id).collect();
+    let attempts: Vec<i32> = records.iter().map(|r| r.attempt as i32).collect();
+    let parents: Vec<Option<Uuid>> = records.iter().map(|r| r.parent_id).collect();
+    let responses: Vec<Option<serde_json::Value>> = records
+        .iter()
+        .map(|r| {
+            r.response.as_ref().map(|resp| {
+                let mut v = serde_json::to_value(resp).expect("responses serialise");
+                // jsonb cannot hold NUL either.
+                if let Some(body) = v.get_mut("body")
+                    && let Some(text) = body.as_str()
+                    && text.contains('\0')
+                {
+                    *body = text.replace('\0', "\u{FFFD}").into();
+                }
+                v
+            })
+        })
+        .collect();
+    let public: Vec<bool> = records.iter().map(|r| r.public).collect();
+    let done = sqlx::query(&format!(
+        "INSERT INTO invocations (id, script, version, trigger, status, http_status,
+                                  started_at, duration_us, log, error, executor, trace_id,
+                                  attempt, parent_id, response, public)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
+                              $6::int[], $7::timestamptz[], $8::bigint[], $9::text[],
+                              $10::text[], $11::text[], $12::uuid[], $13::int[], $14::uuid[],
+                              $15::jsonb[], $16::bool[])
+         {UPSERT}"
+    ))
+    .bind(ids)
+    .bind(col(|r| r.script.clone()))
+    .bind(versions)
+    .bind(col(|r| r.trigger.as_str().to_owned()))
+    .bind(col(|r| r.status.as_str().to_owned()))
+    .bind(http)
+    .bind(started)
+    .bind(durations)
+    .bind(col(|r| r.log.clone()))
+    .bind(errors)
+    .bind(col(|r| r.executor.clone()))
+    .bind(traces)
+    .bind(attempts)
+    .bind(parents)
+    .bind(responses)
+    .bind(public)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }

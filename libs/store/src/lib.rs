@@ -9,9 +9,15 @@
 //! - [`modules`]: shared modules and their versions.
 //! - [`secrets`]: encrypted secrets (ciphertext only).
 //! - [`invocations`]: the invocation log.
+//! - [`kv`]: per-script state and the commit of an invocation's effects.
+//! - [`jobs`]: subscriptions, dead letters, async HTTP submissions.
+//! - [`outbox`]: messages a committed transaction owes NATS.
 
 pub mod invocations;
+pub mod jobs;
+pub mod kv;
 pub mod modules;
+pub mod outbox;
 pub mod scripts;
 pub mod secrets;
 
@@ -20,7 +26,10 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub use invocations::InvocationFilter;
+pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
+pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
+pub use outbox::{OutboxKind, OutboxRow};
 pub use scripts::{ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
 

@@ -191,6 +191,10 @@ impl Server {
             error: result.error,
             executor: self.executor_id.clone(),
             trace_id: req.event.trace_id,
+            attempt: 1,
+            parent_id: None,
+            response: None,
+            public: false,
         });
         InvocationReply {
             id: req.id,

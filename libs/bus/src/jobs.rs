@@ -1,0 +1,301 @@
+//! Async jobs and events on JetStream, and the request/reply calls the
+//! executors and gateways make to managers.
+//!
+//! - `{P}_JOBS`: work-queue retention; one durable pull consumer
+//!   (`executors`) shared by every executor, so adding a node adds capacity.
+//!   Messages carry `Nats-Msg-Id` (the outbox row id) for deduplication;
+//!   executors ack explicitly, send progress while a job runs, NAK with a
+//!   delay to retry, and terminate a job once it is a dead letter.
+//! - `{P}_EVENTS`: limits retention, the event log; topic = subject suffix.
+//! - Request/reply to the managers' queue group: kv reads, commits, dead
+//!   letters, async submissions. No responders is an immediate error.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use picloud_core::Job;
+use serde::{Deserialize, Serialize};
+
+use crate::{BusError, Names, decode, encode};
+
+const CONSUMER: &str = "executors";
+/// The event log keeps this much history.
+const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+const EVENTS_MAX_BYTES: i64 = 1 << 30;
+
+pub(crate) async fn ensure_streams(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
+    js.get_or_create_stream(stream::Config {
+        name: names.jobs_stream(),
+        subjects: vec![names.jobs_wildcard()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    js.get_or_create_stream(stream::Config {
+        name: names.events_stream(),
+        subjects: vec![names.events_wildcard()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: EVENTS_MAX_AGE,
+        max_bytes: EVENTS_MAX_BYTES,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| BusError::js("events stream")(e.into()))?;
+    Ok(())
+}
+
+/// A job an executor has pulled. Settle it with exactly one of
+/// [`ack`](Self::ack), [`retry`](Self::retry) or [`terminate`](Self::terminate);
+/// an unsettled job comes back after the consumer's ack wait.
+pub struct IncomingJob {
+    pub job: Job,
+    /// 1 on first delivery (JetStream's delivery count).
+    pub attempt: u32,
+    message: jetstream::Message,
+}
+
+impl IncomingJob {
+    /// Done (its effects are committed, or it needs none).
+    pub async fn ack(&self) -> Result<(), BusError> {
+        self.message
+            .ack()
+            .await
+            .map_err(|e| BusError::js("job ack")(e))
+    }
+
+    /// Deliver again after `delay` (never at once: no hot NAK loop).
+    pub async fn retry(&self, delay: Duration) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| BusError::js("job nak")(e))
+    }
+
+    /// Still working: restarts the ack wait.
+    pub async fn progress(&self) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(|e| BusError::js("job progress")(e))
+    }
+
+    /// Never deliver again (recorded as a dead letter, or malformed).
+    pub async fn terminate(&self) -> Result<(), BusError> {
+        self.message
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| BusError::js("job term")(e))
+    }
+}
+
+/// The durable consumer every executor pulls from.
+pub(crate) async fn job_messages(
+    js: &jetstream::Context,
+    names: &Names,
+    ack_wait: Duration,
+    batch: usize,
+) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
+    let stream = js
+        .get_stream(names.jobs_stream())
+        .await
+        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait,
+                // Attempts are counted by the executor (a job's own
+                // max_attempts), which terminates the message at the end.
+                max_deliver: -1,
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| BusError::js("jobs consumer")(e.into()))?;
+    let messages = consumer
+        .stream()
+        // Only what this executor can start soon: a job pulled here waits
+        // here, and its ack wait runs while it does.
+        .max_messages_per_batch(batch.max(1))
+        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| BusError::js("jobs messages")(e.into()))?;
+    Ok(messages.filter_map(|m| async move {
+        let message = match m {
+            Ok(m) => m,
+            Err(e) => return Some(Err(BusError::js("jobs messages")(e.into()))),
+        };
+        let attempt = message
+            .info()
+            .map(|i| i.delivered.clamp(1, u32::MAX as i64) as u32)
+            .unwrap_or(1);
+        match decode::<Job>(&message.subject, &message.payload) {
+            Ok(job) => Some(Ok(IncomingJob {
+                job,
+                attempt,
+                message,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "terminating a malformed job");
+                let _ = message.ack_with(AckKind::Term).await;
+                None
+            }
+        }
+    }))
+}
+
+/// A request a manager serves, with where to answer.
+pub struct Incoming<T> {
+    pub body: T,
+    reply_to: Option<async_nats::Subject>,
+}
+
+/// Why a request to the managers got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no manager is available")]
+    NoManager,
+    #[error("the manager did not answer in time")]
+    TimedOut,
+    #[error("the request is larger than the bus accepts ({0} bytes)")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+impl crate::Bus {
+    /// Publishes `payload` on `subject` with `Nats-Msg-Id: msg_id` and waits
+    /// for JetStream to store it (or to report it a duplicate).
+    pub async fn publish_durable(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let ack = self.publish_durable_start(subject, msg_id, payload).await?;
+        ack.await
+    }
+
+    /// Sends a durable publish and returns the wait for its ack, so a caller
+    /// can have many in flight.
+    pub async fn publish_durable_start(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| BusError::js("publish")(e.into()))?;
+        Ok(async move {
+            ack.await
+                .map(|_| ())
+                .map_err(|e| BusError::js("publish ack")(e.into()))
+        })
+    }
+
+    /// Publishes a job under message id `msg_id` and waits until it is durable.
+    pub async fn publish_job(&self, job: &Job, msg_id: &str) -> Result<(), BusError> {
+        self.publish_durable(self.names.job_subject(&job.script), msg_id, encode(job))
+            .await
+    }
+
+    /// The executors' shared job consumer; `batch` bounds what one executor
+    /// holds at a time.
+    pub async fn jobs(
+        &self,
+        ack_wait: Duration,
+        batch: usize,
+    ) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
+        job_messages(&self.js, &self.names, ack_wait, batch).await
+    }
+
+    /// Asks a manager on `subject` and decodes its answer.
+    pub async fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(
+        &self,
+        subject: String,
+        question: &Q,
+        timeout: Duration,
+    ) -> Result<A, CallError> {
+        let payload = encode(question);
+        if payload.len() > self.max_payload() {
+            return Err(CallError::TooLarge(payload.len()));
+        }
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(msg) => Ok(decode(&subject, &msg.payload)?),
+            Err(e) => Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => CallError::NoManager,
+                async_nats::RequestErrorKind::TimedOut => CallError::TimedOut,
+                _ => CallError::Bus(BusError::Nats {
+                    what: "request",
+                    source: e.into(),
+                }),
+            }),
+        }
+    }
+
+    /// Joins the managers' queue group on `subject`. Malformed requests are
+    /// logged and dropped (their caller times out).
+    pub async fn serve<T: for<'de> Deserialize<'de> + Send + 'static>(
+        &self,
+        subject: String,
+    ) -> Result<impl Stream<Item = Incoming<T>> + use<T>, BusError> {
+        let sub = self
+            .client
+            .queue_subscribe(subject, self.names.manager_group())
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "subscribe",
+                source: e.into(),
+            })?;
+        Ok(sub.filter_map(|msg| async move {
+            match serde_json::from_slice::<T>(&msg.payload) {
+                Ok(body) => Some(Incoming {
+                    body,
+                    reply_to: msg.reply,
+                }),
+                Err(e) => {
+                    tracing::warn!(subject = %msg.subject, error = %e, "dropping malformed request");
+                    None
+                }
+            }
+        }))
+    }
+
+    /// Answers a request served by [`serve`](Self::serve).
+    pub async fn answer<T, A: Serialize>(
+        &self,
+        req: &Incoming<T>,
+        answer: &A,
+    ) -> Result<(), BusError> {
+        let Some(to) = req.reply_to.clone() else {
+            return Ok(());
+        };
+        self.client
+            .publish(to, encode(answer))
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "answer",
+                source: e.into(),
+            })
+    }
+}

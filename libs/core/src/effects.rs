@@ -1,0 +1,98 @@
+//! What an invocation changes, and how the change reaches Postgres.
+//!
+//! A script's `kv::set`/`kv::delete` and `emit` calls are buffered as
+//! [`Effects`] while it runs, together with the version of every key (and
+//! every listed prefix) it read. When it succeeds, the executor sends a
+//! [`Commit`] to a manager, which applies it in one transaction only if
+//! every read is still current; otherwise the executor re-runs the script.
+//! A failing script sends nothing, so it changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::invocation::InvocationRecord;
+use crate::job::Job;
+
+/// A kv key's version: 0 when the key does not exist. Every write gives the
+/// key a new, never reused version, so "same version" means "same value".
+pub type KvVersion = i64;
+
+/// Longest kv key, in bytes.
+pub const MAX_KV_KEY_BYTES: usize = 512;
+/// Most keys one `kv::list` returns.
+pub const MAX_KV_LIST: usize = 1_000;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Effects {
+    /// Keys read from the store, with the version seen.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reads: BTreeMap<String, KvVersion>,
+    /// Prefixes listed, with the keys and versions seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<ListRead>,
+    /// Final value of every written key; `None` deletes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub writes: BTreeMap<String, Option<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emits: Vec<Emit>,
+}
+
+impl Effects {
+    /// True when the invocation touched kv or emitted: its result must go
+    /// through a commit (reads too: the commit proves they were consistent).
+    pub fn needs_commit(&self) -> bool {
+        !(self.reads.is_empty()
+            && self.lists.is_empty()
+            && self.writes.is_empty()
+            && self.emits.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRead {
+    pub prefix: String,
+    /// Sorted by key.
+    pub entries: Vec<(String, KvVersion)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Emit {
+    pub topic: String,
+    pub payload: serde_json::Value,
+}
+
+/// One stored kv entry, as a read returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvEntry {
+    pub value: serde_json::Value,
+    pub version: KvVersion,
+}
+
+/// Executor → manager: apply a successful invocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commit {
+    pub record: InvocationRecord,
+    pub effects: Effects,
+}
+
+/// Executor → manager: a job failed its last attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub record: InvocationRecord,
+    pub job: Job,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CommitReply {
+    /// Applied, with the invocation record.
+    Committed,
+    /// This invocation id was committed before (a redelivery): nothing done.
+    AlreadyCommitted,
+    /// A key it read has changed since: re-run it.
+    Conflict,
+    /// Not applied; safe to retry later.
+    Failed { message: String },
+}

@@ -1,0 +1,249 @@
+//! Cron schedules: when a schedule fires, and what a scheduler does with the
+//! instants it finds due. Pure computation; the store persists schedules and
+//! the manager's scheduler acts on [`CronSchedule::plan`].
+//!
+//! Expressions have 5 fields (minute hour day-of-month month day-of-week,
+//! standard crontab) or 6 (a seconds field first), and are evaluated in an
+//! IANA time zone (UTC by default) with the `croner` crate, which also takes
+//! `@hourly`-style nicknames, names (`MON`, `JAN`), `L`, `W` and `#`.
+//!
+//! # Daylight saving time
+//!
+//! Instants are computed in the zone's wall-clock time and stored in UTC.
+//! An expression whose second, minute and hour are single fixed values
+//! (`30 2 * * *`) is a *fixed-time* schedule; any other (`*/15 * * * *`,
+//! `0 * * * *`) is an *interval* schedule.
+//! - **Spring forward** (a wall-clock hour is skipped): a fixed-time
+//!   schedule whose time falls in the gap fires once, at the first instant
+//!   after the gap (02:30 → 03:00 new time); an interval schedule has no
+//!   instants in the gap and goes on at its next instant after it.
+//! - **Fall back** (a wall-clock hour is repeated): a fixed-time schedule
+//!   fires once, in the first pass (summer time); an interval schedule fires
+//!   in both passes, so an hourly schedule still fires every real hour.
+//!
+//! # Due instants and catch-up
+//!
+//! A schedule keeps `next_fire_at`, its first instant not yet handled. When a
+//! scheduler finds it due, [`CronSchedule::plan`] decides:
+//! - Exactly one instant due: it fires, however late.
+//! - Several due, the oldest within [`MISFIRE_GRACE`] of now: the scheduler
+//!   only fell behind (a slow database, a busy machine), so the oldest fires
+//!   and the next sweep takes the following one. While a scheduler runs,
+//!   every instant fires.
+//! - Several due, the oldest older than that: every scheduler was down.
+//!   [`CatchUp::FireOnce`] fires the latest due instant only,
+//!   [`CatchUp::Skip`] fires none. Either way the schedule resumes at its
+//!   first instant after now. Never a burst.
+//! - With [`Overlap::Skip`] and the previous firing still running, every due
+//!   instant is passed over.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds, Year};
+use serde::{Deserialize, Serialize};
+
+/// How far behind its oldest due instant a scheduler may be and still fire
+/// every instant in order. Beyond it, the instants count as missed (every
+/// scheduler was down) and the catch-up policy applies.
+pub const MISFIRE_GRACE: TimeDelta = TimeDelta::seconds(10);
+
+/// Longest accepted expression or zone name.
+const MAX_TEXT_LEN: usize = 200;
+
+/// What to do with instants missed while every scheduler was down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Fire once, for the latest missed instant.
+    #[default]
+    FireOnce,
+    /// Fire none of them.
+    Skip,
+}
+
+/// Whether a firing may start while the previous one still runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    #[default]
+    Allow,
+    /// Pass over instants that come while the previous firing runs.
+    Skip,
+}
+
+macro_rules! text_enum {
+    ($t:ty { $($v:ident = $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$v => $s),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($s => Some(Self::$v),)+ _ => None }
+            }
+        }
+    };
+}
+text_enum!(CatchUp { FireOnce = "fire_once", Skip = "skip" });
+text_enum!(Overlap { Allow = "allow", Skip = "skip" });
+
+/// Why a schedule was refused; the message names the part that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("invalid cron expression {expr:?}: {reason}")]
+    Expression { expr: String, reason: String },
+    #[error("invalid time zone {zone:?}: use an IANA name such as \"UTC\" or \"Europe/Berlin\"")]
+    TimeZone { zone: String },
+    #[error("cron expression {expr:?} never fires")]
+    NeverFires { expr: String },
+}
+
+/// A parsed expression in its time zone.
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    cron: Cron,
+    zone: Tz,
+}
+
+/// What a scheduler does with a due schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The instant to fire, if any.
+    pub fire: Option<DateTime<Utc>>,
+    /// The schedule's new `next_fire_at` (`None`: it never fires again).
+    pub next: Option<DateTime<Utc>>,
+    pub reason: PlanReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanReason {
+    /// The only due instant (on time or late).
+    Due,
+    /// The oldest of several due instants, within the misfire grace.
+    Behind,
+    /// Instants were missed; the latest fires (`fire_once`).
+    CaughtUp,
+    /// Instants were missed; none fires (`skip`).
+    MissedSkipped,
+    /// The previous firing still runs (`overlap: skip`).
+    Overlapping,
+    /// Nothing is due yet.
+    NotDue,
+}
+
+impl CronSchedule {
+    /// Parses `expr` (5 or 6 fields) in IANA zone `zone`, and checks that
+    /// it fires at least once.
+    pub fn parse(expr: &str, zone: &str) -> Result<Self, ScheduleError> {
+        let expression = |reason: String| ScheduleError::Expression {
+            expr: truncate(expr),
+            reason,
+        };
+        if expr.len() > MAX_TEXT_LEN {
+            return Err(expression(format!("longer than {MAX_TEXT_LEN} bytes")));
+        }
+        let trimmed = expr.trim();
+        let fields = trimmed.split_whitespace().count();
+        if !trimmed.starts_with('@') && !(5..=6).contains(&fields) {
+            return Err(expression(format!(
+                "it has {fields} fields; use 5 (minute hour day-of-month month day-of-week) \
+                 or 6 (second first)"
+            )));
+        }
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
+            .build()
+            .parse(trimmed)
+            .map_err(|e| expression(e.to_string()))?;
+        let zone = parse_zone(zone)?;
+        let schedule = Self { cron, zone };
+        // Feb 30 and the like parse but never match.
+        if schedule.next_after(Utc::now()).is_none() {
+            return Err(ScheduleError::NeverFires {
+                expr: truncate(expr),
+            });
+        }
+        Ok(schedule)
+    }
+
+    /// The first instant strictly after `t`; `None` when there is none
+    /// (before croner's search limit, the year 5000).
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&t.with_timezone(&self.zone), false)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The last instant at or before `t`.
+    pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_previous_occurrence(&t.with_timezone(&self.zone), true)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The next `n` instants strictly after `t`.
+    pub fn upcoming(&self, t: DateTime<Utc>, n: usize) -> Vec<DateTime<Utc>> {
+        std::iter::successors(self.next_after(t), |&prev| self.next_after(prev))
+            .take(n)
+            .collect()
+    }
+
+    /// Decides what to do with a schedule whose first unhandled instant is
+    /// `pending`, at `now` (see the module documentation). `running`: the
+    /// schedule skips overlaps and its previous firing has not finished.
+    pub fn plan(
+        &self,
+        pending: DateTime<Utc>,
+        now: DateTime<Utc>,
+        catch_up: CatchUp,
+        running: bool,
+    ) -> Plan {
+        if pending > now {
+            return Plan {
+                fire: None,
+                next: Some(pending),
+                reason: PlanReason::NotDue,
+            };
+        }
+        let after_pending = self.next_after(pending);
+        let several = after_pending.is_some_and(|t| t <= now);
+        let resume = || self.next_after(now);
+        let (fire, next, reason) = if running {
+            (None, resume(), PlanReason::Overlapping)
+        } else if !several {
+            (Some(pending), after_pending, PlanReason::Due)
+        } else if pending >= now - MISFIRE_GRACE {
+            (Some(pending), after_pending, PlanReason::Behind)
+        } else {
+            match catch_up {
+                CatchUp::FireOnce => {
+                    // At least `after_pending` is due, so there is a latest.
+                    let latest = self.latest_at_or_before(now).or(after_pending);
+                    (latest, resume(), PlanReason::CaughtUp)
+                }
+                CatchUp::Skip => (None, resume(), PlanReason::MissedSkipped),
+            }
+        };
+        Plan { fire, next, reason }
+    }
+}
+
+/// An IANA zone name (`UTC` included).
+pub fn parse_zone(zone: &str) -> Result<Tz, ScheduleError> {
+    Tz::from_str(zone).map_err(|_| ScheduleError::TimeZone {
+        zone: truncate(zone),
+    })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(MAX_TEXT_LEN).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,247 @@
+//! Subscriptions, dead letters and async HTTP submissions: the Postgres side
+//! of async jobs.
+
+use chrono::{DateTime, Utc};
+use picloud_core::{InvocationRecord, Job};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use crate::outbox::{self, OutboxRow};
+use crate::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRow {
+    pub id: Uuid,
+    pub script: String,
+    /// Topic pattern (NATS wildcards).
+    pub topic: String,
+    pub max_attempts: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    pub id: Uuid,
+    pub invocation_id: Uuid,
+    pub script: String,
+    pub subscription_id: Option<Uuid>,
+    pub job: Job,
+    pub error: String,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+}
+
+/// The result of an async HTTP submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Accepted now, as this invocation.
+    New(Uuid),
+    /// The idempotency key was used within 24 h: the earlier invocation.
+    Existing(Uuid),
+}
+
+fn subscription(r: &PgRow) -> Result<SubscriptionRow, StoreError> {
+    Ok(SubscriptionRow {
+        id: r.try_get("id")?,
+        script: r.try_get("script")?,
+        topic: r.try_get("topic")?,
+        max_attempts: r.try_get::<i32, _>("max_attempts")? as u32,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn dead_letter(r: &PgRow) -> Result<DeadLetterRow, StoreError> {
+    let job: serde_json::Value = r.try_get("job")?;
+    Ok(DeadLetterRow {
+        id: r.try_get("id")?,
+        invocation_id: r.try_get("invocation_id")?,
+        script: r.try_get("script")?,
+        subscription_id: r.try_get("subscription_id")?,
+        job: serde_json::from_value(job)
+            .map_err(|e| StoreError::Corrupt(format!("dead letter job: {e}")))?,
+        error: r.try_get("error")?,
+        attempts: r.try_get::<i32, _>("attempts")? as u32,
+        created_at: r.try_get("created_at")?,
+        replayed_at: r.try_get("replayed_at")?,
+    })
+}
+
+const SUB_COLS: &str = "id, script, topic, max_attempts, created_at";
+const DL_COLS: &str =
+    "id, invocation_id, script, subscription_id, job, error, attempts, created_at, replayed_at";
+
+impl Store {
+    pub async fn create_subscription(
+        &self,
+        script: &str,
+        topic: &str,
+        max_attempts: u32,
+    ) -> Result<SubscriptionRow, StoreError> {
+        let row = sqlx::query(&format!(
+            "INSERT INTO subscriptions (id, script, topic, max_attempts)
+             VALUES ($1, $2, $3, $4) RETURNING {SUB_COLS}"
+        ))
+        .bind(Uuid::new_v4())
+        .bind(script)
+        .bind(topic)
+        .bind(max_attempts as i32)
+        .fetch_one(&self.pool)
+        .await?;
+        subscription(&row)
+    }
+
+    /// Every subscription, or those of one script; oldest first.
+    pub async fn list_subscriptions(
+        &self,
+        script: Option<&str>,
+    ) -> Result<Vec<SubscriptionRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {SUB_COLS} FROM subscriptions WHERE ($1::text IS NULL OR script = $1)
+             ORDER BY created_at, id"
+        ))
+        .bind(script)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(subscription)
+        .collect()
+    }
+
+    /// `false` when there was no such subscription.
+    pub async fn delete_subscription(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Drops every subscription of a deleted script.
+    pub async fn delete_subscriptions_of(&self, script: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM subscriptions WHERE script = $1")
+            .bind(script)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a job's final failure (its record and the dead letter) in one
+    /// transaction. A second report of the same open dead letter is ignored.
+    pub async fn insert_dead_letter(
+        &self,
+        record: &InvocationRecord,
+        job: &Job,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Store::upsert_one(&mut tx, record).await?;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, invocation_id, script, subscription_id, job, error, attempts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (invocation_id) WHERE replayed_at IS NULL DO NOTHING",
+        )
+        .bind(Uuid::new_v4())
+        .bind(job.id)
+        .bind(&job.script)
+        .bind(job.subscription_id)
+        .bind(serde_json::to_value(job).expect("jobs serialise"))
+        .bind(error.replace('\0', "\u{FFFD}"))
+        .bind(record.attempt as i32)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub async fn list_dead_letters(
+        &self,
+        script: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {DL_COLS} FROM dead_letters WHERE ($1::text IS NULL OR script = $1)
+             ORDER BY created_at DESC, id LIMIT $2"
+        ))
+        .bind(script)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(dead_letter)
+        .collect()
+    }
+
+    /// Queues a dead letter's job again under a fresh message id (so the
+    /// stream's dedup window does not swallow it) and marks it replayed, in
+    /// one transaction. `None`: no such dead letter; `Some(false)`: it was
+    /// replayed before.
+    pub async fn replay_dead_letter(&self, id: Uuid) -> Result<Option<bool>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {DL_COLS} FROM dead_letters WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let dl = dead_letter(&row)?;
+        if dl.replayed_at.is_some() {
+            return Ok(Some(false));
+        }
+        outbox::insert(&mut tx, &[OutboxRow::job_with_id(Uuid::new_v4(), &dl.job)]).await?;
+        sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    /// Accepts an async HTTP call: with an idempotency key seen within 24 h,
+    /// returns the earlier invocation; otherwise stores `queued` (the
+    /// invocation's record, status queued) and runs `publish` (which must make
+    /// the job durable on the bus) before committing, so the call is
+    /// accepted exactly when its job is durable.
+    pub async fn submit_async<F>(
+        &self,
+        idempotency_key: Option<&str>,
+        queued: &InvocationRecord,
+        publish: F,
+    ) -> Result<Result<Submitted, String>, StoreError>
+    where
+        F: AsyncFnOnce() -> Result<(), String>,
+    {
+        let mut tx = self.pool.begin().await?;
+        if let Some(key) = idempotency_key {
+            // Takes the key (or waits for a concurrent holder to finish).
+            let claimed: Uuid = sqlx::query_scalar(
+                "INSERT INTO idempotency_keys (script, key, invocation_id) VALUES ($1, $2, $3)
+                 ON CONFLICT (script, key) DO UPDATE
+                   SET invocation_id = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
+                                            THEN EXCLUDED.invocation_id ELSE idempotency_keys.invocation_id END,
+                       created_at = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
+                                         THEN now() ELSE idempotency_keys.created_at END
+                 RETURNING invocation_id",
+            )
+            .bind(&queued.script)
+            .bind(key)
+            .bind(queued.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if claimed != queued.id {
+                return Ok(Ok(Submitted::Existing(claimed)));
+            }
+        }
+        Store::upsert_one(&mut tx, queued).await?;
+        if let Err(e) = publish().await {
+            return Ok(Err(e));
+        }
+        tx.commit().await?;
+        Ok(Ok(Submitted::New(queued.id)))
+    }
+}
