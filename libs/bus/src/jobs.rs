@@ -158,8 +158,15 @@ pub(crate) async fn job_messages(
 
 /// A request a manager serves, with where to answer.
 pub struct Incoming<T> {
-    pub body: T,
+    body: Option<T>,
     reply_to: Option<async_nats::Subject>,
+}
+
+impl<T> Incoming<T> {
+    /// The request (once; the reply address stays for [`crate::Bus::answer`]).
+    pub fn take_body(&mut self) -> T {
+        self.body.take().expect("the body is taken once")
+    }
 }
 
 /// Why a request to the managers got no answer.
@@ -270,7 +277,7 @@ impl crate::Bus {
         Ok(sub.filter_map(|msg| async move {
             match serde_json::from_slice::<T>(&msg.payload) {
                 Ok(body) => Some(Incoming {
-                    body,
+                    body: Some(body),
                     reply_to: msg.reply,
                 }),
                 Err(e) => {

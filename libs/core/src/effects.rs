@@ -96,3 +96,26 @@ pub enum CommitReply {
     /// Not applied; safe to retry later.
     Failed { message: String },
 }
+
+/// Executor → manager: read one key of `script`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvGet {
+    pub script: String,
+    pub key: String,
+}
+
+/// Executor → manager: list `script`'s keys under `prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvList {
+    pub script: String,
+    pub prefix: String,
+}
+
+/// A manager's answer to a kv read: the value or an error safe to show the
+/// script.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvAnswer<T> {
+    Ok(T),
+    Err(String),
+}

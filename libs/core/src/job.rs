@@ -215,3 +215,23 @@ mod tests {
         );
     }
 }
+
+/// Gateway → manager: accept an async HTTP call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncSubmit {
+    pub job: Job,
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// A manager's answer to an [`AsyncSubmit`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AsyncAnswer {
+    /// Durable in JetStream as this invocation (`existing`: an earlier call
+    /// with the same idempotency key).
+    Accepted { invocation_id: Uuid, existing: bool },
+    /// Not accepted; safe to show the caller.
+    Refused { message: String },
+}

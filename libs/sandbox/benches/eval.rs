@@ -45,6 +45,7 @@ fn bench(c: &mut Criterion) {
                 &limits,
                 far(),
                 RunInput {
+                    script: "test",
                     event: &ev,
                     request: Some(&req),
                     modules: ModuleSet::default(),
@@ -64,6 +65,7 @@ fn bench(c: &mut Criterion) {
                 &limits,
                 far(),
                 RunInput {
+                    script: "test",
                     event: &ev,
                     request: Some(&req),
                     modules: ModuleSet::default(),
@@ -83,6 +85,7 @@ fn bench(c: &mut Criterion) {
                 &limits,
                 far(),
                 RunInput {
+                    script: "test",
                     event: &ev,
                     request: Some(&req),
                     modules: ModuleSet::default(),

@@ -7,9 +7,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use std::collections::BTreeMap;
+
 use crate::Host;
 use crate::http::{HostError, HttpCall, HttpReply};
 use picloud_core::Limits;
+use picloud_core::effects::{Effects, Emit, KvVersion, ListRead};
 
 pub(crate) const MASK: &str = "***";
 
@@ -42,6 +45,13 @@ struct State {
     /// Non-zero while a module's top-level code runs: its results are
     /// cached for every importer, so it may not fetch secrets or call out.
     module_init: usize,
+    /// Whose kv this invocation sees.
+    script: String,
+    /// Reads, buffered writes and emits (see `picloud_core::effects`).
+    effects: Effects,
+    /// Values read from the store, by key (a key is fetched once).
+    read_values: BTreeMap<String, Option<serde_json::Value>>,
+    kv_ops: u32,
 }
 
 /// `text` with every secret value replaced by [`MASK`], longest first (so a
@@ -57,8 +67,19 @@ pub(crate) fn mask(text: &str, secrets: &[String]) -> String {
 }
 
 impl Capture {
-    pub(crate) fn begin(&self, deadline: Instant, limits: &Limits, host: Arc<dyn Host>) {
+    pub(crate) fn begin(
+        &self,
+        script: &str,
+        deadline: Instant,
+        limits: &Limits,
+        host: Arc<dyn Host>,
+    ) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.script.clear();
+        s.script.push_str(script);
+        s.effects = Effects::default();
+        s.read_values.clear();
+        s.kv_ops = 0;
         s.log.clear();
         s.max_bytes = limits.max_log_bytes;
         s.limits = limits.clone();
@@ -74,16 +95,133 @@ impl Capture {
 
     /// Ends the invocation: the (masked) log and the secret values handed
     /// out, for masking anything else the invocation produced.
-    pub(crate) fn finish(&self) -> (String, Vec<String>) {
+    pub(crate) fn finish(&self) -> (String, Vec<String>, Effects) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.deadline = None;
         s.host = None;
+        s.read_values.clear();
+        let effects = std::mem::take(&mut s.effects);
         let secrets = std::mem::take(&mut s.secrets);
         let mut log = mask(&std::mem::take(&mut s.log), &secrets);
         if s.truncated {
             log.push_str(TRUNCATED);
         }
-        (log, secrets)
+        (log, secrets, effects)
+    }
+
+    /// Counts one kv call; refuses in a module's top-level code.
+    fn kv_begin(&self, s: &mut State, what: &str) -> Result<(), HostError> {
+        if s.module_init > 0 {
+            return Err(HostError::Failed(MODULE_INIT.replace("{}", what)));
+        }
+        if s.kv_ops >= s.limits.max_kv_ops {
+            return Err(HostError::Limit(format!(
+                "kv operation limit of {} exceeded",
+                s.limits.max_kv_ops
+            )));
+        }
+        s.kv_ops += 1;
+        Ok(())
+    }
+
+    /// The value of `key`: this invocation's own write if any, else the
+    /// store's (fetched once, its version remembered for the commit).
+    pub(crate) fn kv_get(&self, key: &str) -> Result<Option<serde_json::Value>, HostError> {
+        let (host, deadline, script) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.kv_begin(&mut s, "kv::")?;
+            if let Some(written) = s.effects.writes.get(key) {
+                return Ok(written.clone());
+            }
+            if let Some(read) = s.read_values.get(key) {
+                return Ok(read.clone());
+            }
+            (s.host.clone(), s.deadline, s.script.clone())
+        };
+        let (Some(host), Some(deadline)) = (host, deadline) else {
+            return Err(HostError::Failed("kv is not available here".into()));
+        };
+        let entry = host
+            .kv_get(&script, key, deadline)
+            .map_err(HostError::Failed)?;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (value, version) = match entry {
+            Some(e) => (Some(e.value), e.version),
+            None => (None, 0),
+        };
+        s.effects.reads.insert(key.to_owned(), version);
+        s.read_values.insert(key.to_owned(), value.clone());
+        Ok(value)
+    }
+
+    /// Buffers a write (`None` deletes); it commits with the invocation.
+    pub(crate) fn kv_put(
+        &self,
+        key: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<(), HostError> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.kv_begin(&mut s, "kv::")?;
+        s.effects.writes.insert(key.to_owned(), value);
+        Ok(())
+    }
+
+    /// Keys starting with `prefix` as this invocation sees them (the store's,
+    /// with its own writes applied), sorted.
+    pub(crate) fn kv_list(&self, prefix: &str) -> Result<Vec<String>, HostError> {
+        let (host, deadline, script) = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            self.kv_begin(&mut s, "kv::")?;
+            (s.host.clone(), s.deadline, s.script.clone())
+        };
+        let (Some(host), Some(deadline)) = (host, deadline) else {
+            return Err(HostError::Failed("kv is not available here".into()));
+        };
+        let entries: Vec<(String, KvVersion)> = host
+            .kv_list(&script, prefix, deadline)
+            .map_err(HostError::Failed)?;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: std::collections::BTreeSet<String> =
+            entries.iter().map(|(k, _)| k.clone()).collect();
+        for (k, v) in &s.effects.writes {
+            if k.starts_with(prefix) {
+                match v {
+                    Some(_) => keys.insert(k.clone()),
+                    None => keys.remove(k),
+                };
+            }
+        }
+        if !s.effects.lists.iter().any(|l| l.prefix == prefix) {
+            s.effects.lists.push(ListRead {
+                prefix: prefix.to_owned(),
+                entries,
+            });
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Buffers an event; it is published when the invocation commits.
+    pub(crate) fn emit(&self, topic: String, payload: serde_json::Value) -> Result<(), HostError> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.module_init > 0 {
+            return Err(HostError::Failed(MODULE_INIT.replace("{}", "emit()")));
+        }
+        if s.effects.emits.len() as u64 >= u64::from(s.limits.max_emits) {
+            return Err(HostError::Limit(format!(
+                "emit limit of {} exceeded",
+                s.limits.max_emits
+            )));
+        }
+        s.effects.emits.push(Emit { topic, payload });
+        Ok(())
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .limits
+            .clone()
     }
 
     /// Brackets a module's top-level code (see `module_init`).

@@ -10,7 +10,7 @@
 //! - [`Sandbox::compile`] parses a script under the limits, running none of it.
 //! - [`Sandbox::run`] evaluates a cached [`AST`] with a fresh scope holding
 //!   `event` and `request`, and maps the program's value to a
-//!   [`ScriptResponse`] (see [`response`]).
+//!   [`picloud_core::ScriptResponse`] (see [`response`]).
 //!
 //! Architecture invariant: this crate knows nothing of NATS, Postgres or HTTP
 //! servers. It takes an invocation's inputs and returns its outcome.
@@ -18,6 +18,7 @@
 mod capture;
 pub mod host;
 pub mod http;
+mod kv;
 pub mod memory;
 pub mod modules;
 pub mod response;
@@ -25,7 +26,8 @@ pub mod response;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome, ScriptResponse};
+use picloud_core::effects::{Effects, KvEntry, KvVersion};
+use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome};
 pub use rhai::AST;
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
@@ -49,6 +51,8 @@ pub struct CompileError {
 
 /// What one invocation brings to [`Sandbox::run`].
 pub struct RunInput<'a> {
+    /// The script's name (its kv is scoped by it).
+    pub script: &'a str,
     pub event: &'a EventInput,
     pub request: Option<&'a HttpRequestInput>,
     /// Pinned modules and the sources the module cache lacks.
@@ -77,6 +81,29 @@ pub trait Host: Send + Sync {
             "outbound HTTP is not available here".into(),
         ))
     }
+
+    /// The stored entry of `script`'s `key`, `None` when absent; `Err`
+    /// (safe to show the script) when the store cannot be reached.
+    fn kv_get(
+        &self,
+        script: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<KvEntry>, String> {
+        let _ = (script, key, deadline);
+        Err("kv is not available here".into())
+    }
+
+    /// `script`'s keys starting with `prefix`, sorted, with their versions.
+    fn kv_list(
+        &self,
+        script: &str,
+        prefix: &str,
+        deadline: Instant,
+    ) -> Result<Vec<(String, KvVersion)>, String> {
+        let _ = (script, prefix, deadline);
+        Err("kv is not available here".into())
+    }
 }
 
 /// A host that lends nothing (compile checks, tests, benchmarks).
@@ -97,6 +124,9 @@ pub struct RunResult {
     pub log: String,
     /// The full error text, for the operator.
     pub error: Option<String>,
+    /// What a successful run asks to commit (kv writes, emits, and the reads
+    /// they depend on); always empty for a failed run.
+    pub effects: Effects,
 }
 
 pub struct Sandbox {
@@ -176,6 +206,7 @@ impl Sandbox {
         }
         response::register(&mut engine);
         http::register(&mut engine, &capture);
+        kv::register(&mut engine, &capture);
         host::register(&mut engine);
 
         let mut sandbox = Self {
@@ -249,6 +280,7 @@ impl Sandbox {
         input: RunInput<'_>,
     ) -> RunResult {
         let RunInput {
+            script,
             event,
             request,
             modules,
@@ -260,7 +292,7 @@ impl Sandbox {
         // The caller's deadline may come first (the job waited in a queue):
         // then it is the caller who gave up, not the script's limit.
         let caller_first = deadline < wall;
-        self.capture.begin(deadline.min(wall), limits, host);
+        self.capture.begin(script, deadline.min(wall), limits, host);
 
         let mut scope = Scope::new();
         scope.push_constant_dynamic("event", event_value(event));
@@ -268,10 +300,15 @@ impl Sandbox {
 
         let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         self.resolver.finish();
-        let (log, secrets) = self.capture.finish();
+        let (log, secrets, effects) = self.capture.finish();
         let mut result = match evaluated {
             Ok(value) => match response::from_value(value, limits) {
-                Ok(resp) => ok(resp, log),
+                Ok(resp) => RunResult {
+                    outcome: Outcome::Response(resp),
+                    log,
+                    error: None,
+                    effects,
+                },
                 Err(fail) => fail.into_result(log),
             },
             Err(err) => classify(*err, limits, caller_first).into_result(log),
@@ -293,14 +330,6 @@ fn no_sleep() -> Result<(), Box<EvalAltResult>> {
         rhai::Position::NONE,
     )
     .into())
-}
-
-fn ok(resp: ScriptResponse, log: String) -> RunResult {
-    RunResult {
-        outcome: Outcome::Response(resp),
-        log,
-        error: None,
-    }
 }
 
 /// The value returned by the progress callback when the clock runs out.
@@ -361,6 +390,7 @@ impl Failure {
             outcome,
             log,
             error: Some(self.detail),
+            effects: Effects::default(),
         }
     }
 }

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome};
 
 use super::*;
+use picloud_core::ScriptResponse;
 
 fn event() -> EventInput {
     EventInput::http(uuid_nil())
@@ -20,6 +21,7 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
         limits,
         Instant::now() + Duration::from_secs(30),
         RunInput {
+            script: "test",
             event: &event(),
             request,
             modules: ModuleSet::default(),
@@ -386,6 +388,7 @@ fn run_full(
     let ast = sb.compile(source, limits).expect("compiles");
     let deadline = Instant::now() + Duration::from_secs(30);
     let input = RunInput {
+        script: "test",
         event: &event(),
         request: None,
         modules,

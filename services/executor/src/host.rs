@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use picloud_bus::Bus;
 use picloud_core::Limits;
+use picloud_core::effects::{KvAnswer, KvEntry, KvGet, KvList, KvVersion};
 use picloud_egress::{CallLimits, Egress, OutboundRequest};
 use picloud_sandbox::{Host, HostError, HttpBody, HttpCall, HttpReply};
 use tokio::runtime::Handle;
 
 /// The longest one secret lookup may take, whatever the deadline.
 const SECRET_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest one kv read may take, whatever the deadline.
+const KV_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct BusHost {
     pub bus: Bus,
@@ -22,7 +25,58 @@ pub struct BusHost {
     pub runtime: Handle,
 }
 
+impl BusHost {
+    /// Asks a manager a kv question, by `deadline`.
+    fn kv_call<Q: serde::Serialize, T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        subject: String,
+        question: &Q,
+        deadline: Instant,
+    ) -> Result<T, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("the invocation's deadline has passed".into());
+        }
+        let answer = self.runtime.block_on(self.bus.call::<_, KvAnswer<T>>(
+            subject,
+            question,
+            left.min(KV_TIMEOUT),
+        ));
+        match answer {
+            Ok(KvAnswer::Ok(v)) => Ok(v),
+            Ok(KvAnswer::Err(e)) => Err(e),
+            Err(e) => Err(format!("kv is unavailable: {e}")),
+        }
+    }
+}
+
 impl Host for BusHost {
+    fn kv_get(
+        &self,
+        script: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<KvEntry>, String> {
+        let q = KvGet {
+            script: script.to_owned(),
+            key: key.to_owned(),
+        };
+        self.kv_call(self.bus.names().kv_get_subject(), &q, deadline)
+    }
+
+    fn kv_list(
+        &self,
+        script: &str,
+        prefix: &str,
+        deadline: Instant,
+    ) -> Result<Vec<(String, KvVersion)>, String> {
+        let q = KvList {
+            script: script.to_owned(),
+            prefix: prefix.to_owned(),
+        };
+        self.kv_call(self.bus.names().kv_list_subject(), &q, deadline)
+    }
+
     fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -6,8 +6,12 @@
 //! - [`cache`]: compiled ASTs per (script, version). Versions are immutable,
 //!   so a cached AST is never stale; a redeploy is a new key, fetched from the
 //!   bus on first use. No restart, no database.
-//! - [`serve`]: the loop that takes invocations from NATS, runs them and
-//!   replies.
+//! - [`serve`]: the loop that takes sync invocations from NATS, runs them
+//!   and replies.
+//! - [`jobs`]: the loop that pulls async jobs, runs them, commits, and acks,
+//!   retries or dead-letters them.
+//! - [`run`]: what both share (preparing a version, the record, the
+//!   run-and-commit loop that re-runs on a kv conflict).
 //! - [`records`]: batches invocation records onto the bus, off the hot path.
 //!
 //! Architecture invariant: the executor holds no database credentials; it
@@ -15,8 +19,10 @@
 
 pub mod cache;
 pub mod host;
+pub mod jobs;
 pub mod pool;
 pub mod records;
+pub mod run;
 pub mod serve;
 
 use std::sync::Arc;
@@ -67,9 +73,22 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
         executor_id: id.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
+    let server = Arc::new(server);
     let mut tasks = JoinSet::new();
     let incoming = bus.serve_invocations().await?;
-    tasks.spawn(server.run(incoming, shutdown.clone()));
+    tasks.spawn(serve::Server::run(
+        server.clone(),
+        incoming,
+        shutdown.clone(),
+    ));
+    tasks.spawn(jobs::run(
+        server,
+        jobs::JobSettings {
+            ack_wait: std::time::Duration::from_millis(config.job_ack_wait_ms),
+            config: config.clone(),
+        },
+        shutdown.clone(),
+    ));
     tasks.spawn(record_task);
     tracing::info!(executor = %id, workers, "executor started");
     let ready = picloud_http::ready_when("executor: NATS disconnected", move || bus.is_connected());

@@ -67,6 +67,14 @@ impl Pool {
         self.threads
     }
 
+    /// Queues `job`, or hands it back when the queue is full (for a caller
+    /// that would rather wait than refuse).
+    pub fn submit_or_return(&self, job: Job) -> Result<(), Job> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+        })
+    }
+
     /// Queues `job`, or fails at once when the queue is full.
     pub fn try_submit(&self, job: Job) -> Result<(), Saturated> {
         self.jobs.try_send(job).map_err(|e| match e {

@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use picloud_bus::{Bus, IncomingInvocation};
-use picloud_core::{InvocationRecord, InvocationReply, Outcome, Shutdown, now_unix_ms};
-use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunInput, RunResult, Sandbox};
+use picloud_core::{InvocationReply, Outcome, Shutdown, now_unix_ms};
+use picloud_sandbox::{Host, ModuleCache, RunResult, Sandbox};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::cache::{AstCache, Compiled};
+use crate::cache::AstCache;
 use crate::pool::Pool;
 use crate::records::Recorder;
+use crate::run::{self, RecordBase, Settled, plain};
 
 pub struct Server {
     pub bus: Bus,
@@ -48,10 +49,15 @@ struct Pending {
 
 impl Pending {
     /// Replies and records, from a worker thread.
-    fn complete_blocking(mut self, result: RunResult) {
+    fn complete_blocking(self, result: RunResult) {
+        self.settle_blocking(Settled::Plain(result));
+    }
+
+    /// Replies and records a run that may have committed, from a worker thread.
+    fn settle_blocking(mut self, settled: Settled) {
         if let Some(inv) = self.inv.take() {
             let server = self.server.clone();
-            let reply = server.record(&inv, result, self.started_at, self.started);
+            let reply = server.record(&inv, settled, self.started_at, self.started);
             if let Err(e) = server.runtime.block_on(server.bus.reply(&inv, &reply)) {
                 tracing::warn!(error = %e, invocation = %reply.id, "cannot reply");
             }
@@ -61,9 +67,9 @@ impl Pending {
     /// Replies and records, from a tokio task.
     async fn complete(mut self, result: RunResult) {
         if let Some(inv) = self.inv.take() {
-            let reply = self
-                .server
-                .record(&inv, result, self.started_at, self.started);
+            let reply =
+                self.server
+                    .record(&inv, Settled::Plain(result), self.started_at, self.started);
             if let Err(e) = self.server.bus.reply(&inv, &reply).await {
                 tracing::warn!(error = %e, invocation = %reply.id, "cannot reply");
             }
@@ -83,7 +89,7 @@ impl Drop for Pending {
                 saturated(),
                 "the job could not run (queue full or worker crashed)",
             );
-            let reply = server.record(&inv, result, started_at, started);
+            let reply = server.record(&inv, Settled::Plain(result), started_at, started);
             if let Err(e) = server.bus.reply(&inv, &reply).await {
                 tracing::warn!(error = %e, "cannot reply");
             }
@@ -93,11 +99,10 @@ impl Drop for Pending {
 
 impl Server {
     pub async fn run(
-        self,
+        this: Arc<Self>,
         incoming: impl Stream<Item = IncomingInvocation> + Send + 'static,
         shutdown: Shutdown,
     ) {
-        let this = Arc::new(self);
         // In flight at once: what the workers and their queue can hold. The
         // pool itself rejects beyond that; this also bounds the tasks that
         // are still fetching a version.
@@ -123,11 +128,12 @@ impl Server {
                     // Cached scripts are queued right here, with no extra
                     // task; a miss fetches from the bus in a task of its own.
                     let ready = pending.inv.as_ref().is_some_and(|i| {
-                        this.cache
-                            .get(&i.request.script, i.request.version)
-                            .is_some_and(|c| {
-                                c.modules.iter().all(|(m, v)| this.modules.contains(m, *v))
-                            })
+                        run::is_ready(
+                            &this.cache,
+                            &this.modules,
+                            &i.request.script,
+                            i.request.version,
+                        )
                     });
                     if ready {
                         this.dispatch(pending).await;
@@ -165,46 +171,69 @@ impl Server {
         .await;
     }
 
-    /// Builds the reply for `result` and records the invocation.
-    fn record(
+    /// What the record of `inv` starts with.
+    fn base(
         &self,
         inv: &IncomingInvocation,
-        result: RunResult,
         started_at: DateTime<Utc>,
         started: Instant,
-    ) -> InvocationReply {
+    ) -> RecordBase {
         let req = &inv.request;
-        let http_status = match &result.outcome {
-            Outcome::Response(r) => Some(r.status),
-            _ => None,
-        };
-        self.recorder.record(InvocationRecord {
+        RecordBase {
             id: req.id,
             script: req.script.clone(),
             version: req.version,
             trigger: req.event.kind,
-            status: result.outcome.status(),
-            http_status,
-            started_at,
-            duration_us: started.elapsed().as_micros() as u64,
-            log: result.log,
-            error: result.error,
-            executor: self.executor_id.clone(),
             trace_id: req.event.trace_id,
             attempt: 1,
             parent_id: None,
-            response: None,
             public: false,
-        });
+            executor: self.executor_id.clone(),
+            started_at,
+            started,
+        }
+    }
+
+    /// Records the invocation (unless a commit stored it) and builds the reply.
+    fn record(
+        &self,
+        inv: &IncomingInvocation,
+        settled: Settled,
+        started_at: DateTime<Utc>,
+        started: Instant,
+    ) -> InvocationReply {
+        let base = self.base(inv, started_at, started);
+        let result = match settled {
+            Settled::Plain(result) => {
+                self.recorder.record(base.record(&result));
+                result
+            }
+            Settled::Committed(result) => result,
+            Settled::NotCommitted(result, why) => {
+                // Nothing of it was applied: its caller must not see success.
+                let mut failed = plain(
+                    Outcome::Unavailable {
+                        message: match result.outcome {
+                            Outcome::Unavailable { message } => message,
+                            _ => "the invocation's changes could not be saved; retry".into(),
+                        },
+                    },
+                    format!("not committed: {why}"),
+                );
+                failed.log = result.log;
+                self.recorder.record(base.record(&failed));
+                failed
+            }
+        };
         InvocationReply {
-            id: req.id,
+            id: inv.request.id,
             outcome: result.outcome,
         }
     }
 
     /// Resolves the script and its modules, then queues the job (or answers
     /// at once when it cannot run).
-    async fn dispatch(&self, pending: Pending) {
+    async fn dispatch(self: &Arc<Self>, pending: Pending) {
         let Some(req) = pending.inv.as_ref().map(|i| &i.request) else {
             return;
         };
@@ -214,58 +243,20 @@ impl Server {
             return pending.complete(r).await;
         }
         let deadline = Instant::now() + Duration::from_millis(remaining_ms as u64);
-
-        let cached = self.cache.get(&req.script, req.version);
-        let source = match cached {
-            Some(_) => None,
-            None => match self.bus.get_version(&req.script, req.version).await {
-                Ok(Some(doc)) => Some(doc),
-                Ok(None) => {
-                    let detail =
-                        format!("version {} of {} not on the bus", req.version, req.script);
-                    let r = plain(
-                        Outcome::Unavailable {
-                            message: "this script version is no longer available".into(),
-                        },
-                        detail,
-                    );
-                    return pending.complete(r).await;
-                }
-                Err(e) => {
-                    let r = plain(
-                        Outcome::Unavailable {
-                            message: "the script could not be loaded".into(),
-                        },
-                        format!("cannot fetch version: {e}"),
-                    );
-                    return pending.complete(r).await;
-                }
-            },
-        };
-        let pinned = match (&cached, &source) {
-            (Some(c), _) => c.modules.clone(),
-            (None, Some(doc)) => doc.modules.clone(),
-            (None, None) => Default::default(),
-        };
-        let modules = if pinned.is_empty() {
-            ModuleSet::default()
-        } else {
-            match self.module_set(pinned).await {
-                Ok(set) => set,
-                Err(detail) => {
-                    let r = plain(
-                        Outcome::Unavailable {
-                            message: "a module of this script could not be loaded".into(),
-                        },
-                        detail,
-                    );
-                    return pending.complete(r).await;
-                }
-            }
+        let prepared = match run::prepare(
+            &self.bus,
+            &self.cache,
+            &self.modules,
+            &req.script,
+            req.version,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(r) => return pending.complete(r).await,
         };
 
-        let host = self.host.clone();
-        let cache = self.cache.clone();
+        let server = self.clone();
         let job = Box::new(move |sandbox: &mut Sandbox| {
             // It may have waited in the queue: a caller that has given up
             // gets no work done for it.
@@ -273,85 +264,39 @@ impl Server {
                 return pending
                     .complete_blocking(plain(Outcome::Expired, "deadline passed while queued"));
             }
-            let compiled = match (cached, source) {
-                (Some(c), _) => c,
-                (None, Some(doc)) => match sandbox.compile(&doc.source, &doc.limits) {
-                    Ok(ast) => {
-                        let c = Arc::new(Compiled {
-                            ast,
-                            limits: doc.limits,
-                            modules: doc.modules,
-                        });
-                        cache.insert(&doc.script, doc.version, c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        let r = plain(
-                            Outcome::ScriptError {
-                                message: "the script failed".into(),
-                            },
-                            format!("stored version does not compile: {e}"),
-                        );
-                        return pending.complete_blocking(r);
-                    }
-                },
-                (None, None) => unreachable!("either cached or fetched"),
+            let (compiled, modules) = match prepared.compile(sandbox, &server.cache) {
+                Ok(c) => c,
+                Err(r) => return pending.complete_blocking(r),
             };
-            let result = match pending.inv.as_ref() {
-                Some(inv) => sandbox.run(
-                    &compiled.ast,
-                    &compiled.limits,
+            let Some(inv) = pending.inv.as_ref() else {
+                return;
+            };
+            let base = server.base(inv, pending.started_at, pending.started);
+            let settled = run::run_committed(
+                sandbox,
+                &compiled,
+                modules,
+                &run::Invocation {
+                    script: &inv.request.script,
+                    event: &inv.request.event,
+                    request: inv.request.request.as_ref(),
                     deadline,
-                    RunInput {
-                        event: &inv.request.event,
-                        request: inv.request.request.as_ref(),
-                        modules,
-                        host,
-                    },
-                ),
-                None => return,
-            };
-            pending.complete_blocking(result);
+                    host: server.host.clone(),
+                },
+                &base,
+                &server.bus,
+                &server.runtime,
+            );
+            pending.settle_blocking(settled);
         });
         // On a full queue the job (and its `Pending`) is dropped, and the
         // guard answers "saturated".
         let _ = self.pool.try_submit(job);
-    }
-
-    /// The pinned modules, with the sources of those not yet evaluated here.
-    async fn module_set(
-        &self,
-        pinned: std::collections::BTreeMap<String, u32>,
-    ) -> Result<ModuleSet, String> {
-        let mut sources = std::collections::HashMap::new();
-        for (name, version) in &pinned {
-            if self.modules.contains(name, *version) {
-                continue;
-            }
-            match self.bus.get_module(name, *version).await {
-                Ok(Some(doc)) => {
-                    sources.insert(name.clone(), doc.source);
-                }
-                Ok(None) => {
-                    return Err(format!("module {name} version {version} is not on the bus"));
-                }
-                Err(e) => return Err(format!("cannot fetch module {name}: {e}")),
-            }
-        }
-        Ok(ModuleSet { pinned, sources })
     }
 }
 
 fn saturated() -> Outcome {
     Outcome::Unavailable {
         message: "the executor is saturated; retry later".into(),
-    }
-}
-
-fn plain(outcome: Outcome, error: impl Into<String>) -> RunResult {
-    RunResult {
-        outcome,
-        log: String::new(),
-        error: Some(error.into()),
     }
 }

@@ -121,6 +121,7 @@ fn run(
             &limits,
             deadline,
             RunInput {
+                script: "test",
                 event: &event(),
                 request: None,
                 modules,

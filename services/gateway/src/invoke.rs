@@ -12,6 +12,11 @@
 //!
 //! Every answer carries `x-picloud-invocation-id`, the key to the full
 //! record in the admin API.
+//!
+//! With `Prefer: respond-async` the call becomes a job: a manager records it
+//! (deduplicating on `Idempotency-Key` for 24 h) and makes it durable in
+//! JetStream, then the caller gets `202 {"invocation_id", "status_url"}` and
+//! `Location: /status/{id}` (public; the random id is its only key).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,10 +29,10 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use picloud_bus::{Bus, InvokeError};
+use picloud_bus::{Bus, CallError, InvokeError};
 use picloud_core::{
-    EventInput, HttpRequestInput, InvocationRequest, Outcome, ScriptName, ScriptResponse, Uuid,
-    now_unix_ms,
+    AsyncAnswer, AsyncSubmit, EventInput, HttpRequestInput, InvocationRequest, Job, Outcome,
+    ScriptName, ScriptResponse, Uuid, now_unix_ms,
 };
 use picloud_http::ApiError;
 
@@ -39,6 +44,8 @@ pub struct GatewayState {
     pub bus: Bus,
     pub routes: RouteTable,
     pub grace_ms: u64,
+    /// Attempts of an async HTTP job.
+    pub max_attempts: u32,
 }
 
 type Shared = Arc<GatewayState>;
@@ -77,24 +84,142 @@ async fn handle(
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     req: Request,
 ) -> Response {
-    let id = Uuid::now_v7();
+    let asynchronous = wants_async(req.headers());
+    // An async call's id is its status URL's only secret: fully random.
+    let id = if asynchronous {
+        Uuid::new_v4()
+    } else {
+        Uuid::now_v7()
+    };
     let answer = match query {
-        Ok(Query(query)) => invoke(&state, id, &name, rest, max_body, query, req).await,
+        Ok(Query(query)) => {
+            invoke(&state, id, asynchronous, &name, rest, max_body, query, req).await
+        }
         Err(e) => Err(ApiError::bad_request(format!(
             "invalid query string: {}",
             e.body_text()
         ))),
     };
     let mut resp = answer.unwrap_or_else(IntoResponse::into_response);
-    if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
+    if !resp.headers().contains_key(INVOCATION_HEADER)
+        && let Ok(v) = HeaderValue::from_str(&id.to_string())
+    {
         resp.headers_mut().insert(INVOCATION_HEADER, v);
     }
     resp
 }
 
+/// `Prefer: respond-async` (RFC 7240), among other preferences or alone.
+fn wants_async(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').any(|p| {
+                p.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("respond-async")
+            })
+        })
+    })
+}
+
+/// Longest `Idempotency-Key` accepted.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().ok().map(str::trim).filter(|k| {
+        !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        ))),
+    }
+}
+
+/// Hands the call to a manager, which answers once the job is durable in
+/// JetStream: 202 with the status URL.
+async fn submit_async(
+    state: &GatewayState,
+    id: Uuid,
+    route: picloud_bus::Route,
+    request: HttpRequestInput,
+    key: Option<String>,
+) -> Result<Response, ApiError> {
+    let job = Job {
+        id,
+        script: route.script,
+        event: EventInput::http(id),
+        request: Some(request),
+        parent_id: None,
+        subscription_id: None,
+        schedule_id: None,
+        max_attempts: state.max_attempts,
+        public: true,
+    };
+    let submit = AsyncSubmit {
+        job,
+        version: route.version,
+        idempotency_key: key,
+    };
+    let answer = state
+        .bus
+        .call::<_, AsyncAnswer>(
+            state.bus.names().async_submit_subject(),
+            &submit,
+            Duration::from_secs(10),
+        )
+        .await;
+    let (id, existing) = match answer {
+        Ok(AsyncAnswer::Accepted {
+            invocation_id,
+            existing,
+        }) => (invocation_id, existing),
+        Ok(AsyncAnswer::Refused { message }) => return Err(ApiError::unavailable(message)),
+        Err(CallError::TooLarge(n)) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request is too large to queue ({n} bytes with its envelope)"),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "async submission failed");
+            return Err(ApiError::unavailable(
+                "the job could not be queued right now; retry",
+            ));
+        }
+    };
+    let location = format!("/status/{id}");
+    let body = serde_json::json!({
+        "invocation_id": id,
+        "status_url": location,
+        "existing": existing,
+    });
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        ("location", location),
+        ("preference-applied", "respond-async".to_owned()),
+        (INVOCATION_HEADER, id.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn invoke(
     state: &GatewayState,
     id: Uuid,
+    asynchronous: bool,
     name: &str,
     rest: String,
     max_body: usize,
@@ -123,6 +248,10 @@ async fn invoke(
         headers: flatten_headers(&parts.headers),
         body,
     };
+    if asynchronous {
+        let key = idempotency_key(&parts.headers)?;
+        return submit_async(state, id, route, request, key).await;
+    }
     let wait = Duration::from_millis(route.wall_time_ms + state.grace_ms);
     let invocation = InvocationRequest {
         id,

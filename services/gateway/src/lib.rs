@@ -41,6 +41,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Gatewa
         bus: bus.clone(),
         routes,
         grace_ms: config.deadline_grace_ms,
+        max_attempts: config.max_attempts,
     });
     let ready = picloud_http::ready_when("gateway: NATS disconnected", move || bus.is_connected());
     Ok(Gateway {

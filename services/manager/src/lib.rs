@@ -7,6 +7,9 @@
 //!   Postgres (after every change, and once at start, with retries).
 //! - [`records`]: drains the invocation-record stream into Postgres in
 //!   batches.
+//! - [`effects`]: answers executors' kv reads, commits their invocations'
+//!   effects, stores dead letters, accepts async HTTP calls from gateways.
+//! - [`relay`]: publishes the outbox to JetStream, woken by LISTEN/NOTIFY.
 //! - [`secrets`]: encrypts secrets at rest and answers executors' requests
 //!   for them.
 //!
@@ -15,9 +18,11 @@
 
 pub mod api;
 pub mod compiler;
+pub mod effects;
 pub mod imports;
 pub mod publisher;
 pub mod records;
+pub mod relay;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -67,7 +72,15 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
     let mut tasks = JoinSet::new();
     tasks.spawn(publisher.clone().run(shutdown.clone()));
     publisher.request_sync();
-    tasks.spawn(records::run(store.clone(), bus.clone(), shutdown.clone()));
+    let retention = std::time::Duration::from_secs(config.invocation_retention_hours * 3600);
+    tasks.spawn(records::run(
+        store.clone(),
+        bus.clone(),
+        retention,
+        shutdown.clone(),
+    ));
+    tasks.spawn(effects::serve(store.clone(), bus.clone(), shutdown.clone()));
+    tasks.spawn(relay::run(store.clone(), bus.clone(), shutdown.clone()));
     tasks.spawn(secrets::serve(
         store.clone(),
         bus.clone(),

@@ -10,10 +10,15 @@ use picloud_bus::Bus;
 use picloud_core::Shutdown;
 use picloud_store::Store;
 
-pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
+/// Retention is enforced here, after a batch is stored, at most once a
+/// minute: records only grow when invocations run, so an idle installation
+/// does no pruning work (and no database transactions).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(store: Store, bus: Bus, retention: Duration, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match drain(&store, &bus, &shutdown).await {
+        match drain(&store, &bus, retention, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "invocation records consumer failed")
@@ -28,8 +33,14 @@ pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
 }
 
 /// Returns `Ok` on shutdown, `Err` when the consumer must be reopened.
-async fn drain(store: &Store, bus: &Bus, shutdown: &Shutdown) -> Result<(), String> {
+async fn drain(
+    store: &Store,
+    bus: &Bus,
+    retention: Duration,
+    shutdown: &Shutdown,
+) -> Result<(), String> {
     let mut consumer = bus.record_consumer().await.map_err(|e| e.to_string())?;
+    let mut pruned_at: Option<std::time::Instant> = None;
     loop {
         let batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -48,6 +59,14 @@ async fn drain(store: &Store, bus: &Bus, shutdown: &Shutdown) -> Result<(), Stri
             Ok(_) => {
                 if let Err(e) = batch.ack().await {
                     tracing::warn!(error = %e, "cannot ack invocation records; they will be redelivered");
+                }
+                if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(std::time::Instant::now());
+                    match store.prune(retention).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(deleted = n, "pruned old invocation records"),
+                        Err(e) => tracing::warn!(error = %e, "cannot prune invocation records"),
+                    }
                 }
             }
             Err(e) => {

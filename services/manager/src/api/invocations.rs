@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use picloud_core::{InvocationRecord, InvocationStatus, Uuid};
 use picloud_http::ApiError;
 use picloud_store::InvocationFilter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Shared, internal, script_name};
 
@@ -30,7 +30,7 @@ pub async fn list(
         .map(|s| {
             InvocationStatus::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "invalid status {s:?}: use ok, error, limit_exceeded, unavailable or expired"
+                    "invalid status {s:?}: use queued, ok, error, limit_exceeded, unavailable or expired"
                 ))
             })
         })
@@ -59,18 +59,107 @@ pub async fn list(
     ))
 }
 
+/// One invocation with the invocations it caused (the subscribers of its
+/// emits), each with theirs: an event chain reads as a tree.
+#[derive(Serialize)]
+pub struct InvocationTree {
+    #[serde(flatten)]
+    record: InvocationRecord,
+    children: Vec<InvocationTree>,
+}
+
+/// Deepest chain shown (a chain of emits can be as long as its scripts make
+/// it; the tree shown is cut here).
+const MAX_TREE_DEPTH: usize = 16;
+/// Most invocations shown in one tree.
+const MAX_TREE_NODES: usize = 1_000;
+
 pub async fn get(
     State(state): State<Shared>,
     Path(id): Path<String>,
-) -> Result<Json<InvocationRecord>, ApiError> {
-    let id: Uuid = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid invocation id {id:?}")))?;
-    state
+) -> Result<Json<InvocationTree>, ApiError> {
+    let id = parse_id(&id)?;
+    let record = state
         .store
         .get_invocation(id)
         .await
         .map_err(internal)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))
+        .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
+    // Breadth first, level by level, bounded in depth and size.
+    let mut levels: Vec<Vec<InvocationRecord>> = vec![vec![record]];
+    let mut nodes = 1;
+    while levels.len() < MAX_TREE_DEPTH && nodes < MAX_TREE_NODES {
+        let mut next = Vec::new();
+        for parent in levels.last().expect("at least the root") {
+            let children = state
+                .store
+                .invocation_children(parent.id)
+                .await
+                .map_err(internal)?;
+            nodes += children.len();
+            next.extend(children);
+            if nodes >= MAX_TREE_NODES {
+                break;
+            }
+        }
+        if next.is_empty() {
+            break;
+        }
+        levels.push(next);
+    }
+    // Assemble bottom-up.
+    let mut below: Vec<InvocationTree> = Vec::new();
+    while let Some(level) = levels.pop() {
+        let mut built = Vec::with_capacity(level.len());
+        for record in level {
+            let (mine, rest): (Vec<_>, Vec<_>) = below
+                .into_iter()
+                .partition(|t| t.record.parent_id == Some(record.id));
+            below = rest;
+            built.push(InvocationTree {
+                record,
+                children: mine,
+            });
+        }
+        below = built;
+    }
+    Ok(Json(below.pop().expect("the root")))
+}
+
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid id {id:?}")))
+}
+
+/// What the public status URL of an async HTTP call shows.
+#[derive(Serialize)]
+pub struct AsyncStatus {
+    invocation_id: Uuid,
+    status: InvocationStatus,
+    attempt: u32,
+    /// The script's response, once it succeeded.
+    response: Option<picloud_core::ScriptResponse>,
+}
+
+/// `GET /status/{id}`: public (the id is unguessable, and only async HTTP
+/// invocations are shown), no token.
+pub async fn public_status(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<AsyncStatus>, ApiError> {
+    let not_found = || ApiError::not_found("no such invocation");
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let record = state
+        .store
+        .get_invocation(id)
+        .await
+        .map_err(internal)?
+        .filter(|r| r.public)
+        .ok_or_else(not_found)?;
+    Ok(Json(AsyncStatus {
+        invocation_id: record.id,
+        status: record.status,
+        attempt: record.attempt,
+        response: record.response,
+    }))
 }

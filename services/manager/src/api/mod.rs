@@ -4,6 +4,7 @@ mod invocations;
 mod modules;
 mod scripts;
 mod secrets;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -53,11 +54,25 @@ pub fn router(state: Shared) -> Router {
         .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
+        .route(
+            "/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/subscriptions/{id}",
+            axum::routing::delete(subscriptions::delete),
+        )
+        .route("/dead-letters", get(subscriptions::dead_letters))
+        .route("/dead-letters/{id}/replay", post(subscriptions::replay))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state.clone());
+    // The status URL of an async HTTP call is public: its id is the secret.
+    let public = Router::new()
+        .route("/status/{id}", get(invocations::public_status))
         .with_state(state);
-    Router::new().nest("/api/v1", api)
+    Router::new().nest("/api/v1", api).merge(public)
 }
 
 async fn authorize(

@@ -1,0 +1,295 @@
+//! What the sync and async paths share: getting a script version ready to
+//! run, recording an invocation, and running a script whose effects must be
+//! committed (re-running it when a key it read changed meanwhile).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use picloud_bus::{Bus, CallError, VersionDoc};
+use picloud_core::{
+    Commit, CommitReply, EventInput, HttpRequestInput, InvocationRecord, Outcome, Trigger,
+};
+use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunInput, RunResult, Sandbox};
+use tokio::runtime::Handle;
+use uuid::Uuid;
+
+use crate::cache::{AstCache, Compiled};
+
+/// Re-runs after a conflicting commit before the invocation gives up (the
+/// async path then retries the job later; sync answers 503).
+pub const MAX_RERUNS: usize = 16;
+/// The longest a commit may take.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A script version on its way to a worker: its cached AST, or the source
+/// to compile there, and its modules.
+pub struct Prepared {
+    cached: Option<Arc<Compiled>>,
+    source: Option<VersionDoc>,
+    pub modules: ModuleSet,
+}
+
+/// Fetches what `script` version `version` needs that this executor lacks.
+/// `Err` is the result to report (the version or a module is unavailable).
+pub async fn prepare(
+    bus: &Bus,
+    cache: &AstCache,
+    module_cache: &ModuleCache,
+    script: &str,
+    version: u32,
+) -> Result<Prepared, RunResult> {
+    let cached = cache.get(script, version);
+    let source = match cached {
+        Some(_) => None,
+        None => match bus.get_version(script, version).await {
+            Ok(Some(doc)) => Some(doc),
+            Ok(None) => {
+                return Err(plain(
+                    Outcome::Unavailable {
+                        message: "this script version is no longer available".into(),
+                    },
+                    format!("version {version} of {script} not on the bus"),
+                ));
+            }
+            Err(e) => {
+                return Err(plain(
+                    Outcome::Unavailable {
+                        message: "the script could not be loaded".into(),
+                    },
+                    format!("cannot fetch version: {e}"),
+                ));
+            }
+        },
+    };
+    let pinned = match (&cached, &source) {
+        (Some(c), _) => c.modules.clone(),
+        (None, Some(doc)) => doc.modules.clone(),
+        (None, None) => Default::default(),
+    };
+    let modules = if pinned.is_empty() {
+        ModuleSet::default()
+    } else {
+        module_set(bus, module_cache, pinned)
+            .await
+            .map_err(|detail| {
+                plain(
+                    Outcome::Unavailable {
+                        message: "a module of this script could not be loaded".into(),
+                    },
+                    detail,
+                )
+            })?
+    };
+    Ok(Prepared {
+        cached,
+        source,
+        modules,
+    })
+}
+
+/// True when the version and its modules are all cached here (no fetch).
+pub fn is_ready(cache: &AstCache, modules: &ModuleCache, script: &str, version: u32) -> bool {
+    cache
+        .get(script, version)
+        .is_some_and(|c| c.modules.iter().all(|(m, v)| modules.contains(m, *v)))
+}
+
+impl Prepared {
+    /// On the worker: the compiled script (compiling and caching a fetched
+    /// source).
+    pub fn compile(
+        self,
+        sandbox: &mut Sandbox,
+        cache: &AstCache,
+    ) -> Result<(Arc<Compiled>, ModuleSet), RunResult> {
+        let compiled = match (self.cached, self.source) {
+            (Some(c), _) => c,
+            (None, Some(doc)) => match sandbox.compile(&doc.source, &doc.limits) {
+                Ok(ast) => {
+                    let c = Arc::new(Compiled {
+                        ast,
+                        limits: doc.limits,
+                        modules: doc.modules,
+                    });
+                    cache.insert(&doc.script, doc.version, c.clone());
+                    c
+                }
+                Err(e) => {
+                    return Err(plain(
+                        Outcome::ScriptError {
+                            message: "the script failed".into(),
+                        },
+                        format!("stored version does not compile: {e}"),
+                    ));
+                }
+            },
+            (None, None) => unreachable!("prepare yields a cached AST or a source"),
+        };
+        Ok((compiled, self.modules))
+    }
+}
+
+async fn module_set(
+    bus: &Bus,
+    cache: &ModuleCache,
+    pinned: BTreeMap<String, u32>,
+) -> Result<ModuleSet, String> {
+    let mut sources = std::collections::HashMap::new();
+    for (name, version) in &pinned {
+        if cache.contains(name, *version) {
+            continue;
+        }
+        match bus.get_module(name, *version).await {
+            Ok(Some(doc)) => {
+                sources.insert(name.clone(), doc.source);
+            }
+            Ok(None) => return Err(format!("module {name} version {version} is not on the bus")),
+            Err(e) => return Err(format!("cannot fetch module {name}: {e}")),
+        }
+    }
+    Ok(ModuleSet { pinned, sources })
+}
+
+/// The parts of an invocation record known before it runs.
+#[derive(Debug, Clone)]
+pub struct RecordBase {
+    pub id: Uuid,
+    pub script: String,
+    pub version: u32,
+    pub trigger: Trigger,
+    pub trace_id: Uuid,
+    pub attempt: u32,
+    pub parent_id: Option<Uuid>,
+    /// Async HTTP: the response is kept and the status URL may show it.
+    pub public: bool,
+    pub executor: String,
+    pub started_at: DateTime<Utc>,
+    pub started: Instant,
+}
+
+impl RecordBase {
+    pub fn record(&self, result: &RunResult) -> InvocationRecord {
+        let response = match &result.outcome {
+            Outcome::Response(r) => Some(r),
+            _ => None,
+        };
+        InvocationRecord {
+            id: self.id,
+            script: self.script.clone(),
+            version: self.version,
+            trigger: self.trigger,
+            status: result.outcome.status(),
+            http_status: response.map(|r| r.status),
+            started_at: self.started_at,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            log: result.log.clone(),
+            error: result.error.clone(),
+            executor: self.executor.clone(),
+            trace_id: self.trace_id,
+            attempt: self.attempt,
+            parent_id: self.parent_id,
+            response: if self.public { response.cloned() } else { None },
+            public: self.public,
+        }
+    }
+}
+
+/// How a run ended, commit included.
+pub enum Settled {
+    /// Nothing to commit (no kv, no emits), or the script failed.
+    Plain(RunResult),
+    /// Its effects and record are committed (now, or by an earlier delivery).
+    Committed(RunResult),
+    /// It succeeded but could not be committed (the reason): nothing of it
+    /// was applied.
+    NotCommitted(RunResult, String),
+}
+
+/// One invocation's inputs, for [`run_committed`].
+pub struct Invocation<'a> {
+    pub script: &'a str,
+    pub event: &'a EventInput,
+    pub request: Option<&'a HttpRequestInput>,
+    pub deadline: Instant,
+    pub host: Arc<dyn Host>,
+}
+
+/// Runs the script on this worker thread; when it succeeded with effects,
+/// commits them through a manager, re-running it (fresh reads) whenever the
+/// commit reports a conflict, at most [`MAX_RERUNS`] times.
+pub fn run_committed(
+    sandbox: &mut Sandbox,
+    compiled: &Compiled,
+    modules: ModuleSet,
+    inv: &Invocation<'_>,
+    base: &RecordBase,
+    bus: &Bus,
+    runtime: &Handle,
+) -> Settled {
+    for _ in 0..=MAX_RERUNS {
+        let result = sandbox.run(
+            &compiled.ast,
+            &compiled.limits,
+            inv.deadline,
+            RunInput {
+                script: inv.script,
+                event: inv.event,
+                request: inv.request,
+                modules: modules.clone(),
+                host: inv.host.clone(),
+            },
+        );
+        let must_commit = matches!(result.outcome, Outcome::Response(_))
+            && (result.effects.needs_commit() || base.public || base.trigger != Trigger::Http);
+        if !must_commit {
+            return Settled::Plain(result);
+        }
+        let commit = Commit {
+            record: base.record(&result),
+            effects: result.effects.clone(),
+        };
+        let reply = runtime.block_on(bus.call::<_, CommitReply>(
+            bus.names().commit_subject(),
+            &commit,
+            COMMIT_TIMEOUT,
+        ));
+        match reply {
+            Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
+                return Settled::Committed(result);
+            }
+            Ok(CommitReply::Conflict) => continue,
+            Ok(CommitReply::Failed { message }) => {
+                return Settled::NotCommitted(result, message);
+            }
+            Err(CallError::TooLarge(n)) => {
+                return Settled::NotCommitted(
+                    result,
+                    format!(
+                        "the invocation's effects and response ({n} bytes) exceed what the bus carries"
+                    ),
+                );
+            }
+            Err(e) => return Settled::NotCommitted(result, e.to_string()),
+        }
+    }
+    Settled::NotCommitted(
+        plain(
+            Outcome::Unavailable {
+                message: "too many concurrent updates to the same keys; retry".into(),
+            },
+            format!("kv commit conflicted {} times", MAX_RERUNS + 1),
+        ),
+        "kv contention".into(),
+    )
+}
+
+pub fn plain(outcome: Outcome, error: impl Into<String>) -> RunResult {
+    RunResult {
+        outcome,
+        log: String::new(),
+        error: Some(error.into()),
+        effects: Default::default(),
+    }
+}

@@ -1,0 +1,308 @@
+//! What executors and gateways ask managers over NATS (request/reply with
+//! the managers' queue group): kv reads, commits of successful invocations,
+//! dead letters, and async HTTP submissions.
+//!
+//! A commit applies an invocation's record, kv writes and emits in one
+//! transaction ([`Store::commit`]); its emits become outbox rows: one per
+//! event (for the event log) and one job per matching subscription, whose
+//! id is derived from (event id, subscription id). The relay publishes them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use picloud_bus::{Bus, Incoming};
+use picloud_core::effects::{KvAnswer, KvGet, KvList};
+use picloud_core::job::{emitted_event_id, event_job_id, topic_matches};
+use picloud_core::{
+    AsyncAnswer, AsyncSubmit, Commit, CommitReply, DeadLetter, EventInput, EventMessage,
+    InvocationRecord, InvocationStatus, Job, Shutdown, Trigger,
+};
+use picloud_store::{Committed, OutboxRow, Store, Submitted, SubscriptionRow};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+/// Requests served at once per kind (each holds a database connection for
+/// a moment).
+const CONCURRENCY: usize = 32;
+
+/// Serves every kind of request until `shutdown`.
+pub async fn serve(store: Store, bus: Bus, shutdown: Shutdown) {
+    let kv_get = {
+        let store = store.clone();
+        serve_kind(
+            bus.clone(),
+            bus.names().kv_get_subject(),
+            shutdown.clone(),
+            move |q: KvGet| {
+                let store = store.clone();
+                async move {
+                    match store.kv_get(&q.script, &q.key).await {
+                        Ok(entry) => KvAnswer::Ok(entry),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kv read failed");
+                            KvAnswer::Err("kv is unavailable right now".into())
+                        }
+                    }
+                }
+            },
+        )
+    };
+    let kv_list = {
+        let store = store.clone();
+        serve_kind(
+            bus.clone(),
+            bus.names().kv_list_subject(),
+            shutdown.clone(),
+            move |q: KvList| {
+                let store = store.clone();
+                async move {
+                    match store.kv_list(&q.script, &q.prefix).await {
+                        Ok(entries) => KvAnswer::Ok(entries),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kv list failed");
+                            KvAnswer::Err("kv is unavailable right now".into())
+                        }
+                    }
+                }
+            },
+        )
+    };
+    let commits = {
+        let store = store.clone();
+        serve_kind(
+            bus.clone(),
+            bus.names().commit_subject(),
+            shutdown.clone(),
+            move |c: Commit| {
+                let store = store.clone();
+                async move { commit(&store, c).await }
+            },
+        )
+    };
+    let dead_letters = {
+        let store = store.clone();
+        serve_kind(
+            bus.clone(),
+            bus.names().dead_letter_subject(),
+            shutdown.clone(),
+            move |d: DeadLetter| {
+                let store = store.clone();
+                async move {
+                    match store.insert_dead_letter(&d.record, &d.job, &d.error).await {
+                        Ok(()) => {
+                            tracing::info!(job = %d.job.id, script = %d.job.script, "job dead-lettered");
+                            CommitReply::Committed
+                        }
+                        Err(e) => CommitReply::Failed {
+                            message: e.to_string(),
+                        },
+                    }
+                }
+            },
+        )
+    };
+    let submits = {
+        let (store, b) = (store.clone(), bus.clone());
+        serve_kind(
+            bus.clone(),
+            bus.names().async_submit_subject(),
+            shutdown.clone(),
+            move |s: AsyncSubmit| {
+                let (store, bus) = (store.clone(), b.clone());
+                async move { submit(&store, &bus, s).await }
+            },
+        )
+    };
+    tokio::join!(kv_get, kv_list, commits, dead_letters, submits);
+}
+
+/// Subscribes to `subject` (resubscribing after errors) and answers each
+/// request with `handle`, up to [`CONCURRENCY`] at once.
+async fn serve_kind<Q, A, F, Fut>(bus: Bus, subject: String, shutdown: Shutdown, handle: F)
+where
+    Q: for<'de> serde::Deserialize<'de> + Send + Sync + 'static,
+    A: Serialize + Send + Sync + 'static,
+    F: Fn(Q) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let requests = match bus.serve::<Q>(subject.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, %subject, "cannot subscribe; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        if answer_all(&bus, requests, &shutdown, &handle, &limit).await {
+            return;
+        }
+    }
+}
+
+/// `true` on shutdown, `false` when the subscription ended.
+async fn answer_all<Q, A, F, Fut>(
+    bus: &Bus,
+    requests: impl Stream<Item = Incoming<Q>>,
+    shutdown: &Shutdown,
+    handle: &Arc<F>,
+    limit: &Arc<Semaphore>,
+) -> bool
+where
+    Q: Send + Sync + 'static,
+    A: Serialize + Send + Sync + 'static,
+    F: Fn(Q) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = A> + Send + 'static,
+{
+    let mut requests = std::pin::pin!(requests);
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.cancelled() => return true,
+            r = requests.next() => r,
+        };
+        let Some(mut req) = req else { return false };
+        let permit = limit.clone().acquire_owned().await.expect("never closed");
+        let (bus, handle) = (bus.clone(), handle.clone());
+        tokio::spawn(async move {
+            let body = req.take_body();
+            let answer = handle(body).await;
+            if let Err(e) = bus.answer(&req, &answer).await {
+                tracing::warn!(error = %e, "cannot answer a request");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn commit(store: &Store, c: Commit) -> CommitReply {
+    let rows = if c.effects.emits.is_empty() {
+        Vec::new()
+    } else {
+        match store.list_subscriptions(None).await {
+            Ok(subs) => outbox_rows(&c, &subs),
+            Err(e) => {
+                return CommitReply::Failed {
+                    message: e.to_string(),
+                };
+            }
+        }
+    };
+    match store.commit(&c.record, &c.effects, &rows).await {
+        Ok(Committed::Applied) => CommitReply::Committed,
+        Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
+        Ok(Committed::Conflict) => CommitReply::Conflict,
+        Err(e) => {
+            tracing::warn!(error = %e, "commit failed");
+            CommitReply::Failed {
+                message: e.to_string(),
+            }
+        }
+    }
+}
+
+/// The outbox rows of a commit's emits: each event, and one job per
+/// subscription whose pattern matches its topic.
+pub fn outbox_rows(c: &Commit, subscriptions: &[SubscriptionRow]) -> Vec<OutboxRow> {
+    let record = &c.record;
+    let now = chrono::Utc::now();
+    let mut rows = Vec::new();
+    for (i, emit) in c.effects.emits.iter().enumerate() {
+        let event_id = emitted_event_id(record.id, i);
+        rows.push(OutboxRow::event(&EventMessage {
+            id: event_id,
+            topic: emit.topic.clone(),
+            payload: emit.payload.clone(),
+            trace_id: record.trace_id,
+            source: record.id,
+            emitted_at: now,
+        }));
+        for sub in subscriptions
+            .iter()
+            .filter(|s| topic_matches(&s.topic, &emit.topic))
+        {
+            rows.push(OutboxRow::job(&Job {
+                id: event_job_id(event_id, sub.id),
+                script: sub.script.clone(),
+                event: EventInput {
+                    id: event_id,
+                    kind: Trigger::Event,
+                    topic: Some(emit.topic.clone()),
+                    payload: emit.payload.clone(),
+                    scheduled_at: None,
+                    attempt: 1,
+                    trace_id: record.trace_id,
+                },
+                request: None,
+                parent_id: Some(record.id),
+                subscription_id: Some(sub.id),
+                schedule_id: None,
+                max_attempts: sub.max_attempts,
+                public: false,
+            }));
+        }
+    }
+    rows
+}
+
+/// Accepts an async HTTP call: the idempotency key and the queued record in
+/// Postgres, the job durable in JetStream, both or neither.
+async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
+    let job = s.job;
+    let queued = InvocationRecord {
+        id: job.id,
+        script: job.script.clone(),
+        version: s.version,
+        trigger: Trigger::Http,
+        status: InvocationStatus::Queued,
+        http_status: None,
+        started_at: chrono::Utc::now(),
+        duration_us: 0,
+        log: String::new(),
+        error: None,
+        executor: String::new(),
+        trace_id: job.event.trace_id,
+        attempt: 1,
+        parent_id: None,
+        response: None,
+        public: true,
+    };
+    let msg_id = job.id.to_string();
+    let publish = async || {
+        bus.publish_job(&job, &msg_id)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match store
+        .submit_async(s.idempotency_key.as_deref(), &queued, publish)
+        .await
+    {
+        Ok(Ok(Submitted::New(id))) => AsyncAnswer::Accepted {
+            invocation_id: id,
+            existing: false,
+        },
+        Ok(Ok(Submitted::Existing(id))) => AsyncAnswer::Accepted {
+            invocation_id: id,
+            existing: true,
+        },
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot queue an async job");
+            AsyncAnswer::Refused {
+                message: "the job could not be queued; retry".into(),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot record an async job");
+            AsyncAnswer::Refused {
+                message: "the job could not be queued; retry".into(),
+            }
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The outbox relay: publishes outbox rows to JetStream with
+//! `Nats-Msg-Id` = row id and deletes them once stored.
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of
+//! managers relay side by side without publishing a row twice at once (and
+//! JetStream's dedup covers a crash between publish and delete). The relay
+//! sleeps on `LISTEN picloud_outbox` and is woken by commits; there is no
+//! periodic poll. After (re)connecting the listener it sweeps once, since
+//! notifications sent while it was away are lost.
+
+use std::time::Duration;
+
+use picloud_bus::Bus;
+use picloud_core::Shutdown;
+use picloud_store::{OutboxKind, OutboxRow, Store};
+
+/// Rows claimed (and published concurrently) per round.
+const BATCH: u32 = 256;
+
+pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match store.outbox_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay cannot listen");
+                if sleep_or_stop(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            // Publish everything pending (on start, after a reconnect, after
+            // a notification).
+            if !sweep(&store, &bus, &shutdown).await {
+                return;
+            }
+            let woke = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.try_recv() => n,
+            };
+            match woke {
+                Ok(Some(_)) => {}
+                // The connection dropped: listen again, then sweep.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Publishes until the outbox is empty. `false` on shutdown.
+async fn sweep(store: &Store, bus: &Bus, shutdown: &Shutdown) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match relay_batch(store, bus).await {
+            Ok(n) if n < BATCH as usize => return true,
+            Ok(_) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
+                if sleep_or_stop(shutdown, &mut backoff).await {
+                    return false;
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            return false;
+        }
+    }
+}
+
+/// Claims one batch, publishes it, deletes what JetStream stored. Returns
+/// how many rows were claimed; `Err` if any could not be published.
+async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
+    let claim = store.claim_outbox(BATCH).await.map_err(|e| e.to_string())?;
+    let claimed = claim.rows.len();
+    if claimed == 0 {
+        claim.finish(&[]).await.map_err(|e| e.to_string())?;
+        return Ok(0);
+    }
+    let mut acks = Vec::with_capacity(claimed);
+    let mut first_error = None;
+    for row in &claim.rows {
+        match bus
+            .publish_durable_start(subject(bus, row), &row.id.to_string(), payload(row))
+            .await
+        {
+            Ok(ack) => acks.push((row.id, ack)),
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+                break;
+            }
+        }
+    }
+    let mut published = Vec::with_capacity(acks.len());
+    for (id, ack) in acks {
+        match ack.await {
+            Ok(()) => published.push(id),
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    claim.finish(&published).await.map_err(|e| e.to_string())?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(claimed),
+    }
+}
+
+fn subject(bus: &Bus, row: &OutboxRow) -> String {
+    match row.kind {
+        OutboxKind::Job => bus.names().job_subject(&row.target),
+        OutboxKind::Event => bus.names().event_subject(&row.target),
+    }
+}
+
+fn payload(row: &OutboxRow) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(&row.payload).expect("JSON values serialise"))
+}
+
+/// Sleeps `backoff` (doubling it, up to 10 s). `true` on shutdown.
+async fn sleep_or_stop(shutdown: &Shutdown, backoff: &mut Duration) -> bool {
+    let stop = tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(Duration::from_secs(10));
+    stop
+}
