@@ -194,6 +194,14 @@ impl Store {
             return Ok(Some(false));
         }
         outbox::insert(&mut tx, &[OutboxRow::job_with_id(Uuid::new_v4(), &dl.job)]).await?;
+        // The replay counts its attempts from 1 again: let its records replace
+        // the dead one's.
+        sqlx::query(
+            "UPDATE invocations SET status = 'queued', attempt = 0 WHERE id = $1 AND status <> 'ok'",
+        )
+        .bind(dl.invocation_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)

@@ -72,6 +72,9 @@ impl TestEnv {
             // A key of its own: nothing is written to the data directory.
             secrets_key: Some(test_key(&id)),
             workers: 2,
+            // Failed jobs come back quickly in tests.
+            retry_base_ms: 50,
+            retry_max_ms: 1_000,
             ..Config::default()
         };
         Self {
@@ -146,7 +149,7 @@ impl TestEnv {
         {
             let js = async_nats::jetstream::new(client);
             let upper = self.config.prefix.to_ascii_uppercase();
-            for s in ["RECORDS"] {
+            for s in ["RECORDS", "JOBS", "EVENTS"] {
                 let _ = js.delete_stream(format!("{upper}_{s}")).await;
             }
             for b in ["ROUTES", "VERSIONS"] {
@@ -232,6 +235,23 @@ impl Client {
             req = req.json(&b);
         }
         req.send().await.expect("api request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Value {
+        let resp = self.api(reqwest::Method::POST, path, Some(body)).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        assert!(status.is_success(), "POST {path}: {status} {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    /// Subscribes `script` to `topic`; returns the subscription.
+    pub async fn subscribe(&self, script: &str, topic: &str, max_attempts: u32) -> Value {
+        self.post_json(
+            "/subscriptions",
+            serde_json::json!({ "script": script, "topic": topic, "max_attempts": max_attempts }),
+        )
+        .await
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
