@@ -152,7 +152,7 @@ async fn run_on_pool(
     .await
     {
         Ok(p) => p,
-        Err(r) => return Settled::Plain(r),
+        Err(r) => return Settled::Plain(*r),
     };
     let (tx, mut rx) = oneshot::channel::<Settled>();
     let mut event = job.event.clone();
@@ -164,7 +164,7 @@ async fn run_on_pool(
         let (compiled, modules) = match prepared.compile(sandbox, &worker_server.cache) {
             Ok(c) => c,
             Err(r) => {
-                let _ = tx.send(Settled::Plain(r));
+                let _ = tx.send(Settled::Plain(*r));
                 return;
             }
         };

@@ -39,27 +39,27 @@ pub async fn prepare(
     module_cache: &ModuleCache,
     script: &str,
     version: u32,
-) -> Result<Prepared, RunResult> {
+) -> Result<Prepared, Box<RunResult>> {
     let cached = cache.get(script, version);
     let source = match cached {
         Some(_) => None,
         None => match bus.get_version(script, version).await {
             Ok(Some(doc)) => Some(doc),
             Ok(None) => {
-                return Err(plain(
+                return Err(Box::new(plain(
                     Outcome::Unavailable {
                         message: "this script version is no longer available".into(),
                     },
                     format!("version {version} of {script} not on the bus"),
-                ));
+                )));
             }
             Err(e) => {
-                return Err(plain(
+                return Err(Box::new(plain(
                     Outcome::Unavailable {
                         message: "the script could not be loaded".into(),
                     },
                     format!("cannot fetch version: {e}"),
-                ));
+                )));
             }
         },
     };
@@ -103,7 +103,7 @@ impl Prepared {
         self,
         sandbox: &mut Sandbox,
         cache: &AstCache,
-    ) -> Result<(Arc<Compiled>, ModuleSet), RunResult> {
+    ) -> Result<(Arc<Compiled>, ModuleSet), Box<RunResult>> {
         let compiled = match (self.cached, self.source) {
             (Some(c), _) => c,
             (None, Some(doc)) => match sandbox.compile(&doc.source, &doc.limits) {
@@ -117,12 +117,12 @@ impl Prepared {
                     c
                 }
                 Err(e) => {
-                    return Err(plain(
+                    return Err(Box::new(plain(
                         Outcome::ScriptError {
                             message: "the script failed".into(),
                         },
                         format!("stored version does not compile: {e}"),
-                    ));
+                    )));
                 }
             },
             (None, None) => unreachable!("prepare yields a cached AST or a source"),

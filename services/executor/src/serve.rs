@@ -253,7 +253,7 @@ impl Server {
         .await
         {
             Ok(p) => p,
-            Err(r) => return pending.complete(r).await,
+            Err(r) => return pending.complete(*r).await,
         };
 
         let server = self.clone();
@@ -266,7 +266,7 @@ impl Server {
             }
             let (compiled, modules) = match prepared.compile(sandbox, &server.cache) {
                 Ok(c) => c,
-                Err(r) => return pending.complete_blocking(r),
+                Err(r) => return pending.complete_blocking(*r),
             };
             let Some(inv) = pending.inv.as_ref() else {
                 return;
