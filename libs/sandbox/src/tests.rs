@@ -279,7 +279,19 @@ fn host_api() {
 
 #[test]
 fn results_nested_too_deep_are_refused_not_overflowed() {
-    let r = on_worker_stack(|| run("let a = []; for i in 0..5000 { a = [a]; } a"));
+    // Building 5,000 levels copies O(n²) elements: slow in a debug build on
+    // a loaded machine, so the clock is not what this test is about.
+    let patient = Limits {
+        wall_time_ms: 60_000,
+        ..Limits::default()
+    };
+    let r = on_worker_stack(move || {
+        run_with(
+            "let a = []; for i in 0..5000 { a = [a]; } a",
+            &patient,
+            None,
+        )
+    });
     assert!(
         r.error
             .as_deref()
@@ -288,8 +300,16 @@ fn results_nested_too_deep_are_refused_not_overflowed() {
         "{:?}",
         r.error
     );
-    let r = on_worker_stack(|| {
-        run("let a = #{}; for i in 0..5000 { a = #{ a: a }; } json::stringify(a)")
+    let patient = Limits {
+        wall_time_ms: 60_000,
+        ..Limits::default()
+    };
+    let r = on_worker_stack(move || {
+        run_with(
+            "let a = #{}; for i in 0..5000 { a = #{ a: a }; } json::stringify(a)",
+            &patient,
+            None,
+        )
     });
     assert!(
         matches!(r.outcome, Outcome::ScriptError { .. }),
