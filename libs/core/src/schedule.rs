@@ -44,11 +44,22 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::invocation::{EventInput, Trigger};
+use crate::job::{Job, cron_event_id};
 
 /// How far behind its oldest due instant a scheduler may be and still fire
 /// every instant in order. Beyond it, the instants count as missed (every
 /// scheduler was down) and the catch-up policy applies.
 pub const MISFIRE_GRACE: TimeDelta = TimeDelta::seconds(10);
+
+/// How long past its script's wall-time limit a firing counts as running
+/// (for `overlap: skip`) while no final invocation record has come back:
+/// time for the relay, a wait in the job queue and the record's way back.
+/// After that the firing is presumed lost (a dead executor), so it cannot
+/// block the schedule.
+pub const RUNNING_GRACE: TimeDelta = TimeDelta::seconds(30);
 
 /// Longest accepted expression or zone name.
 const MAX_TEXT_LEN: usize = 200;
@@ -231,6 +242,32 @@ impl CronSchedule {
             }
         };
         Plan { fire, next, reason }
+    }
+}
+
+/// The job of `schedule` firing for `instant`. Its id (the invocation id),
+/// its event id and its trace id are all [`cron_event_id`], so an instant
+/// written twice is one job. `event.payload` is `{"schedule_id": ...}`.
+pub fn firing_job(schedule: Uuid, script: &str, instant: DateTime<Utc>, max_attempts: u32) -> Job {
+    let id = cron_event_id(schedule, instant);
+    Job {
+        id,
+        script: script.to_owned(),
+        event: EventInput {
+            id,
+            kind: Trigger::Cron,
+            topic: None,
+            payload: serde_json::json!({ "schedule_id": schedule }),
+            scheduled_at: Some(instant),
+            attempt: 1,
+            trace_id: id,
+        },
+        request: None,
+        parent_id: None,
+        subscription_id: None,
+        schedule_id: Some(schedule),
+        max_attempts: max_attempts.max(1),
+        public: false,
     }
 }
 

@@ -12,12 +12,15 @@
 //! - [`kv`]: per-script state and the commit of an invocation's effects.
 //! - [`jobs`]: subscriptions, dead letters, async HTTP submissions.
 //! - [`outbox`]: messages a committed transaction owes NATS.
+//! - [`schedules`]: cron schedules, and the claim that fires them exactly
+//!   once across managers.
 
 pub mod invocations;
 pub mod jobs;
 pub mod kv;
 pub mod modules;
 pub mod outbox;
+pub mod schedules;
 pub mod scripts;
 pub mod secrets;
 
@@ -30,6 +33,7 @@ pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
 pub use outbox::{OutboxKind, OutboxRow};
+pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
 pub use scripts::{ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
 

@@ -10,6 +10,8 @@
 //! - [`effects`]: answers executors' kv reads, commits their invocations'
 //!   effects, stores dead letters, accepts async HTTP calls from gateways.
 //! - [`relay`]: publishes the outbox to JetStream, woken by LISTEN/NOTIFY.
+//! - [`scheduler`]: fires due cron schedules into the outbox, exactly once
+//!   across managers; sleeps until the next instant or a change.
 //! - [`secrets`]: encrypts secrets at rest and answers executors' requests
 //!   for them.
 //!
@@ -23,6 +25,7 @@ pub mod imports;
 pub mod publisher;
 pub mod records;
 pub mod relay;
+pub mod scheduler;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -81,6 +84,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
     ));
     tasks.spawn(effects::serve(store.clone(), bus.clone(), shutdown.clone()));
     tasks.spawn(relay::run(store.clone(), bus.clone(), shutdown.clone()));
+    tasks.spawn(scheduler::run(store.clone(), shutdown.clone()));
     tasks.spawn(secrets::serve(
         store.clone(),
         bus.clone(),
@@ -96,6 +100,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
         limits: config.limits.clone(),
         max_limits: config.max_limits.clone(),
         max_source_bytes: config.max_source_bytes,
+        max_attempts: config.max_attempts,
         secrets: secret_box,
     });
     let ready: ReadyCheck = {

@@ -2,6 +2,7 @@
 
 mod invocations;
 mod modules;
+mod schedules;
 mod scripts;
 mod secrets;
 mod subscriptions;
@@ -29,6 +30,8 @@ pub struct AppState {
     pub limits: Limits,
     pub max_limits: Limits,
     pub max_source_bytes: usize,
+    /// Attempts of a schedule's firing when it does not set its own.
+    pub max_attempts: u32,
     pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
@@ -52,6 +55,13 @@ pub fn router(state: Shared) -> Router {
         .route("/modules/{name}", get(modules::get).put(modules::deploy))
         .route("/secrets", get(secrets::list))
         .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
+        .route("/schedules", get(schedules::list).post(schedules::create))
+        .route(
+            "/schedules/{id}",
+            get(schedules::get)
+                .patch(schedules::patch)
+                .delete(schedules::delete),
+        )
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
         .route(

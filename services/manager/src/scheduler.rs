@@ -1,0 +1,211 @@
+//! The cron scheduler: fires due schedules through the outbox.
+//!
+//! Every manager runs one; [`Store::fire_due_schedules`] makes each instant
+//! fire exactly once however many run. A scheduler sleeps until the
+//! earliest `next_fire_at` or a change notification (`LISTEN
+//! picloud_schedules`), whichever comes first, and sweeps once whenever its
+//! listener (re)connects, since notifications sent meanwhile are lost.
+//! There is no fixed tick: with nothing due it makes no database round trip.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use picloud_core::Shutdown;
+use picloud_core::schedule::PlanReason;
+use picloud_store::Store;
+use picloud_store::schedules::{Action, Handled, Sweep};
+use tokio::sync::Notify;
+
+/// Schedules claimed per transaction.
+const BATCH: u32 = 100;
+
+/// When another scheduler holds due rows (it is firing them right now), look
+/// again after this long: it normally commits within milliseconds, and if it
+/// died, its rows unlock and are ours.
+const HELD_RETRY: Duration = Duration::from_millis(250);
+
+/// The longest single sleep. Waiting is measured on the monotonic clock,
+/// which stops while a machine is suspended and does not follow wall-clock
+/// steps; waking at least this often to re-read the wall clock (no database
+/// round trip) bounds how late that can make a firing.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+pub async fn run(store: Store, shutdown: Shutdown) {
+    let wake = Arc::new(Notify::new());
+    let listener = tokio::spawn(listen(store.clone(), wake.clone(), shutdown.clone()));
+    let mut backoff = Backoff::default();
+    // The listener's first connection wakes the first sweep, so no change
+    // can fall between a sweep and the start of listening.
+    let mut until: Option<DateTime<Utc>> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = sleep_until(until) => {}
+        }
+        until = match sweep(&store).await {
+            Ok(next) => {
+                backoff.reset();
+                next
+            }
+            Err(e) => {
+                let retry = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?retry, "scheduler sweep failed");
+                Some(Utc::now() + retry)
+            }
+        };
+    }
+    let _ = listener.await;
+}
+
+/// Claims until nothing more is due for this scheduler; returns when to
+/// look next (`None`: only on a notification).
+async fn sweep(store: &Store) -> Result<Option<DateTime<Utc>>, picloud_store::StoreError> {
+    loop {
+        let now = Utc::now();
+        let Sweep {
+            handled,
+            again,
+            next_due,
+        } = store.fire_due_schedules(now, BATCH).await?;
+        for h in &handled {
+            log(h, now);
+        }
+        if again {
+            continue;
+        }
+        return Ok(next_due.map(|next| if next <= now { now + HELD_RETRY } else { next }));
+    }
+}
+
+fn log(h: &Handled, now: DateTime<Utc>) {
+    let (id, script) = (h.schedule_id, h.script.as_str());
+    match &h.action {
+        Action::Fired {
+            instant,
+            invocation_id,
+            reason,
+        } => tracing::info!(
+            schedule = %id,
+            script,
+            scheduled_at = %instant.to_rfc3339(),
+            invocation = %invocation_id,
+            late_ms = (now - *instant).num_milliseconds(),
+            ?reason,
+            "schedule fired"
+        ),
+        // A long-running script on a short schedule overlaps every time.
+        Action::Passed {
+            reason: PlanReason::Overlapping,
+        } => tracing::debug!(schedule = %id, script, "previous firing still runs; passed over"),
+        Action::Passed { reason } => {
+            tracing::info!(schedule = %id, script, ?reason, "schedule passed over due instants")
+        }
+        Action::ScriptMissing { instant } => tracing::warn!(
+            schedule = %id,
+            script,
+            scheduled_at = %instant.to_rfc3339(),
+            "schedule did not fire: its script is deleted"
+        ),
+        Action::Broken { error } => tracing::error!(
+            schedule = %id,
+            script,
+            %error,
+            "schedule stopped: its stored expression no longer parses; edit it"
+        ),
+    }
+}
+
+/// Wakes the scheduler on every notification, and once after every
+/// (re)connection.
+async fn listen(store: Store, wake: Arc<Notify>, shutdown: Shutdown) {
+    let mut backoff = Backoff::default();
+    loop {
+        let mut listener = match store.schedule_listener().await {
+            Ok(l) => l,
+            Err(e) => {
+                let retry = backoff.next();
+                tracing::warn!(error = %e, retry_in = ?retry, "scheduler cannot listen");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(retry) => continue,
+                }
+            }
+        };
+        backoff.reset();
+        wake.notify_one();
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.try_recv() => r,
+            };
+            match received {
+                Ok(Some(_)) => wake.notify_one(),
+                // Lost and reconnected (sqlx listens again): sweep.
+                Ok(None) => wake.notify_one(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler listener lost; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until the wall clock reaches `until` (forever for `None`).
+async fn sleep_until(until: Option<DateTime<Utc>>) {
+    let Some(until) = until else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(left) = (until - Utc::now()).to_std() else {
+            return;
+        };
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left.min(MAX_SLEEP)).await;
+    }
+}
+
+/// 200 ms, doubling, at most 10 s.
+#[derive(Default)]
+struct Backoff(Option<Duration>);
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let d = self.0.map_or(Duration::from_millis(200), |d| {
+            (d * 2).min(Duration::from_secs(10))
+        });
+        self.0 = Some(d);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_seconds_and_resets() {
+        let mut b = Backoff::default();
+        let seq: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
+        assert_eq!(seq, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        b.reset();
+        assert_eq!(b.next(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sleep_until_waits_for_the_wall_clock() {
+        // Past and present instants return at once; `None` never does.
+        sleep_until(Some(Utc::now() - chrono::TimeDelta::seconds(1))).await;
+        sleep_until(Some(Utc::now())).await;
+        let never = tokio::time::timeout(Duration::from_secs(3600), sleep_until(None)).await;
+        assert!(never.is_err());
+    }
+}

@@ -1,0 +1,203 @@
+//! Cron across processes: three `picloud manager` processes on one
+//! database, an every-second schedule for 15 s → every instant fires
+//! exactly once (each claim is logged by the manager that made it), and the
+//! script runs once per instant with `event.kind == "cron"`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use picloud_core::Uuid;
+use picloud_core::job::cron_event_id;
+use picloud_testkit::{Client, TestEnv, eventually, free_port};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A manager process; SIGTERM on drop, so a failing test leaves none behind.
+struct ManagerProcess {
+    child: Child,
+    base: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ManagerProcess {
+    fn spawn(env: &TestEnv) -> Self {
+        let port = free_port();
+        let config = &env.config;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_picloud"))
+            .arg("manager")
+            .env_remove("PICLOUD_CONFIG")
+            .env(
+                "PICLOUD_DATABASE_URL",
+                config.database_url.as_deref().unwrap(),
+            )
+            .env("PICLOUD_NATS_URL", config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_ADMIN_TOKEN", &env.token)
+            .env("PICLOUD_PREFIX", &config.prefix)
+            .env(
+                "PICLOUD_SECRETS_KEY",
+                config.secrets_key.as_deref().unwrap(),
+            )
+            .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn,picloud_manager::scheduler=info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("picloud manager starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    /// The instants this manager fired for `schedule`.
+    fn fired(&self, schedule: &str) -> Vec<DateTime<Utc>> {
+        let needle = format!("schedule={schedule} ");
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("schedule fired") && l.contains(&needle))
+            .map(|l| {
+                let at = l
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("scheduled_at="))
+                    .unwrap_or_else(|| panic!("no scheduled_at in {l}"));
+                DateTime::parse_from_rfc3339(at)
+                    .unwrap_or_else(|e| panic!("{at}: {e}"))
+                    .with_timezone(&Utc)
+            })
+            .collect()
+    }
+}
+
+impl Drop for ManagerProcess {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child, which we have not reaped yet.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+async fn ready(base: &str) -> bool {
+    let url = format!("{base}/readyz");
+    eventually(Duration::from_secs(60), || async {
+        let resp = reqwest::get(&url).await.ok()?;
+        (resp.status() == StatusCode::OK).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+#[tokio::test]
+async fn three_managers_fire_every_instant_exactly_once() {
+    let mut env = TestEnv::new().await;
+    let managers: Vec<ManagerProcess> = (0..3).map(|_| ManagerProcess::spawn(&env)).collect();
+    for m in &managers {
+        assert!(ready(&m.base).await, "manager at {} never ready", m.base);
+    }
+    let executor = env.start_executor().await;
+    let clients: Vec<Client> = managers
+        .iter()
+        .map(|m| Client::new(&m.base, &env.token))
+        .collect();
+    let resp = clients[0]
+        .deploy("tick", r#"log(`${event.kind} ${event.scheduled_at}`); ()"#)
+        .await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+
+    let resp = clients[1]
+        .api(
+            Method::POST,
+            "/schedules",
+            Some(json!({"script": "tick", "cron": "* * * * * *"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let created: Value = resp.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let schedule: Uuid = id.parse().unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let resp = clients[2]
+        .api(Method::DELETE, &format!("/schedules/{id}"), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let deleted_at = Utc::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Every claim, from every manager's log.
+    let mut per_manager = Vec::new();
+    let mut all = Vec::new();
+    for m in &managers {
+        let fired = m.fired(&id);
+        per_manager.push(fired.len());
+        all.extend(fired);
+    }
+    all.sort();
+    eprintln!("firings per manager: {per_manager:?}");
+    let distinct: BTreeSet<_> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "an instant fired twice: {all:?}");
+    assert!(all.len() >= 13, "too few firings in 15 s: {all:?}");
+    for pair in all.windows(2) {
+        assert_eq!(pair[1] - pair[0], TimeDelta::seconds(1), "a gap: {all:?}");
+    }
+    assert!(*all.last().unwrap() <= deleted_at, "fired after its delete");
+
+    // The script ran once per instant, as a cron invocation whose id is
+    // derived from (schedule, instant).
+    let want: BTreeMap<Uuid, DateTime<Utc>> = all
+        .iter()
+        .map(|&t| (cron_event_id(schedule, t), t))
+        .collect();
+    let records = eventually(Duration::from_secs(30), || async {
+        let v = clients[0]
+            .get_json("/invocations?script=tick&limit=1000")
+            .await;
+        let list = v.as_array().unwrap().clone();
+        (list.len() >= want.len()).then_some(list)
+    })
+    .await
+    .unwrap_or_else(|| panic!("fewer than {} invocation records", want.len()));
+    let mut lateness_ms = Vec::new();
+    let mut seen = BTreeSet::new();
+    for r in &records {
+        let rid: Uuid = r["id"].as_str().unwrap().parse().unwrap();
+        let at = want
+            .get(&rid)
+            .unwrap_or_else(|| panic!("an invocation no firing explains: {r}"));
+        assert!(seen.insert(rid));
+        assert_eq!(r["trigger"], "cron", "{r}");
+        assert_eq!(r["status"], "ok", "{r}");
+        let log = r["log"].as_str().unwrap();
+        assert!(log.starts_with("cron "), "{log}");
+        let started = DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
+        lateness_ms.push((started.with_timezone(&Utc) - *at).num_milliseconds());
+    }
+    assert_eq!(seen.len(), want.len());
+    lateness_ms.sort_unstable();
+    eprintln!(
+        "lateness (scheduled instant → script start), ms: p50 {} p99 {} max {}",
+        lateness_ms[lateness_ms.len() / 2],
+        lateness_ms[(lateness_ms.len() * 99).div_ceil(100) - 1],
+        lateness_ms.last().unwrap()
+    );
+
+    executor.stop().await;
+    drop(managers);
+    env.cleanup().await;
+}
