@@ -118,12 +118,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Drops every subscription of a deleted script.
-    pub async fn delete_subscriptions_of(&self, script: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM subscriptions WHERE script = $1")
-            .bind(script)
-            .execute(&self.pool)
-            .await?;
+    /// Drops what hangs off a deleted script, in one transaction: its
+    /// subscriptions, its schedules and its kv (a script deployed later
+    /// under the same name starts with none of them).
+    pub async fn forget_script(&self, script: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["subscriptions", "schedules", "kv"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE script = $1"))
+                .bind(script)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -94,15 +94,6 @@ impl Store {
             .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
             .collect()
     }
-
-    /// Forgets a deleted script's kv.
-    pub async fn kv_delete_all(&self, script: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM kv WHERE script = $1")
-            .bind(script)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
 }
 
 async fn list(

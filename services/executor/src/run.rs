@@ -170,23 +170,36 @@ pub struct RecordBase {
 }
 
 impl RecordBase {
+    /// The record of `result` (copying; see [`into_record`](Self::into_record)).
     pub fn record(&self, result: &RunResult) -> InvocationRecord {
-        let response = match &result.outcome {
+        self.clone()
+            .into_record(&result.outcome, result.log.clone(), result.error.clone())
+    }
+
+    /// The record of a run that ended with `outcome`, taking the parts it
+    /// owns (the hot path allocates nothing more).
+    pub fn into_record(
+        self,
+        outcome: &Outcome,
+        log: String,
+        error: Option<String>,
+    ) -> InvocationRecord {
+        let response = match outcome {
             Outcome::Response(r) => Some(r),
             _ => None,
         };
         InvocationRecord {
             id: self.id,
-            script: self.script.clone(),
+            script: self.script,
             version: self.version,
             trigger: self.trigger,
-            status: result.outcome.status(),
+            status: outcome.status(),
             http_status: response.map(|r| r.status),
             started_at: self.started_at,
             duration_us: self.started.elapsed().as_micros() as u64,
-            log: result.log.clone(),
-            error: result.error.clone(),
-            executor: self.executor.clone(),
+            log,
+            error,
+            executor: self.executor,
             trace_id: self.trace_id,
             attempt: self.attempt,
             parent_id: self.parent_id,

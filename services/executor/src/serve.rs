@@ -203,12 +203,17 @@ impl Server {
         started: Instant,
     ) -> InvocationReply {
         let base = self.base(inv, started_at, started);
-        let result = match settled {
-            Settled::Plain(result) => {
-                self.recorder.record(base.record(&result));
-                result
+        let outcome = match settled {
+            Settled::Plain(RunResult {
+                outcome,
+                log,
+                error,
+                ..
+            }) => {
+                self.recorder.record(base.into_record(&outcome, log, error));
+                outcome
             }
-            Settled::Committed(result) => result,
+            Settled::Committed(result) => result.outcome,
             Settled::NotCommitted(result, why) => {
                 // Nothing of it was applied: its caller must not see success.
                 let mut failed = plain(
@@ -222,12 +227,12 @@ impl Server {
                 );
                 failed.log = result.log;
                 self.recorder.record(base.record(&failed));
-                failed
+                failed.outcome
             }
         };
         InvocationReply {
             id: inv.request.id,
-            outcome: result.outcome,
+            outcome,
         }
     }
 

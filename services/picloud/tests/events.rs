@@ -454,5 +454,10 @@ async fn subscriptions_api_validates() {
         )
         .await;
     assert_eq!(del.status(), StatusCode::NOT_FOUND);
+    // Deleting a script takes its subscriptions with it.
+    c.subscribe("s", "b", 1).await;
+    let gone = c.api(reqwest::Method::DELETE, "/scripts/s", None).await;
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT);
+    assert_eq!(c.get_json("/subscriptions").await, json!([]));
     env.cleanup().await;
 }

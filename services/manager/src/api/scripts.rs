@@ -170,16 +170,10 @@ pub async fn delete(
         .await
         .map_err(internal)?
         .ok_or_else(|| no_script(name.as_str()))?;
-    // Its subscriptions and state go with it (a script deployed later under
-    // the same name starts empty).
+    // Its subscriptions, schedules and state go with it.
     state
         .store
-        .delete_subscriptions_of(name.as_str())
-        .await
-        .map_err(internal)?;
-    state
-        .store
-        .kv_delete_all(name.as_str())
+        .forget_script(name.as_str())
         .await
         .map_err(internal)?;
     if let Err(e) = state
