@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/run.sh: PiCloud's sync path against its baselines, and redeploy latency.
+# bench/run.sh: PiCloud's sync path against its baselines, redeploy latency,
+# emit latency and async job throughput.
 #
 #   bash bench/run.sh
 #
@@ -213,6 +214,11 @@ curl -sf --max-time 30 -X PUT "$BASE/api/v1/scripts/hello" \
     -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
     -d '{"source": "\"Hello, world!\""}' >/dev/null || die "deploy failed"
 wait_body "$BASE/fn/hello" "Hello, world!" 30 || die "/fn/hello does not answer"
+# The same answer after one kv write: every call commits through a manager.
+curl -sf --max-time 30 -X PUT "$BASE/api/v1/scripts/hello-kv" \
+    -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    -d '{"source": "kv::set(\"last\", now_ms()); \"Hello, world!\""}' >/dev/null || die "deploy failed"
+wait_body "$BASE/fn/hello-kv" "Hello, world!" 30 || die "/fn/hello-kv does not answer"
 
 # ---- NATS for the baselines ---------------------------------------------
 
@@ -248,12 +254,13 @@ JS_PORT=$(free_port)
     >"$WORK/pipe-js.log" 2>&1 &
 PIDS+=("$!:baseline-pipe-jetstream:10")
 
-NAMES=(axum pipe-core pipe-js picloud)
+NAMES=(axum pipe-core pipe-js picloud picloud-kv)
 declare -A URL=(
     [axum]="http://127.0.0.1:$AXUM_PORT/"
     [pipe-core]="http://127.0.0.1:$CORE_PORT/"
     [pipe-js]="http://127.0.0.1:$JS_PORT/"
     [picloud]="$BASE/fn/hello"
+    [picloud-kv]="$BASE/fn/hello-kv"
 )
 for name in "${NAMES[@]}"; do
     wait_body "${URL[$name]}" "Hello, world!" 30 || die "$name does not answer at ${URL[$name]}"
@@ -313,6 +320,12 @@ done
 wait_quiet
 log "redeploy latency (n=$REDEPLOYS); load $(loadavg)"
 "$BIN/redeploy-latency" --base "$BASE" --token "$TOKEN" --n "$REDEPLOYS" | tee "$WORK/redeploy.txt"
+
+# ---- events and async jobs ----------------------------------------------
+
+wait_quiet
+log "emit latency and async jobs (events-bench); load $(loadavg)"
+"$BIN/events-bench" --base "$BASE" --token "$TOKEN" | tee "$WORK/events.txt"
 REDEPLOY_LOAD=$(loadavg)
 
 # ---- optional profile ----------------------------------------------------
@@ -405,10 +418,15 @@ awk -F'\t' -v rounds="$ROUNDS" '
         printf "  PiCloud / pipe-core:    req/s c64 = %s, p50 c1 = %s\n", ratio(R[pc64], R[cc64]), ratio(P[pc1], P[cc1])
         printf "  pipe-js / pipe-core:    req/s c64 = %s, p50 c1 = %s\n", ratio(R[jc64], R[cc64]), ratio(P[jc1], P[cc1])
         printf "  PiCloud / axum:         req/s c64 = %s\n", ratio(R[pc64], R[ac64])
+        kc64 = "picloud-kv" SUBSEP 64; kc1 = "picloud-kv" SUBSEP 1
+        printf "  PiCloud+kv / PiCloud:   req/s c64 = %s, p50 c1 = %s\n", ratio(R[kc64], R[pc64]), ratio(P[kc1], P[pc1])
     }' "$RESULTS"
 echo
 echo "Redeploy (goal: p50 <= 50 ms, max < 100 ms), load $REDEPLOY_LOAD after:"
 grep -v '^RESULT' "$WORK/redeploy.txt" | sed 's/^/  /'
+echo
+echo "Events and async jobs (events-bench):"
+sed 's/^/  /' "$WORK/events.txt"
 if [[ -n ${PROFILES:-} ]]; then
     echo
     echo "CPU per request at c64 (perf record -a; thread names: tokio-rt-worker = the"
