@@ -4,8 +4,9 @@
 //! Every job ends in exactly one of:
 //! - **ack**: it succeeded and its record (and effects) are committed;
 //! - **retry**: it failed an attempt below its `max_attempts`, or could not
-//!   be committed (manager or database down, kv contention): NAK with an
-//!   exponential delay, never an immediate redelivery;
+//!   be committed (manager or database down, kv contention), or failed
+//!   after a kv read the store could not answer (see [`JobHost`]): NAK
+//!   with a delay, never an immediate redelivery;
 //! - **terminate**: it failed its last attempt and the dead letter is
 //!   stored (if storing fails, it is retried instead: nothing is dropped).
 //!
@@ -14,13 +15,16 @@
 //! its effects still apply once (the commit is keyed by the invocation id).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures::StreamExt;
 use picloud_bus::IncomingJob;
-use picloud_core::{CommitReply, Config, DeadLetter, Outcome, Shutdown};
-use picloud_sandbox::{RunResult, Sandbox};
+use picloud_core::{
+    CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
+};
+use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::run::{self, RecordBase, Settled, plain};
@@ -160,6 +164,10 @@ async fn run_on_pool(
     let request = job.request.clone();
     let script = job.script.clone();
     let worker_server = server.clone();
+    let host = Arc::new(JobHost {
+        inner: server.host.clone(),
+        kv_failed: AtomicBool::new(false),
+    });
     let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
         let (compiled, modules) = match prepared.compile(sandbox, &worker_server.cache) {
             Ok(c) => c,
@@ -182,12 +190,21 @@ async fn run_on_pool(
                 event: &event,
                 request: request.as_ref(),
                 deadline,
-                host: worker_server.host.clone(),
+                host: host.clone(),
             },
             &base,
             &worker_server.bus,
             &worker_server.runtime,
         );
+        let settled = match settled {
+            Settled::Plain(r)
+                if !matches!(r.outcome, Outcome::Response(_))
+                    && host.kv_failed.load(Ordering::Relaxed) =>
+            {
+                Settled::NotCommitted(r, "kv was unavailable".into())
+            }
+            other => other,
+        };
         let _ = tx.send(settled);
     });
     let progress_every = settings.ack_wait / 3;
@@ -304,6 +321,59 @@ async fn dead_letter(
             server.recorder.record(letter.record);
             log_settle(incoming.retry(settings.config.retry_delay(1)).await, "nak");
         }
+    }
+}
+
+/// The executor's host, lent to one job, noting whether the store failed
+/// to answer a kv read (a manager or its database is down: the only reason
+/// `Host::kv_get`/`kv_list` fail). A run that fails after that is not the
+/// script's fault: it is retried like an uncommitted run, whatever its
+/// attempt, instead of spending its attempts during the outage and ending
+/// as a dead letter although the event was acknowledged.
+struct JobHost {
+    inner: Arc<dyn Host>,
+    kv_failed: AtomicBool,
+}
+
+impl JobHost {
+    fn note<T>(&self, r: Result<T, String>) -> Result<T, String> {
+        if r.is_err() {
+            self.kv_failed.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl Host for JobHost {
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
+        self.inner.secret(name, deadline)
+    }
+
+    fn http(
+        &self,
+        call: HttpCall,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<HttpReply, HostError> {
+        self.inner.http(call, limits, deadline)
+    }
+
+    fn kv_get(
+        &self,
+        script: &str,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<KvEntry>, String> {
+        self.note(self.inner.kv_get(script, key, deadline))
+    }
+
+    fn kv_list(
+        &self,
+        script: &str,
+        prefix: &str,
+        deadline: Instant,
+    ) -> Result<Vec<(String, KvVersion)>, String> {
+        self.note(self.inner.kv_list(script, prefix, deadline))
     }
 }
 
