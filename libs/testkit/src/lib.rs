@@ -6,12 +6,16 @@
 //! Postgres) and `PICLOUD_TEST_NATS_URL` (default: the local NATS). Tests
 //! therefore run in parallel without meeting. Roles run in-process on
 //! loopback ports; [`TestEnv::cleanup`] drops the database and the streams.
+//! Tests that stop or kill servers use [`TestEnv::on`] with the private
+//! servers of [`servers`].
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use picloud_core::{Config, Shutdown};
 use serde_json::Value;
+
+pub mod servers;
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -52,6 +56,13 @@ impl TestEnv {
             .unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
         let nats_url =
             std::env::var("PICLOUD_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.into());
+        Self::on(&admin_url, &nats_url).await
+    }
+
+    /// An env on the given servers: `admin_url` is a Postgres database from
+    /// which the test's own database is created.
+    pub async fn on(admin_url: &str, nats_url: &str) -> Self {
+        let (admin_url, nats_url) = (admin_url.to_owned(), nats_url.to_owned());
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("picloud_test_{}", &id[..16]);
         let admin = sqlx::PgPool::connect(&admin_url)
