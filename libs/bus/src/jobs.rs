@@ -169,12 +169,12 @@ impl<T> Incoming<T> {
     }
 }
 
-/// Why a request to the managers got no answer.
+/// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("no manager is available")]
-    NoManager,
-    #[error("the manager did not answer in time")]
+    #[error("no one serves this request (is a manager running?)")]
+    NoResponders,
+    #[error("no answer in time")]
     TimedOut,
     #[error("the request is larger than the bus accepts ({0} bytes)")]
     TooLarge(usize),
@@ -233,7 +233,9 @@ impl crate::Bus {
         job_messages(&self.js, &self.names, ack_wait, batch).await
     }
 
-    /// Asks a manager on `subject` and decodes its answer.
+    /// Asks whoever serves `subject` (a manager, or an executor for
+    /// invocations) and decodes the answer. No responders is an immediate
+    /// error, not a timeout.
     pub async fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(
         &self,
         subject: String,
@@ -250,7 +252,7 @@ impl crate::Bus {
         match self.client.send_request(subject.clone(), request).await {
             Ok(msg) => Ok(decode(&subject, &msg.payload)?),
             Err(e) => Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => CallError::NoManager,
+                async_nats::RequestErrorKind::NoResponders => CallError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => CallError::TimedOut,
                 _ => CallError::Bus(BusError::Nats {
                     what: "request",

@@ -343,24 +343,12 @@ impl Bus {
         timeout: Duration,
     ) -> Result<InvocationReply, InvokeError> {
         let subject = self.names.invoke_subject(&req.script);
-        let payload = encode(req);
-        if payload.len() > self.max_payload() {
-            return Err(InvokeError::TooLarge(payload.len()));
-        }
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .timeout(Some(timeout));
-        match self.client.send_request(subject.clone(), request).await {
-            Ok(msg) => Ok(decode(&subject, &msg.payload)?),
-            Err(e) => Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => InvokeError::NoExecutor,
-                async_nats::RequestErrorKind::TimedOut => InvokeError::TimedOut,
-                _ => InvokeError::Bus(BusError::Nats {
-                    what: "request",
-                    source: e.into(),
-                }),
-            }),
-        }
+        self.call(subject, req, timeout).await.map_err(|e| match e {
+            CallError::NoResponders => InvokeError::NoExecutor,
+            CallError::TimedOut => InvokeError::TimedOut,
+            CallError::TooLarge(n) => InvokeError::TooLarge(n),
+            CallError::Bus(e) => InvokeError::Bus(e),
+        })
     }
 
     /// Joins the executors' queue group: each invocation reaches exactly one
@@ -426,28 +414,21 @@ impl Bus {
         name: &str,
         timeout: Duration,
     ) -> Result<Option<String>, String> {
-        let request = async_nats::Request::new()
-            .payload(encode(&SecretAsk {
-                name: name.to_owned(),
-            }))
-            .timeout(Some(timeout));
-        let subject = self.names.secrets_subject();
-        match self.client.send_request(subject.clone(), request).await {
-            Ok(msg) => {
-                let answer: SecretAnswer = decode(&subject, &msg.payload)
-                    .map_err(|_| "malformed secret answer".to_string())?;
-                match answer.error {
-                    Some(e) => Err(e),
-                    None => Ok(answer.value),
-                }
-            }
-            Err(e) => Err(match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => {
-                    "no manager is available to serve secrets".into()
-                }
-                async_nats::RequestErrorKind::TimedOut => "timed out fetching the secret".into(),
+        let ask = SecretAsk {
+            name: name.to_owned(),
+        };
+        let answer: SecretAnswer = self
+            .call(self.names.secrets_subject(), &ask, timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::NoResponders => "no manager is available to serve secrets".to_string(),
+                CallError::TimedOut => "timed out fetching the secret".into(),
+                CallError::Bus(BusError::Decode { .. }) => "malformed secret answer".into(),
                 _ => "the message bus is unavailable".into(),
-            }),
+            })?;
+        match answer.error {
+            Some(e) => Err(e),
+            None => Ok(answer.value),
         }
     }
 
