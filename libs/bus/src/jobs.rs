@@ -95,65 +95,81 @@ impl IncomingJob {
     }
 }
 
-/// The durable consumer every executor pulls from.
-pub(crate) async fn job_messages(
-    js: &jetstream::Context,
-    names: &Names,
-    ack_wait: Duration,
-    batch: usize,
-) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
-    let stream = js
-        .get_stream(names.jobs_stream())
-        .await
-        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait,
-                // Attempts are counted by the executor (a job's own
-                // max_attempts), which terminates the message at the end.
-                max_deliver: -1,
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| BusError::js("jobs consumer")(e.into()))?;
-    let messages = consumer
-        .stream()
-        // Only what this executor can start soon: a job pulled here waits
-        // here, and its ack wait runs while it does.
-        .max_messages_per_batch(batch.max(1))
-        .expires(Duration::from_secs(30))
-        .heartbeat(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| BusError::js("jobs messages")(e.into()))?;
-    Ok(messages.filter_map(|m| async move {
-        let message = match m {
-            Ok(m) => m,
-            Err(e) => return Some(Err(BusError::js("jobs messages")(e.into()))),
-        };
-        let attempt = message
-            .info()
-            .map(|i| i.delivered.clamp(1, u32::MAX as i64) as u32)
-            .unwrap_or(1);
-        match decode::<Job>(&message.subject, &message.payload) {
-            Ok(job) => Some(Ok(IncomingJob {
-                job,
-                attempt,
-                message,
-            })),
-            Err(e) => {
-                tracing::warn!(error = %e, "terminating a malformed job");
-                let _ = message.ack_with(AckKind::Term).await;
-                None
+/// The durable consumer every executor pulls from. An executor asks for
+/// exactly as many jobs as it has free slots ([`JobConsumer::pull`]), so a
+/// job is never held unstarted in a client buffer while its ack wait runs.
+pub struct JobConsumer {
+    consumer: jetstream::consumer::PullConsumer,
+}
+
+impl JobConsumer {
+    pub(crate) async fn open(
+        js: &jetstream::Context,
+        names: &Names,
+        ack_wait: Duration,
+    ) -> Result<Self, BusError> {
+        let stream = js
+            .get_stream(names.jobs_stream())
+            .await
+            .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+        let consumer = stream
+            .get_or_create_consumer(
+                CONSUMER,
+                pull::Config {
+                    durable_name: Some(CONSUMER.into()),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ack_wait,
+                    // Attempts are counted by the executor (a job's own
+                    // max_attempts), which terminates the message at the end.
+                    max_deliver: -1,
+                    max_ack_pending: 20_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| BusError::js("jobs consumer")(e.into()))?;
+        Ok(Self { consumer })
+    }
+
+    /// Up to `n` jobs, each yielded as it arrives; the stream ends once `n`
+    /// have come or after `wait` (a long poll: an idle executor sends one
+    /// pull request per `wait`).
+    pub async fn pull(
+        &self,
+        n: usize,
+        wait: Duration,
+    ) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(n.max(1))
+            .expires(wait)
+            .messages()
+            .await
+            .map_err(|e| BusError::js("jobs pull")(e.into()))?;
+        Ok(batch.filter_map(|m| async move {
+            let message = match m {
+                Ok(m) => m,
+                Err(e) => return Some(Err(BusError::js("jobs pull")(e))),
+            };
+            let attempt = message
+                .info()
+                .map(|i| i.delivered.clamp(1, u32::MAX as i64) as u32)
+                .unwrap_or(1);
+            match decode::<Job>(&message.subject, &message.payload) {
+                Ok(job) => Some(Ok(IncomingJob {
+                    job,
+                    attempt,
+                    message,
+                })),
+                Err(e) => {
+                    tracing::warn!(error = %e, "terminating a malformed job");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    None
+                }
             }
-        }
-    }))
+        }))
+    }
 }
 
 /// A request a manager serves, with where to answer.
@@ -223,14 +239,9 @@ impl crate::Bus {
             .await
     }
 
-    /// The executors' shared job consumer; `batch` bounds what one executor
-    /// holds at a time.
-    pub async fn jobs(
-        &self,
-        ack_wait: Duration,
-        batch: usize,
-    ) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
-        job_messages(&self.js, &self.names, ack_wait, batch).await
+    /// The executors' shared job consumer.
+    pub async fn jobs(&self, ack_wait: Duration) -> Result<JobConsumer, BusError> {
+        JobConsumer::open(&self.js, &self.names, ack_wait).await
     }
 
     /// Asks whoever serves `subject` (a manager, or an executor for

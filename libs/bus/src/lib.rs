@@ -32,7 +32,7 @@ use futures::{Stream, StreamExt};
 use picloud_core::{InvocationReply, InvocationRequest, Limits};
 use serde::{Deserialize, Serialize};
 
-pub use jobs::{CallError, Incoming, IncomingJob};
+pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use names::Names;
 pub use records::{RecordBatch, RecordConsumer};
 

@@ -3,10 +3,12 @@
 //!
 //! Every job ends in exactly one of:
 //! - **ack**: it succeeded and its record (and effects) are committed;
-//! - **retry**: it failed an attempt below its `max_attempts`, or could not
-//!   be committed (manager or database down, kv contention), or failed
-//!   after a kv read the store could not answer (see [`JobHost`]): NAK
-//!   with a delay, never an immediate redelivery;
+//! - **retry**: it failed an attempt below its `max_attempts`: NAK with an
+//!   exponential delay, never an immediate redelivery. A run that could not
+//!   be committed (manager or database down, kv contention), or that failed
+//!   after a kv read the store could not answer (see [`JobHost`]), is not a
+//!   failed attempt: the executor keeps the job (progress acks) and runs it
+//!   again after a growing pause, handing it back only on shutdown;
 //! - **terminate**: it failed its last attempt and the dead letter is
 //!   stored (if storing fails, it is retried instead: nothing is dropped).
 //!
@@ -37,7 +39,12 @@ const DEAD_LETTER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct JobSettings {
     pub ack_wait: Duration,
     pub config: Config,
+    /// Ends the wait of a job held through an outage.
+    pub shutdown: Shutdown,
 }
+
+/// How long one pull waits for jobs (a long poll).
+const PULL_WAIT: Duration = Duration::from_secs(30);
 
 /// Pulls and runs jobs until `shutdown`; then lets running jobs finish.
 pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown) {
@@ -46,8 +53,8 @@ pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown)
     let settings = Arc::new(settings);
     let mut backoff = Duration::from_millis(200);
     'outer: loop {
-        let jobs = match server.bus.jobs(settings.ack_wait, slots).await {
-            Ok(j) => j,
+        let consumer = match server.bus.jobs(settings.ack_wait).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the job consumer");
                 tokio::select! {
@@ -58,37 +65,61 @@ pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown)
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
-        let mut jobs = Box::pin(jobs);
         loop {
-            // Take a job only with a free slot: a pulled job waits here, and
-            // its ack wait runs meanwhile.
-            let permit = tokio::select! {
+            // Ask for exactly as many jobs as there are free slots (at least
+            // one): a job pulled is a job started, so none waits here while
+            // its ack wait runs.
+            let first = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 p = in_flight.clone().acquire_owned() => p.expect("never closed"),
             };
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                n = jobs.next() => n,
-            };
-            match next {
-                Some(Ok(job)) => {
-                    let (server, settings) = (server.clone(), settings.clone());
-                    tokio::spawn(async move {
-                        handle(server, settings, job).await;
-                        drop(permit);
-                    });
-                }
-                // Missed heartbeats and the like: the stream recovers.
-                Some(Err(e)) => tracing::debug!(error = %e, "job consumer hiccup"),
-                None => {
-                    tracing::warn!("job consumer ended; reopening");
+            let mut permits = vec![first];
+            while let Ok(p) = in_flight.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let jobs = match consumer.pull(permits.len(), PULL_WAIT).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot pull jobs");
+                    drop(permits);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue 'outer;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            let mut jobs = std::pin::pin!(jobs);
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => break 'outer,
+                    n = jobs.next() => n,
+                };
+                match next {
+                    Some(Ok(job)) => {
+                        let Some(permit) = permits.pop() else {
+                            // More than asked for cannot come; be safe.
+                            tracing::warn!("a pull delivered more jobs than requested");
+                            let _ = job.retry(Duration::from_millis(100)).await;
+                            continue;
+                        };
+                        let (server, settings) = (server.clone(), settings.clone());
+                        tokio::spawn(async move {
+                            handle(server, settings, job).await;
+                            drop(permit);
+                        });
+                    }
+                    // Missed heartbeats and the like: the next pull recovers.
+                    Some(Err(e)) => tracing::debug!(error = %e, "job pull hiccup"),
+                    None => break,
                 }
             }
         }
     }
-    // Unstarted jobs we hold are not acked: they return after the ack wait.
+    // A pull cut short by shutdown may leave jobs unstarted: they return
+    // after the ack wait.
     let _ = tokio::time::timeout(
         Duration::from_secs(70),
         in_flight.acquire_many(slots as u32),
@@ -113,28 +144,82 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
         started_at,
         started,
     };
-    let settled = match server.bus.get_route(&job.script).await {
-        Ok(Some(route)) => {
-            base.version = route.version;
-            run_on_pool(&server, &settings, &incoming, base.clone()).await
-        }
-        Ok(None) => Settled::Plain(plain(
-            Outcome::ScriptError {
-                message: "the script does not exist".into(),
-            },
-            format!("script {} is not deployed", job.script),
-        )),
-        Err(e) => Settled::NotCommitted(
-            plain(
-                Outcome::Unavailable {
-                    message: "the script could not be loaded".into(),
+    // A run that could not be committed (a manager, the database or the bus
+    // is unavailable; kv contention) is not the script's fault. The job is
+    // kept here and run again after a pause, with progress acks meanwhile,
+    // so its delivery count (its attempt) counts only the script's own
+    // failures and real redeliveries. Only shutdown hands it back.
+    let mut pause = settings.config.retry_delay(1);
+    let settled = loop {
+        let settled = match server.bus.get_route(&job.script).await {
+            Ok(Some(route)) => {
+                base.version = route.version;
+                run_on_pool(&server, &settings, &incoming, base.clone()).await
+            }
+            Ok(None) => Settled::Plain(plain(
+                Outcome::ScriptError {
+                    message: "the script does not exist".into(),
                 },
-                format!("cannot read the route: {e}"),
+                format!("script {} is not deployed", job.script),
+            )),
+            Err(e) => Settled::NotCommitted(
+                plain(
+                    Outcome::Unavailable {
+                        message: "the script could not be loaded".into(),
+                    },
+                    format!("cannot read the route: {e}"),
+                ),
+                e.to_string(),
             ),
-            e.to_string(),
-        ),
+        };
+        let Settled::NotCommitted(result, why) = settled else {
+            break settled;
+        };
+        tracing::info!(job = %job.id, reason = %why, retry_in = ?pause, "job not committed; running it again");
+        let failed = uncommitted(result, &why);
+        server.recorder.record(base.record(&failed));
+        if !hold(&settings, &incoming, pause).await {
+            break Settled::NotCommitted(failed, why);
+        }
+        pause = (pause * 2).min(Duration::from_millis(
+            settings
+                .config
+                .retry_max_ms
+                .max(settings.config.retry_base_ms),
+        ));
     };
     settle(&server, &settings, &incoming, &base, settled).await;
+}
+
+/// Waits `pause` holding the job (progress acks keep it ours). `false` when
+/// the executor is shutting down.
+async fn hold(settings: &JobSettings, incoming: &IncomingJob, pause: Duration) -> bool {
+    let until = tokio::time::Instant::now() + pause;
+    let every = settings.ack_wait / 3;
+    loop {
+        let next = (tokio::time::Instant::now() + every).min(until);
+        tokio::select! {
+            _ = settings.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+        if tokio::time::Instant::now() >= until {
+            return true;
+        }
+        if let Err(e) = incoming.progress().await {
+            tracing::debug!(error = %e, "cannot send job progress");
+        }
+    }
+}
+
+/// The record of a run that could not be committed: nothing of it applied.
+fn uncommitted(mut result: RunResult, why: &str) -> RunResult {
+    result.error = Some(format!("not committed: {why}"));
+    if !matches!(result.outcome, Outcome::Unavailable { .. }) {
+        result.outcome = Outcome::Unavailable {
+            message: "the invocation's changes could not be saved".into(),
+        };
+    }
+    result
 }
 
 /// Runs the job on a worker (waiting for room rather than refusing), with
@@ -255,17 +340,9 @@ async fn settle(
             log_settle(incoming.ack().await, "ack");
             return;
         }
-        Settled::NotCommitted(result, why) => {
-            // Not the script's fault: try again soon, whatever the attempt.
-            tracing::info!(job = %job.id, reason = %why, "job not committed; retrying");
-            let mut failed = result;
-            failed.error = Some(format!("not committed: {why}"));
-            if !matches!(failed.outcome, Outcome::Unavailable { .. }) {
-                failed.outcome = Outcome::Unavailable {
-                    message: "the invocation's changes could not be saved".into(),
-                };
-            }
-            server.recorder.record(base.record(&failed));
+        Settled::NotCommitted(..) => {
+            // Shutting down while the job could not be committed: hand it
+            // back (recorded already) for another executor.
             let delay = settings.config.retry_delay(1);
             log_settle(incoming.retry(delay).await, "nak");
             return;

@@ -86,6 +86,7 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Execut
         jobs::JobSettings {
             ack_wait: std::time::Duration::from_millis(config.job_ack_wait_ms),
             config: config.clone(),
+            shutdown: shutdown.clone(),
         },
         shutdown.clone(),
     ));

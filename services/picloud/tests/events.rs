@@ -63,9 +63,12 @@ async fn an_emit_chain_runs_and_reads_as_a_tree() {
         &c,
         "c",
         r#"
-        if event.kind == "http" { return #{ seen: kv::get("seen"), trace: kv::get("trace") }; }
-        kv::set("seen", #{ topic: event.topic, payload: event.payload, attempt: event.attempt });
-        kv::set("trace", event.trace_id);
+        if event.kind == "http" {
+            return #{ seen: kv::get("seen:chain.c"), trace: kv::get("trace:chain.c") };
+        }
+        // c also hears chain.b (it subscribes to chain.*): one key per topic.
+        kv::set(`seen:${event.topic}`, #{ topic: event.topic, payload: event.payload, attempt: event.attempt });
+        kv::set(`trace:${event.topic}`, event.trace_id);
         "#,
     )
     .await;
