@@ -161,6 +161,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `invocation` ended as a dead letter (not replayed since).
+    pub async fn is_dead_lettered(&self, invocation: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE invocation_id = $1 AND replayed_at IS NULL)",
+        )
+        .bind(invocation)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Newest first.
     pub async fn list_dead_letters(
         &self,

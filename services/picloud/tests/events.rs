@@ -343,6 +343,7 @@ async fn async_http_is_accepted_then_answers_at_its_status_url() {
     })
     .await
     .expect("the async call completes");
+    assert_eq!(done["done"], true);
     assert_eq!(done["response"]["status"], 200);
     let answer: Value = serde_json::from_str(done["response"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(answer, json!({ "echo": { "x": 1 }, "calls": 1 }));
@@ -357,6 +358,35 @@ async fn async_http_is_accepted_then_answers_at_its_status_url() {
     let resp = post(Some("key-2")).await;
     let other: Value = resp.json().await.unwrap();
     assert_ne!(other["invocation_id"], id.as_str());
+
+    // A call that keeps failing ends as a dead letter, and only then is done.
+    deploy(&c, "fails", r#"throw "no""#).await;
+    let resp = c
+        .http
+        .post(format!("{}/fn/fails", c.base))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let failed = eventually(Duration::from_secs(30), || async {
+        let v: Value = c
+            .http
+            .get(format!("{}{location}", c.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["done"] == true).then_some(v)
+    })
+    .await
+    .expect("the failing async call ends");
+    assert_eq!(failed["status"], "error");
+    assert_eq!(failed["attempt"], 5);
+    assert_eq!(failed["response"], Value::Null);
 
     // Unknown ids (and sync invocations' ids) are not shown.
     let unknown = c

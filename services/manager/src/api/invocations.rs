@@ -136,6 +136,9 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
 pub struct AsyncStatus {
     invocation_id: Uuid,
     status: InvocationStatus,
+    /// Final: it succeeded, or failed its last attempt (a dead letter).
+    /// Until then an `error` status means "will be retried".
+    done: bool,
     attempt: u32,
     /// The script's response, once it succeeded.
     response: Option<picloud_core::ScriptResponse>,
@@ -156,9 +159,16 @@ pub async fn public_status(
         .map_err(internal)?
         .filter(|r| r.public)
         .ok_or_else(not_found)?;
+    let done = record.status == InvocationStatus::Ok
+        || state
+            .store
+            .is_dead_lettered(record.id)
+            .await
+            .map_err(internal)?;
     Ok(Json(AsyncStatus {
         invocation_id: record.id,
         status: record.status,
+        done,
         attempt: record.attempt,
         response: record.response,
     }))
