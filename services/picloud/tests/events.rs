@@ -494,3 +494,40 @@ async fn subscriptions_api_validates() {
     assert_eq!(c.get_json("/subscriptions").await, json!([]));
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn invocation_records_past_retention_are_pruned() {
+    let env = TestEnv::new().await;
+    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let record = |age_hours: i64| picloud_core::InvocationRecord {
+        id: uuid::Uuid::new_v4(),
+        script: "s".into(),
+        version: 1,
+        trigger: picloud_core::Trigger::Http,
+        status: picloud_core::InvocationStatus::Ok,
+        http_status: Some(200),
+        started_at: chrono::Utc::now() - chrono::Duration::hours(age_hours),
+        duration_us: 1,
+        log: String::new(),
+        error: None,
+        executor: "x".into(),
+        trace_id: uuid::Uuid::new_v4(),
+        attempt: 1,
+        parent_id: None,
+        response: None,
+        public: false,
+    };
+    let (old, young) = (record(50), record(1));
+    store
+        .insert_invocations(&[old.clone(), young.clone()])
+        .await
+        .unwrap();
+    let deleted = store.prune(Duration::from_secs(48 * 3600)).await.unwrap();
+    assert_eq!(deleted, 1);
+    assert!(store.get_invocation(old.id).await.unwrap().is_none());
+    assert!(store.get_invocation(young.id).await.unwrap().is_some());
+    store.close().await;
+    env.cleanup().await;
+}
