@@ -307,15 +307,6 @@ impl crate::Bus {
         req: &Incoming<T>,
         answer: &A,
     ) -> Result<(), BusError> {
-        let Some(to) = req.reply_to.clone() else {
-            return Ok(());
-        };
-        self.client
-            .publish(to, encode(answer))
-            .await
-            .map_err(|e| BusError::Nats {
-                what: "answer",
-                source: e.into(),
-            })
+        self.reply_to(req.reply_to.as_ref(), encode(answer)).await
     }
 }

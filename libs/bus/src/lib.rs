@@ -115,22 +115,19 @@ pub enum RouteChange {
     Deleted(String),
 }
 
-#[derive(Serialize, Deserialize)]
-struct SecretAsk {
-    name: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct SecretAnswer {
-    value: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-}
-
-/// A manager's view of one executor's request for a secret.
-pub struct SecretRequest {
+/// Executor → manager, on [`Names::secrets_subject`]: a secret's value.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretAsk {
     pub name: String,
-    reply_to: Option<async_nats::Subject>,
+}
+
+/// The answer: the value, `None` (no such secret), or an error safe to show
+/// the script.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SecretAnswer {
+    pub value: Option<String>,
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// An invocation an executor has received, with where to reply.
@@ -385,9 +382,6 @@ impl Bus {
         incoming: &IncomingInvocation,
         reply: &InvocationReply,
     ) -> Result<(), BusError> {
-        let Some(to) = incoming.reply_to.clone() else {
-            return Ok(());
-        };
         let mut payload = encode(reply);
         if payload.len() > self.max_payload() {
             payload = encode(&InvocationReply {
@@ -397,8 +391,18 @@ impl Bus {
                 },
             });
         }
+        self.reply_to(incoming.reply_to.as_ref(), payload).await
+    }
+
+    /// Publishes `payload` to a request's reply subject, if it has one.
+    pub(crate) async fn reply_to(
+        &self,
+        to: Option<&async_nats::Subject>,
+        payload: Bytes,
+    ) -> Result<(), BusError> {
+        let Some(to) = to else { return Ok(()) };
         self.client
-            .publish(to, payload)
+            .publish(to.clone(), payload)
             .await
             .map_err(|e| BusError::Nats {
                 what: "reply",
@@ -430,53 +434,6 @@ impl Bus {
             Some(e) => Err(e),
             None => Ok(answer.value),
         }
-    }
-
-    /// The managers' queue-group subscription to secret requests.
-    pub async fn serve_secret_requests(
-        &self,
-    ) -> Result<impl Stream<Item = SecretRequest> + use<>, BusError> {
-        let sub = self
-            .client
-            .queue_subscribe(self.names.secrets_subject(), self.names.manager_group())
-            .await
-            .map_err(|e| BusError::Nats {
-                what: "subscribe",
-                source: e.into(),
-            })?;
-        Ok(sub.filter_map(|msg| async move {
-            let ask: SecretAsk = serde_json::from_slice(&msg.payload).ok()?;
-            Some(SecretRequest {
-                name: ask.name,
-                reply_to: msg.reply,
-            })
-        }))
-    }
-
-    /// Answers a secret request with its value, `None` (no such secret) or an
-    /// error safe to show the script.
-    pub async fn answer_secret(
-        &self,
-        req: &SecretRequest,
-        answer: Result<Option<String>, String>,
-    ) -> Result<(), BusError> {
-        let Some(to) = req.reply_to.clone() else {
-            return Ok(());
-        };
-        let body = match answer {
-            Ok(value) => SecretAnswer { value, error: None },
-            Err(e) => SecretAnswer {
-                value: None,
-                error: Some(e),
-            },
-        };
-        self.client
-            .publish(to, encode(&body))
-            .await
-            .map_err(|e| BusError::Nats {
-                what: "secret reply",
-                source: e.into(),
-            })
     }
 
     // ---- records --------------------------------------------------------

@@ -119,8 +119,12 @@ pub async fn serve(store: Store, bus: Bus, shutdown: Shutdown) {
 
 /// Subscribes to `subject` (resubscribing after errors) and answers each
 /// request with `handle`, up to [`CONCURRENCY`] at once.
-async fn serve_kind<Q, A, F, Fut>(bus: Bus, subject: String, shutdown: Shutdown, handle: F)
-where
+pub(crate) async fn serve_kind<Q, A, F, Fut>(
+    bus: Bus,
+    subject: String,
+    shutdown: Shutdown,
+    handle: F,
+) where
     Q: for<'de> serde::Deserialize<'de> + Send + Sync + 'static,
     A: Serialize + Send + Sync + 'static,
     F: Fn(Q) -> Fut + Send + Sync + 'static,

@@ -14,8 +14,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use futures::StreamExt;
-use picloud_bus::Bus;
+use picloud_bus::{Bus, SecretAnswer, SecretAsk};
 use picloud_core::{Config, Shutdown};
 use picloud_store::{SealedSecret, Store};
 
@@ -119,49 +118,36 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Answers executors' secret requests until shutdown.
+/// Answers executors' secret requests until shutdown (concurrently but
+/// boundedly: one slow lookup does not hold up every other script's secret).
 pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, shutdown: Shutdown) {
-    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    let mut requests = match bus.serve_secret_requests().await {
-        Ok(r) => Box::pin(r),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot serve secret requests");
-            return;
+    let subject = bus.names().secrets_subject();
+    crate::effects::serve_kind(bus, subject, shutdown, move |ask: SecretAsk| {
+        let (store, secrets) = (store.clone(), secrets.clone());
+        async move {
+            match answer(&store, &secrets, &ask.name).await {
+                Ok(value) => SecretAnswer { value, error: None },
+                Err(e) => SecretAnswer {
+                    value: None,
+                    error: Some(e),
+                },
+            }
         }
-    };
-    loop {
-        let req = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = requests.next() => r,
-        };
-        let Some(req) = req else { return };
-        // Answer concurrently, but boundedly: one slow lookup must not hold
-        // up every other script's secret.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let (store, bus, secrets) = (store.clone(), bus.clone(), secrets.clone());
-        tokio::spawn(async move {
-            answer(&store, &bus, &secrets, req).await;
-            drop(permit);
-        });
-    }
+    })
+    .await;
 }
 
-async fn answer(store: &Store, bus: &Bus, secrets: &SecretBox, req: picloud_bus::SecretRequest) {
-    let answer = match store.get_secret(&req.name).await {
+async fn answer(store: &Store, secrets: &SecretBox, name: &str) -> Result<Option<String>, String> {
+    match store.get_secret(name).await {
         Ok(None) => Ok(None),
-        Ok(Some(sealed)) => secrets.open(&req.name, &sealed).map(Some).map_err(|e| {
-            tracing::error!(secret = %req.name, error = %e, "cannot open a secret");
+        Ok(Some(sealed)) => secrets.open(name, &sealed).map(Some).map_err(|e| {
+            tracing::error!(secret = %name, error = %e, "cannot open a secret");
             "the secret could not be read".to_string()
         }),
         Err(e) => {
             tracing::warn!(error = %e, "cannot load a secret");
             Err("secrets are unavailable right now".to_string())
         }
-    };
-    if let Err(e) = bus.answer_secret(&req, answer).await {
-        tracing::warn!(error = %e, "cannot answer a secret request");
     }
 }
 
