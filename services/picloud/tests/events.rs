@@ -38,6 +38,35 @@ async fn wait_json(c: &Client, path: &str, expected: Value, limit: Duration) {
     );
 }
 
+/// A test environment with a front (manager + gateway) and one executor,
+/// and a client for it. The roles run until `env.cleanup()`.
+async fn one_of_each() -> (TestEnv, Client) {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    (env, c)
+}
+
+/// Polls a public status URL until `done(status)` holds (bounded).
+async fn status_until(c: &Client, location: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let done = &done;
+    eventually(Duration::from_secs(30), || async move {
+        let v: Value = c
+            .http
+            .get(format!("{}{location}", c.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        done(&v).then_some(v)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{location} never reached the expected state"))
+}
+
 async fn records(c: &Client, script: &str) -> Vec<Value> {
     c.get_json(&format!("/invocations?script={script}&limit=1000"))
         .await
@@ -48,10 +77,7 @@ async fn records(c: &Client, script: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn an_emit_chain_runs_and_reads_as_a_tree() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(&c, "a", r#"emit("chain.b", #{ from: "a" }); "sent""#).await;
     deploy(
         &c,
@@ -173,10 +199,7 @@ async fn concurrent_read_modify_write_is_exact() {
 
 #[tokio::test]
 async fn every_subscriber_of_a_topic_runs() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(&c, "src", r#"emit("orders.created", #{ id: 7 }); ()"#).await;
     for name in ["mail", "audit"] {
         deploy(
@@ -199,10 +222,7 @@ async fn every_subscriber_of_a_topic_runs() {
 
 #[tokio::test]
 async fn a_failing_script_changes_nothing() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(
         &c,
         "oops",
@@ -228,10 +248,7 @@ async fn a_failing_script_changes_nothing() {
 
 #[tokio::test]
 async fn a_failing_subscriber_is_retried_dead_lettered_and_replayed() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(&c, "pub", r#"emit("work", #{ n: 1 }); ()"#).await;
     deploy(
         &c,
@@ -292,10 +309,7 @@ async fn a_failing_subscriber_is_retried_dead_lettered_and_replayed() {
 
 #[tokio::test]
 async fn async_http_is_accepted_then_answers_at_its_status_url() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(
         &c,
         "slowish",
@@ -329,20 +343,7 @@ async fn async_http_is_accepted_then_answers_at_its_status_url() {
     assert_eq!(body["existing"], false);
 
     // The status URL needs no token; it ends with the script's response.
-    let done = eventually(Duration::from_secs(30), || async {
-        let v: Value = c
-            .http
-            .get(format!("{}{location}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["status"] == "ok").then_some(v)
-    })
-    .await
-    .expect("the async call completes");
+    let done = status_until(&c, &location, |v| v["status"] == "ok").await;
     assert_eq!(done["done"], true);
     assert_eq!(done["response"]["status"], 200);
     let answer: Value = serde_json::from_str(done["response"]["body"].as_str().unwrap()).unwrap();
@@ -370,20 +371,7 @@ async fn async_http_is_accepted_then_answers_at_its_status_url() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let failed = eventually(Duration::from_secs(30), || async {
-        let v: Value = c
-            .http
-            .get(format!("{}{location}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["done"] == true).then_some(v)
-    })
-    .await
-    .expect("the failing async call ends");
+    let failed = status_until(&c, &location, |v| v["done"] == true).await;
     assert_eq!(failed["status"], "error");
     assert_eq!(failed["attempt"], 5);
     assert_eq!(failed["response"], Value::Null);
@@ -401,10 +389,7 @@ async fn async_http_is_accepted_then_answers_at_its_status_url() {
 
 #[tokio::test]
 async fn kv_is_per_script_and_lists_by_prefix() {
-    let mut env = TestEnv::new().await;
-    let front = env.start_front().await;
-    let _ex = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
+    let (env, c) = one_of_each().await;
     deploy(
         &c,
         "one",
