@@ -279,9 +279,25 @@ impl crate::Bus {
         &self,
         subject: String,
     ) -> Result<impl Stream<Item = Incoming<T>> + use<T>, BusError> {
+        let requests = self
+            .queue_decoded::<T>(subject, self.names.manager_group())
+            .await?;
+        Ok(requests.map(|(body, reply_to)| Incoming {
+            body: Some(body),
+            reply_to,
+        }))
+    }
+
+    /// Joins queue group `group` on `subject`, decoding each message as `T`
+    /// (with its reply subject); malformed messages are logged and skipped.
+    pub(crate) async fn queue_decoded<T: for<'de> Deserialize<'de> + Send + 'static>(
+        &self,
+        subject: String,
+        group: String,
+    ) -> Result<impl Stream<Item = (T, Option<async_nats::Subject>)> + use<T>, BusError> {
         let sub = self
             .client
-            .queue_subscribe(subject, self.names.manager_group())
+            .queue_subscribe(subject, group)
             .await
             .map_err(|e| BusError::Nats {
                 what: "subscribe",
@@ -289,12 +305,9 @@ impl crate::Bus {
             })?;
         Ok(sub.filter_map(|msg| async move {
             match serde_json::from_slice::<T>(&msg.payload) {
-                Ok(body) => Some(Incoming {
-                    body: Some(body),
-                    reply_to: msg.reply,
-                }),
+                Ok(body) => Some((body, msg.reply)),
                 Err(e) => {
-                    tracing::warn!(subject = %msg.subject, error = %e, "dropping malformed request");
+                    tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed message");
                     None
                 }
             }

@@ -353,26 +353,13 @@ impl Bus {
     pub async fn serve_invocations(
         &self,
     ) -> Result<impl Stream<Item = IncomingInvocation> + use<>, BusError> {
-        let sub = self
-            .client
-            .queue_subscribe(self.names.invoke_wildcard(), self.names.executor_group())
-            .await
-            .map_err(|e| BusError::Nats {
-                what: "subscribe",
-                source: e.into(),
-            })?;
-        Ok(sub.filter_map(|msg| async move {
-            match serde_json::from_slice::<InvocationRequest>(&msg.payload) {
-                Ok(request) => Some(IncomingInvocation {
-                    request,
-                    reply_to: msg.reply,
-                }),
-                Err(e) => {
-                    tracing::warn!(subject = %msg.subject, error = %e, "dropping malformed invocation");
-                    None
-                }
-            }
-        }))
+        let invocations = self
+            .queue_decoded::<InvocationRequest>(
+                self.names.invoke_wildcard(),
+                self.names.executor_group(),
+            )
+            .await?;
+        Ok(invocations.map(|(request, reply_to)| IncomingInvocation { request, reply_to }))
     }
 
     /// Answers an invocation. A reply larger than the server accepts is
