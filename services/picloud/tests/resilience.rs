@@ -372,14 +372,16 @@ async fn burst_through(
     }
 }
 
-#[tokio::test]
-async fn a_nats_restart_mid_burst_loses_nothing_acknowledged() {
-    trace();
+/// Runs a front and two executors on `env`, bursts events into the counter
+/// while `outage` takes a server down and brings it back, and checks that
+/// every acknowledged event was counted exactly once. Returns the counter's
+/// `seen` map (event id → attempt that applied it).
+async fn burst_through_outage(
+    mut env: TestEnv,
+    what: &str,
+    outage: impl Future<Output = ()>,
+) -> serde_json::Map<String, Value> {
     let started = Instant::now();
-    let mut nats = PrivateNats::new().await;
-    let admin =
-        std::env::var("PICLOUD_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
-    let mut env = TestEnv::on(&admin, &nats.url()).await;
     env.config.job_ack_wait_ms = 2_000;
     let front = env.start_front().await;
     let _ex1 = env.start_executor().await;
@@ -387,15 +389,10 @@ async fn a_nats_restart_mid_burst_loses_nothing_acknowledged() {
     let c = Client::new(&front.base, &env.token);
     deploy_counter(&c, 2_000).await;
 
-    let report = burst_through(&c, 15, 15, async {
-        nats.stop().await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        nats.start().await;
-    })
-    .await;
+    let report = burst_through(&c, 15, 15, outage).await;
     let (n, seen) = assert_counted_once(&c, &report.acknowledged, Duration::from_secs(100)).await;
     eprintln!(
-        "nats restart: {} calls ok, {} failed; {} events acknowledged, {n} counted once each \
+        "{what} restart: {} calls ok, {} failed; {} events acknowledged, {n} counted once each \
          ({} on a redelivery), in {:?}",
         report.ok_calls,
         report.failed_calls,
@@ -404,39 +401,37 @@ async fn a_nats_restart_mid_burst_loses_nothing_acknowledged() {
         started.elapsed()
     );
     env.cleanup().await;
+    seen
+}
+
+#[tokio::test]
+async fn a_nats_restart_mid_burst_loses_nothing_acknowledged() {
+    trace();
+    let mut nats = PrivateNats::new().await;
+    let admin =
+        std::env::var("PICLOUD_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.into());
+    let env = TestEnv::on(&admin, &nats.url()).await;
+    burst_through_outage(env, "nats", async {
+        nats.stop().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        nats.start().await;
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_postgres_restart_mid_burst_loses_nothing_acknowledged() {
     trace();
-    let started = Instant::now();
     let mut pg = PrivatePostgres::new().await;
     let nats_url =
         std::env::var("PICLOUD_TEST_NATS_URL").unwrap_or_else(|_| DEFAULT_NATS_URL.into());
-    let mut env = TestEnv::on(&pg.url("postgres"), &nats_url).await;
-    env.config.job_ack_wait_ms = 2_000;
-    let front = env.start_front().await;
-    let _ex1 = env.start_executor().await;
-    let _ex2 = env.start_executor().await;
-    let c = Client::new(&front.base, &env.token);
-    deploy_counter(&c, 2_000).await;
-
-    let report = burst_through(&c, 15, 15, async {
+    let env = TestEnv::on(&pg.url("postgres"), &nats_url).await;
+    let seen = burst_through_outage(env, "postgres", async {
         pg.stop().await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         pg.start().await;
     })
     .await;
-    let (n, seen) = assert_counted_once(&c, &report.acknowledged, Duration::from_secs(100)).await;
-    eprintln!(
-        "postgres restart: {} calls ok, {} failed; {} events acknowledged, {n} counted once each \
-         ({} on a redelivery), in {:?}",
-        report.ok_calls,
-        report.failed_calls,
-        report.acknowledged.len(),
-        redelivered(&seen),
-        started.elapsed()
-    );
     // The outage is not the scripts' fault: jobs that could not commit were
     // held and run again, not handed back, so it spent none of their
     // attempts (JetStream's delivery count).
@@ -445,5 +440,4 @@ async fn a_postgres_restart_mid_burst_loses_nothing_acknowledged() {
         0,
         "a Postgres outage must not count as a failed attempt"
     );
-    env.cleanup().await;
 }
