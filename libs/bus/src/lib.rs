@@ -34,10 +34,12 @@ use serde::{Deserialize, Serialize};
 
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use names::Names;
-pub use records::{RecordBatch, RecordConsumer};
+pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    #[error("PICLOUD_NATS_URL is required for the {0} role")]
+    NoUrl(String),
     #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         url: String,
@@ -180,6 +182,16 @@ impl Bus {
             routes,
             versions,
         })
+    }
+
+    /// Connects as `role` to the configured NATS (`PICLOUD_NATS_URL`) with
+    /// the configured prefix.
+    pub async fn for_role(config: &picloud_core::Config, role: &str) -> Result<Self, BusError> {
+        let url = config
+            .nats_url
+            .as_deref()
+            .ok_or_else(|| BusError::NoUrl(role.to_owned()))?;
+        Self::connect(url, &config.prefix, role).await
     }
 
     pub fn names(&self) -> &Names {
@@ -425,12 +437,10 @@ impl Bus {
 
     // ---- records --------------------------------------------------------
 
-    /// Publishes a batch of invocation records and waits for JetStream's ack.
-    pub async fn publish_records(
-        &self,
-        records: &[picloud_core::InvocationRecord],
-    ) -> Result<(), BusError> {
-        records::publish(&self.js, &self.names, records).await
+    /// Publishes a batch of invocation records (a JSON array, as
+    /// [`RecordBatchBuf`] builds it) and waits for JetStream's ack.
+    pub async fn publish_records(&self, batch: Bytes) -> Result<(), BusError> {
+        records::publish(&self.js, &self.names, batch).await
     }
 
     /// The managers' shared consumer of invocation records.

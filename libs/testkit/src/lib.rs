@@ -101,12 +101,14 @@ impl TestEnv {
     pub async fn start_front(&mut self) -> Front {
         let shutdown = Shutdown::new();
         self.shutdowns.push(shutdown.clone());
-        let manager = picloud_manager::start(&self.config, shutdown.clone())
-            .await
-            .expect("manager starts");
-        let gateway = picloud_gateway::start(&self.config, shutdown.clone())
-            .await
-            .expect("gateway starts");
+        let manager =
+            picloud_manager::start(&self.config, self.bus("manager").await, shutdown.clone())
+                .await
+                .expect("manager starts");
+        let gateway =
+            picloud_gateway::start(&self.config, self.bus("gateway").await, shutdown.clone())
+                .await
+                .expect("gateway starts");
         let router = manager.router.clone().merge(gateway.router.clone()).merge(
             picloud_http::health_router(vec![manager.ready.clone(), gateway.ready.clone()]),
         );
@@ -128,12 +130,20 @@ impl TestEnv {
         }
     }
 
+    /// A connection of its own for each role, as in cluster mode.
+    async fn bus(&self, role: &str) -> picloud_bus::Bus {
+        picloud_bus::Bus::for_role(&self.config, role)
+            .await
+            .expect("connects to NATS")
+    }
+
     pub async fn start_executor(&mut self) -> ExecutorHandle {
         let shutdown = Shutdown::new();
         self.shutdowns.push(shutdown.clone());
-        let executor = picloud_executor::start(&self.config, shutdown.clone())
-            .await
-            .expect("executor starts");
+        let executor =
+            picloud_executor::start(&self.config, self.bus("executor").await, shutdown.clone())
+                .await
+                .expect("executor starts");
         let id = executor.id.clone();
         let done = tokio::spawn(executor.join());
         ExecutorHandle { id, shutdown, done }

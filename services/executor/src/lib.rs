@@ -39,12 +39,9 @@ pub struct Executor {
     tasks: JoinSet<()>,
 }
 
-pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Executor> {
-    let nats_url = config
-        .nats_url
-        .as_deref()
-        .context("PICLOUD_NATS_URL is required for the executor role")?;
-    let bus = Bus::connect(nats_url, &config.prefix, "executor").await?;
+/// Starts an executor on `bus` (its own connection, or one `picloud up`
+/// shares between the roles).
+pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Executor> {
     let id = executor_id();
     let workers = config.worker_threads();
     let ports = picloud_egress::EgressPolicy::parse_ports(&config.http_ports)
@@ -106,7 +103,8 @@ impl Executor {
 /// Runs an executor until `shutdown`. It serves no HTTP of its own except
 /// health, on `config.listen`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let executor = start(&config, shutdown.clone()).await?;
+    let bus = Bus::for_role(&config, "executor").await?;
+    let executor = start(&config, bus, shutdown.clone()).await?;
     let health = picloud_http::health_router(vec![executor.ready.clone()]);
     picloud_http::serve(config.listen, health, shutdown.clone())
         .await

@@ -28,12 +28,9 @@ pub struct Gateway {
     tasks: JoinSet<()>,
 }
 
-pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Gateway> {
-    let nats_url = config
-        .nats_url
-        .as_deref()
-        .context("PICLOUD_NATS_URL is required for the gateway role")?;
-    let bus = Bus::connect(nats_url, &config.prefix, "gateway").await?;
+/// Starts the gateway on `bus` (its own connection, or one `picloud up`
+/// shares between the roles).
+pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Gateway> {
     let routes = routes::RouteTable::default();
     let mut tasks = JoinSet::new();
     tasks.spawn(routes.clone().follow(bus.clone(), shutdown.clone()));
@@ -59,7 +56,8 @@ impl Gateway {
 
 /// Runs the gateway alone on `config.listen` until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let gateway = start(&config, shutdown.clone()).await?;
+    let bus = Bus::for_role(&config, "gateway").await?;
+    let gateway = start(&config, bus, shutdown.clone()).await?;
     let router = gateway
         .router
         .clone()

@@ -49,15 +49,13 @@ pub struct Manager {
 
 /// Connects to Postgres (migrating it) and NATS, starts the background tasks,
 /// and builds the router.
-pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manager> {
+/// Starts a manager on `bus` (its own connection, or one `picloud up` shares
+/// between the roles).
+pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Manager> {
     let db_url = config
         .database_url
         .as_deref()
         .context("PICLOUD_DATABASE_URL is required for the manager role")?;
-    let nats_url = config
-        .nats_url
-        .as_deref()
-        .context("PICLOUD_NATS_URL is required for the manager role")?;
     let token = config
         .admin_token
         .as_deref()
@@ -67,7 +65,6 @@ pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Manage
     let store = Store::connect(db_url)
         .await
         .context("cannot open the database")?;
-    let bus = Bus::connect(nats_url, &config.prefix, "manager").await?;
     let compiler = compiler::Compiler::start()?;
     let secret_box = Arc::new(secrets::SecretBox::load(config)?);
     let publisher = publisher::Publisher::new(store.clone(), bus.clone());
@@ -136,7 +133,8 @@ impl Manager {
 
 /// Runs the manager alone on `config.listen` until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let manager = start(&config, shutdown.clone()).await?;
+    let bus = Bus::for_role(&config, "manager").await?;
+    let manager = start(&config, bus, shutdown.clone()).await?;
     let router = manager
         .router
         .clone()

@@ -1,6 +1,7 @@
 //! `picloud up`: every role in one process, on one port.
 
 use anyhow::Context;
+use picloud_bus::Bus;
 use picloud_core::{Config, Shutdown};
 
 use crate::embedded::Embedded;
@@ -43,9 +44,12 @@ async fn serve(
     token: &str,
     token_from_file: bool,
 ) -> anyhow::Result<()> {
-    let manager = picloud_manager::start(config, shutdown.clone()).await?;
-    let gateway = picloud_gateway::start(config, shutdown.clone()).await?;
-    let executor = picloud_executor::start(config, shutdown.clone()).await?;
+    // One NATS connection for the three roles: in one process, a connection
+    // each would only add sockets, syscalls and server-side work per call.
+    let bus = Bus::for_role(config, "up").await?;
+    let manager = picloud_manager::start(config, bus.clone(), shutdown.clone()).await?;
+    let gateway = picloud_gateway::start(config, bus.clone(), shutdown.clone()).await?;
+    let executor = picloud_executor::start(config, bus, shutdown.clone()).await?;
     let router =
         manager
             .router
