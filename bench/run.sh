@@ -15,6 +15,8 @@
 # Knobs (environment): DURATION (10s), WARMUP (2s), ROUNDS (1), REDEPLOYS (50),
 # QUIET_WAIT (120: before each run, wait up to this many seconds for other
 # processes to use < 10% of the machine; 0 = don't wait),
+# TARGETS (the wrk targets, default "axum pipe-core pipe-js picloud picloud-kv"),
+# EXTRAS=0 (skip the redeploy and events measurements),
 # BENCH_NATS_URL (baselines' NATS; default: 4222 if something listens there),
 # PROFILE=1 (after the measurements, one extra c64 run each of pipe-core and
 # PiCloud under `perf record -a`: CPU per request by thread name; data kept
@@ -254,7 +256,7 @@ JS_PORT=$(free_port)
     >"$WORK/pipe-js.log" 2>&1 &
 PIDS+=("$!:baseline-pipe-jetstream:10")
 
-NAMES=(axum pipe-core pipe-js picloud picloud-kv)
+NAMES=(${TARGETS:-axum pipe-core pipe-js picloud picloud-kv})
 declare -A URL=(
     [axum]="http://127.0.0.1:$AXUM_PORT/"
     [pipe-core]="http://127.0.0.1:$CORE_PORT/"
@@ -317,6 +319,7 @@ done
 
 # ---- redeploy latency ----------------------------------------------------
 
+if [[ ${EXTRAS:-1} == 1 ]]; then
 wait_quiet
 log "redeploy latency (n=$REDEPLOYS); load $(loadavg)"
 "$BIN/redeploy-latency" --base "$BASE" --token "$TOKEN" --n "$REDEPLOYS" | tee "$WORK/redeploy.txt"
@@ -326,6 +329,7 @@ log "redeploy latency (n=$REDEPLOYS); load $(loadavg)"
 wait_quiet
 log "emit latency and async jobs (events-bench); load $(loadavg)"
 "$BIN/events-bench" --base "$BASE" --token "$TOKEN" | tee "$WORK/events.txt"
+fi
 REDEPLOY_LOAD=$(loadavg)
 
 # ---- optional profile ----------------------------------------------------
@@ -421,12 +425,14 @@ awk -F'\t' -v rounds="$ROUNDS" '
         kc64 = "picloud-kv" SUBSEP 64; kc1 = "picloud-kv" SUBSEP 1
         printf "  PiCloud+kv / PiCloud:   req/s c64 = %s, p50 c1 = %s\n", ratio(R[kc64], R[pc64]), ratio(P[kc1], P[pc1])
     }' "$RESULTS"
+if [[ -f $WORK/redeploy.txt ]]; then
 echo
 echo "Redeploy (goal: p50 <= 50 ms, max < 100 ms), load $REDEPLOY_LOAD after:"
 grep -v '^RESULT' "$WORK/redeploy.txt" | sed 's/^/  /'
 echo
 echo "Events and async jobs (events-bench):"
 sed 's/^/  /' "$WORK/events.txt"
+fi
 if [[ -n ${PROFILES:-} ]]; then
     echo
     echo "CPU per request at c64 (perf record -a; thread names: tokio-rt-worker = the"

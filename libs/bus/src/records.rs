@@ -12,7 +12,9 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use picloud_core::InvocationRecord;
 
-use crate::{BusError, Names, decode, encode};
+use bytes::Bytes;
+
+use crate::{BusError, Names, decode};
 
 const CONSUMER: &str = "managers";
 /// Records not consumed within this age are dropped by the server (a
@@ -33,13 +35,65 @@ pub(crate) async fn ensure_stream(js: &jetstream::Context, names: &Names) -> Res
     Ok(())
 }
 
+/// A batch of records being gathered, encoded as it grows: each record is
+/// serialised once, straight into the message that carries it.
+#[derive(Debug, Default)]
+pub struct RecordBatchBuf {
+    json: Vec<u8>,
+    len: usize,
+}
+
+impl RecordBatchBuf {
+    /// A record's encoding, to [`push`](Self::push) (its length decides
+    /// whether it still fits the batch).
+    pub fn encode(record: &InvocationRecord) -> Vec<u8> {
+        serde_json::to_vec(record).expect("records serialise")
+    }
+
+    /// Bytes the batch would have with `extra` more bytes of record.
+    pub fn bytes_with(&self, extra: usize) -> usize {
+        self.json.len() + extra + 2
+    }
+
+    pub fn push(&mut self, encoded: &[u8]) {
+        self.json.push(if self.len == 0 { b'[' } else { b',' });
+        self.json.extend_from_slice(encoded);
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The message: a JSON array of the records.
+    pub fn payload(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.json.len() + 2);
+        if self.json.is_empty() {
+            out.push(b'[');
+        } else {
+            out.extend_from_slice(&self.json);
+        }
+        out.push(b']');
+        Bytes::from(out)
+    }
+
+    pub fn clear(&mut self) {
+        self.json.clear();
+        self.len = 0;
+    }
+}
+
 pub(crate) async fn publish(
     js: &jetstream::Context,
     names: &Names,
-    records: &[InvocationRecord],
+    batch: Bytes,
 ) -> Result<(), BusError> {
     let ack = js
-        .publish(names.records_subject(), encode(&records))
+        .publish(names.records_subject(), batch)
         .await
         .map_err(|e| BusError::js("records publish")(e.into()))?;
     ack.await

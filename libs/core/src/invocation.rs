@@ -184,12 +184,15 @@ pub struct InvocationRecord {
     pub trigger: Trigger,
     pub status: InvocationStatus,
     /// The HTTP status the script answered with, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
     pub started_at: DateTime<Utc>,
     pub duration_us: u64,
     /// Captured `log`/`print` output, capped by the script's limit.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub log: String,
     /// The full error, for the operator only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub executor: String,
     pub trace_id: Uuid,
@@ -203,7 +206,7 @@ pub struct InvocationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<ScriptResponse>,
     /// Readable at the public status URL (async HTTP only).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub public: bool,
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use picloud_bus::Bus;
+use picloud_bus::{Bus, RecordBatchBuf};
 use picloud_core::{InvocationRecord, Shutdown};
 use tokio::sync::mpsc;
 
@@ -71,48 +71,42 @@ fn cut(s: &mut String, max: usize) {
     }
 }
 
-/// The record's encoded size. A record whose text escapes badly (control
+/// The record, encoded. A record whose text escapes badly (control
 /// characters grow six-fold in JSON) is cut further until it fits, so no
 /// batch can exceed the bus's message limit.
-fn size(r: &mut InvocationRecord) -> usize {
-    let mut len = encoded_len(r);
+fn encode(r: &mut InvocationRecord) -> Vec<u8> {
+    let mut encoded = RecordBatchBuf::encode(r);
     let mut room = MAX_RECORD_TEXT;
-    while len > MAX_BATCH_BYTES / 2 && room > 1024 {
+    while encoded.len() > MAX_BATCH_BYTES / 2 && room > 1024 {
         room /= 4;
         cut(&mut r.log, room);
         if let Some(e) = r.error.as_mut() {
             cut(e, room);
         }
-        len = encoded_len(r);
+        encoded = RecordBatchBuf::encode(r);
     }
-    len
-}
-
-fn encoded_len(r: &InvocationRecord) -> usize {
-    serde_json::to_vec(r).map_or(MAX_BATCH_BYTES, |v| v.len())
+    encoded
 }
 
 async fn publish_loop(bus: Bus, mut rx: mpsc::Receiver<InvocationRecord>, shutdown: Shutdown) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = RecordBatchBuf::default();
     // Wait (without a timer) for the first record of a batch; `None` once
     // every sender is gone.
     while let Some(mut first) = rx.recv().await {
-        let mut bytes = size(&mut first);
-        batch.push(first);
+        batch.push(&encode(&mut first));
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);
         let mut carry = None;
         while batch.len() < MAX_BATCH {
             tokio::select! {
-                                r = rx.recv() => match r {
+                r = rx.recv() => match r {
                     Some(mut r) => {
-                        let n = size(&mut r);
-                        if bytes + n > MAX_BATCH_BYTES {
-                            carry = Some(r);
+                        let encoded = encode(&mut r);
+                        if batch.bytes_with(encoded.len() + 1) > MAX_BATCH_BYTES {
+                            carry = Some(encoded);
                             break;
                         }
-                        bytes += n;
-                        batch.push(r);
+                        batch.push(&encoded);
                     }
                     None => break,
                 },
@@ -120,20 +114,21 @@ async fn publish_loop(bus: Bus, mut rx: mpsc::Receiver<InvocationRecord>, shutdo
             }
         }
         publish(&bus, &mut batch, &shutdown).await;
-        if let Some(r) = carry {
-            batch.push(r);
+        if let Some(encoded) = carry {
+            batch.push(&encoded);
             publish(&bus, &mut batch, &shutdown).await;
         }
     }
 }
 
-async fn publish(bus: &Bus, batch: &mut Vec<InvocationRecord>, shutdown: &Shutdown) {
+async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
     if batch.is_empty() {
         return;
     }
+    let payload = batch.payload();
     let mut backoff = Duration::from_millis(100);
     for attempt in 1.. {
-        match bus.publish_records(batch).await {
+        match bus.publish_records(payload.clone()).await {
             Ok(()) => break,
             // Keep trying while the executor runs (the bounded channel caps
             // memory; new records are dropped, and counted, when it fills);

@@ -258,3 +258,81 @@ async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
     c.wait_for_body("quick", "quick").await;
     env.cleanup().await;
 }
+
+/// The record store's two paths: first reports are COPYed, and a batch that
+/// meets a stored id (a redelivery) falls back to the upsert, which writes
+/// nothing twice and still takes what it may overwrite. Text with COPY's
+/// special characters (and a NUL, which Postgres text cannot hold) survives.
+#[tokio::test]
+async fn record_batches_are_stored_exactly_once_whatever_their_text() {
+    use picloud_core::{InvocationRecord, InvocationStatus, Trigger};
+    let env = TestEnv::new().await;
+    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let record = |log: &str, error: Option<&str>| InvocationRecord {
+        id: uuid::Uuid::now_v7(),
+        script: "copy-me".into(),
+        version: 3,
+        trigger: Trigger::Http,
+        status: if error.is_some() {
+            InvocationStatus::Error
+        } else {
+            InvocationStatus::Ok
+        },
+        http_status: error.is_none().then_some(201),
+        started_at: chrono::DateTime::from_timestamp_micros(1_790_000_000_123_456).unwrap(),
+        duration_us: 42,
+        log: log.into(),
+        error: error.map(Into::into),
+        executor: "host\\1".into(),
+        trace_id: uuid::Uuid::new_v4(),
+        attempt: 1,
+        parent_id: Some(uuid::Uuid::new_v4()),
+        response: None,
+        public: false,
+    };
+    let first = vec![
+        record("tab\there\nnew line\r\\N back\\slash \\. end", None),
+        record("", Some("boom\tat line 1\n\u{0}nul")),
+        record("ünïcødé ✓", None),
+    ];
+    assert_eq!(store.insert_invocations(&first).await.unwrap(), 3);
+    for r in &first {
+        let mut want = r.clone();
+        want.error = want.error.map(|e| e.replace('\0', "\u{FFFD}"));
+        assert_eq!(store.get_invocation(r.id).await.unwrap(), Some(want));
+    }
+
+    // Redelivered with one new record: nothing fails, nothing doubles.
+    let mut again = first.clone();
+    again.push(record("late", None));
+    store.insert_invocations(&again).await.unwrap();
+    let listed = store
+        .list_invocations(&picloud_store::InvocationFilter {
+            script: Some("copy-me".into()),
+            status: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 4);
+
+    // A later attempt of a failed invocation still replaces its record.
+    let mut retried = first[1].clone();
+    retried.attempt = 2;
+    retried.status = InvocationStatus::Ok;
+    retried.error = None;
+    store.insert_invocations(&[retried.clone()]).await.unwrap();
+    assert_eq!(
+        store
+            .get_invocation(retried.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        InvocationStatus::Ok
+    );
+    store.close().await;
+    env.cleanup().await;
+}
