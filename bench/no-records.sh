@@ -15,6 +15,9 @@
 #               its bounded buffer drops records. Nothing reaches the manager
 #               or Postgres; the hot path still builds each record.
 #
+# With B_BIN=/path/to/another/picloud it is instead an A/B comparison of two
+# builds, both with records: "a" runs $BIN/picloud (or A_BIN), "b" runs B_BIN.
+#
 # Assumes `cargo build --release -p picloud -p picloud-bench` (bench/run.sh
 # does it). Knobs: DURATION (10s), WARMUP (2s), ROUNDS (2), KEEP=1. Before
 # each run it waits (up to 120 s) for other processes to use < 10% of the
@@ -98,6 +101,7 @@ NATS_PORT=$(free_port)
 mkdir -p "$WORK/nats"
 nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
 PIDS+=("$!")
+NATS_PID=$!
 for ((i = 0; i < 200; i++)); do port_open "$NATS_PORT" && break; sleep 0.1; done
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 
@@ -128,9 +132,24 @@ wait_quiet() {
     done
 }
 
-declare -A BASE
-start_variant() { # name prefix
-    local name=$1 prefix=$2 port base token i
+declare -A BASE VPID
+# CPU ticks of one process tree (reaped children included).
+tree_ticks() {
+    local p total=0 rest
+    for p in $(ps -e -o pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2; all[NR] = $1 }
+        END { keep[root] = 1; changed = 1
+              while (changed) { changed = 0
+                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
+              for (p in keep) print p }'); do
+        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        rest=${rest##*) }
+        total=$((total + $(awk '{print $12 + $13 + $14 + $15}' <<<"$rest")))
+    done
+    echo "$total"
+}
+start_variant() { # name prefix binary
+    local name=$1 prefix=$2 bin=$3 port base token i
     port=$(free_port)
     base=http://127.0.0.1:$port
     BASE[$name]=$base
@@ -141,8 +160,9 @@ start_variant() { # name prefix
     env -u PICLOUD_DATABASE_URL -u PICLOUD_ADMIN_TOKEN -u PICLOUD_CONFIG -u RUST_LOG \
         PICLOUD_NATS_URL="$NATS_URL" PICLOUD_PREFIX="$prefix" \
         PICLOUD_LISTEN="127.0.0.1:$port" PICLOUD_DATA_DIR="$WORK/data-$name" \
-        "$BIN/picloud" up >"$WORK/picloud-$name.log" 2>&1 &
+        "$bin" up >"$WORK/picloud-$name.log" 2>&1 &
     PIDS+=("$!")
+    VPID[$name]=$!
     for ((i = 0; i < 1200; i++)); do
         curl -sf --max-time 2 "$base/readyz" >/dev/null 2>&1 && break
         sleep 0.1
@@ -161,36 +181,48 @@ start_variant() { # name prefix
 
 RESULTS=()
 measure() { # round name conc
-    local round=$1 name=$2 conc=$3 threads out load b0 b1 o0 o1 t0 t1 other
+    local round=$1 name=$2 conc=$3 threads out load b0 b1 o0 o1 t0 t1 other v0 v1 cpu
     threads=$((conc == 1 ? 1 : 2))
     wait_quiet
     wrk -t"$threads" -c"$conc" -d"$WARMUP" "${BASE[$name]}/fn/hello" >/dev/null
     out=$WORK/wrk-$name-c$conc-r$round.txt
     load=$(cut -d' ' -f1-3 /proc/loadavg)
+    v0=$(($(tree_ticks "${VPID[$name]}") + $(tree_ticks "$NATS_PID")))
     b0=$(busy_ticks) o0=$(our_ticks) t0=$(date +%s%N)
     wrk -t"$threads" -c"$conc" -d"$DURATION" --latency "${BASE[$name]}/fn/hello" >"$out"
     b1=$(busy_ticks) o1=$(our_ticks) t1=$(date +%s%N)
+    v1=$(($(tree_ticks "${VPID[$name]}") + $(tree_ticks "$NATS_PID")))
+    # Server-side CPU (PiCloud, its Postgres, the NATS server) per request.
+    cpu=$(awk -v t=$((v1 - v0)) -v hz="$(getconf CLK_TCK)" -v f="$out" 'BEGIN {
+        while ((getline l < f) > 0) if (l ~ /requests in/) { split(l, a, " "); n = a[1] }
+        printf "%.1f", t / hz * 1e6 / n }')
     other=$(awk -v x=$((b1 - b0 - o1 + o0)) -v dt=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" \
         'BEGIN { v = x / (dt / 1e9 * hz * n) * 100; printf "%.0f%%", (v < 0 ? 0 : v) }')
-    RESULTS+=("$(printf '| %s | %s | c%s | %s | %s | %s | %s | %s |' "$round" "$name" "$conc" \
+    RESULTS+=("$(printf '| %s | %s | c%s | %s | %s | %s | %s | %s | %s |' "$round" "$name" "$conc" \
         "$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$out")" \
         "$(awk '$1 == "50%" {print $2}' "$out")" \
-        "$(awk '$1 == "99%" {print $2}' "$out")" "$load" "$other")")
+        "$(awk '$1 == "99%" {print $2}' "$out")" "$cpu" "$load" "$other")")
     log "${RESULTS[-1]}"
 }
 
-start_variant records rec
-start_variant no-records norec
+if [[ -n ${B_BIN:-} ]]; then
+    VARIANTS=(a b)
+    start_variant a vara "${A_BIN:-$BIN/picloud}"
+    start_variant b varb "$B_BIN"
+else
+    VARIANTS=(records no-records)
+    start_variant records rec "$BIN/picloud"
+    start_variant no-records norec "$BIN/picloud"
+fi
 # Both installations stay up (idle) the whole time; their runs alternate.
 for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
     for conc in 1 64; do
-        measure "$round" records "$conc"
-        measure "$round" no-records "$conc"
+        for v in "${VARIANTS[@]}"; do measure "$round" "$v" "$conc"; done
     done
 done
-log "record batches refused (no-records executor log): $(grep -c 'cannot publish invocation records' "$WORK/picloud-no-records.log" || true)"
+[[ -n ${B_BIN:-} ]] || log "record batches refused (no-records executor log): $(grep -c 'cannot publish invocation records' "$WORK/picloud-no-records.log" || true)"
 
 echo
-echo "| round | variant | conc | req/s | p50 | p99 | load before | other CPU |"
-echo "| --- | --- | --- | ---: | ---: | ---: | --- | ---: |"
+echo "| round | variant | conc | req/s | p50 | p99 | server CPU µs/req | load before | other CPU |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"
 printf '%s\n' "${RESULTS[@]}"

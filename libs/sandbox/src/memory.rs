@@ -7,22 +7,29 @@
 //! a per-thread tally of bytes allocated minus bytes freed; the progress
 //! callback compares the tally with the invocation's `max_memory_bytes`.
 //!
+//! Underneath is mimalloc rather than the C library's malloc: an HTTP call
+//! allocates on one thread and frees on another (the request is built by a
+//! tokio thread and dropped by a script worker), where glibc's malloc spent
+//! about a tenth of PiCloud's CPU (docs/PERFORMANCE.md).
+//!
 //! The tally is per thread: memory freed on another thread is not
 //! subtracted, so it can only over-count. Without the allocator installed
 //! (unit tests, or a binary that does not opt in) the tally stays zero and
 //! the limit is inert; every other limit still applies.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+use mimalloc::MiMalloc as System;
 use std::cell::Cell;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
 }
 
-/// The system allocator, counting per thread.
+/// mimalloc, counting per thread.
 pub struct CountingAlloc;
 
-// SAFETY: every call is forwarded to `System` unchanged; the tally is a
+// SAFETY: every call is forwarded to mimalloc unchanged; the tally is a
 // const-initialised thread-local `Cell`, which never allocates.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -44,7 +51,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` with this layout.
+        // SAFETY: `ptr` was allocated by mimalloc with this layout.
         unsafe { System.dealloc(ptr, layout) };
         add(-(layout.size() as isize));
     }

@@ -1,24 +1,27 @@
 //! Batching invocation records onto the bus.
 //!
-//! `record` never blocks and never fails on the hot path: records go into a
-//! bounded channel; a background task gathers what is there (up to
-//! [`MAX_BATCH`] records or [`MAX_BATCH_BYTES`], or whatever arrived within
-//! [`LINGER`] of the first) and publishes it as one JetStream message. The
-//! task ends when the last `Recorder` is dropped, after the executor has
-//! drained its in-flight invocations, so their records go out too. When NATS is down it retries with
-//! backoff; past the channel's capacity new records are dropped and counted
-//! in the log rather than holding up scripts. A timer runs only while a batch
-//! is being gathered, never when idle.
+//! `record` never blocks and never fails on the hot path: it appends to a
+//! bounded buffer, and only the record that finds the buffer empty wakes the
+//! publisher. The publisher then lets records gather for [`LINGER`], takes
+//! them all and publishes them as JetStream messages of up to [`MAX_BATCH`]
+//! records or [`MAX_BATCH_BYTES`]. So under load a record costs a lock and a
+//! push, not a task wake-up (which, per invocation, cost more than the
+//! record itself). The task ends when the last `Recorder` is dropped, after
+//! the executor has drained its in-flight invocations, so their records go
+//! out too. When NATS is down it retries with backoff; past the buffer's
+//! capacity new records are dropped and counted in the log rather than
+//! holding up scripts. A timer runs only while a batch is being gathered,
+//! never when idle.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use picloud_bus::{Bus, RecordBatchBuf};
 use picloud_core::{InvocationRecord, Shutdown};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
-pub const MAX_BATCH: usize = 256;
+pub const MAX_BATCH: usize = 1024;
 /// Well under NATS's default 1 MB message limit.
 pub const MAX_BATCH_BYTES: usize = 512 << 10;
 /// A single record's log and error are cut to fit this.
@@ -26,10 +29,35 @@ const MAX_RECORD_TEXT: usize = 192 << 10;
 pub const LINGER: Duration = Duration::from_millis(20);
 const CAPACITY: usize = 65_536;
 
+/// What the recorders and the publisher share.
+#[derive(Default)]
+struct Buffer {
+    records: Mutex<Vec<InvocationRecord>>,
+    /// Signalled by the record that finds the buffer empty, and on close.
+    ready: Notify,
+    closed: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl Buffer {
+    fn take(&self) -> Vec<InvocationRecord> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Closes the buffer when the last [`Recorder`] goes.
+struct Closer(Arc<Buffer>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        self.0.ready.notify_one();
+    }
+}
+
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<InvocationRecord>,
-    dropped: Arc<AtomicU64>,
+    buffer: Arc<Closer>,
 }
 
 impl Recorder {
@@ -37,10 +65,12 @@ impl Recorder {
         bus: Bus,
         shutdown: Shutdown,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let (tx, rx) = mpsc::channel(CAPACITY);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let task = publish_loop(bus, rx, shutdown);
-        (Self { tx, dropped }, task)
+        let buffer = Arc::new(Buffer::default());
+        let task = publish_loop(bus, buffer.clone(), shutdown);
+        let recorder = Self {
+            buffer: Arc::new(Closer(buffer)),
+        };
+        (recorder, task)
     }
 
     pub fn record(&self, mut r: InvocationRecord) {
@@ -48,14 +78,24 @@ impl Recorder {
         if let Some(e) = r.error.as_mut() {
             cut(e, MAX_RECORD_TEXT);
         }
-        if self.tx.try_send(r).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        let buffer = &self.buffer.0;
+        let mut records = buffer.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() >= CAPACITY {
+            drop(records);
+            let n = buffer.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
                 tracing::warn!(
                     dropped = n,
                     "invocation record buffer full; records dropped"
                 );
             }
+            return;
+        }
+        records.push(r);
+        let first = records.len() == 1;
+        drop(records);
+        if first {
+            buffer.ready.notify_one();
         }
     }
 }
@@ -88,36 +128,44 @@ fn encode(r: &mut InvocationRecord) -> Vec<u8> {
     encoded
 }
 
-async fn publish_loop(bus: Bus, mut rx: mpsc::Receiver<InvocationRecord>, shutdown: Shutdown) {
+async fn publish_loop(bus: Bus, buffer: Arc<Buffer>, shutdown: Shutdown) {
     let mut batch = RecordBatchBuf::default();
-    // Wait (without a timer) for the first record of a batch; `None` once
-    // every sender is gone.
-    while let Some(mut first) = rx.recv().await {
-        batch.push(&encode(&mut first));
+    loop {
+        // Wait (without a timer) for the first record of a batch. A signal
+        // given while nobody waits is kept, so none is lost.
+        loop {
+            let empty = buffer
+                .records
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
+            if !empty {
+                break;
+            }
+            if buffer.closed.load(Ordering::Acquire) {
+                return;
+            }
+            buffer.ready.notified().await;
+        }
         let linger = tokio::time::sleep(LINGER);
         tokio::pin!(linger);
-        let mut carry = None;
-        while batch.len() < MAX_BATCH {
+        // On close, whatever is there goes out at once. (A signal from a
+        // record that came while the last batch was being published only
+        // means "not empty": keep lingering.)
+        while !buffer.closed.load(Ordering::Acquire) {
             tokio::select! {
-                r = rx.recv() => match r {
-                    Some(mut r) => {
-                        let encoded = encode(&mut r);
-                        if batch.bytes_with(encoded.len() + 1) > MAX_BATCH_BYTES {
-                            carry = Some(encoded);
-                            break;
-                        }
-                        batch.push(&encoded);
-                    }
-                    None => break,
-                },
                 _ = &mut linger => break,
+                _ = buffer.ready.notified() => {}
             }
         }
-        publish(&bus, &mut batch, &shutdown).await;
-        if let Some(encoded) = carry {
+        for mut r in buffer.take() {
+            let encoded = encode(&mut r);
+            if batch.len() >= MAX_BATCH || batch.bytes_with(encoded.len() + 1) > MAX_BATCH_BYTES {
+                publish(&bus, &mut batch, &shutdown).await;
+            }
             batch.push(&encoded);
-            publish(&bus, &mut batch, &shutdown).await;
         }
+        publish(&bus, &mut batch, &shutdown).await;
     }
 }
 
@@ -130,7 +178,7 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
     for attempt in 1.. {
         match bus.publish_records(payload.clone()).await {
             Ok(()) => break,
-            // Keep trying while the executor runs (the bounded channel caps
+            // Keep trying while the executor runs (the bounded buffer caps
             // memory; new records are dropped, and counted, when it fills);
             // on shutdown, give up after a few tries.
             Err(e) if shutdown.is_cancelled() && attempt >= 3 => {
