@@ -55,9 +55,41 @@ pub struct RunInput<'a> {
     pub script: &'a str,
     pub event: &'a EventInput,
     pub request: Option<&'a HttpRequestInput>,
+    /// Which of `event` and `request` the program can see at all.
+    pub inputs: Inputs,
     /// Pinned modules and the sources the module cache lacks.
     pub modules: ModuleSet,
     pub host: Arc<dyn Host>,
+}
+
+/// Which input values a program may read: a program whose source never
+/// names `event` (or `request`) cannot reach it (no `eval`, and functions and
+/// modules do not see the caller's scope), so building it would be wasted
+/// work on every call. The test is on the text, so it errs only towards
+/// building: a mention in a string or comment counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    pub event: bool,
+    pub request: bool,
+}
+
+impl Inputs {
+    pub const ALL: Self = Self {
+        event: true,
+        request: true,
+    };
+
+    /// What a script of `source` importing `imports` modules may read. With
+    /// imports, everything (a module's code is not looked at here).
+    pub fn of(source: &str, imports: usize) -> Self {
+        if imports > 0 {
+            return Self::ALL;
+        }
+        Self {
+            event: source.contains("event"),
+            request: source.contains("request"),
+        }
+    }
 }
 
 /// Capabilities the embedding process lends a script for one invocation.
@@ -283,6 +315,7 @@ impl Sandbox {
             script,
             event,
             request,
+            inputs,
             modules,
             host,
         } = input;
@@ -295,8 +328,12 @@ impl Sandbox {
         self.capture.begin(script, deadline.min(wall), limits, host);
 
         let mut scope = Scope::new();
-        scope.push_constant_dynamic("event", event_value(event));
-        scope.push_constant_dynamic("request", request.map_or(Dynamic::UNIT, request_value));
+        if inputs.event {
+            scope.push_constant_dynamic("event", event_value(event));
+        }
+        if inputs.request {
+            scope.push_constant_dynamic("request", request.map_or(Dynamic::UNIT, request_value));
+        }
 
         let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         self.resolver.finish();

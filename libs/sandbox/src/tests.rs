@@ -21,6 +21,8 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
         limits,
         Instant::now() + Duration::from_secs(30),
         RunInput {
+            // As the executor does: every test script also checks the rule.
+            inputs: Inputs::of(source, 0),
             script: "test",
             event: &event(),
             request,
@@ -408,6 +410,7 @@ fn run_full(
     let ast = sb.compile(source, limits).expect("compiles");
     let deadline = Instant::now() + Duration::from_secs(30);
     let input = RunInput {
+        inputs: crate::Inputs::ALL,
         script: "test",
         event: &event(),
         request: None,
@@ -656,4 +659,35 @@ fn module_top_level_code_cannot_fetch_secrets_but_its_functions_can() {
     let r = go(r#"import "lazy" as l; let k = l::key(); log(k); k.len()"#);
     assert_eq!(response(&r).body, "12");
     assert_eq!(r.log, "***\n");
+}
+
+#[test]
+fn inputs_are_built_only_for_scripts_that_name_them() {
+    assert_eq!(
+        Inputs::of(r#""Hello, world!""#, 0),
+        Inputs {
+            event: false,
+            request: false
+        }
+    );
+    assert_eq!(
+        Inputs::of("request.query.who", 0),
+        Inputs {
+            event: false,
+            request: true
+        }
+    );
+    // A mention anywhere counts, and imports mean everything.
+    assert_eq!(
+        Inputs::of("// event\nlet x = `${request}`;", 0),
+        Inputs::ALL
+    );
+    assert_eq!(Inputs::of("1", 1), Inputs::ALL);
+
+    // A script that names them sees them...
+    let seen = run(r#"[is_def_var("event"), is_def_var("request"), event.kind]"#);
+    assert_eq!(response(&seen).body, r#"[true,true,"http"]"#);
+    // ...and one that does not cannot reach them (nor does it need to).
+    let unseen = run(r#"[is_def_var("ev" + "ent"), is_def_var("req" + "uest")]"#);
+    assert_eq!(response(&unseen).body, "[false,false]");
 }

@@ -18,6 +18,8 @@ pub struct Compiled {
     pub limits: Limits,
     /// Pinned module versions.
     pub modules: BTreeMap<String, u32>,
+    /// Which of `event` and `request` the script can read.
+    pub inputs: picloud_sandbox::Inputs,
 }
 
 type Key = (String, u32);

@@ -110,6 +110,7 @@ impl Prepared {
                 Ok(ast) => {
                     let c = Arc::new(Compiled {
                         ast,
+                        inputs: picloud_sandbox::Inputs::of(&doc.source, doc.modules.len()),
                         limits: doc.limits,
                         modules: doc.modules,
                     });
@@ -250,6 +251,7 @@ pub fn run_committed(
                 script: inv.script,
                 event: inv.event,
                 request: inv.request,
+                inputs: compiled.inputs,
                 modules: modules.clone(),
                 host: inv.host.clone(),
             },

@@ -121,6 +121,7 @@ fn run(
             &limits,
             deadline,
             RunInput {
+                inputs: picloud_sandbox::Inputs::ALL,
                 script: "test",
                 event: &event(),
                 request: None,
