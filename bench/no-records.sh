@@ -106,33 +106,6 @@ for ((i = 0; i < 200; i++)); do port_open "$NATS_PORT" && break; sleep 0.1; done
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# CPU ticks of this script's process tree, reaped children included.
-our_ticks() {
-    local p total=0 rest
-    for p in $(ps -e -o pid=,ppid= | awk -v root=$$ '
-        { parent[$1] = $2; all[NR] = $1 }
-        END { keep[root] = 1; changed = 1
-              while (changed) { changed = 0
-                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
-              for (p in keep) print p }'); do
-        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        rest=${rest##*) }
-        total=$((total + $(awk '{print $12 + $13 + $14 + $15}' <<<"$rest")))
-    done
-    echo "$total"
-}
-# Up to 120 s, until other processes use < 10% of the machine for a second.
-wait_quiet() {
-    local i b0 b1 o0 o1
-    for ((i = 0; i < 120; i++)); do
-        b0=$(busy_ticks) o0=$(our_ticks)
-        sleep 1
-        b1=$(busy_ticks) o1=$(our_ticks)
-        (((b1 - b0 - o1 + o0) * 10 < $(getconf CLK_TCK) * $(nproc))) && return 0
-    done
-}
-
-declare -A BASE VPID
 # CPU ticks of one process tree (reaped children included).
 tree_ticks() {
     local p total=0 rest
@@ -148,6 +121,20 @@ tree_ticks() {
     done
     echo "$total"
 }
+# CPU ticks of this script's process tree.
+our_ticks() { tree_ticks $$; }
+# Up to 120 s, until other processes use < 10% of the machine for a second.
+wait_quiet() {
+    local i b0 b1 o0 o1
+    for ((i = 0; i < 120; i++)); do
+        b0=$(busy_ticks) o0=$(our_ticks)
+        sleep 1
+        b1=$(busy_ticks) o1=$(our_ticks)
+        (((b1 - b0 - o1 + o0) * 10 < $(getconf CLK_TCK) * $(nproc))) && return 0
+    done
+}
+
+declare -A BASE VPID
 start_variant() { # name prefix binary
     local name=$1 prefix=$2 bin=$3 port base token i
     port=$(free_port)

@@ -35,88 +35,40 @@ fn bench(c: &mut Criterion) {
         ..Default::default()
     };
     let far = || Instant::now() + Duration::from_secs(60);
+    let input = |inputs| RunInput {
+        inputs,
+        script: "test",
+        event: &ev,
+        request: Some(&req),
+        modules: ModuleSet::default(),
+        host: Arc::new(NoHost),
+    };
     let mut sb = Sandbox::new();
 
     let hello = sb.compile(r#""Hello, world!""#, &limits).unwrap();
     c.bench_function("eval hello world (cached AST, fresh scope)", |b| {
-        b.iter(|| {
-            sb.run(
-                &hello,
-                &limits,
-                far(),
-                RunInput {
-                    inputs: picloud_sandbox::Inputs::ALL,
-                    script: "test",
-                    event: &ev,
-                    request: Some(&req),
-                    modules: ModuleSet::default(),
-                    host: Arc::new(NoHost),
-                },
-            )
-        })
+        b.iter(|| sb.run(&hello, &limits, far(), input(picloud_sandbox::Inputs::ALL)))
     });
 
     // The same, as the executor runs it: the script names neither `event`
     // nor `request`, so neither is built.
     let inferred = picloud_sandbox::Inputs::of(r#""Hello, world!""#, 0);
     c.bench_function("eval hello world (inputs it cannot read left out)", |b| {
-        b.iter(|| {
-            sb.run(
-                &hello,
-                &limits,
-                far(),
-                RunInput {
-                    inputs: inferred,
-                    script: "test",
-                    event: &ev,
-                    request: Some(&req),
-                    modules: ModuleSet::default(),
-                    host: Arc::new(NoHost),
-                },
-            )
-        })
+        b.iter(|| sb.run(&hello, &limits, far(), input(inferred)))
     });
 
     let source = hundred_lines();
     assert_eq!(source.lines().count(), 100);
     let big = sb.compile(&source, &limits).unwrap();
     c.bench_function("eval 100-line script (cached AST, fresh scope)", |b| {
-        b.iter(|| {
-            sb.run(
-                &big,
-                &limits,
-                far(),
-                RunInput {
-                    inputs: picloud_sandbox::Inputs::ALL,
-                    script: "test",
-                    event: &ev,
-                    request: Some(&req),
-                    modules: ModuleSet::default(),
-                    host: std::sync::Arc::new(NoHost),
-                },
-            )
-        })
+        b.iter(|| sb.run(&big, &limits, far(), input(picloud_sandbox::Inputs::ALL)))
     });
 
     // The per-invocation setup: limits applied, log and deadline reset,
     // scope with `event` and `request` built, result mapped.
     let unit = sb.compile("()", &limits).unwrap();
     c.bench_function("per-invocation setup (run of an empty script)", |b| {
-        b.iter(|| {
-            sb.run(
-                &unit,
-                &limits,
-                far(),
-                RunInput {
-                    inputs: picloud_sandbox::Inputs::ALL,
-                    script: "test",
-                    event: &ev,
-                    request: Some(&req),
-                    modules: ModuleSet::default(),
-                    host: std::sync::Arc::new(NoHost),
-                },
-            )
-        })
+        b.iter(|| sb.run(&unit, &limits, far(), input(picloud_sandbox::Inputs::ALL)))
     });
 
     c.bench_function("compile hello world", |b| {
