@@ -336,3 +336,58 @@ async fn record_batches_are_stored_exactly_once_whatever_their_text() {
     store.close().await;
     env.cleanup().await;
 }
+
+/// The recorder batches a burst (more than one batch's worth) with one
+/// wake-up per batch, and an executor stopped right after its last answer
+/// still publishes what it was gathering: every answered call has a record.
+#[tokio::test]
+async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once() {
+    use futures::StreamExt;
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    let executor = env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    // Names neither `event` nor `request`: neither is built for it.
+    c.deploy("burst", r#""ok""#).await;
+    c.wait_for_body("burst", "ok").await;
+
+    let calls = 2_500;
+    let ids: Vec<uuid::Uuid> = futures::stream::iter(0..calls)
+        .map(|_| async {
+            let resp = c.call("burst").await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            resp.headers()["x-picloud-invocation-id"]
+                .to_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap()
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    executor.stop().await;
+
+    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+        .await
+        .unwrap();
+    let stored = eventually(Duration::from_secs(30), || async {
+        let list = store
+            .list_invocations(&picloud_store::InvocationFilter {
+                script: Some("burst".into()),
+                status: None,
+                limit: 10_000,
+            })
+            .await
+            .unwrap();
+        let stored: std::collections::HashSet<uuid::Uuid> = list.iter().map(|r| r.id).collect();
+        ids.iter().all(|id| stored.contains(id)).then_some(list)
+    })
+    .await;
+    let missing = stored.is_none();
+    assert!(
+        !missing,
+        "some of the {calls} answered calls have no record"
+    );
+    store.close().await;
+    env.cleanup().await;
+}
