@@ -175,7 +175,9 @@ impl Outcome {
     }
 }
 
-/// The durable record of one invocation, written by the manager.
+/// The durable record of one invocation, written by the manager. Its JSON
+/// is also the admin API's, so every field but the two that only some
+/// invocations have (`parent_id`, `response`) is always present.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InvocationRecord {
     pub id: Uuid,
@@ -184,15 +186,15 @@ pub struct InvocationRecord {
     pub trigger: Trigger,
     pub status: InvocationStatus,
     /// The HTTP status the script answered with, when it answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub http_status: Option<u16>,
     pub started_at: DateTime<Utc>,
     pub duration_us: u64,
     /// Captured `log`/`print` output, capped by the script's limit.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub log: String,
     /// The full error, for the operator only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub error: Option<String>,
     pub executor: String,
     pub trace_id: Uuid,
@@ -206,7 +208,7 @@ pub struct InvocationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<ScriptResponse>,
     /// Readable at the public status URL (async HTTP only).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub public: bool,
 }
 
