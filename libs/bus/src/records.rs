@@ -181,8 +181,8 @@ impl RecordConsumer {
 /// A record as it travels in a batch: short keys, the start as Unix
 /// microseconds, absent fields left out, and the trace id only when it is
 /// not the invocation's own (as for every HTTP call). Half the bytes of the
-/// record's API form, which the NATS server, the executor's encoder and
-/// the manager's decoder all pay for per byte.
+/// record's API form for the NATS server to carry, and no timestamp to
+/// format or parse.
 #[derive(Serialize, Deserialize)]
 struct WireRecord<'a> {
     i: Uuid,
