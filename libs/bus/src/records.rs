@@ -74,21 +74,15 @@ impl RecordBatchBuf {
         self.len == 0
     }
 
-    /// The message: a JSON array of the records.
-    pub fn payload(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.json.len() + 2);
+    /// The message, a JSON array of the records, leaving the batch empty
+    /// (the bytes move into it; nothing is copied).
+    pub fn finish(&mut self) -> Bytes {
         if self.json.is_empty() {
-            out.push(b'[');
-        } else {
-            out.extend_from_slice(&self.json);
+            self.json.push(b'[');
         }
-        out.push(b']');
-        Bytes::from(out)
-    }
-
-    pub fn clear(&mut self) {
-        self.json.clear();
+        self.json.push(b']');
         self.len = 0;
+        Bytes::from(std::mem::take(&mut self.json))
     }
 }
 
@@ -300,7 +294,7 @@ mod tests {
         for r in records {
             buf.push(&RecordBatchBuf::encode(r));
         }
-        buf.payload()
+        buf.finish()
     }
 
     #[test]

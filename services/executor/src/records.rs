@@ -40,8 +40,14 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn take(&self) -> Vec<InvocationRecord> {
-        std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Swaps the gathered records into `out`, an empty vector whose
+    /// capacity the recorders then push into (no regrowth per batch under
+    /// their lock).
+    fn take_into(&self, out: &mut Vec<InvocationRecord>) {
+        std::mem::swap(
+            &mut *self.records.lock().unwrap_or_else(|e| e.into_inner()),
+            out,
+        );
     }
 }
 
@@ -130,6 +136,7 @@ fn encode(r: &mut InvocationRecord) -> Vec<u8> {
 
 async fn publish_loop(bus: Bus, buffer: Arc<Buffer>, shutdown: Shutdown) {
     let mut batch = RecordBatchBuf::default();
+    let mut taken = Vec::new();
     loop {
         // Wait (without a timer) for the first record of a batch. A signal
         // given while nobody waits is kept, so none is lost.
@@ -158,7 +165,8 @@ async fn publish_loop(bus: Bus, buffer: Arc<Buffer>, shutdown: Shutdown) {
                 _ = buffer.ready.notified() => {}
             }
         }
-        for mut r in buffer.take() {
+        buffer.take_into(&mut taken);
+        for mut r in taken.drain(..) {
             let encoded = encode(&mut r);
             if batch.len() >= MAX_BATCH || batch.bytes_with(encoded.len() + 1) > MAX_BATCH_BYTES {
                 publish(&bus, &mut batch, &shutdown).await;
@@ -173,7 +181,8 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
     if batch.is_empty() {
         return;
     }
-    let payload = batch.payload();
+    let n = batch.len();
+    let payload = batch.finish();
     let mut backoff = Duration::from_millis(100);
     for attempt in 1.. {
         match bus.publish_records(payload.clone()).await {
@@ -182,7 +191,7 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
             // memory; new records are dropped, and counted, when it fills);
             // on shutdown, give up after a few tries.
             Err(e) if shutdown.is_cancelled() && attempt >= 3 => {
-                tracing::error!(error = %e, n = batch.len(), "giving up on invocation records");
+                tracing::error!(error = %e, n, "giving up on invocation records");
                 break;
             }
             Err(e) => {
@@ -192,5 +201,4 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
             }
         }
     }
-    batch.clear();
 }
