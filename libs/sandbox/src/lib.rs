@@ -62,11 +62,11 @@ pub struct RunInput<'a> {
     pub host: Arc<dyn Host>,
 }
 
-/// Which input values a program may read: a program whose source never
-/// names `event` (or `request`) cannot reach it (no `eval`, and functions and
-/// modules do not see the caller's scope), so building it would be wasted
-/// work on every call. The test is on the text, so it errs only towards
-/// building: a mention in a string or comment counts.
+/// Which input values a program may read. A program reaches a variable only
+/// by naming it (there is no `eval`, and with imports everything is built),
+/// so building one its source never names would be wasted work on every
+/// call. The test is on the text, so it errs only towards building: a
+/// mention in a string or comment counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inputs {
     pub event: bool,
