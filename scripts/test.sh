@@ -83,9 +83,20 @@ if [ "${PICLOUD_TEST_SERVERS_ONLY:-}" = 1 ]; then
 fi
 
 # ---- checks and tests -------------------------------------------------------
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace 2>&1 | tee "$work/test.log"
-# One closing line for the whole run (cargo prints one per test binary).
-awk '/^test result:/ { p += $4; f += $6; i += $8 }
-     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
+# Every step runs to the end, and the closing line is printed whatever
+# happened; the exit status says whether anything failed.
+status=0
+cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
+cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
+cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
+# One closing line for the whole run (cargo prints one per test binary). A
+# test binary that crashed (a signal, an abort) prints cargo's "test failed"
+# error without a FAILED result line: each such binary counts as one failure,
+# and so does each crate whose tests did not compile.
+awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
+     /^error: test failed, to rerun pass/ { e++ }
+     /^error: could not compile/ { c++ }
+     END { if (e > r) f += e - r
+           f += c
+           printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
+exit "$status"
