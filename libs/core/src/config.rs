@@ -279,7 +279,8 @@ fn default_data_dir() -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
+/// True when this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
     // Without libc: /proc/self/status carries the real and effective uids.
     std::fs::read_to_string("/proc/self/status")
         .ok()

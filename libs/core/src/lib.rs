@@ -18,6 +18,8 @@
 //! subjects (the bus crate owns them), SQL (the store crate owns it) or HTTP
 //! serving (the http crate owns it).
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod effects;
 pub mod invocation;
@@ -26,7 +28,7 @@ pub mod limits;
 pub mod name;
 pub mod schedule;
 
-pub use config::Config;
+pub use config::{Config, is_root};
 pub use effects::{Commit, CommitReply, DeadLetter, Effects, Emit, KvEntry, KvVersion, ListRead};
 pub use invocation::{
     EventInput, HttpRequestInput, InvocationRecord, InvocationReply, InvocationRequest,

@@ -9,6 +9,8 @@
 //! Tests that stop or kill servers use [`TestEnv::on`] with the private
 //! servers of [`servers`].
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -310,10 +312,7 @@ impl Client {
 
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    picloud_supervise::free_port().expect("a free loopback port")
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`.

@@ -20,96 +20,55 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A child process killed (SIGKILL) when dropped.
-pub struct ChildProcess {
-    name: String,
-    child: std::process::Child,
-}
+use picloud_supervise::{Owner, Signal, Spawn, Supervised, find_binary, is_root, postgres_bindir};
+
+/// A child process killed (SIGKILL) when dropped: a [`Supervised`] child
+/// whose failures to start are test failures.
+pub struct ChildProcess(Supervised);
 
 impl ChildProcess {
     /// Spawns `cmd` in its own process group, with its output appended to
     /// `log` (if given) and SIGKILL as its parent-death signal.
-    pub fn spawn(name: &str, mut cmd: Command, log: Option<&Path>) -> Self {
-        match log {
-            Some(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-                cmd.stdout(file.try_clone().expect("dup log")).stderr(file);
-            }
-            None => {
-                cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            }
+    pub fn spawn(name: &str, cmd: Command, log: Option<&Path>) -> Self {
+        let mut how = Spawn::new(Signal::SIGKILL);
+        if let Some(path) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            how = how.output(file);
         }
-        cmd.stdin(Stdio::null()).process_group(0);
-        // SAFETY: getpid has no preconditions.
-        let parent = unsafe { libc::getpid() };
-        // SAFETY: runs in the forked child before exec and calls only
-        // async-signal-safe functions (prctl, getppid, raise).
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::raise(libc::SIGKILL);
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            name: name.to_owned(),
-            child,
-        }
+        Self::spawn_as(name, cmd, how)
+    }
+
+    fn spawn_as(name: &str, cmd: Command, how: Spawn) -> Self {
+        Self(Supervised::spawn(name, cmd.into(), how).unwrap_or_else(|e| panic!("{e}")))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid().expect("not reaped yet")
     }
 
     /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
+    pub fn signal(&self, signal: Signal) {
+        self.0.signal(signal);
     }
 
     /// SIGKILL, and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0
+            .stop_blocking(Signal::SIGKILL, Duration::from_secs(10));
     }
 
     /// True while the process has not exited.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.0.is_running()
     }
 
     /// Sends `signal`, waits up to `limit` for the exit, then SIGKILLs.
-    pub async fn stop(&mut self, signal: i32, limit: Duration) {
-        self.signal(signal);
-        let started = Instant::now();
-        while self.is_running() {
-            if started.elapsed() > limit {
-                eprintln!(
-                    "{} ignored signal {signal} for {limit:?}; killing it",
-                    self.name
-                );
-                self.kill();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        self.kill();
+    pub async fn stop(&mut self, signal: Signal, limit: Duration) {
+        self.0.stop(signal, limit).await;
     }
 }
 
@@ -157,16 +116,17 @@ impl PrivateNats {
             .arg(self.dir.path().join("store"));
         self.child = Some(ChildProcess::spawn("nats-server", cmd, Some(&self.log())));
         let port = self.port;
-        wait_until(Duration::from_secs(30), "nats-server", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        picloud_supervise::wait_until(Duration::from_secs(30), "nats-server", || async move {
+            picloud_supervise::port_open(port)
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Stops the server gracefully (SIGTERM: JetStream flushes its store).
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.stop(libc::SIGTERM, Duration::from_secs(20)).await;
+            child.stop(Signal::SIGTERM, Duration::from_secs(20)).await;
         }
     }
 }
@@ -176,7 +136,7 @@ impl PrivateNats {
 pub struct PrivatePostgres {
     dir: tempfile::TempDir,
     bindir: PathBuf,
-    owner: Option<(u32, u32)>,
+    owner: Option<Owner>,
     child: Option<ChildProcess>,
 }
 
@@ -191,11 +151,11 @@ impl PrivatePostgres {
             .prefix("picloud-pg-")
             .tempdir_in("/tmp")
             .expect("temp dir");
-        let owner = is_root().then(postgres_user);
+        let owner = is_root().then(|| Owner::postgres().unwrap_or_else(|e| panic!("{e}")));
         for d in [dir.path().to_owned(), dir.path().join("run")] {
             std::fs::create_dir_all(&d).expect("create dir");
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&d, Some(uid), Some(gid)).expect("chown");
+            if let Some(owner) = owner {
+                owner.chown(&d).expect("chown");
             }
         }
         let mut initdb = Command::new(bindir.join("initdb"));
@@ -211,8 +171,8 @@ impl PrivatePostgres {
             ])
             .env("HOME", "/tmp")
             .stdout(Stdio::null());
-        if let Some((uid, gid)) = owner {
-            initdb.uid(uid).gid(gid);
+        if let Some(owner) = owner {
+            initdb.uid(owner.uid).gid(owner.gid);
         }
         let out = initdb.output().expect("initdb runs");
         assert!(
@@ -250,8 +210,8 @@ impl PrivatePostgres {
         let log = self.log();
         if !log.exists() {
             std::fs::write(&log, b"").expect("create log");
-            if let Some((uid, gid)) = self.owner {
-                std::os::unix::fs::chown(&log, Some(uid), Some(gid)).expect("chown");
+            if let Some(owner) = self.owner {
+                owner.chown(&log).expect("chown");
             }
         }
         let mut cmd = Command::new(self.bindir.join("postgres"));
@@ -270,10 +230,12 @@ impl PrivatePostgres {
                 "max_connections=100",
             ])
             .env("HOME", "/tmp");
-        if let Some((uid, gid)) = self.owner {
-            cmd.uid(uid).gid(gid);
-        }
-        self.child = Some(ChildProcess::spawn("postgres", cmd, Some(&log)));
+        let output = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("open the log");
+        let how = Spawn::new(Signal::SIGKILL).owner(self.owner).output(output);
+        self.child = Some(ChildProcess::spawn_as("postgres", cmd, how));
         let url = self.url("postgres");
         let started = Instant::now();
         loop {
@@ -294,7 +256,7 @@ impl PrivatePostgres {
     /// ended, as in `pg_ctl stop -m fast` or a restart by an operator).
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            child.stop(libc::SIGINT, Duration::from_secs(30)).await;
+            child.stop(Signal::SIGINT, Duration::from_secs(30)).await;
         }
     }
 }
@@ -304,73 +266,9 @@ impl Drop for PrivatePostgres {
         // SIGKILL would leave shared memory and a stale pid file behind;
         // a fast shutdown is quick, and the directory is removed after.
         if let Some(mut child) = self.child.take() {
-            child.signal(libc::SIGINT);
-            let started = Instant::now();
-            while child.is_running() && started.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            child
+                .0
+                .stop_blocking(Signal::SIGINT, Duration::from_secs(10));
         }
     }
-}
-
-async fn wait_until(limit: Duration, what: &str, ready: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !ready() {
-        assert!(
-            started.elapsed() < limit,
-            "{what} did not start within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `name` on PATH or in the sbin directories (Debian installs nats-server
-/// in /usr/sbin).
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Where `initdb` and `postgres` live: Debian keeps them off PATH.
-fn postgres_bindir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("PICLOUD_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        return dir.join("initdb").is_file().then_some(dir);
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").is_file().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    versions
-        .pop()
-        .map(|(_, bin)| bin)
-        .or_else(|| find_binary("initdb").and_then(|p| p.parent().map(Path::to_path_buf)))
-}
-
-fn postgres_user() -> (u32, u32) {
-    let passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&"postgres") && f.len() > 3)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-        .expect("as root, the private Postgres needs the 'postgres' user")
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

@@ -11,14 +11,15 @@
 //!   only us, and we stop them after the roles have drained) and get a
 //!   parent-death signal, so a crashed `picloud` leaves no orphans.
 
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use picloud_core::{Config, Shutdown};
+use picloud_core::{Config, Shutdown, is_root};
 use picloud_store::Store;
-use tokio::process::{Child, Command};
+use picloud_supervise::{Owner, Signal, Spawn, Supervised, find_binary, postgres_bindir};
+use tokio::process::Command;
 
 const SETUP_HINT: &str = "install them with: sudo apt-get install -y nats-server postgresql \
      (or run scripts/setup.sh), or set PICLOUD_NATS_URL and PICLOUD_DATABASE_URL";
@@ -26,8 +27,8 @@ const SETUP_HINT: &str = "install them with: sudo apt-get install -y nats-server
 /// The private servers this process started (none when URLs were given).
 #[derive(Default)]
 pub struct Embedded {
-    nats: Option<Child>,
-    postgres: Option<Child>,
+    nats: Option<Supervised>,
+    postgres: Option<Supervised>,
 }
 
 impl Embedded {
@@ -85,28 +86,18 @@ impl Embedded {
 
     /// Stops Postgres (fast shutdown) and NATS, and waits for both.
     pub async fn stop(mut self) {
-        if let Some(pg) = self.postgres.take() {
-            stop_child("postgres", pg, libc::SIGINT).await;
+        // Fast shutdown for Postgres; JetStream flushes its store on SIGTERM.
+        if let Some(mut pg) = self.postgres.take() {
+            pg.stop(Signal::SIGINT, STOP_LIMIT).await;
         }
-        if let Some(nats) = self.nats.take() {
-            stop_child("nats-server", nats, libc::SIGTERM).await;
+        if let Some(mut nats) = self.nats.take() {
+            nats.stop(Signal::SIGTERM, STOP_LIMIT).await;
         }
     }
 }
 
-async fn stop_child(name: &str, mut child: Child, signal: i32) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        unsafe { libc::kill(pid as i32, signal) };
-    }
-    match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-        Ok(_) => tracing::info!("{name} stopped"),
-        Err(_) => {
-            tracing::warn!("{name} did not stop in 30s; killing it");
-            let _ = child.kill().await;
-        }
-    }
-}
+/// How long a private server may take to stop before it is killed.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
 
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
@@ -156,7 +147,7 @@ fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
 
 // ---- NATS ------------------------------------------------------------------
 
-async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
+async fn start_nats(data_dir: &Path) -> anyhow::Result<(Supervised, String)> {
     // PICLOUD_NATS_SERVER picks a specific server (e.g. a newer one).
     let bin = match std::env::var_os("PICLOUD_NATS_SERVER") {
         Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
@@ -167,7 +158,7 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
     std::fs::create_dir_all(&dir)?;
     // Script sources and invocation records live in here.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    let port = free_port()?;
+    let port = picloud_supervise::free_port()?;
     let conf = dir.join("nats.conf");
     // Loopback is shared with every local user: the server demands a
     // password made fresh at every start (the config file is 0600, in a 0700
@@ -188,14 +179,11 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
     )?;
     let log = std::fs::File::create(dir.join("nats.log"))?;
     let mut cmd = Command::new(&bin);
-    cmd.arg("-c")
-        .arg(&conf)
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let child = spawn_child(cmd, libc::SIGTERM, None).context("cannot start nats-server")?;
+    cmd.arg("-c").arg(&conf);
+    let child = Supervised::spawn("nats-server", cmd, Spawn::new(Signal::SIGTERM).output(log))?;
     let url = format!("nats://picloud:{password}@127.0.0.1:{port}");
-    wait_for(Duration::from_secs(20), "nats-server", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    picloud_supervise::wait_until(Duration::from_secs(20), "nats-server", || async move {
+        picloud_supervise::port_open(port)
     })
     .await?;
     tracing::info!(port, "private nats-server started");
@@ -204,11 +192,14 @@ async fn start_nats(data_dir: &Path) -> anyhow::Result<(Child, String)> {
 
 // ---- Postgres --------------------------------------------------------------
 
-async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<(Child, String)> {
+async fn start_postgres(
+    data_dir: &Path,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Supervised, String)> {
     let bindir = postgres_bindir()
         .with_context(|| format!("Postgres (initdb, postgres) is not installed; {SETUP_HINT}"))?;
     let owner = if is_root() {
-        Some(postgres_user()?)
+        Some(Owner::postgres().map_err(|e| anyhow::anyhow!("{e}; {SETUP_HINT}"))?)
     } else {
         None
     };
@@ -218,12 +209,12 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
     for d in [&base, &run] {
         std::fs::create_dir_all(d)?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = owner {
-            chown(d, Some(uid), Some(gid))?;
+        if let Some(owner) = owner {
+            owner.chown(d)?;
         }
     }
-    if let Some((uid, _)) = owner {
-        check_reachable(&base, uid)?;
+    if let Some(owner) = owner {
+        check_reachable(&base, owner.uid)?;
     }
 
     if !pgdata.join("PG_VERSION").exists() {
@@ -239,8 +230,8 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
             ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
-        let out = spawn_child(cmd, libc::SIGTERM, owner)?
-            .wait_with_output()
+        let out = Supervised::spawn("initdb", cmd, Spawn::new(Signal::SIGTERM).owner(owner))?
+            .output()
             .await
             .context("initdb failed to run")?;
         if !out.status.success() {
@@ -252,8 +243,8 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
     }
 
     let log = std::fs::File::create(base.join("postgres.log"))?;
-    if let Some((uid, gid)) = owner {
-        chown(base.join("postgres.log"), Some(uid), Some(gid))?;
+    if let Some(owner) = owner {
+        owner.chown(&base.join("postgres.log"))?;
     }
     let mut cmd = Command::new(bindir.join("postgres"));
     cmd.arg("-D")
@@ -266,10 +257,12 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
             "listen_addresses=",
             "-c",
             "unix_socket_permissions=0700",
-        ])
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    let child = spawn_child(cmd, libc::SIGINT, owner).context("cannot start postgres")?;
+        ]);
+    let child = Supervised::spawn(
+        "postgres",
+        cmd,
+        Spawn::new(Signal::SIGINT).owner(owner).output(log),
+    )?;
 
     let admin = format!(
         "postgres://picloud@localhost/postgres?host={}",
@@ -295,56 +288,6 @@ async fn start_postgres(data_dir: &Path, shutdown: &Shutdown) -> anyhow::Result<
     ))
 }
 
-/// Where `initdb` and `postgres` live: Debian keeps them off PATH.
-fn postgres_bindir() -> Option<PathBuf> {
-    // PICLOUD_PG_BINDIR picks a specific Postgres installation.
-    if let Some(dir) = std::env::var_os("PICLOUD_PG_BINDIR") {
-        let dir = PathBuf::from(dir);
-        return dir.join("initdb").is_file().then_some(dir);
-    }
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && dir.join("initdb").exists() {
-            return Some(dir);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_str()?.parse::<u32>().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((v, bin))
-        })
-        .collect();
-    versions.sort();
-    if let Some((_, bin)) = versions.pop() {
-        return Some(bin);
-    }
-    find_binary("initdb").and_then(|p| p.parent().map(Path::to_path_buf))
-}
-
-fn postgres_user() -> anyhow::Result<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    passwd
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.first() == Some(&"postgres") && f.len() > 3)
-                .then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .flatten()
-        })
-        .with_context(|| {
-            format!(
-                "running as root needs the 'postgres' user to own the private cluster; {SETUP_HINT}"
-            )
-        })
-}
-
 /// As root, the `postgres` user must be able to walk down to its directory.
 fn check_reachable(dir: &Path, uid: u32) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
@@ -367,71 +310,4 @@ fn check_reachable(dir: &Path, uid: u32) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-// ---- helpers ---------------------------------------------------------------
-
-fn spawn_child(
-    mut cmd: Command,
-    death_signal: i32,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<Child> {
-    if let Some((uid, gid)) = owner {
-        cmd.uid(uid).gid(gid);
-        cmd.env("HOME", "/tmp");
-    }
-    cmd.process_group(0).kill_on_drop(true);
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure runs in the forked child before exec and calls
-    // only async-signal-safe functions (prctl, getppid, raise).
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() != parent {
-                libc::raise(death_signal);
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn()
-}
-
-/// `name` on PATH or in the sbin directories (Debian installs nats-server
-/// in /usr/sbin, which a normal user's PATH lacks).
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/usr/local/sbin", "/sbin"]
-                .iter()
-                .map(PathBuf::from),
-        )
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_for(limit: Duration, what: &str, ready: impl Fn() -> bool) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while !ready() {
-        if started.elapsed() > limit {
-            bail!("{what} did not start within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

@@ -7,6 +7,8 @@
 //! Configuration comes from `PICLOUD_*` variables and an optional TOML file
 //! (`PICLOUD_CONFIG`); see `picloud_core::Config`.
 
+#![forbid(unsafe_code)]
+
 mod embedded;
 mod up;
 

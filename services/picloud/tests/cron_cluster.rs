@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use picloud_core::Uuid;
 use picloud_core::job::cron_event_id;
+use picloud_supervise::Signal;
 use picloud_testkit::{Client, TestEnv, eventually, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -86,10 +87,7 @@ impl ManagerProcess {
 
 impl Drop for ManagerProcess {
     fn drop(&mut self) {
-        // SAFETY: signals our own child, which we have not reaped yet.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        picloud_supervise::signal(self.child.id(), Signal::SIGTERM);
         let _ = self.child.wait();
     }
 }

@@ -5,6 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use picloud_supervise::Signal;
 use picloud_testkit::{Client, eventually, free_port};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -112,8 +113,7 @@ async fn a_secret_never_leaves_the_script_except_by_its_own_response() {
     let resp = c.call("leaky").await;
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    picloud_supervise::signal(child.id(), Signal::SIGTERM);
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         assert!(

@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use picloud_supervise::Signal;
 use picloud_testkit::{Client, free_port};
 use reqwest::StatusCode;
 
@@ -108,8 +109,7 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
         .await;
 
     // SIGTERM: drain, stop the children, exit 0.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    picloud_supervise::signal(child.id(), Signal::SIGTERM);
     let started = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -194,8 +194,7 @@ async fn executor_processes_share_the_work() {
     assert!(both.is_some(), "not every executor process took work");
 
     for child in &mut executors {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        picloud_supervise::signal(child.id(), Signal::SIGTERM);
     }
     for child in &mut executors {
         let status = child.wait().unwrap();
@@ -234,13 +233,12 @@ async fn up_exits_with_an_error_when_its_nats_server_dies() {
     .await;
     assert!(ready.is_some(), "picloud up serves");
 
-    let nats: Vec<i32> = processes_mentioning(&format!("{data_dir}/nats/nats.conf"))
+    let nats: Vec<u32> = processes_mentioning(&format!("{data_dir}/nats/nats.conf"))
         .iter()
         .filter_map(|p| p.split(':').next()?.parse().ok())
         .collect();
     assert_eq!(nats.len(), 1, "one private nats-server");
-    // SAFETY: kill(2) on the private server our child started.
-    unsafe { libc::kill(nats[0], libc::SIGKILL) };
+    picloud_supervise::signal(nats[0], Signal::SIGKILL);
 
     let out = tokio::time::timeout(
         Duration::from_secs(60),
