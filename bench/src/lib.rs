@@ -16,6 +16,8 @@
 //! This library holds what they share: the worker pool, percentiles and
 //! run-unique names.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! `baseline-axum --listen ADDR`: the raw axum hello-world. Every path
 //! answers `200 Hello, world!`; it is the ceiling for HTTP on this machine.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use axum::Router;

@@ -17,6 +17,8 @@
 //! on SIGINT/SIGTERM. The reply's first byte is a status (`0` ok, `1`
 //! script error, `2` saturated), the rest the script's value as text.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,6 +12,8 @@
 //!   `job-sink`, `--concurrency` at a time; the rate runs from the first
 //!   submission to the end of the last job (from the records).
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};

@@ -7,6 +7,8 @@
 //! before the PUT is sent to the first matching GET. Prints p50, p90 and max
 //! (and how much of it was the PUT itself), then deletes the script.
 
+#![forbid(unsafe_code)]
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};

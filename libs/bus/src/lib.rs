@@ -19,6 +19,8 @@
 //!   calls to managers (kv, commits, dead letters, async submissions): see
 //!   [`jobs`].
 
+#![forbid(unsafe_code)]
+
 mod jobs;
 pub mod names;
 mod records;

@@ -29,6 +29,8 @@
 //! maps script values to an [`OutboundRequest`] and an [`OutboundResponse`]
 //! back to `#{ status, headers, body, json }`.
 
+#![forbid(unsafe_code)]
+
 mod budget;
 mod client;
 pub mod policy;

@@ -6,6 +6,8 @@
 //! - [`health`]: `/healthz` and `/readyz` from a list of readiness checks.
 //! - [`serve`]: bind, serve, drain on shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod health;
 

@@ -15,6 +15,8 @@
 //! Architecture invariant: this crate knows nothing of NATS, Postgres or HTTP
 //! servers. It takes an invocation's inputs and returns its outcome.
 
+#![deny(unsafe_code)]
+
 mod capture;
 pub mod host;
 pub mod http;

@@ -15,6 +15,8 @@
 //! - [`schedules`]: cron schedules, and the claim that fires them exactly
 //!   once across managers.
 
+#![forbid(unsafe_code)]
+
 pub mod invocations;
 pub mod jobs;
 pub mod kv;

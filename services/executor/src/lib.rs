@@ -17,6 +17,8 @@
 //! Architecture invariant: the executor holds no database credentials; it
 //! learns scripts from the bus's version bucket only.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod host;
 pub mod jobs;

@@ -10,6 +10,8 @@
 //! Architecture invariant: the gateway holds no database credentials and
 //! runs no script code; it knows scripts only through the bus.
 
+#![forbid(unsafe_code)]
+
 pub mod invoke;
 pub mod routes;
 

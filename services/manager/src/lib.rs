@@ -18,6 +18,8 @@
 //! Architecture invariant: the manager is the only role that holds database
 //! credentials; everything other roles need, it publishes on the bus.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod compiler;
 pub mod effects;
