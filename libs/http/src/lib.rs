@@ -4,12 +4,14 @@
 //!   the one place an error becomes a public answer; bearer-token checks.
 //! - [`JsonBody`]: a JSON body extractor whose rejections are JSON errors too.
 //! - [`health`]: `/healthz` and `/readyz` from a list of readiness checks.
+//! - [`tasks`]: a role's background tasks; one that dies fails `/readyz`.
 //! - [`serve`]: bind, serve, drain on shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod health;
+pub mod tasks;
 
 use std::net::SocketAddr;
 
@@ -20,6 +22,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, TokenHash};
 pub use health::{ReadyCheck, health_router, ready_when};
+pub use tasks::Tasks;
 
 /// A JSON request body. Unlike `axum::Json`, a bad body is answered with our
 /// JSON error shape and a message that says what is wrong.

@@ -32,13 +32,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use picloud_bus::Bus;
 use picloud_core::{Config, Shutdown};
-use picloud_http::ReadyCheck;
-use tokio::task::JoinSet;
+use picloud_http::{ReadyCheck, Tasks};
 
 pub struct Executor {
     pub ready: ReadyCheck,
     pub id: String,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 /// Starts an executor on `bus` (its own connection, or one `picloud up`
@@ -73,32 +72,35 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         runtime: tokio::runtime::Handle::current(),
     };
     let server = Arc::new(server);
-    let mut tasks = JoinSet::new();
+    let mut tasks = Tasks::new(shutdown.clone());
     let incoming = bus.serve_invocations().await?;
-    tasks.spawn(serve::Server::run(
-        server.clone(),
-        incoming,
-        shutdown.clone(),
-    ));
-    tasks.spawn(jobs::run(
-        server,
-        jobs::JobSettings {
-            ack_wait: std::time::Duration::from_millis(config.job_ack_wait_ms),
-            config: config.clone(),
-            shutdown: shutdown.clone(),
-        },
-        shutdown.clone(),
-    ));
-    tasks.spawn(record_task);
+    tasks.spawn(
+        "invocations",
+        serve::Server::run(server.clone(), incoming, shutdown.clone()),
+    );
+    tasks.spawn(
+        "jobs",
+        jobs::run(
+            server,
+            jobs::JobSettings {
+                ack_wait: std::time::Duration::from_millis(config.job_ack_wait_ms),
+                config: config.clone(),
+                shutdown: shutdown.clone(),
+            },
+            shutdown.clone(),
+        ),
+    );
+    tasks.spawn("records", record_task);
     tracing::info!(executor = %id, workers, "executor started");
     let ready = picloud_http::ready_when("executor: NATS disconnected", move || bus.is_connected());
+    let ready = tasks.ready("executor", ready);
     Ok(Executor { ready, id, tasks })
 }
 
 impl Executor {
     /// Waits until the executor has drained (after shutdown).
-    pub async fn join(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn join(self) {
+        self.tasks.join().await;
     }
 }
 

@@ -21,21 +21,23 @@ use anyhow::Context;
 use axum::Router;
 use picloud_bus::Bus;
 use picloud_core::{Config, Shutdown};
-use picloud_http::ReadyCheck;
-use tokio::task::JoinSet;
+use picloud_http::{ReadyCheck, Tasks};
 
 pub struct Gateway {
     pub router: Router,
     pub ready: ReadyCheck,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
 }
 
 /// Starts the gateway on `bus` (its own connection, or one `picloud up`
 /// shares between the roles).
 pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Gateway> {
     let routes = routes::RouteTable::default();
-    let mut tasks = JoinSet::new();
-    tasks.spawn(routes.clone().follow(bus.clone(), shutdown.clone()));
+    let mut tasks = Tasks::new(shutdown.clone());
+    tasks.spawn(
+        "routes",
+        routes.clone().follow(bus.clone(), shutdown.clone()),
+    );
     let state = Arc::new(invoke::GatewayState {
         bus: bus.clone(),
         routes,
@@ -43,6 +45,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         max_attempts: config.max_attempts,
     });
     let ready = picloud_http::ready_when("gateway: NATS disconnected", move || bus.is_connected());
+    let ready = tasks.ready("gateway", ready);
     Ok(Gateway {
         router: invoke::router(state, config.max_request_bytes),
         ready,
@@ -51,8 +54,8 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
 }
 
 impl Gateway {
-    pub async fn join(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn join(self) {
+        self.tasks.join().await;
     }
 }
 

@@ -36,16 +36,15 @@ use anyhow::Context;
 use axum::Router;
 use picloud_bus::Bus;
 use picloud_core::{Config, Shutdown};
-use picloud_http::{ReadyCheck, TokenHash};
+use picloud_http::{ReadyCheck, Tasks, TokenHash};
 use picloud_store::Store;
-use tokio::task::JoinSet;
 
 /// A started manager: its router (to be served alone or merged with other
 /// roles) and its background tasks.
 pub struct Manager {
     pub router: Router,
     pub ready: ReadyCheck,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
     store: Store,
 }
 
@@ -71,25 +70,32 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     let secret_box = Arc::new(secrets::SecretBox::load(config)?);
     let publisher = publisher::Publisher::new(store.clone(), bus.clone());
 
-    let mut tasks = JoinSet::new();
-    tasks.spawn(publisher.clone().run(shutdown.clone()));
+    let mut tasks = Tasks::new(shutdown.clone());
+    tasks.spawn("publisher", publisher.clone().run(shutdown.clone()));
     publisher.request_sync();
     let retention = std::time::Duration::from_secs(config.invocation_retention_hours * 3600);
-    tasks.spawn(records::run(
-        store.clone(),
-        bus.clone(),
-        retention,
-        shutdown.clone(),
-    ));
-    tasks.spawn(effects::serve(store.clone(), bus.clone(), shutdown.clone()));
-    tasks.spawn(relay::run(store.clone(), bus.clone(), shutdown.clone()));
-    tasks.spawn(scheduler::run(store.clone(), shutdown.clone()));
-    tasks.spawn(secrets::serve(
-        store.clone(),
-        bus.clone(),
-        secret_box.clone(),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "records",
+        records::run(store.clone(), bus.clone(), retention, shutdown.clone()),
+    );
+    tasks.spawn(
+        "effects",
+        effects::serve(store.clone(), bus.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "relay",
+        relay::run(store.clone(), bus.clone(), shutdown.clone()),
+    );
+    tasks.spawn("scheduler", scheduler::run(store.clone(), shutdown.clone()));
+    tasks.spawn(
+        "secrets",
+        secrets::serve(
+            store.clone(),
+            bus.clone(),
+            secret_box.clone(),
+            shutdown.clone(),
+        ),
+    );
 
     let state = Arc::new(api::AppState {
         store: store.clone(),
@@ -117,6 +123,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
             })
         })
     };
+    let ready = tasks.ready("manager", ready);
     Ok(Manager {
         router: api::router(state),
         ready,
@@ -127,8 +134,8 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
 
 impl Manager {
     /// Waits for the background tasks (they end on shutdown).
-    pub async fn join(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn join(self) {
+        self.tasks.join().await;
         self.store.close().await;
     }
 }
