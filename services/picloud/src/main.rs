@@ -3,16 +3,19 @@
 //! - `picloud up`: everything in one process; starts a private NATS and
 //!   Postgres when no URLs are given (see [`embedded`]).
 //! - `picloud manager|gateway|executor`: one role each, for cluster mode.
+//! - `picloud login|deploy|ls|invoke|…`: a client of a running PiCloud's
+//!   admin API (see [`cli`]).
 //!
 //! Configuration comes from `PICLOUD_*` variables and an optional TOML file
 //! (`PICLOUD_CONFIG`); see `picloud_core::Config`.
 
 #![forbid(unsafe_code)]
 
+mod cli;
 mod embedded;
 mod up;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use picloud_core::{Config, Shutdown};
 
 #[derive(Parser)]
@@ -24,10 +27,21 @@ use picloud_core::{Config, Shutdown};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: cli::Target,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Role(Role),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
+}
+
+/// The server roles.
+#[derive(Subcommand)]
+enum Role {
     /// Run everything in one process (starts private NATS and Postgres
     /// when PICLOUD_NATS_URL / PICLOUD_DATABASE_URL are not set).
     Up,
@@ -40,7 +54,31 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let Cli { command, target } = Cli::parse();
+    let role = match command {
+        Command::Role(role) => role,
+        Command::Client(cli::ClientCommand::Completions { shell }) => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "picloud",
+                &mut std::io::stdout(),
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Client(command) => {
+            return match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(cli::run(command, target)),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -55,7 +93,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(role)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -64,15 +102,15 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(role: Role) -> anyhow::Result<()> {
     let config = Config::load()?;
     let shutdown = Shutdown::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match command {
-        Command::Up => up::run(config, shutdown).await,
-        Command::Manager => picloud_manager::run(config, shutdown).await,
-        Command::Gateway => picloud_gateway::run(config, shutdown).await,
-        Command::Executor => picloud_executor::run(config, shutdown).await,
+    match role {
+        Role::Up => up::run(config, shutdown).await,
+        Role::Manager => picloud_manager::run(config, shutdown).await,
+        Role::Gateway => picloud_gateway::run(config, shutdown).await,
+        Role::Executor => picloud_executor::run(config, shutdown).await,
     }
 }
 

@@ -1,0 +1,805 @@
+//! The client commands, each a call or two to the admin API.
+
+use std::io::{IsTerminal, Read};
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::client::{CliError, Client, api_error, seg};
+use super::deploy::{DeployArgs, deploy};
+use super::output::{Out, text};
+use super::profile::{Profile, Profiles};
+use super::{ClientCommand, Target};
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    /// The script's name.
+    pub name: String,
+    /// Path after /fn/NAME, e.g. /users/7?x=1.
+    #[arg(default_value = "")]
+    pub path: String,
+    #[arg(long, short = 'X', default_value = "GET")]
+    pub method: String,
+    /// The request body: JSON text, or @FILE.
+    #[arg(long, short = 'd')]
+    pub data: Option<String>,
+    /// A request header, NAME:VALUE (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// Queue the call (202) instead of waiting for the script.
+    #[arg(long = "async")]
+    pub is_async: bool,
+    /// With --async: wait until the invocation has ended, and print its
+    /// response.
+    #[arg(long, requires = "is_async")]
+    pub wait: bool,
+    /// Print the status line and headers to stderr.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Subcommand)]
+pub enum InvocationsCommand {
+    /// Recent invocations, newest first.
+    Ls {
+        #[arg(long)]
+        script: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One invocation and the tree of the events it caused.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ScheduleCommand {
+    /// Run SCRIPT on a cron expression (5 or 6 fields).
+    Add {
+        script: String,
+        cron: String,
+        /// IANA time zone, e.g. Europe/Berlin (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// After downtime: fire_once (default) or skip.
+        #[arg(long)]
+        catch_up: Option<String>,
+        /// While the previous firing still runs: skip or allow.
+        #[arg(long)]
+        overlap: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    Ls {
+        #[arg(long)]
+        script: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Rm {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SubscriptionsCommand {
+    Ls {
+        #[arg(long)]
+        script: Option<String>,
+    },
+    Rm {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SecretCommand {
+    /// Set a secret: VALUE, or standard input when VALUE is left out.
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    Ls,
+    Rm {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ModuleCommand {
+    /// Deploy a module (its name: --name or the file's name).
+    Deploy {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Ls,
+}
+
+#[derive(Subcommand)]
+pub enum DeadLettersCommand {
+    Ls {
+        #[arg(long)]
+        script: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    /// Run the job again (a fresh attempt count).
+    Replay {
+        id: String,
+    },
+    /// Delete the dead letter for good.
+    Discard {
+        id: String,
+    },
+}
+
+pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliError> {
+    let out = Out::new(target.json);
+    if let ClientCommand::Login { url, token_stdin } = command {
+        return login(&target, &url, token_stdin).await;
+    }
+    let client = connect(&target)?;
+    match command {
+        ClientCommand::Login { .. } | ClientCommand::Completions { .. } => Ok(()),
+        ClientCommand::Deploy { path, name, limits } => {
+            deploy(&client, out, DeployArgs { path, name, limits }).await
+        }
+        ClientCommand::Ls => {
+            let v = client.get("/scripts").await?;
+            out.table(
+                &v,
+                &[
+                    ("name", "name"),
+                    ("active_version", "active"),
+                    ("latest_version", "latest"),
+                    ("updated_at", "updated"),
+                ],
+            );
+            Ok(())
+        }
+        ClientCommand::Show { name } => {
+            let v = client.get(&format!("/scripts/{}", seg(&name))).await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                out.fields(
+                    &v,
+                    &[
+                        "name",
+                        "active_version",
+                        "latest_version",
+                        "created_at",
+                        "updated_at",
+                    ],
+                );
+                println!("url:             {}/fn/{name}", client.base());
+                out.fields(&v["active"], &["sha256", "modules", "limits"]);
+            }
+            Ok(())
+        }
+        ClientCommand::Rm { name } => {
+            client
+                .api(Method::DELETE, &format!("/scripts/{}", seg(&name)), None)
+                .await?;
+            eprintln!("deleted script {name}");
+            Ok(())
+        }
+        ClientCommand::Versions { name } => {
+            let v = client
+                .get(&format!("/scripts/{}/versions", seg(&name)))
+                .await?;
+            out.table(
+                &v,
+                &[
+                    ("version", "version"),
+                    ("sha256", "sha256"),
+                    ("created_at", "created"),
+                ],
+            );
+            Ok(())
+        }
+        ClientCommand::Rollback { name, version } => {
+            let v = client
+                .api(
+                    Method::POST,
+                    &format!("/scripts/{}/rollback", seg(&name)),
+                    Some(&json!({ "version": version })),
+                )
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                eprintln!("{name} now serves version {version}");
+            }
+            Ok(())
+        }
+        ClientCommand::Invoke(args) => invoke(&client, args).await,
+        ClientCommand::Invocations(c) => invocations(&client, out, c).await,
+        ClientCommand::Schedule(c) => schedule(&client, out, c).await,
+        ClientCommand::Subscribe {
+            script,
+            topic,
+            max_attempts,
+        } => {
+            let mut body = json!({ "script": script, "topic": topic });
+            if let Some(n) = max_attempts {
+                body["max_attempts"] = json!(n);
+            }
+            let v = client
+                .api(Method::POST, "/subscriptions", Some(&body))
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                println!("{}", text(&v["id"]));
+            }
+            Ok(())
+        }
+        ClientCommand::Subscriptions(SubscriptionsCommand::Ls { script }) => {
+            let v = client
+                .get(&with_query("/subscriptions", &[("script", script)]))
+                .await?;
+            out.table(
+                &v,
+                &[
+                    ("id", "id"),
+                    ("script", "script"),
+                    ("topic", "topic"),
+                    ("max_attempts", "attempts"),
+                ],
+            );
+            Ok(())
+        }
+        ClientCommand::Subscriptions(SubscriptionsCommand::Rm { id }) => {
+            client
+                .api(
+                    Method::DELETE,
+                    &format!("/subscriptions/{}", seg(&id)),
+                    None,
+                )
+                .await?;
+            eprintln!("deleted subscription {id}");
+            Ok(())
+        }
+        ClientCommand::Secret(c) => secret(&client, out, c).await,
+        ClientCommand::Module(ModuleCommand::Deploy { file, name }) => {
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_owned)
+                    .ok_or_else(|| CliError::local("name the module with --name"))?,
+            };
+            let source = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::local(format!("cannot read {}: {e}", file.display())))?;
+            let v = client
+                .api(
+                    Method::PUT,
+                    &format!("/modules/{}", seg(&name)),
+                    Some(&json!({ "source": source })),
+                )
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                println!(
+                    "{}  module {name} v{}",
+                    out.paint("deployed", true),
+                    text(&v["version"])
+                );
+            }
+            Ok(())
+        }
+        ClientCommand::Module(ModuleCommand::Ls) => {
+            let v = client.get("/modules").await?;
+            out.table(
+                &v,
+                &[
+                    ("name", "name"),
+                    ("latest_version", "latest"),
+                    ("updated_at", "updated"),
+                ],
+            );
+            Ok(())
+        }
+        ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
+    }
+}
+
+/// The client for `target`: flags and environment first, then the profile.
+fn connect(target: &Target) -> Result<Client, CliError> {
+    let profiles = Profiles::load()?;
+    let name = profiles.chosen(target.profile.as_deref());
+    let stored = profiles.profiles.get(&name);
+    if target.profile.is_some() && stored.is_none() {
+        return Err(CliError::local(format!(
+            "no profile {name:?}\nhelp: create it with `picloud login URL --profile {name}`"
+        )));
+    }
+    let url = target.url.clone().or_else(|| stored.map(|p| p.url.clone()));
+    let token = target
+        .token
+        .clone()
+        .or_else(|| stored.map(|p| p.token.clone()));
+    match (url, token) {
+        (Some(url), Some(token)) => Client::new(&url, &token),
+        _ => Err(CliError::local(
+            "not logged in\nhelp: run `picloud login URL` (or set PICLOUD_URL and PICLOUD_TOKEN)",
+        )),
+    }
+}
+
+async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliError> {
+    let token = if token_stdin {
+        read_stdin()?
+    } else if let Some(t) = &target.token {
+        t.clone()
+    } else if !std::io::stdin().is_terminal() {
+        read_stdin()?
+    } else {
+        eprint!("admin token: ");
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| CliError::local(format!("cannot read the token: {e}")))?;
+        line
+    };
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        return Err(CliError::local("the token is empty"));
+    }
+    let url = url.trim_end_matches('/').to_owned();
+    // Check both before storing them.
+    let client = Client::new(&url, &token)?;
+    client.get("/scripts").await?;
+    let mut profiles = Profiles::load()?;
+    let name = profiles.chosen(target.profile.as_deref());
+    profiles.profiles.insert(
+        name.clone(),
+        Profile {
+            url: url.clone(),
+            token,
+        },
+    );
+    if profiles.default.is_none() {
+        profiles.default = Some(name.clone());
+    }
+    let path = profiles.save()?;
+    eprintln!(
+        "logged in to {url} as profile {name:?} (saved in {})",
+        path.display()
+    );
+    Ok(())
+}
+
+fn read_stdin() -> Result<String, CliError> {
+    let mut s = String::new();
+    std::io::stdin()
+        .read_to_string(&mut s)
+        .map_err(|e| CliError::local(format!("cannot read standard input: {e}")))?;
+    Ok(s)
+}
+
+/// `path?k=v&…` for the parameters that are set.
+fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let set: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", seg(v))))
+        .collect();
+    if set.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", set.join("&"))
+    }
+}
+
+async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
+    let method = Method::from_bytes(args.method.to_uppercase().as_bytes())
+        .map_err(|_| CliError::local(format!("{:?} is not an HTTP method", args.method)))?;
+    let rest = if args.path.is_empty() || args.path.starts_with('/') || args.path.starts_with('?') {
+        args.path.clone()
+    } else {
+        format!("/{}", args.path)
+    };
+    let mut req = client.raw(method, &format!("/fn/{}{rest}", seg(&args.name)));
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| CliError::local(format!("--header {h:?}: write it as NAME:VALUE")))?;
+        req = req.header(k.trim(), v.trim());
+    }
+    if let Some(data) = &args.data {
+        let body = match data.strip_prefix('@') {
+            Some(file) => std::fs::read(file)
+                .map_err(|e| CliError::local(format!("cannot read {file}: {e}")))?,
+            None => data.clone().into_bytes(),
+        };
+        if serde_json::from_slice::<Value>(&body).is_ok() {
+            req = req.header("content-type", "application/json");
+        }
+        req = req.body(body);
+    }
+    if args.is_async {
+        req = req.header("prefer", "respond-async");
+    }
+    let resp = req.send().await.map_err(|e| client.unreachable(e))?;
+    let status = resp.status();
+    if args.verbose {
+        eprintln!("{status}");
+        for (k, v) in resp.headers() {
+            eprintln!("{k}: {}", String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    let body = resp.bytes().await.map_err(|e| client.unreachable(e))?;
+    if args.is_async && status == reqwest::StatusCode::ACCEPTED {
+        let accepted: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !args.wait {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&accepted).unwrap_or_default()
+            );
+            return Ok(());
+        }
+        let url = accepted["status_url"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        return wait_for(client, &url).await;
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(&body);
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(api_error(status, &String::from_utf8_lossy(&body)))
+    }
+}
+
+/// Polls an async call's status URL with a spinner until it is done, then
+/// prints the script's response body.
+async fn wait_for(client: &Client, status_url: &str) -> Result<(), CliError> {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message("waiting for the invocation");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let path = status_url
+        .strip_prefix(client.base())
+        .unwrap_or(status_url)
+        .to_owned();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let resp = client
+            .raw(Method::GET, &path)
+            .send()
+            .await
+            .map_err(|e| client.unreachable(e))?;
+        let status = resp.status();
+        let answer = resp.text().await.map_err(|e| client.unreachable(e))?;
+        if !status.is_success() {
+            spinner.finish_and_clear();
+            return Err(api_error(status, &answer));
+        }
+        let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+        if v["done"].as_bool() == Some(true) {
+            spinner.finish_and_clear();
+            let ok = v["status"].as_str() == Some("ok");
+            if let Some(body) = v["response"]["body"].as_str() {
+                println!("{body}");
+            }
+            return if ok {
+                Ok(())
+            } else {
+                Err(CliError::local(format!(
+                    "the invocation ended {} (see `picloud invocations show {}`)",
+                    text(&v["status"]),
+                    text(&v["id"])
+                )))
+            };
+        }
+        spinner.set_message(format!("invocation {}", text(&v["status"])));
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn invocations(client: &Client, out: Out, c: InvocationsCommand) -> Result<(), CliError> {
+    match c {
+        InvocationsCommand::Ls {
+            script,
+            status,
+            limit,
+        } => {
+            let path = with_query(
+                "/invocations",
+                &[
+                    ("script", script),
+                    ("status", status),
+                    ("limit", Some(limit.to_string())),
+                ],
+            );
+            let v = client.get(&path).await?;
+            out.table(
+                &v,
+                &[
+                    ("id", "id"),
+                    ("script", "script"),
+                    ("trigger", "trigger"),
+                    ("status", "status"),
+                    ("http_status", "http"),
+                    ("attempt", "attempt"),
+                    ("duration_us", "µs"),
+                    ("started_at", "started"),
+                ],
+            );
+        }
+        InvocationsCommand::Show { id } => {
+            let v = client.get(&format!("/invocations/{}", seg(&id))).await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                print_tree(&out, &v, "", true, true);
+                if let Some(log) = v["log"].as_str().filter(|l| !l.is_empty()) {
+                    println!("\nlog:\n{log}");
+                }
+                if let Some(err) = v["error"].as_str() {
+                    println!("\nerror: {err}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line per invocation of an event chain, children indented.
+fn print_tree(out: &Out, node: &Value, prefix: &str, last: bool, root: bool) {
+    let branch = if root {
+        ""
+    } else if last {
+        "└─ "
+    } else {
+        "├─ "
+    };
+    let status = text(&node["status"]);
+    println!(
+        "{prefix}{branch}{} {} v{} {} {} attempt {} {}µs",
+        text(&node["id"]),
+        text(&node["script"]),
+        text(&node["version"]),
+        text(&node["trigger"]),
+        out.paint(&status, status == "ok"),
+        text(&node["attempt"]),
+        text(&node["duration_us"]),
+    );
+    let children = node["children"].as_array().cloned().unwrap_or_default();
+    let next = if root {
+        String::new()
+    } else {
+        format!("{prefix}{}", if last { "   " } else { "│  " })
+    };
+    for (i, c) in children.iter().enumerate() {
+        print_tree(out, c, &next, i + 1 == children.len(), false);
+    }
+}
+
+const SCHEDULE_COLUMNS: &[(&str, &str)] = &[
+    ("id", "id"),
+    ("script", "script"),
+    ("cron", "cron"),
+    ("timezone", "timezone"),
+    ("enabled", "enabled"),
+    ("next_runs", "next"),
+];
+
+async fn schedule(client: &Client, out: Out, c: ScheduleCommand) -> Result<(), CliError> {
+    match c {
+        ScheduleCommand::Add {
+            script,
+            cron,
+            timezone,
+            catch_up,
+            overlap,
+            max_attempts,
+        } => {
+            let mut body = json!({ "script": script, "cron": cron });
+            for (k, v) in [
+                ("timezone", timezone),
+                ("catch_up", catch_up),
+                ("overlap", overlap),
+            ] {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            if let Some(n) = max_attempts {
+                body["max_attempts"] = json!(n);
+            }
+            let v = client.api(Method::POST, "/schedules", Some(&body)).await?;
+            show_schedule(&out, &v);
+        }
+        ScheduleCommand::Ls { script } => {
+            let v = client
+                .get(&with_query("/schedules", &[("script", script)]))
+                .await?;
+            let rows: Vec<Value> = v
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    let mut s = s.clone();
+                    s["next_runs"] = s["next_runs"][0].clone();
+                    s
+                })
+                .collect();
+            if out.json {
+                out.json(&v);
+            } else {
+                out.table(&Value::Array(rows), SCHEDULE_COLUMNS);
+            }
+        }
+        ScheduleCommand::Show { id } => {
+            let v = client.get(&format!("/schedules/{}", seg(&id))).await?;
+            show_schedule(&out, &v);
+        }
+        ScheduleCommand::Rm { id } => {
+            client
+                .api(Method::DELETE, &format!("/schedules/{}", seg(&id)), None)
+                .await?;
+            eprintln!("deleted schedule {id}");
+        }
+        ScheduleCommand::Pause { id } => {
+            let v = set_enabled(client, &id, false).await?;
+            show_schedule(&out, &v);
+        }
+        ScheduleCommand::Resume { id } => {
+            let v = set_enabled(client, &id, true).await?;
+            show_schedule(&out, &v);
+        }
+    }
+    Ok(())
+}
+
+async fn set_enabled(client: &Client, id: &str, enabled: bool) -> Result<Value, CliError> {
+    client
+        .api(
+            Method::PATCH,
+            &format!("/schedules/{}", seg(id)),
+            Some(&json!({ "enabled": enabled })),
+        )
+        .await
+}
+
+fn show_schedule(out: &Out, v: &Value) {
+    if out.json {
+        return out.json(v);
+    }
+    out.fields(
+        v,
+        &[
+            "id",
+            "script",
+            "cron",
+            "timezone",
+            "enabled",
+            "catch_up",
+            "overlap",
+            "max_attempts",
+            "last_fired_at",
+        ],
+    );
+    if let Some(runs) = v["next_runs"].as_array().filter(|r| !r.is_empty()) {
+        println!("next runs:");
+        for r in runs {
+            println!("  {}", text(r));
+        }
+    }
+}
+
+async fn secret(client: &Client, out: Out, c: SecretCommand) -> Result<(), CliError> {
+    match c {
+        SecretCommand::Set { name, value } => {
+            let value = match value {
+                Some(v) => v,
+                None => {
+                    let v = read_stdin()?;
+                    // A trailing newline from `echo` or a heredoc is not part of it.
+                    v.strip_suffix('\n')
+                        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+                        .unwrap_or(&v)
+                        .to_owned()
+                }
+            };
+            client
+                .api(
+                    Method::PUT,
+                    &format!("/secrets/{}", seg(&name)),
+                    Some(&json!({ "value": value })),
+                )
+                .await?;
+            eprintln!("secret {name} set");
+        }
+        SecretCommand::Ls => {
+            let v = client.get("/secrets").await?;
+            out.table(&v, &[("name", "name"), ("updated_at", "updated")]);
+        }
+        SecretCommand::Rm { name } => {
+            client
+                .api(Method::DELETE, &format!("/secrets/{}", seg(&name)), None)
+                .await?;
+            eprintln!("deleted secret {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn dead_letters(client: &Client, out: Out, c: DeadLettersCommand) -> Result<(), CliError> {
+    match c {
+        DeadLettersCommand::Ls { script } => {
+            let v = client
+                .get(&with_query("/dead-letters", &[("script", script)]))
+                .await?;
+            out.table(
+                &v,
+                &[
+                    ("id", "id"),
+                    ("script", "script"),
+                    ("topic", "topic"),
+                    ("attempts", "attempts"),
+                    ("error", "error"),
+                    ("created_at", "created"),
+                    ("replayed_at", "replayed"),
+                ],
+            );
+        }
+        DeadLettersCommand::Show { id } => {
+            let v = client.get(&format!("/dead-letters/{}", seg(&id))).await?;
+            out.fields(
+                &v,
+                &[
+                    "id",
+                    "invocation_id",
+                    "script",
+                    "topic",
+                    "subscription_id",
+                    "attempts",
+                    "error",
+                    "created_at",
+                    "replayed_at",
+                ],
+            );
+        }
+        DeadLettersCommand::Replay { id } => {
+            let v = client
+                .api(
+                    Method::POST,
+                    &format!("/dead-letters/{}/replay", seg(&id)),
+                    None,
+                )
+                .await?;
+            if out.json {
+                out.json(&v);
+            } else {
+                eprintln!("replayed dead letter {id}");
+            }
+        }
+        DeadLettersCommand::Discard { id } => {
+            client
+                .api(Method::DELETE, &format!("/dead-letters/{}", seg(&id)), None)
+                .await?;
+            eprintln!("discarded dead letter {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! The `picloud` commands that talk to a running PiCloud's admin API
+//! (`login`, `deploy`, `ls`, `invoke`, …). The server roles (`up`,
+//! `manager`, …) are in `main.rs`.
+//!
+//! Data goes to stdout (a table, or the API's JSON with `--json`), messages
+//! and progress to stderr. Exit codes: 0 ok, 1 an error (the server's code
+//! and message, or what failed here), 2 a usage error (from clap).
+
+mod client;
+mod commands;
+mod deploy;
+mod output;
+mod profile;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+/// Where to connect, for every client command.
+#[derive(Args, Clone, Default)]
+pub struct Target {
+    /// The PiCloud to talk to (overrides the profile).
+    #[arg(long, global = true, env = "PICLOUD_URL")]
+    pub url: Option<String>,
+    /// The admin token (overrides the profile; never printed).
+    #[arg(long, global = true, env = "PICLOUD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The profile to use (see `picloud login`).
+    #[arg(long, global = true, env = "PICLOUD_PROFILE")]
+    pub profile: Option<String>,
+    /// Print the API's JSON instead of a table (stable field names: the
+    /// admin API's).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Store the URL and admin token of a PiCloud in a profile.
+    Login {
+        /// e.g. http://127.0.0.1:8080
+        url: String,
+        /// Read the token from standard input instead of --token/PICLOUD_TOKEN.
+        #[arg(long)]
+        token_stdin: bool,
+    },
+    /// Deploy a script (FILE) or every *.rhai in a folder (modules first).
+    Deploy {
+        path: PathBuf,
+        /// The script's name (default: the file's name without .rhai).
+        #[arg(long)]
+        name: Option<String>,
+        /// A limit for this script, e.g. --limit max_operations=100000.
+        #[arg(long = "limit", value_name = "NAME=VALUE")]
+        limits: Vec<String>,
+    },
+    /// List scripts.
+    Ls,
+    /// Show a script and its active version.
+    Show { name: String },
+    /// Delete a script with its versions, schedules, subscriptions and kv.
+    Rm { name: String },
+    /// List a script's versions.
+    Versions { name: String },
+    /// Make an earlier version of a script the active one.
+    Rollback { name: String, version: u32 },
+    /// Call a script's endpoint.
+    Invoke(commands::InvokeArgs),
+    /// Invocation records.
+    #[command(subcommand)]
+    Invocations(commands::InvocationsCommand),
+    /// Cron schedules.
+    #[command(subcommand)]
+    Schedule(commands::ScheduleCommand),
+    /// Subscribe a script to an event topic (wildcards * and >).
+    Subscribe {
+        script: String,
+        topic: String,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+    },
+    /// Event subscriptions.
+    #[command(subcommand)]
+    Subscriptions(commands::SubscriptionsCommand),
+    /// Encrypted secrets (values are never shown).
+    #[command(subcommand)]
+    Secret(commands::SecretCommand),
+    /// Shared modules.
+    #[command(subcommand)]
+    Module(commands::ModuleCommand),
+    /// Jobs that failed every attempt.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(commands::DeadLettersCommand),
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// Runs a client command and turns its outcome into an exit code.
+pub async fn run(command: ClientCommand, target: Target) -> ExitCode {
+    match commands::dispatch(command, target).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

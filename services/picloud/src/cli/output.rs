@@ -1,0 +1,135 @@
+//! What the CLI prints: data on stdout (a table for people, `--json` for
+//! programs), messages and progress on stderr; colour only on a terminal
+//! and never with `NO_COLOR`.
+
+use std::io::IsTerminal;
+
+use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
+use serde_json::Value;
+
+/// How to print.
+#[derive(Clone, Copy)]
+pub struct Out {
+    pub json: bool,
+    pub colour: bool,
+}
+
+impl Out {
+    pub fn new(json: bool) -> Self {
+        let colour = std::io::stdout().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        Self { json, colour }
+    }
+
+    /// Prints `value` as pretty JSON (the API's own fields: stable).
+    pub fn json(&self, value: &Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+        );
+    }
+
+    /// Prints rows as a table with `columns` (JSON field, header); with
+    /// `--json`, the rows themselves.
+    pub fn table(&self, rows: &Value, columns: &[(&str, &str)]) {
+        if self.json {
+            return self.json(rows);
+        }
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            eprintln!("(none)");
+            return;
+        }
+        let mut table = Table::new();
+        table
+            .load_preset(presets::NOTHING)
+            .set_content_arrangement(ContentArrangement::Disabled);
+        table.set_header(columns.iter().map(|(_, h)| self.header(h)));
+        for row in &rows {
+            table.add_row(
+                columns
+                    .iter()
+                    .map(|(field, _)| self.cell(field, &row[*field])),
+            );
+        }
+        // Trailing spaces from the last column help nobody.
+        for line in table.to_string().lines() {
+            println!("{}", line.trim_end());
+        }
+    }
+
+    /// Prints one object as `key: value` lines (or JSON).
+    pub fn fields(&self, value: &Value, keys: &[&str]) {
+        if self.json {
+            return self.json(value);
+        }
+        let width = keys.iter().map(|k| k.len()).max().unwrap_or(0);
+        for k in keys {
+            let v = &value[*k];
+            if v.is_null() {
+                continue;
+            }
+            println!("{:width$}  {}", format!("{k}:"), text(v), width = width + 1);
+        }
+    }
+
+    fn header(&self, h: &str) -> Cell {
+        let c = Cell::new(h.to_uppercase());
+        if self.colour {
+            c.add_attribute(comfy_table::Attribute::Bold)
+        } else {
+            c
+        }
+    }
+
+    fn cell(&self, field: &str, v: &Value) -> Cell {
+        let c = Cell::new(text(v));
+        if !self.colour || field != "status" {
+            return c;
+        }
+        match v.as_str() {
+            Some("ok") => c.fg(Color::Green),
+            Some("queued") => c.fg(Color::Yellow),
+            Some(_) => c.fg(Color::Red),
+            None => c,
+        }
+    }
+
+    /// Green/red words for messages on stderr.
+    pub fn paint(&self, s: &str, ok: bool) -> String {
+        if !self.colour {
+            return s.to_owned();
+        }
+        let code = if ok { 32 } else { 31 };
+        format!("\x1b[{code}m{s}\x1b[0m")
+    }
+}
+
+/// A JSON value as a person reads it in a table cell.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn cells_read_like_text() {
+        assert_eq!(text(&json!(null)), "-");
+        assert_eq!(text(&json!("a")), "a");
+        assert_eq!(text(&json!(3)), "3");
+        assert_eq!(text(&json!(["x", "y"])), "x, y");
+        assert_eq!(text(&json!({"a": 1})), r#"{"a":1}"#);
+    }
+}
