@@ -9,6 +9,7 @@
 mod client;
 mod commands;
 mod deploy;
+mod invoke;
 mod output;
 mod profile;
 
@@ -66,10 +67,10 @@ pub enum ClientCommand {
     /// Make an earlier version of a script the active one.
     Rollback { name: String, version: u32 },
     /// Call a script's endpoint.
-    Invoke(commands::InvokeArgs),
+    Invoke(invoke::InvokeArgs),
     /// Invocation records.
     #[command(subcommand)]
-    Invocations(commands::InvocationsCommand),
+    Invocations(invoke::InvocationsCommand),
     /// Cron schedules.
     #[command(subcommand)]
     Schedule(commands::ScheduleCommand),
