@@ -76,6 +76,29 @@ pub struct Commit {
     pub effects: Effects,
 }
 
+impl Commit {
+    /// Bytes of its JSON form (what crosses the bus), counted without
+    /// building it.
+    pub fn encoded_len(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        // Serialising plain data with string map keys into a writer that
+        // never fails cannot fail; a count of what was written is kept
+        // either way.
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
+    }
+}
+
 /// Executor → manager: a job failed its last attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -93,8 +116,13 @@ pub enum CommitReply {
     AlreadyCommitted,
     /// A key it read has changed since: re-run it.
     Conflict,
-    /// Not applied; safe to retry later.
+    /// Not applied because a dependency (the database) was unavailable;
+    /// safe to retry later.
     Failed { message: String },
+    /// Not applied, and it never will be: the database refused the data
+    /// itself (a value it cannot hold, a constraint). Retrying repeats the
+    /// failure, so it is the invocation's failure: a job spends an attempt.
+    Refused { message: String },
 }
 
 /// Executor → manager: read one key of `script`.

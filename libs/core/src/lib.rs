@@ -11,6 +11,8 @@
 //!   invocation commits.
 //! - [`schedule`]: cron expressions in time zones, and what a scheduler
 //!   does with due instants (catch-up, overlap).
+//! - [`backoff`]: capped exponential backoff with jitter for retries of
+//!   unavailable dependencies ([`Backoff`]).
 //! - [`config`]: the process configuration (environment and optional TOML).
 //!
 //! Architecture invariant: this crate performs no network or database I/O
@@ -20,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod config;
 pub mod effects;
 pub mod invocation;
@@ -28,6 +31,7 @@ pub mod limits;
 pub mod name;
 pub mod schedule;
 
+pub use backoff::Backoff;
 pub use config::{Config, is_root};
 pub use effects::{Commit, CommitReply, DeadLetter, Effects, Emit, KvEntry, KvVersion, ListRead};
 pub use invocation::{

@@ -94,6 +94,11 @@ limits! {
     max_emits: u32 = 100, max 10_000;
     /// Bytes of one emitted payload (as JSON).
     max_emit_bytes: usize = 64 << 10, max 512 << 10;
+    /// Bytes of everything one invocation commits (kv values written,
+    /// emitted payloads, the stored record and response), as sent to the
+    /// manager. Checked before anything is sent. The default leaves room
+    /// under NATS' default 1 MiB message limit.
+    max_commit_bytes: usize = 768 << 10, max 8 << 20;
 }
 
 /// Bytes of script source accepted by a deploy (operator-wide, not per script).

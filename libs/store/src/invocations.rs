@@ -53,10 +53,9 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
         attempt: r.try_get::<i32, _>("attempt")? as u32,
         parent_id: r.try_get("parent_id")?,
         response: r
-            .try_get::<Option<serde_json::Value>, _>("response")?
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("invocation response: {e}")))?,
+            .try_get::<Option<Vec<u8>>, _>("response")?
+            .map(|b| crate::json_bytes::decode(b, "invocation response"))
+            .transpose()?,
         public: r.try_get("public")?,
     })
 }
@@ -288,21 +287,10 @@ async fn upsert(
     let traces: Vec<Uuid> = records.iter().map(|r| r.trace_id).collect();
     let attempts: Vec<i32> = records.iter().map(|r| r.attempt as i32).collect();
     let parents: Vec<Option<Uuid>> = records.iter().map(|r| r.parent_id).collect();
-    let responses: Vec<Option<serde_json::Value>> = records
+    // Stored as JSON bytes, so a body holding NUL round-trips exactly.
+    let responses: Vec<Option<Vec<u8>>> = records
         .iter()
-        .map(|r| {
-            r.response.as_ref().map(|resp| {
-                let mut v = serde_json::to_value(resp).expect("responses serialise");
-                // jsonb cannot hold NUL either.
-                if let Some(body) = v.get_mut("body")
-                    && let Some(text) = body.as_str()
-                    && text.contains('\0')
-                {
-                    *body = text.replace('\0', "\u{FFFD}").into();
-                }
-                v
-            })
-        })
+        .map(|r| r.response.as_ref().map(crate::json_bytes::encode))
         .collect();
     let public: Vec<bool> = records.iter().map(|r| r.public).collect();
     let done = sqlx::query(&format!(
@@ -312,7 +300,7 @@ async fn upsert(
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[],
                               $6::int[], $7::timestamptz[], $8::bigint[], $9::text[],
                               $10::text[], $11::text[], $12::uuid[], $13::int[], $14::uuid[],
-                              $15::jsonb[], $16::bool[])
+                              $15::bytea[], $16::bool[])
          {UPSERT}"
     ))
     .bind(ids)

@@ -53,14 +53,12 @@ fn subscription(r: &PgRow) -> Result<SubscriptionRow, StoreError> {
 }
 
 fn dead_letter(r: &PgRow) -> Result<DeadLetterRow, StoreError> {
-    let job: serde_json::Value = r.try_get("job")?;
     Ok(DeadLetterRow {
         id: r.try_get("id")?,
         invocation_id: r.try_get("invocation_id")?,
         script: r.try_get("script")?,
         subscription_id: r.try_get("subscription_id")?,
-        job: serde_json::from_value(job)
-            .map_err(|e| StoreError::Corrupt(format!("dead letter job: {e}")))?,
+        job: crate::json_bytes::decode(r.try_get("job")?, "dead letter job")?,
         error: r.try_get("error")?,
         attempts: r.try_get::<i32, _>("attempts")? as u32,
         created_at: r.try_get("created_at")?,
@@ -152,7 +150,7 @@ impl Store {
         .bind(job.id)
         .bind(&job.script)
         .bind(job.subscription_id)
-        .bind(serde_json::to_value(job).expect("jobs serialise"))
+        .bind(crate::json_bytes::encode(job))
         .bind(error.replace('\0', "\u{FFFD}"))
         .bind(record.attempt as i32)
         .execute(&mut *tx)
@@ -224,6 +222,16 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(Some(true))
+    }
+
+    /// Deletes a dead letter (replayed or not): the operator gives up on
+    /// its job. `false` when there was no such dead letter.
+    pub async fn discard_dead_letter(&self, id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM dead_letters WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Accepts an async HTTP call: with an idempotency key seen within 24 h,

@@ -34,7 +34,7 @@ impl Store {
             .await?;
         row.map(|r| {
             Ok(KvEntry {
-                value: r.try_get("value")?,
+                value: crate::json_bytes::decode(r.try_get("value")?, "kv value")?,
                 version: r.try_get("version")?,
             })
         })
@@ -91,7 +91,10 @@ impl Store {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+            .map(|r| {
+                let value = crate::json_bytes::decode(r.try_get("value")?, "kv value")?;
+                Ok((r.try_get("key")?, value))
+            })
             .collect()
     }
 }
@@ -154,7 +157,7 @@ async fn write(conn: &mut PgConnection, script: &str, effects: &Effects) -> Resu
         match v {
             Some(v) => {
                 set_keys.push(k.as_str());
-                set_values.push(v.clone());
+                set_values.push(crate::json_bytes::encode(v));
             }
             None => deleted.push(k.as_str()),
         }
@@ -162,7 +165,7 @@ async fn write(conn: &mut PgConnection, script: &str, effects: &Effects) -> Resu
     if !set_keys.is_empty() {
         sqlx::query(
             "INSERT INTO kv (script, key, value, version)
-             SELECT $1, k, v, nextval('kv_version') FROM UNNEST($2::text[], $3::jsonb[]) AS t(k, v)
+             SELECT $1, k, v, nextval('kv_version') FROM UNNEST($2::text[], $3::bytea[]) AS t(k, v)
              ON CONFLICT (script, key) DO UPDATE
                SET value = EXCLUDED.value, version = EXCLUDED.version, updated_at = now()",
         )

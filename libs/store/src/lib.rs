@@ -19,6 +19,7 @@
 
 pub mod invocations;
 pub mod jobs;
+mod json_bytes;
 pub mod kv;
 pub mod modules;
 pub mod outbox;
@@ -47,6 +48,39 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the same statement would fail the same way again: the
+    /// database refused the data itself (a data exception such as a value
+    /// it cannot hold, a constraint, a size limit) or a stored value cannot
+    /// be read. False when the database was unavailable or busy (connection
+    /// lost, pool exhausted, shutdown, serialization failure): trying again
+    /// later may succeed. Callers retry only what is not permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Migrate(_) => false,
+            StoreError::Db(e) => match e {
+                sqlx::Error::Database(db) => {
+                    // SQLSTATE classes: 22 data exception, 23 integrity
+                    // constraint, 42 syntax or access rule, 54 program
+                    // limit exceeded. Everything else (08 connection, 40
+                    // rollback, 53 resources, 57 operator intervention,
+                    // ...) may pass.
+                    let code = db.code();
+                    let class = code.as_deref().map(|c| c.get(..2).unwrap_or(c));
+                    matches!(class, Some("22" | "23" | "42" | "54"))
+                }
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::TypeNotFound { .. }
+                | sqlx::Error::ColumnNotFound(_) => true,
+                _ => false,
+            },
+        }
+    }
 }
 
 #[derive(Clone)]

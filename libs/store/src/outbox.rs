@@ -76,10 +76,13 @@ pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), S
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     let targets: Vec<&str> = rows.iter().map(|r| r.target.as_str()).collect();
-    let payloads: Vec<serde_json::Value> = rows.iter().map(|r| r.payload.clone()).collect();
+    let payloads: Vec<Vec<u8>> = rows
+        .iter()
+        .map(|r| crate::json_bytes::encode(&r.payload))
+        .collect();
     sqlx::query(
         "INSERT INTO outbox (id, kind, target, payload)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[])
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[])
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(ids)
@@ -135,7 +138,7 @@ impl Store {
                     other => return Err(StoreError::Corrupt(format!("outbox kind {other:?}"))),
                 },
                 target: r.try_get("target")?,
-                payload: r.try_get("payload")?,
+                payload: crate::json_bytes::decode(r.try_get("payload")?, "outbox payload")?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;

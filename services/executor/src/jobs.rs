@@ -8,7 +8,11 @@
 //!   be committed (manager or database down, kv contention), or that failed
 //!   after a kv read the store could not answer (see [`JobHost`]), is not a
 //!   failed attempt: the executor keeps the job (progress acks) and runs it
-//!   again after a growing pause, handing it back only on shutdown;
+//!   again after a [`Backoff`] pause (capped exponential with jitter),
+//!   handing it back only on shutdown. A commit the store *refuses* (the
+//!   data itself, see `CommitReply::Refused`) or one over
+//!   `max_commit_bytes` is not that: it fails the attempt like a script
+//!   error (see `run::run_committed`);
 //! - **terminate**: it failed its last attempt and the dead letter is
 //!   stored (if storing fails, it is retried instead: nothing is dropped).
 //!
@@ -24,7 +28,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use picloud_bus::IncomingJob;
 use picloud_core::{
-    CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
+    Backoff, CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
 };
 use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{Semaphore, oneshot};
@@ -149,7 +153,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
     // kept here and run again after a pause, with progress acks meanwhile,
     // so its delivery count (its attempt) counts only the script's own
     // failures and real redeliveries. Only shutdown hands it back.
-    let mut pause = settings.config.retry_delay(1);
+    let mut backoff = Backoff::from_config(&settings.config);
     let settled = loop {
         let settled = match server.bus.get_route(&job.script).await {
             Ok(Some(route)) => {
@@ -175,18 +179,13 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
         let Settled::NotCommitted(result, why) = settled else {
             break settled;
         };
+        let pause = backoff.next_pause();
         tracing::info!(job = %job.id, reason = %why, retry_in = ?pause, "job not committed; running it again");
         let failed = uncommitted(result, &why);
         server.recorder.record(base.record(&failed));
         if !hold(&settings, &incoming, pause).await {
             break Settled::NotCommitted(failed, why);
         }
-        pause = (pause * 2).min(Duration::from_millis(
-            settings
-                .config
-                .retry_max_ms
-                .max(settings.config.retry_base_ms),
-        ));
     };
     settle(&server, &settings, &incoming, &base, settled).await;
 }

@@ -18,7 +18,8 @@ use uuid::Uuid;
 use crate::cache::{AstCache, Compiled};
 
 /// Re-runs after a conflicting commit before the invocation gives up (the
-/// async path then retries the job later; sync answers 503).
+/// async path then retries the job later; sync answers 503: contention
+/// passes).
 pub const MAX_RERUNS: usize = 16;
 /// The longest a commit may take.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -265,6 +266,14 @@ pub fn run_committed(
             record: base.record(&result),
             effects: result.effects.clone(),
         };
+        let size = commit.encoded_len();
+        if size > compiled.limits.max_commit_bytes {
+            return Settled::Plain(over_commit_limit(
+                result,
+                size,
+                compiled.limits.max_commit_bytes,
+            ));
+        }
         let reply = runtime.block_on(bus.call::<_, CommitReply>(
             bus.names().commit_subject(),
             &commit,
@@ -278,13 +287,22 @@ pub fn run_committed(
             Ok(CommitReply::Failed { message }) => {
                 return Settled::NotCommitted(result, message);
             }
-            Err(CallError::TooLarge(n)) => {
-                return Settled::NotCommitted(
+            // Permanent: the same commit would be refused again, so this is
+            // the invocation's failure (a job spends an attempt), never a
+            // retry.
+            Ok(CommitReply::Refused { message }) => {
+                return Settled::Plain(failed_commit(
                     result,
-                    format!(
-                        "the invocation's effects and response ({n} bytes) exceed what the bus carries"
-                    ),
-                );
+                    Outcome::ScriptError {
+                        message: "the invocation's changes were refused by the store".into(),
+                    },
+                    format!("commit refused: {message}"),
+                ));
+            }
+            Err(CallError::TooLarge(n)) => {
+                // `max_commit_bytes` is set above what the bus carries.
+                let limit = compiled.limits.max_commit_bytes.min(bus.max_payload());
+                return Settled::Plain(over_commit_limit(result, n, limit));
             }
             Err(e) => return Settled::NotCommitted(result, e.to_string()),
         }
@@ -297,6 +315,33 @@ pub fn run_committed(
             format!("kv commit conflicted {} times", MAX_RERUNS + 1),
         ),
         "kv contention".into(),
+    )
+}
+
+/// A successful run whose commit can never succeed, turned into a failure
+/// with `outcome` (public) and `error` (the record's detail). Its log is
+/// kept; its effects are dropped (nothing of it applies).
+fn failed_commit(result: RunResult, outcome: Outcome, error: String) -> RunResult {
+    RunResult {
+        outcome,
+        log: result.log,
+        error: Some(error),
+        effects: Default::default(),
+    }
+}
+
+/// The failure of a run whose commit (`size` bytes) is over `limit`.
+fn over_commit_limit(result: RunResult, size: usize, limit: usize) -> RunResult {
+    let message = format!(
+        "commit size limit exceeded: the invocation's changes take {size} bytes, \
+         more than max_commit_bytes ({limit})"
+    );
+    failed_commit(
+        result,
+        Outcome::LimitExceeded {
+            message: message.clone(),
+        },
+        message,
     )
 }
 

@@ -18,7 +18,7 @@ use picloud_core::{
     AsyncAnswer, AsyncSubmit, Commit, CommitReply, DeadLetter, EventInput, EventMessage,
     InvocationRecord, InvocationStatus, Job, Shutdown, Trigger,
 };
-use picloud_store::{Committed, OutboxRow, Store, Submitted, SubscriptionRow};
+use picloud_store::{Committed, OutboxRow, Store, StoreError, Submitted, SubscriptionRow};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
@@ -94,9 +94,10 @@ pub async fn serve(store: Store, bus: Bus, shutdown: Shutdown) {
                             tracing::info!(job = %d.job.id, script = %d.job.script, "job dead-lettered");
                             CommitReply::Committed
                         }
-                        Err(e) => CommitReply::Failed {
-                            message: e.to_string(),
-                        },
+                        Err(e) => {
+                            tracing::warn!(error = %e, job = %d.job.id, "cannot store a dead letter");
+                            not_applied(&e)
+                        }
                     }
                 }
             },
@@ -192,11 +193,7 @@ async fn commit(store: &Store, c: Commit) -> CommitReply {
     } else {
         match store.list_subscriptions(None).await {
             Ok(subs) => outbox_rows(&c, &subs),
-            Err(e) => {
-                return CommitReply::Failed {
-                    message: e.to_string(),
-                };
-            }
+            Err(e) => return not_applied(&e),
         }
     };
     match store.commit(&c.record, &c.effects, &rows).await {
@@ -204,11 +201,21 @@ async fn commit(store: &Store, c: Commit) -> CommitReply {
         Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
         Ok(Committed::Conflict) => CommitReply::Conflict,
         Err(e) => {
-            tracing::warn!(error = %e, "commit failed");
-            CommitReply::Failed {
-                message: e.to_string(),
-            }
+            tracing::warn!(error = %e, permanent = e.is_permanent(), "commit failed");
+            not_applied(&e)
         }
+    }
+}
+
+/// The reply for a commit the store did not apply: refused when retrying
+/// would fail the same way (the executor then counts it against the job),
+/// failed when the database was unavailable (retried without counting).
+fn not_applied(e: &StoreError) -> CommitReply {
+    let message = e.to_string();
+    if e.is_permanent() {
+        CommitReply::Refused { message }
+    } else {
+        CommitReply::Failed { message }
     }
 }
 

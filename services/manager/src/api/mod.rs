@@ -73,6 +73,10 @@ pub fn router(state: Shared) -> Router {
             axum::routing::delete(subscriptions::delete),
         )
         .route("/dead-letters", get(subscriptions::dead_letters))
+        .route(
+            "/dead-letters/{id}",
+            axum::routing::delete(subscriptions::discard),
+        )
         .route("/dead-letters/{id}/replay", post(subscriptions::replay))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -9,7 +9,9 @@ use picloud_http::{ApiError, JsonBody};
 use picloud_store::{ModuleRow, ModuleVersionRow};
 use serde::{Deserialize, Serialize};
 
-use super::scripts::{compile_error, import_error, sha256_hex, source_too_large};
+use super::scripts::{
+    compile_error, import_error, sha256_hex, source_too_large, source_without_nul,
+};
 use super::{Shared, internal, script_name};
 use crate::imports;
 
@@ -72,6 +74,7 @@ pub async fn deploy(
     if body.source.len() > state.max_source_bytes {
         return Err(source_too_large(body.source.len(), state.max_source_bytes));
     }
+    source_without_nul(&body.source)?;
     let imports = state
         .compiler
         .check(body.source.clone(), state.max_limits.clone())

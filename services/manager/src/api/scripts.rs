@@ -97,6 +97,7 @@ pub async fn deploy(
     if body.source.len() > state.max_source_bytes {
         return Err(source_too_large(body.source.len(), state.max_source_bytes));
     }
+    source_without_nul(&body.source)?;
     let limits = state.limits.resolve(&body.limits, &state.max_limits);
     let imports = state
         .compiler
@@ -259,6 +260,19 @@ pub(super) fn sha256_hex(source: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Postgres `text` cannot hold NUL, and a source needs none (a string
+/// literal writes it as `"\x00"`): refused at the edge, naming the field,
+/// instead of failing in the database.
+pub(super) fn source_without_nul(source: &str) -> Result<(), ApiError> {
+    if source.contains('\0') {
+        return Err(ApiError::bad_request(
+            "source may not contain NUL (U+0000); write it as \"\\x00\" in a string literal",
+        )
+        .with_code("invalid_source"));
+    }
+    Ok(())
 }
 
 pub(super) fn source_too_large(len: usize, max: usize) -> ApiError {

@@ -183,3 +183,23 @@ pub async fn replay(
         }
     }
 }
+
+/// `DELETE /api/v1/dead-letters/{id}`: the operator gives up on the job.
+/// Its invocation record stays (as the failure it was).
+pub async fn discard(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    if state
+        .store
+        .discard_dead_letter(id)
+        .await
+        .map_err(internal)?
+    {
+        tracing::info!(dead_letter = %id, "discarded");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no dead letter {id}")))
+    }
+}
