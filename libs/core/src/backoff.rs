@@ -46,8 +46,9 @@ impl Backoff {
 
     /// The upper bound of the next pause (no jitter).
     pub fn ceiling(&self) -> Duration {
-        // 2^20 * base is past any sensible cap; stop doubling there.
-        let factor = 1u32 << self.step.min(20);
+        // 2^31 * base (>= 24 days at 1 ms) is past any sensible cap; the
+        // multiplication saturates rather than overflows.
+        let factor = 1u32 << self.step.min(31);
         self.base.saturating_mul(factor).min(self.max)
     }
 
