@@ -60,6 +60,18 @@ pub struct Config {
     pub job_ack_wait_ms: u64,
     /// How long invocation records are kept, in hours.
     pub invocation_retention_hours: u64,
+    /// Every HTTP listener (gateway, manager, executor health, `up`): how long
+    /// a client may take to send a request's headers (`PICLOUD_HTTP_HEADER_TIMEOUT_MS`).
+    pub http_header_timeout_ms: u64,
+    /// ... and its body, counted from the end of the headers
+    /// (`PICLOUD_HTTP_BODY_TIMEOUT_MS`); past it the caller gets 408.
+    pub http_body_timeout_ms: u64,
+    /// How long a keep-alive connection may wait for its next request
+    /// (`PICLOUD_HTTP_IDLE_TIMEOUT_MS`; the header timeout also bounds it).
+    pub http_idle_timeout_ms: u64,
+    /// Open connections per listener (`PICLOUD_HTTP_MAX_CONNECTIONS`); one
+    /// more is answered 503 and closed.
+    pub http_max_connections: usize,
     /// Defaults for every script.
     pub limits: Limits,
     /// Ceilings for per-script overrides.
@@ -91,6 +103,13 @@ impl Default for Config {
             max_attempts: 5,
             job_ack_wait_ms: 30_000,
             invocation_retention_hours: 7 * 24,
+            // A public endpoint's usual bounds: headers in 10 s (slowloris),
+            // a body in 30 s (512 KiB at 17 KiB/s), an idle keep-alive
+            // connection closed after 5 s (Node's default).
+            http_header_timeout_ms: 10_000,
+            http_body_timeout_ms: 30_000,
+            http_idle_timeout_ms: 5_000,
+            http_max_connections: 10_000,
             limits: Limits::default(),
             max_limits: Limits::default_maxima(),
         }
@@ -201,7 +220,37 @@ impl Config {
         if let Some(v) = non_empty("PICLOUD_INVOCATION_RETENTION_HOURS") {
             self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;
         }
+        self.apply_http_env(&get)?;
         self.validate()
+    }
+
+    fn apply_http_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(var)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                            var,
+                            reason: e.to_string(),
+                        })
+                })
+                .transpose()
+        };
+        if let Some(v) = num("PICLOUD_HTTP_HEADER_TIMEOUT_MS")? {
+            self.http_header_timeout_ms = v;
+        }
+        if let Some(v) = num("PICLOUD_HTTP_BODY_TIMEOUT_MS")? {
+            self.http_body_timeout_ms = v;
+        }
+        if let Some(v) = num("PICLOUD_HTTP_IDLE_TIMEOUT_MS")? {
+            self.http_idle_timeout_ms = v;
+        }
+        if let Some(v) = num("PICLOUD_HTTP_MAX_CONNECTIONS")? {
+            self.http_max_connections = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        Ok(())
     }
 
     /// The delay before attempt `attempt + 1` of a job that failed attempt
@@ -237,6 +286,16 @@ impl Config {
                 reason:
                     "attempts and retry delay must be at least 1, the ack wait at least 1000 ms"
                         .into(),
+            });
+        }
+        if self.http_header_timeout_ms == 0
+            || self.http_body_timeout_ms == 0
+            || self.http_idle_timeout_ms == 0
+            || self.http_max_connections == 0
+        {
+            return Err(ConfigError::Env {
+                var: "PICLOUD_HTTP_*",
+                reason: "HTTP timeouts and the connection cap must be at least 1".into(),
             });
         }
         let ok = !self.prefix.is_empty()

@@ -74,6 +74,39 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// A request body that could not be read: 408 when it came too slowly,
+    /// 413 when it was too large (`limit`, if known, is named), else 400.
+    /// Never shows the underlying error, whose text names library types.
+    pub fn body_read(err: &(dyn std::error::Error + 'static), limit: Option<usize>) -> Self {
+        if crate::serve::is_body_timeout(err) {
+            return Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            );
+        }
+        let too_large = {
+            let mut next = Some(err);
+            let mut found = false;
+            while let Some(e) = next {
+                found |= e.is::<http_body_util::LengthLimitError>();
+                next = e.source();
+            }
+            found
+        };
+        if too_large {
+            return Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                match limit {
+                    Some(max) => format!("request body is larger than {max} bytes"),
+                    None => "request body is too large".into(),
+                },
+            );
+        }
+        Self::bad_request("the request body could not be read")
+    }
+
     /// Logs `cause` for the operator and answers a fixed, detail-free 500.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");

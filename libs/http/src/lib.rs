@@ -5,13 +5,15 @@
 //! - [`JsonBody`]: a JSON body extractor whose rejections are JSON errors too.
 //! - [`health`]: `/healthz` and `/readyz` from a list of readiness checks.
 //! - [`tasks`]: a role's background tasks; one that dies fails `/readyz`.
-//! - [`serve`]: bind, serve, drain on shutdown.
+//! - [`serve`](mod@serve): bind, serve within [`ServeLimits`] (timeouts and a
+//!   connection cap), drain on shutdown.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod health;
 pub mod tasks;
+pub mod serve;
 
 use std::net::SocketAddr;
 
@@ -23,6 +25,7 @@ use serde::de::DeserializeOwned;
 pub use error::{ApiError, TokenHash};
 pub use health::{ReadyCheck, health_router, ready_when};
 pub use tasks::Tasks;
+pub use serve::ServeLimits;
 
 /// A JSON request body. Unlike `axum::Json`, a bad body is answered with our
 /// JSON error shape and a message that says what is wrong.
@@ -36,7 +39,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(e.status(), "payload_too_large", "request body is too large")
             } else {
-                ApiError::bad_request(format!("cannot read request body: {e}"))
+                ApiError::body_read(&e, None)
             }
         })?;
         serde_json::from_slice(&bytes)
@@ -45,10 +48,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// Binds `listen` and serves `router` until `shutdown`, then drains.
-pub async fn serve(listen: SocketAddr, router: Router, shutdown: Shutdown) -> std::io::Result<()> {
+/// Binds `listen` and serves `router` within `limits` until `shutdown`,
+/// then drains.
+pub async fn serve(
+    listen: SocketAddr,
+    router: Router,
+    shutdown: Shutdown,
+    limits: ServeLimits,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    serve_on(listener, router, shutdown).await
+    serve_on(listener, router, shutdown, limits).await
 }
 
 /// Serves on an already-bound listener (tests bind port 0 first).
@@ -56,12 +65,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
+    limits: ServeLimits,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    serve::serve_with(listener, router, shutdown, limits).await
 }

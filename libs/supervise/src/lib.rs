@@ -274,6 +274,17 @@ pub fn port_open(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
+/// Raises this process's soft open-files limit to its hard limit (every
+/// connection is a descriptor) and returns the new soft limit.
+pub fn raise_nofile_limit() -> nix::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard.max(soft))
+}
+
 /// Waits until `ready` answers true, asking every 50 ms for at most `limit`.
 pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut ready: F) -> Result<(), Error>
 where
@@ -296,6 +307,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raises_soft_nofile_to_hard() {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).expect("lower");
+        assert_eq!(raise_nofile_limit().expect("raise"), hard);
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0, hard);
+    }
 
     #[tokio::test]
     async fn a_child_that_ignores_the_signal_is_killed_after_the_limit() {

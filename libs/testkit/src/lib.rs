@@ -119,8 +119,9 @@ impl TestEnv {
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let s = shutdown.clone();
+        let limits = picloud_http::ServeLimits::from_config(&self.config);
         tokio::spawn(async move {
-            let _ = picloud_http::serve_on(listener, router, s.clone()).await;
+            let _ = picloud_http::serve_on(listener, router, s.clone(), limits).await;
             s.cancel();
             gateway.join().await;
             manager.join().await;

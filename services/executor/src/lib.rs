@@ -110,9 +110,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "executor").await?;
     let executor = start(&config, bus, shutdown.clone()).await?;
     let health = picloud_http::health_router(vec![executor.ready.clone()]);
-    picloud_http::serve(config.listen, health, shutdown.clone())
-        .await
-        .with_context(|| format!("cannot serve on {}", config.listen))?;
+    picloud_http::serve(
+        config.listen,
+        health,
+        shutdown.clone(),
+        picloud_http::ServeLimits::from_config(&config),
+    )
+    .await
+    .with_context(|| format!("cannot serve on {}", config.listen))?;
     shutdown.cancel();
     executor.join().await;
     Ok(())

@@ -290,13 +290,9 @@ fn timeout() -> ApiError {
 }
 
 async fn read_body(body: Body, max: usize) -> Result<String, ApiError> {
-    let bytes = to_bytes(body, max).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body is larger than {max} bytes"),
-        )
-    })?;
+    let bytes = to_bytes(body, max)
+        .await
+        .map_err(|e| ApiError::body_read(&e, Some(max)))?;
     Ok(String::from_utf8(bytes.into())
         .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }

@@ -67,9 +67,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         .router
         .clone()
         .merge(picloud_http::health_router(vec![gateway.ready.clone()]));
-    picloud_http::serve(config.listen, router, shutdown.clone())
-        .await
-        .with_context(|| format!("cannot serve on {}", config.listen))?;
+    picloud_http::serve(
+        config.listen,
+        router,
+        shutdown.clone(),
+        picloud_http::ServeLimits::from_config(&config),
+    )
+    .await
+    .with_context(|| format!("cannot serve on {}", config.listen))?;
     shutdown.cancel();
     gateway.join().await;
     Ok(())

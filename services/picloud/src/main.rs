@@ -104,6 +104,12 @@ fn main() -> std::process::ExitCode {
 
 async fn run(role: Role) -> anyhow::Result<()> {
     let config = Config::load()?;
+    // Every connection is a descriptor: a public listener needs the hard
+    // limit, not the (often 1024) soft one.
+    match picloud_supervise::raise_nofile_limit() {
+        Ok(n) => tracing::info!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let shutdown = Shutdown::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match role {

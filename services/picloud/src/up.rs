@@ -65,7 +65,8 @@ async fn serve(
         .with_context(|| format!("cannot listen on {} (set PICLOUD_LISTEN)", config.listen))?;
     let addr = listener.local_addr()?;
     print_banner(&addr.to_string(), token, token_from_file, config);
-    picloud_http::serve_on(listener, router, shutdown.clone()).await?;
+    let limits = picloud_http::ServeLimits::from_config(config);
+    picloud_http::serve_on(listener, router, shutdown.clone(), limits).await?;
     shutdown.cancel();
     executor.join().await;
     gateway.join().await;
