@@ -76,6 +76,14 @@ pub struct Config {
     pub limits: Limits,
     /// Ceilings for per-script overrides.
     pub max_limits: Limits,
+    /// Hops an event chain may take before its next job becomes a dead
+    /// letter (see [`crate::chain`]).
+    pub max_chain_depth: u32,
+    /// Invocations one trace (a root and everything its emits cause) may run.
+    pub max_trace_invocations: u32,
+    /// Invocations of one script an executor runs at once (sync and async);
+    /// 0 = one less than its workers, so another script always has one.
+    pub script_concurrency: usize,
 }
 
 impl Default for Config {
@@ -112,6 +120,9 @@ impl Default for Config {
             http_max_connections: 10_000,
             limits: Limits::default(),
             max_limits: Limits::default_maxima(),
+            max_chain_depth: crate::chain::DEFAULT_MAX_CHAIN_DEPTH,
+            max_trace_invocations: crate::chain::DEFAULT_MAX_TRACE_INVOCATIONS,
+            script_concurrency: 0,
         }
     }
 }
@@ -221,6 +232,15 @@ impl Config {
             self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;
         }
         self.apply_http_env(&get)?;
+        if let Some(v) = non_empty("PICLOUD_MAX_CHAIN_DEPTH") {
+            self.max_chain_depth = parse("PICLOUD_MAX_CHAIN_DEPTH", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_MAX_TRACE_INVOCATIONS") {
+            self.max_trace_invocations = parse("PICLOUD_MAX_TRACE_INVOCATIONS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_SCRIPT_CONCURRENCY") {
+            self.script_concurrency = parse("PICLOUD_SCRIPT_CONCURRENCY", &v)?;
+        }
         self.validate()
     }
 
@@ -319,6 +339,16 @@ impl Config {
             self.workers
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+
+    /// Invocations of one script an executor runs at once: the configured
+    /// cap, else one less than its workers (at least 1), so that a script
+    /// that floods the executor still leaves a worker to the others.
+    pub fn script_slots(&self) -> usize {
+        match self.script_concurrency {
+            0 => self.worker_threads().saturating_sub(1).max(1),
+            n => n,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::chain::Chain;
 use crate::invocation::InvocationRecord;
 use crate::job::Job;
 
@@ -74,6 +75,10 @@ pub struct KvEntry {
 pub struct Commit {
     pub record: InvocationRecord,
     pub effects: Effects,
+    /// The invocation's place in its trace: its emits' jobs go one hop
+    /// further and share its remaining budget.
+    #[serde(default)]
+    pub chain: Chain,
 }
 
 impl Commit {

@@ -117,6 +117,12 @@ pub enum Outcome {
     },
     /// The job's deadline passed before it could start.
     Expired,
+    /// The script already runs as many invocations as its concurrency cap
+    /// allows on this executor: try again after `retry_after_secs`.
+    Busy {
+        message: String,
+        retry_after_secs: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +177,7 @@ impl Outcome {
             Outcome::LimitExceeded { .. } => InvocationStatus::LimitExceeded,
             Outcome::Unavailable { .. } => InvocationStatus::Unavailable,
             Outcome::Expired => InvocationStatus::Expired,
+            Outcome::Busy { .. } => InvocationStatus::Unavailable,
         }
     }
 }

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::chain::Chain;
 use crate::invocation::{EventInput, HttpRequestInput, Trigger};
 
 /// Namespace of PiCloud's derived (v5) ids.
@@ -75,6 +76,10 @@ pub struct Job {
     /// (async HTTP only: its id was handed to an outside caller).
     #[serde(default)]
     pub public: bool,
+    /// Its hop count and invocation budget in its trace (a root's is the
+    /// default).
+    #[serde(default)]
+    pub chain: Chain,
 }
 
 impl Job {
@@ -93,6 +98,10 @@ pub struct EventMessage {
     /// The invocation that emitted it.
     pub source: Uuid,
     pub emitted_at: DateTime<Utc>,
+    /// Hops from the trace's root to this event (1 for an event emitted by
+    /// a call from outside).
+    #[serde(default)]
+    pub hop: u32,
 }
 
 /// Why a topic or pattern was refused.

@@ -9,6 +9,7 @@
 //!   invocation request, its reply and its record.
 //! - [`job`], [`effects`]: async jobs, events, and the kv writes and emits an
 //!   invocation commits.
+//! - [`chain`]: the hop count and invocation budget that bound event chains.
 //! - [`schedule`]: cron expressions in time zones, and what a scheduler
 //!   does with due instants (catch-up, overlap).
 //! - [`backoff`]: capped exponential backoff with jitter for retries of
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod chain;
 pub mod config;
 pub mod effects;
 pub mod invocation;
@@ -32,6 +34,7 @@ pub mod name;
 pub mod schedule;
 
 pub use backoff::Backoff;
+pub use chain::Chain;
 pub use config::{Config, is_root};
 pub use effects::{Commit, CommitReply, DeadLetter, Effects, Emit, KvEntry, KvVersion, ListRead};
 pub use invocation::{

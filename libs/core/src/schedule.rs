@@ -268,6 +268,7 @@ pub fn firing_job(schedule: Uuid, script: &str, instant: DateTime<Utc>, max_atte
         schedule_id: Some(schedule),
         max_attempts: max_attempts.max(1),
         public: false,
+        chain: Default::default(),
     }
 }
 

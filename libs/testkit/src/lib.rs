@@ -235,6 +235,17 @@ impl Client {
             .await
     }
 
+    /// Deploys `source` as `name`, failing the test on a refused deploy.
+    pub async fn deploy_ok(&self, name: &str, source: &str) {
+        let resp = self.deploy(name, source).await;
+        let status = resp.status();
+        assert!(
+            status.is_success(),
+            "deploy {name}: {status} {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
     pub async fn deploy_json(&self, name: &str, body: Value) -> reqwest::Response {
         self.http
             .put(format!("{}/api/v1/scripts/{name}", self.base))

@@ -148,6 +148,19 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
         started_at,
         started,
     };
+    // A runaway event chain ends here, before the script runs, whatever the
+    // attempt: the dead letter names the bound it broke.
+    if let Some(bound) = job.chain.exceeded(settings.config.max_chain_depth) {
+        tracing::info!(job = %job.id, trace = %job.event.trace_id, %bound, "ending an event chain");
+        let result = plain(
+            Outcome::LimitExceeded {
+                message: bound.clone(),
+            },
+            bound,
+        );
+        dead_letter(&server, &settings, &incoming, &base, result).await;
+        return;
+    }
     // A run that could not be committed (a manager, the database or the bus
     // is unavailable; kv contention) is not the script's fault. The job is
     // kept here and run again after a pause, with progress acks meanwhile,
@@ -247,6 +260,7 @@ async fn run_on_pool(
     event.attempt = incoming.attempt;
     let request = job.request.clone();
     let script = job.script.clone();
+    let chain = job.chain;
     let worker_server = server.clone();
     let host = Arc::new(JobHost {
         inner: server.host.clone(),
@@ -275,6 +289,7 @@ async fn run_on_pool(
                 request: request.as_ref(),
                 deadline,
                 host: host.clone(),
+                chain,
             },
             &base,
             &worker_server.bus,
@@ -294,6 +309,18 @@ async fn run_on_pool(
     let progress_every = settings.ack_wait / 3;
     let mut tick = tokio::time::interval(progress_every);
     tick.tick().await;
+    // Wait in the script's own queue when it is at its cap, keeping the job
+    // ours meanwhile; the slot is held until the run is over.
+    let _slot = {
+        let take = server.slots.take(&job.script);
+        let mut take = std::pin::pin!(take);
+        loop {
+            tokio::select! {
+                slot = &mut take => break slot,
+                _ = tick.tick() => { let _ = incoming.progress().await; }
+            }
+        }
+    };
     let mut wait = Duration::from_millis(2);
     loop {
         match server.pool.submit_or_return(work) {

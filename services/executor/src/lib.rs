@@ -13,6 +13,8 @@
 //! - [`run`]: what both share (preparing a version, the record, the
 //!   run-and-commit loop that re-runs on a kv conflict).
 //! - [`records`]: batches invocation records onto the bus, off the hot path.
+//! - [`fair`]: per-script concurrency caps, so one script cannot take every
+//!   worker.
 //!
 //! Architecture invariant: the executor holds no database credentials; it
 //! learns scripts from the bus's version bucket only.
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod fair;
 pub mod host;
 pub mod jobs;
 pub mod pool;
@@ -70,6 +73,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         recorder,
         executor_id: id.clone(),
         runtime: tokio::runtime::Handle::current(),
+        slots: fair::ScriptSlots::new(config.script_slots()),
     };
     let server = Arc::new(server);
     let mut tasks = Tasks::new(shutdown.clone());

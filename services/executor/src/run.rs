@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use picloud_bus::{Bus, CallError, VersionDoc};
 use picloud_core::{
-    Commit, CommitReply, EventInput, HttpRequestInput, InvocationRecord, Outcome, Trigger,
+    Chain, Commit, CommitReply, EventInput, HttpRequestInput, InvocationRecord, Outcome, Trigger,
 };
 use picloud_sandbox::{Host, ModuleCache, ModuleSet, RunInput, RunResult, Sandbox};
 use tokio::runtime::Handle;
@@ -229,6 +229,8 @@ pub struct Invocation<'a> {
     pub request: Option<&'a HttpRequestInput>,
     pub deadline: Instant,
     pub host: Arc<dyn Host>,
+    /// Its place in its trace, handed on to the jobs its emits create.
+    pub chain: Chain,
 }
 
 /// Runs the script on this worker thread; when it succeeded with effects,
@@ -265,6 +267,7 @@ pub fn run_committed(
         let commit = Commit {
             record: base.record(&result),
             effects: result.effects.clone(),
+            chain: inv.chain,
         };
         let size = commit.encoded_len();
         if size > compiled.limits.max_commit_bytes {

@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::AstCache;
+use crate::fair::{self, ScriptSlots};
 use crate::pool::Pool;
 use crate::records::Recorder;
 use crate::run::{self, RecordBase, Settled, plain};
@@ -36,6 +37,8 @@ pub struct Server {
     pub recorder: Recorder,
     pub executor_id: String,
     pub runtime: Handle,
+    /// Per-script concurrency caps, shared by sync calls and async jobs.
+    pub slots: Arc<ScriptSlots>,
 }
 
 /// An accepted invocation that still owes its caller a reply.
@@ -248,6 +251,12 @@ impl Server {
             return pending.complete(r).await;
         }
         let deadline = Instant::now() + Duration::from_millis(remaining_ms as u64);
+        // Past its script's cap a call is refused at once (429 at the
+        // gateway): it would only take a worker another script needs.
+        let Some(slot) = self.slots.try_take(&req.script) else {
+            let r = plain(fair::busy(), "the script is at its concurrency cap");
+            return pending.complete(r).await;
+        };
         let prepared = match run::prepare(
             &self.bus,
             &self.cache,
@@ -263,6 +272,8 @@ impl Server {
 
         let server = self.clone();
         let job = Box::new(move |sandbox: &mut Sandbox| {
+            // Held until the run is over (dropped with the job if it never runs).
+            let _slot = slot;
             // It may have waited in the queue: a caller that has given up
             // gets no work done for it.
             if Instant::now() >= deadline {
@@ -287,6 +298,7 @@ impl Server {
                     request: inv.request.request.as_ref(),
                     deadline,
                     host: server.host.clone(),
+                    chain: Default::default(),
                 },
                 &base,
                 &server.bus,

@@ -161,6 +161,7 @@ async fn submit_async(
         schedule_id: None,
         max_attempts: state.max_attempts,
         public: true,
+        chain: Default::default(),
     };
     let submit = AsyncSubmit {
         job,
@@ -326,6 +327,19 @@ fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
         )),
         Outcome::Unavailable { message } => Err(ApiError::unavailable(message)),
         Outcome::Expired => Err(timeout()),
+        Outcome::Busy {
+            message,
+            retry_after_secs,
+        } => {
+            let mut resp =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
+                    .into_response();
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
+            );
+            Ok(resp)
+        }
     }
 }
 

@@ -26,8 +26,9 @@ use tokio::sync::Semaphore;
 /// a moment).
 const CONCURRENCY: usize = 32;
 
-/// Serves every kind of request until `shutdown`.
-pub async fn serve(store: Store, bus: Bus, shutdown: Shutdown) {
+/// Serves every kind of request until `shutdown`. `max_trace_invocations`
+/// is the budget of a trace's root (see [`outbox_rows`]).
+pub async fn serve(store: Store, bus: Bus, max_trace_invocations: u32, shutdown: Shutdown) {
     let kv_get = {
         let store = store.clone();
         serve_kind(
@@ -76,7 +77,7 @@ pub async fn serve(store: Store, bus: Bus, shutdown: Shutdown) {
             shutdown.clone(),
             move |c: Commit| {
                 let store = store.clone();
-                async move { commit(&store, c).await }
+                async move { commit(&store, c, max_trace_invocations).await }
             },
         )
     };
@@ -187,12 +188,12 @@ where
     }
 }
 
-async fn commit(store: &Store, c: Commit) -> CommitReply {
+async fn commit(store: &Store, c: Commit, max_trace_invocations: u32) -> CommitReply {
     let rows = if c.effects.emits.is_empty() {
         Vec::new()
     } else {
         match store.list_subscriptions(None).await {
-            Ok(subs) => outbox_rows(&c, &subs),
+            Ok(subs) => outbox_rows(&c, &subs, max_trace_invocations),
             Err(e) => return not_applied(&e),
         }
     };
@@ -221,10 +222,29 @@ fn not_applied(e: &StoreError) -> CommitReply {
 
 /// The outbox rows of a commit's emits: each event, and one job per
 /// subscription whose pattern matches its topic.
-pub fn outbox_rows(c: &Commit, subscriptions: &[SubscriptionRow]) -> Vec<OutboxRow> {
+///
+/// The jobs go one hop further than the committing invocation and share
+/// what is left of its trace's budget ([`picloud_core::chain`]).
+pub fn outbox_rows(
+    c: &Commit,
+    subscriptions: &[SubscriptionRow],
+    max_trace_invocations: u32,
+) -> Vec<OutboxRow> {
     let record = &c.record;
     let now = chrono::Utc::now();
     let mut rows = Vec::new();
+    let jobs = c
+        .effects
+        .emits
+        .iter()
+        .map(|e| {
+            subscriptions
+                .iter()
+                .filter(|s| topic_matches(&s.topic, &e.topic))
+                .count()
+        })
+        .sum();
+    let chain = c.chain.child(jobs, max_trace_invocations);
     for (i, emit) in c.effects.emits.iter().enumerate() {
         let event_id = emitted_event_id(record.id, i);
         rows.push(OutboxRow::event(&EventMessage {
@@ -234,6 +254,7 @@ pub fn outbox_rows(c: &Commit, subscriptions: &[SubscriptionRow]) -> Vec<OutboxR
             trace_id: record.trace_id,
             source: record.id,
             emitted_at: now,
+            hop: chain.hop,
         }));
         for sub in subscriptions
             .iter()
@@ -257,6 +278,7 @@ pub fn outbox_rows(c: &Commit, subscriptions: &[SubscriptionRow]) -> Vec<OutboxR
                 schedule_id: None,
                 max_attempts: sub.max_attempts,
                 public: false,
+                chain,
             }));
         }
     }

@@ -80,7 +80,12 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     );
     tasks.spawn(
         "effects",
-        effects::serve(store.clone(), bus.clone(), shutdown.clone()),
+        effects::serve(
+            store.clone(),
+            bus.clone(),
+            config.max_trace_invocations,
+            shutdown.clone(),
+        ),
     );
     tasks.spawn(
         "relay",

@@ -1,0 +1,180 @@
+//! Fair sharing (issue #12 §6): a script at its concurrency cap is refused
+//! with 429 + `Retry-After`, and other scripts still get a worker.
+
+use std::time::Duration;
+
+use picloud_testkit::{Client, TestEnv, eventually};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+/// An upstream that holds every request until `release` is sent, telling
+/// `arrived` about each one as it comes in.
+async fn holding_server() -> (String, mpsc::Receiver<()>, watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = mpsc::channel(16);
+    let (release, released) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (arrived_tx, mut released) = (arrived_tx.clone(), released.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                let _ = arrived_tx.send(()).await;
+                let _ = released.wait_for(|r| *r).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), arrived, release)
+}
+
+#[tokio::test]
+async fn a_script_at_its_cap_gets_429_and_another_script_still_runs() {
+    let (upstream, mut arrived, release) = holding_server().await;
+    let mut env = TestEnv::new().await;
+    env.config.http_allow = "127.0.0.1".into();
+    env.config.http_ports = "*".into();
+    // Two workers; the default cap leaves one of them to other scripts.
+    assert_eq!(env.config.workers, 2);
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok("slow", &format!(r#"http::get("{upstream}/hold"); "done""#))
+        .await;
+    c.deploy_ok("other", r#""hi""#).await;
+    c.wait_for_body("other", "hi").await;
+
+    let first = {
+        let c = Client::new(&front.base, &env.token);
+        tokio::spawn(async move {
+            let r = c.call("slow").await;
+            (r.status(), r.text().await.unwrap_or_default())
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .expect("the first call reaches the upstream")
+        .unwrap();
+
+    // The script holds its one slot: a second call is refused at once.
+    let resp = c.call("slow").await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        resp.headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
+    // Another script is not delayed by it.
+    let resp = c.call("other").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.text().await.unwrap(), "hi");
+
+    release.send(true).unwrap();
+    let (status, body) = first.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+    // With its slot back, the script answers again.
+    let ok = eventually(Duration::from_secs(20), || async {
+        (c.call("slow").await.status() == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "the script never got its slot back");
+    env.cleanup().await;
+}
+
+/// The measurement behind "async work is shared fairly" (#12 §6): with
+/// 10,000 jobs of one script queued, how long does another script's async
+/// call take? The requirement is under one second on a 2-core machine.
+/// Today's single FIFO job consumer runs the flood first, so this fails;
+/// it prints the figure either way.
+#[tokio::test]
+#[ignore = "fails until async jobs are shared fairly between scripts (#12 §6, not built yet)"]
+async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
+    use picloud_core::{EventInput, Job, Trigger};
+
+    const FLOOD: usize = 10_000;
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok("flood", "()").await;
+    c.deploy_ok("victim", r#""ok""#).await;
+    c.wait_for_body("victim", "ok").await;
+
+    // Queue the flood straight onto the job stream, pipelined.
+    let bus = picloud_bus::Bus::for_role(&env.config, "test")
+        .await
+        .expect("bus");
+    let mut acks = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let id = uuid::Uuid::new_v4();
+        let job = Job {
+            id,
+            script: "flood".into(),
+            event: EventInput {
+                kind: Trigger::Manual,
+                ..EventInput::http(id)
+            },
+            request: None,
+            parent_id: None,
+            subscription_id: None,
+            schedule_id: None,
+            max_attempts: 1,
+            public: false,
+            chain: Default::default(),
+        };
+        let payload = serde_json::to_vec(&job).unwrap();
+        acks.push(
+            bus.publish_durable_start(
+                bus.names().job_subject("flood"),
+                &id.to_string(),
+                payload.into(),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for a in acks {
+        a.await.expect("durable");
+    }
+
+    let started = std::time::Instant::now();
+    let resp = c
+        .http
+        .post(format!("{}/fn/victim", c.base))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let done = eventually(Duration::from_secs(600), || async {
+        let v: serde_json::Value = c
+            .http
+            .get(format!("{}{location}", c.base))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (v["status"] == "ok").then_some(())
+    })
+    .await;
+    let latency = started.elapsed();
+    eprintln!("fairness: victim's async latency behind {FLOOD} queued jobs: {latency:?}");
+    assert!(done.is_some(), "the victim's call never ran");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the victim waited {latency:?} behind {FLOOD} jobs of another script"
+    );
+    env.cleanup().await;
+}
