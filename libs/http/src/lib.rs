@@ -12,8 +12,8 @@
 
 pub mod error;
 pub mod health;
-pub mod tasks;
 pub mod serve;
+pub mod tasks;
 
 use std::net::SocketAddr;
 
@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, TokenHash};
 pub use health::{ReadyCheck, health_router, ready_when};
-pub use tasks::Tasks;
 pub use serve::ServeLimits;
+pub use tasks::Tasks;
 
 /// A JSON request body. Unlike `axum::Json`, a bad body is answered with our
 /// JSON error shape and a message that says what is wrong.

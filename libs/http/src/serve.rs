@@ -73,7 +73,7 @@ pub struct BodyTimeout;
 
 /// What a connection over the cap is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 80\r\n\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\ncontent-length: 77\r\n\r\n\
 {\"error\":{\"code\":\"unavailable\",\"message\":\"too many open connections; retry\"}}";
 
 /// Serves `router` on `listener` within `limits` until `shutdown`, then

@@ -314,7 +314,10 @@ mod tests {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
         setrlimit(Resource::RLIMIT_NOFILE, hard.min(256), hard).expect("lower");
         assert_eq!(raise_nofile_limit().expect("raise"), hard);
-        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0, hard);
+        assert_eq!(
+            getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0,
+            hard
+        );
     }
 
     #[tokio::test]
