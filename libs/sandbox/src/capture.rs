@@ -4,6 +4,7 @@
 //! `'static`, so they share this through an `Arc` and the sandbox resets it
 //! at the start of every run.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,6 +27,9 @@ const TRUNCATED: &str = "\n[log truncated]";
 #[derive(Default)]
 pub(crate) struct Capture {
     state: Mutex<State>,
+    /// Set once the invocation must end; read on every operation, so kept
+    /// outside the lock.
+    stopping: AtomicBool,
 }
 
 #[derive(Default)]
@@ -40,8 +44,8 @@ struct State {
     fetched: Vec<(String, Option<String>)>,
     limits: Limits,
     http_calls: u32,
-    /// This thread's live bytes when the invocation began.
-    memory_base: isize,
+    /// Why the progress callback ended the invocation (see [`Capture::stop`]).
+    stopped: Option<String>,
     /// Non-zero while a module's top-level code runs: its results are
     /// cached for every importer, so it may not fetch secrets or call out.
     module_init: usize,
@@ -85,7 +89,9 @@ impl Capture {
         s.limits = limits.clone();
         s.http_calls = 0;
         s.module_init = 0;
-        s.memory_base = crate::memory::thread_live_bytes();
+        crate::memory::arm(limits.max_memory_bytes);
+        s.stopped = None;
+        self.stopping.store(false, Ordering::Relaxed);
         s.truncated = false;
         s.deadline = Some(deadline);
         s.host = Some(host);
@@ -96,6 +102,7 @@ impl Capture {
     /// Ends the invocation: the (masked) log and the secret values handed
     /// out, for masking anything else the invocation produced.
     pub(crate) fn finish(&self) -> (String, Vec<String>, Effects) {
+        crate::memory::disarm();
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.deadline = None;
         s.host = None;
@@ -316,12 +323,33 @@ impl Capture {
         s.truncated = true;
     }
 
-    /// The limit, when this thread holds more than it allows beyond what it
-    /// held at the start of the invocation.
+    /// The invocation's memory limit, once an allocation on this thread
+    /// has passed it (see [`crate::memory`]).
     pub(crate) fn memory_exceeded(&self) -> Option<usize> {
+        if !crate::memory::over_limit() {
+            return None;
+        }
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let used = crate::memory::thread_live_bytes().saturating_sub(s.memory_base);
-        (used > s.limits.max_memory_bytes as isize).then_some(s.limits.max_memory_bytes)
+        Some(s.limits.max_memory_bytes)
+    }
+
+    /// Records that the invocation must end with `token`, and returns it.
+    /// Termination is sticky: a built-in that swallows the error a callback
+    /// raised and carries on still meets the same token on its very next
+    /// operation, instead of at the next periodic check.
+    pub(crate) fn stop(&self, token: String) -> String {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.stopping.store(true, Ordering::Relaxed);
+        s.stopped.get_or_insert(token).clone()
+    }
+
+    /// The token of an earlier [`Capture::stop`] in this invocation.
+    pub(crate) fn stopped(&self) -> Option<String> {
+        if !self.stopping.load(Ordering::Relaxed) {
+            return None;
+        }
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.stopped.clone()
     }
 
     pub(crate) fn deadline_passed(&self) -> bool {

@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 mod capture;
+mod higher_order;
 pub mod host;
 pub mod http;
 mod kv;
@@ -202,6 +203,10 @@ impl Sandbox {
             |_: rhai::FLOAT| -> Result<(), Box<EvalAltResult>> { no_sleep() },
         );
         engine.set_module_resolver(resolver.clone());
+        // Errors name types as a script's author knows them (`int`, not
+        // Rust's `i64`): the engine looks registered names up first.
+        engine.register_type_with_name::<rhai::INT>("int");
+        engine.register_type_with_name::<rhai::FLOAT>("float");
 
         {
             let c = capture.clone();
@@ -223,25 +228,32 @@ impl Sandbox {
             );
             let c = capture.clone();
             engine.on_progress(move |ops| {
-                if !ops.is_multiple_of(CLOCK_CHECK_EVERY) {
-                    return None;
+                // Once ended, ended on every operation: see `Capture::stop`.
+                if let Some(token) = c.stopped() {
+                    return Some(token.into());
                 }
-                if c.deadline_passed() {
-                    return Some(Dynamic::from(DEADLINE_TOKEN));
-                }
-                c.memory_exceeded().map(|limit| {
-                    Dynamic::from(format!(
+                // The memory flag is a thread-local the allocator raised:
+                // read on every operation, so a script ends right after the
+                // allocation that broke its limit.
+                if let Some(limit) = c.memory_exceeded() {
+                    let token = format!(
                         "{}memory limit of {} MiB exceeded",
                         http::LIMIT_TOKEN,
                         limit >> 20
-                    ))
-                })
+                    );
+                    return Some(c.stop(token).into());
+                }
+                if ops.is_multiple_of(CLOCK_CHECK_EVERY) && c.deadline_passed() {
+                    return Some(c.stop(DEADLINE_TOKEN.into()).into());
+                }
+                None
             });
         }
         response::register(&mut engine);
         http::register(&mut engine, &capture);
         kv::register(&mut engine, &capture);
         host::register(&mut engine);
+        higher_order::register(&mut engine);
 
         let mut sandbox = Self {
             engine,
@@ -434,9 +446,20 @@ impl Failure {
     }
 }
 
+/// The error under the "in call to function" / "in module" wrappers Rhai
+/// puts around an error raised inside a function (a callback of `map`, a
+/// module's function): what ended the invocation.
+fn innermost(err: EvalAltResult) -> EvalAltResult {
+    match err {
+        EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+        | EvalAltResult::ErrorInModule(_, inner, _) => innermost(*inner),
+        other => other,
+    }
+}
+
 fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure {
     let detail = err.to_string();
-    match err {
+    match innermost(err) {
         EvalAltResult::ErrorTooManyOperations(_) => {
             Failure::limit("operation limit exceeded", detail)
         }

@@ -97,9 +97,17 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
                 )));
             }
             let v = v.to_string();
-            if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            // RFC 9110 field values: no control characters but tab (a line
+            // break would split the response; the others would make the
+            // gateway drop the header).
+            if let Some(b) = v.bytes().find(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                let what = if b == b'\r' || b == b'\n' {
+                    "a line break"
+                } else {
+                    "a control character"
+                };
                 return Err(Failure::script(format!(
-                    "response header {name:?} contains a line break"
+                    "response header {name:?} contains {what} (byte 0x{b:02x}); only tab and visible characters are allowed"
                 )));
             }
             if name == "content-type" {

@@ -137,6 +137,9 @@ fn run(
 
 fn check(case: &Case, pool: &Pool, hello: &Arc<AST>) -> Result<(), String> {
     let ast = match compile(pool, case.source.clone(), case.limits.clone()) {
+        Err(e) if rust_type_name(&e).is_some() => {
+            return Err(format!("a Rust type name in the compile error {e:?}"));
+        }
         Err(e) if case.kind == "compile_error" && e.contains(&case.text) => return Ok(()),
         Err(e) => return Err(format!("unexpected compile error: {e}")),
         Ok(_) if case.kind == "compile_error" => return Err("compiled, but should not".into()),
@@ -160,6 +163,12 @@ fn check(case: &Case, pool: &Pool, hello: &Arc<AST>) -> Result<(), String> {
         return Err(format!("ran {took:?}, limit {wall:?}"));
     }
     let detail = r.error.clone().unwrap_or_default();
+    let public = format!("{:?}", r.outcome);
+    for text in [&detail, &public] {
+        if let Some(name) = rust_type_name(text) {
+            return Err(format!("a Rust type name ({name}) in {text:?}"));
+        }
+    }
     let ok = match (&r.outcome, case.kind.as_str()) {
         (Outcome::LimitExceeded { message }, "limit_exceeded") => message.contains(&case.text),
         (Outcome::ScriptError { .. }, "script_error") => {
@@ -176,6 +185,30 @@ fn check(case: &Case, pool: &Pool, hello: &Arc<AST>) -> Result<(), String> {
         return Err(format!("log lacks {want:?}"));
     }
     Ok(())
+}
+
+/// A Rust type or path in a message meant for a script's author: what the
+/// engine's own names look like when a type has no script name.
+fn rust_type_name(text: &str) -> Option<&'static str> {
+    const RUST: &[&str] = &[
+        "i64",
+        "i32",
+        "u64",
+        "f64",
+        "f32",
+        "usize",
+        "alloc::",
+        "core::",
+        "std::",
+        "rhai::",
+        "picloud_",
+        "ImmutableString",
+        "Box<",
+        "Vec<",
+        "Option<",
+        "Dynamic",
+    ];
+    RUST.iter().copied().find(|name| text.contains(name))
 }
 
 #[test]
