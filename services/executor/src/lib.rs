@@ -73,7 +73,9 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         recorder,
         executor_id: id.clone(),
         runtime: tokio::runtime::Handle::current(),
-        slots: fair::ScriptSlots::new(config.script_slots()),
+        // One script's waiting sync calls may hold at most a quarter of
+        // the invocations in flight (see `Server::run`).
+        slots: fair::ScriptSlots::new(config.script_slots(), serve::in_flight_limit(workers) / 4),
     };
     let server = Arc::new(server);
     let mut tasks = Tasks::new(shutdown.clone());

@@ -100,16 +100,21 @@ impl Drop for Pending {
     }
 }
 
+/// Invocations in flight at once on an executor with `threads` workers:
+/// what the workers and their queue can hold, plus room for calls that wait
+/// in their script's queue ([`crate::fair`]). The pool itself rejects beyond
+/// its queue; this also bounds the tasks that are still fetching a version.
+pub fn in_flight_limit(threads: usize) -> usize {
+    threads * 4 + 256
+}
+
 impl Server {
     pub async fn run(
         this: Arc<Self>,
         incoming: impl Stream<Item = IncomingInvocation> + Send + 'static,
         shutdown: Shutdown,
     ) {
-        // In flight at once: what the workers and their queue can hold. The
-        // pool itself rejects beyond that; this also bounds the tasks that
-        // are still fetching a version.
-        let total = this.pool.threads() * 4 + 256;
+        let total = in_flight_limit(this.pool.threads());
         let in_flight = Arc::new(Semaphore::new(total));
         let mut incoming = Box::pin(incoming);
         loop {
@@ -251,11 +256,39 @@ impl Server {
             return pending.complete(r).await;
         }
         let deadline = Instant::now() + Duration::from_millis(remaining_ms as u64);
-        // Past its script's cap a call is refused at once (429 at the
-        // gateway): it would only take a worker another script needs.
+        // Past its script's cap a call waits in that script's queue (in a
+        // task of its own: this may be the receive loop), holding no worker
+        // another script needs; when that queue is full it is refused at
+        // once (429 at the gateway).
         let Some(slot) = self.slots.try_take(&req.script) else {
-            let r = plain(fair::busy(), "the script is at its concurrency cap");
-            return pending.complete(r).await;
+            let this = self.clone();
+            let script = req.script.clone();
+            tokio::spawn(async move {
+                match this.slots.take_by(&script, deadline).await {
+                    Ok(slot) => this.queue(pending, slot, deadline).await,
+                    Err(fair::NoSlot::QueueFull) => {
+                        let r = plain(fair::busy(), "the script's queue is full");
+                        pending.complete(r).await;
+                    }
+                    Err(fair::NoSlot::Expired) => {
+                        let r = plain(
+                            Outcome::Expired,
+                            "deadline passed waiting for the script's turn",
+                        );
+                        pending.complete(r).await;
+                    }
+                }
+            });
+            return;
+        };
+        self.queue(pending, slot, deadline).await;
+    }
+
+    /// Prepares the script and hands the job to the pool, holding `slot`
+    /// until it has run.
+    async fn queue(self: &Arc<Self>, pending: Pending, slot: fair::ScriptSlot, deadline: Instant) {
+        let Some(req) = pending.inv.as_ref().map(|i| &i.request) else {
+            return;
         };
         let prepared = match run::prepare(
             &self.bus,

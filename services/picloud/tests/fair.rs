@@ -1,5 +1,6 @@
-//! Fair sharing (issue #12 §6): a script at its concurrency cap is refused
-//! with 429 + `Retry-After`, and other scripts still get a worker.
+//! Fair sharing (issue #12 §6): past its concurrency cap a script's calls
+//! wait in its own queue; when that queue is full they are refused with
+//! 429 + `Retry-After`; other scripts still get a worker all along.
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ async fn holding_server() -> (String, mpsc::Receiver<()>, watch::Sender<bool>) {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let _ = sock.read(&mut buf).await;
-                let _ = arrived_tx.send(()).await;
+                let _ = arrived_tx.try_send(());
                 let _ = released.wait_for(|r| *r).await;
                 let _ = sock
                     .write_all(
@@ -35,7 +36,7 @@ async fn holding_server() -> (String, mpsc::Receiver<()>, watch::Sender<bool>) {
 }
 
 #[tokio::test]
-async fn a_script_at_its_cap_gets_429_and_another_script_still_runs() {
+async fn past_its_cap_a_script_queues_then_gets_429_and_another_script_still_runs() {
     let (upstream, mut arrived, release) = holding_server().await;
     let mut env = TestEnv::new().await;
     env.config.http_allow = "127.0.0.1".into();
@@ -62,16 +63,40 @@ async fn a_script_at_its_cap_gets_429_and_another_script_still_runs() {
         .expect("the first call reaches the upstream")
         .unwrap();
 
-    // The script holds its one slot: a second call is refused at once.
-    let resp = c.call("slow").await;
-    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(
-        resp.headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()),
-        Some("1")
-    );
-    let body: serde_json::Value = resp.json().await.unwrap();
+    // The script holds its one slot: the next calls wait in its queue (a
+    // quarter of the executor's in-flight limit: (2 × 4 + 256) / 4 = 66),
+    // and once it is full the rest are refused at once, whatever the order
+    // they arrive in.
+    const QUEUE: usize = 66;
+    const CALLS: usize = QUEUE + 10;
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    for _ in 0..CALLS {
+        let c = Client::new(&front.base, &env.token);
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let r = c.call("slow").await;
+            let retry_after = r
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let _ = done_tx.send((status, retry_after, body));
+        });
+    }
+    let mut refused = None;
+    for _ in 0..CALLS - QUEUE {
+        let (status, retry_after, body) =
+            tokio::time::timeout(Duration::from_secs(30), done.recv())
+                .await
+                .expect("the calls past the full queue are answered at once")
+                .unwrap();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        refused = Some(body);
+    }
+    let body: serde_json::Value = serde_json::from_str(&refused.unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "too_many_requests", "{body}");
     // Another script is not delayed by it.
     let resp = c.call("other").await;
@@ -81,6 +106,14 @@ async fn a_script_at_its_cap_gets_429_and_another_script_still_runs() {
     release.send(true).unwrap();
     let (status, body) = first.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+    // Every call that waited in the queue ran.
+    for _ in 0..QUEUE {
+        let (status, _, body) = tokio::time::timeout(Duration::from_secs(60), done.recv())
+            .await
+            .expect("the queued calls run once the slot is free")
+            .unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "done"));
+    }
     // With its slot back, the script answers again.
     let ok = eventually(Duration::from_secs(20), || async {
         (c.call("slow").await.status() == StatusCode::OK).then_some(())

@@ -212,20 +212,24 @@ async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
     let front = env.start_front().await;
     env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy_json(
-        "busy",
-        json!({ "source": "loop {}", "limits": { "wall_time_ms": 1500, "max_operations": 1_000_000_000u64 } }),
-    )
-    .await;
+    // Six scripts: one script's calls past its cap wait in its own queue
+    // (see fair.rs), so only many scripts together can fill the pool.
+    for i in 0..6 {
+        c.deploy_json(
+            &format!("busy{i}"),
+            json!({ "source": "loop {}", "limits": { "wall_time_ms": 1500, "max_operations": 1_000_000_000u64 } }),
+        )
+        .await;
+    }
     c.deploy("quick", r#""quick""#).await;
     c.wait_for_body("quick", "quick").await;
 
     // One runs, one waits in the queue, the rest are turned away at once.
     let calls: Vec<_> = (0..6)
-        .map(|_| {
+        .map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
-                let resp = c.call("busy").await;
+                let resp = c.call(&format!("busy{i}")).await;
                 let status = resp.status();
                 (status, resp.json::<Value>().await.unwrap())
             })
