@@ -90,6 +90,10 @@ pub struct Route {
     pub script: String,
     pub version: u32,
     pub wall_time_ms: u64,
+    /// Async jobs keep the caller's credential headers (see
+    /// `picloud_core::CREDENTIAL_HEADERS`); absent in older routes: false.
+    #[serde(default)]
+    pub keep_credentials: bool,
 }
 
 /// One immutable script version, as executors need it.

@@ -232,7 +232,17 @@ pub struct AsyncSubmit {
     pub version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the request the key came with: method, path and
+    /// query, body, credential headers. The key returns the earlier
+    /// invocation only for the same fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
+
+/// Request headers that carry the caller's credentials. Async jobs drop
+/// them before they are queued unless the script's version keeps them
+/// (`keep_credentials`); the idempotency fingerprint hashes them.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
 /// A manager's answer to an [`AsyncSubmit`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +251,11 @@ pub enum AsyncAnswer {
     /// Durable in JetStream as this invocation (`existing`: an earlier call
     /// with the same idempotency key).
     Accepted { invocation_id: Uuid, existing: bool },
+    /// The idempotency key belongs to another request (422; says nothing
+    /// about that request's invocation).
+    KeyReused,
+    /// A submission with the same key is still being accepted (409).
+    KeyInFlight,
     /// Not accepted; safe to show the caller.
     Refused { message: String },
 }

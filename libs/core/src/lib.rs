@@ -41,7 +41,7 @@ pub use invocation::{
     EventInput, HttpRequestInput, InvocationRecord, InvocationReply, InvocationRequest,
     InvocationStatus, Outcome, ScriptResponse, Trigger,
 };
-pub use job::{AsyncAnswer, AsyncSubmit, EventMessage, Job};
+pub use job::{AsyncAnswer, AsyncSubmit, CREDENTIAL_HEADERS, EventMessage, Job};
 pub use limits::{LimitOverrides, Limits};
 pub use name::{NameError, ScriptName};
 pub use uuid::Uuid;

@@ -38,8 +38,15 @@ pub struct DeadLetterRow {
 pub enum Submitted {
     /// Accepted now, as this invocation.
     New(Uuid),
-    /// The idempotency key was used within 24 h: the earlier invocation.
+    /// The idempotency key was used within 24 h by the same request: the
+    /// earlier invocation.
     Existing(Uuid),
+    /// The idempotency key was used within 24 h by another request (or
+    /// before fingerprints were stored): refused, and nothing about the
+    /// earlier call may be shown.
+    KeyReused,
+    /// Another submission with this key is being accepted right now.
+    InFlight,
 }
 
 fn subscription(r: &PgRow) -> Result<SubscriptionRow, StoreError> {
@@ -234,14 +241,19 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Accepts an async HTTP call: with an idempotency key seen within 24 h,
-    /// returns the earlier invocation; otherwise stores `queued` (the
-    /// invocation's record, status queued) and runs `publish` (which must make
-    /// the job durable on the bus) before committing, so the call is
-    /// accepted exactly when its job is durable.
+    /// Accepts an async HTTP call. With an idempotency key seen within 24 h:
+    /// the earlier invocation when `fingerprint` (of the request, see the
+    /// gateway) is the one stored with the key, [`Submitted::KeyReused`]
+    /// when it is not (a key stored without a fingerprint matches nothing),
+    /// and [`Submitted::InFlight`] while another submission of the key is
+    /// still being accepted. Otherwise stores `queued` (the invocation's
+    /// record, status queued) and runs `publish` (which must make the job
+    /// durable on the bus) before committing, so the call is accepted
+    /// exactly when its job is durable.
     pub async fn submit_async<F>(
         &self,
         idempotency_key: Option<&str>,
+        fingerprint: Option<&str>,
         queued: &InvocationRecord,
         publish: F,
     ) -> Result<Result<Submitted, String>, StoreError>
@@ -250,23 +262,43 @@ impl Store {
     {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = idempotency_key {
-            // Takes the key (or waits for a concurrent holder to finish).
-            let claimed: Uuid = sqlx::query_scalar(
-                "INSERT INTO idempotency_keys (script, key, invocation_id) VALUES ($1, $2, $3)
+            // A concurrent submission of the same key holds this lock until
+            // it commits or gives up: the IETF draft's 409, not a wait.
+            // (Script names hold no '/', so the pair is unambiguous.)
+            let locked: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 12))")
+                    .bind(format!("{}/{key}", queued.script))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !locked {
+                return Ok(Ok(Submitted::InFlight));
+            }
+            // Takes the key, or finds who holds it (an expired key is taken
+            // over, with this request's fingerprint).
+            let row = sqlx::query(
+                "INSERT INTO idempotency_keys (script, key, invocation_id, fingerprint) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (script, key) DO UPDATE
                    SET invocation_id = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
                                             THEN EXCLUDED.invocation_id ELSE idempotency_keys.invocation_id END,
+                       fingerprint = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
+                                          THEN EXCLUDED.fingerprint ELSE idempotency_keys.fingerprint END,
                        created_at = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
                                          THEN now() ELSE idempotency_keys.created_at END
-                 RETURNING invocation_id",
+                 RETURNING invocation_id, fingerprint",
             )
             .bind(&queued.script)
             .bind(key)
             .bind(queued.id)
+            .bind(fingerprint)
             .fetch_one(&mut *tx)
             .await?;
+            let claimed: Uuid = row.try_get("invocation_id")?;
             if claimed != queued.id {
-                return Ok(Ok(Submitted::Existing(claimed)));
+                let stored: Option<String> = row.try_get("fingerprint")?;
+                return Ok(Ok(match (stored.as_deref(), fingerprint) {
+                    (Some(a), Some(b)) if a == b => Submitted::Existing(claimed),
+                    _ => Submitted::KeyReused,
+                }));
             }
         }
         Store::upsert_one(&mut tx, queued).await?;

@@ -28,6 +28,9 @@ pub struct VersionRow {
     pub limits: Limits,
     /// The module versions this version imports (its whole closure).
     pub modules: BTreeMap<String, u32>,
+    /// Async jobs keep the caller's credential headers (`Authorization`,
+    /// `Cookie`, `Proxy-Authorization`); off by default.
+    pub keep_credentials: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -51,12 +54,14 @@ fn version_row(r: &PgRow) -> Result<VersionRow, StoreError> {
         sha256: r.try_get("sha256")?,
         limits: serde_json::from_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         modules: serde_json::from_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        keep_credentials: r.try_get("keep_credentials")?,
         created_at: r.try_get("created_at")?,
     })
 }
 
 const SCRIPT_COLS: &str = "name, active_version, latest_version, created_at, updated_at";
-const VERSION_COLS: &str = "script, version, source, sha256, limits, modules, created_at";
+const VERSION_COLS: &str =
+    "script, version, source, sha256, limits, modules, keep_credentials, created_at";
 
 impl Store {
     /// Stores a new version of `name` (creating the script if needed) and
@@ -68,6 +73,7 @@ impl Store {
         sha256: &str,
         limits: &Limits,
         modules: &BTreeMap<String, u32>,
+        keep_credentials: bool,
     ) -> Result<VersionRow, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Take the row lock (creating the row if this is the first deploy)
@@ -87,8 +93,8 @@ impl Store {
         let limits =
             serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let row = sqlx::query(&format!(
-            "INSERT INTO script_versions (script, version, source, sha256, limits, modules)
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {VERSION_COLS}"
+            "INSERT INTO script_versions (script, version, source, sha256, limits, modules, keep_credentials)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {VERSION_COLS}"
         ))
         .bind(name)
         .bind(version)
@@ -96,6 +102,7 @@ impl Store {
         .bind(sha256)
         .bind(limits)
         .bind(serde_json::to_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(keep_credentials)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -222,7 +229,7 @@ impl Store {
     /// The active version of one script, `None` when it does not exist.
     pub async fn active_version(&self, name: &str) -> Result<Option<VersionRow>, StoreError> {
         sqlx::query(
-            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.keep_credentials, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
              WHERE s.name = $1 AND NOT s.deleted",
@@ -238,7 +245,7 @@ impl Store {
     /// The active version of every script (to rebuild the bus's route table).
     pub async fn active_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
         sqlx::query(
-            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.created_at
+            "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.keep_credentials, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
              WHERE NOT s.deleted

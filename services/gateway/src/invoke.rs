@@ -16,7 +16,12 @@
 //! With `Prefer: respond-async` the call becomes a job: a manager records it
 //! (deduplicating on `Idempotency-Key` for 24 h) and makes it durable in
 //! JetStream, then the caller gets `202 {"invocation_id", "status_url"}` and
-//! `Location: /status/{id}` (public; the random id is its only key).
+//! `Location: /status/{id}` (public; the random id is its only key). A key
+//! returns the earlier invocation only for the same request (see
+//! [`crate::idempotency`]): another request gets 422
+//! `idempotency_key_reused`, a retry while the first submission is still
+//! being accepted 409 `idempotency_key_in_use`. The job holds the caller's
+//! credential headers only if the script's version keeps them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,6 +41,7 @@ use picloud_core::{
 };
 use picloud_http::ApiError;
 
+use crate::idempotency;
 use crate::routes::RouteTable;
 
 pub const INVOCATION_HEADER: &str = "x-picloud-invocation-id";
@@ -150,6 +156,7 @@ async fn submit_async(
     route: picloud_bus::Route,
     request: HttpRequestInput,
     key: Option<String>,
+    fingerprint: Option<String>,
 ) -> Result<Response, ApiError> {
     let job = Job {
         id,
@@ -167,6 +174,7 @@ async fn submit_async(
         job,
         version: route.version,
         idempotency_key: key,
+        fingerprint,
     };
     let answer = state
         .bus
@@ -182,6 +190,25 @@ async fn submit_async(
             existing,
         }) => (invocation_id, existing),
         Ok(AsyncAnswer::Refused { message }) => return Err(ApiError::unavailable(message)),
+        // Nothing about the earlier call (no id, no status) is shown.
+        Ok(AsyncAnswer::KeyReused) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request (method, path, body or credentials); use a new key for a new request",
+            ));
+        }
+        Ok(AsyncAnswer::KeyInFlight) => {
+            let mut resp = ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is still being accepted; retry",
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return Ok(resp);
+        }
         Err(CallError::TooLarge(n)) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -240,18 +267,24 @@ async fn invoke(
         .ok_or_else(not_found)?;
 
     let (parts, body) = req.into_parts();
-    let body = read_body(body, max_body).await?;
-    let request = HttpRequestInput {
+    let bytes = read_body(body, max_body).await?;
+    let mut request = HttpRequestInput {
         method: parts.method.as_str().to_owned(),
         path: format!("/{rest}"),
         params: BTreeMap::new(),
         query,
         headers: flatten_headers(&parts.headers),
-        body,
+        body: body_text(&bytes),
     };
     if asynchronous {
         let key = idempotency_key(&parts.headers)?;
-        return submit_async(state, id, route, request, key).await;
+        let fingerprint = key.as_ref().map(|_| {
+            idempotency::fingerprint(&parts.method, &parts.uri, &bytes, &parts.headers)
+        });
+        if !route.keep_credentials {
+            idempotency::strip_credentials(&mut request.headers);
+        }
+        return submit_async(state, id, route, request, key, fingerprint).await;
     }
     let wait = Duration::from_millis(route.wall_time_ms + state.grace_ms);
     let invocation = InvocationRequest {
@@ -290,12 +323,15 @@ fn timeout() -> ApiError {
     )
 }
 
-async fn read_body(body: Body, max: usize) -> Result<String, ApiError> {
-    let bytes = to_bytes(body, max)
+async fn read_body(body: Body, max: usize) -> Result<axum::body::Bytes, ApiError> {
+    to_bytes(body, max)
         .await
-        .map_err(|e| ApiError::body_read(&e, Some(max)))?;
-    Ok(String::from_utf8(bytes.into())
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+        .map_err(|e| ApiError::body_read(&e, Some(max)))
+}
+
+/// The body as the script sees it (invalid UTF-8 replaced).
+fn body_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn flatten_headers(headers: &HeaderMap) -> BTreeMap<String, String> {

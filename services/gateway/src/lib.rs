@@ -6,12 +6,15 @@
 //! - [`routes`]: the route table (script → active version), a cache kept
 //!   current by watching the bus's route bucket, with a direct read on a miss.
 //! - [`invoke`]: the `/fn` handler and the mapping of outcomes to HTTP.
+//! - [`idempotency`]: request fingerprints for `Idempotency-Key`, and the
+//!   credential headers async jobs drop.
 //!
 //! Architecture invariant: the gateway holds no database credentials and
 //! runs no script code; it knows scripts only through the bus.
 
 #![forbid(unsafe_code)]
 
+pub mod idempotency;
 pub mod invoke;
 pub mod routes;
 

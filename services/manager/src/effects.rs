@@ -314,7 +314,12 @@ async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
             .map_err(|e| e.to_string())
     };
     match store
-        .submit_async(s.idempotency_key.as_deref(), &queued, publish)
+        .submit_async(
+            s.idempotency_key.as_deref(),
+            s.fingerprint.as_deref(),
+            &queued,
+            publish,
+        )
         .await
     {
         Ok(Ok(Submitted::New(id))) => AsyncAnswer::Accepted {
@@ -325,6 +330,8 @@ async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
             invocation_id: id,
             existing: true,
         },
+        Ok(Ok(Submitted::KeyReused)) => AsyncAnswer::KeyReused,
+        Ok(Ok(Submitted::InFlight)) => AsyncAnswer::KeyInFlight,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "cannot queue an async job");
             AsyncAnswer::Refused {

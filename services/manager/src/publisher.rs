@@ -180,5 +180,6 @@ fn route(v: &VersionRow) -> Route {
         script: v.script.clone(),
         version: v.version,
         wall_time_ms: v.limits.wall_time_ms,
+        keep_credentials: v.keep_credentials,
     }
 }

@@ -217,7 +217,14 @@ async fn store(env: &TestEnv) -> Store {
 
 async fn deploy(store: &Store, script: &str) {
     store
-        .create_version(script, r#""ok""#, "0", &Limits::default(), &BTreeMap::new())
+        .create_version(
+            script,
+            r#""ok""#,
+            "0",
+            &Limits::default(),
+            &BTreeMap::new(),
+            false,
+        )
         .await
         .expect("deploy");
 }

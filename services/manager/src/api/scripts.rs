@@ -23,6 +23,10 @@ pub struct DeployBody {
     source: String,
     #[serde(default)]
     limits: LimitOverrides,
+    /// Async jobs keep the caller's `Authorization`, `Cookie` and
+    /// `Proxy-Authorization` headers (default: dropped before queueing).
+    #[serde(default)]
+    keep_credentials: bool,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +51,7 @@ pub struct VersionView {
     sha256: String,
     limits: Limits,
     modules: BTreeMap<String, u32>,
+    keep_credentials: bool,
     created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
@@ -78,6 +83,7 @@ fn version_view(v: VersionRow, with_source: bool) -> VersionView {
         sha256: v.sha256,
         limits: v.limits,
         modules: v.modules,
+        keep_credentials: v.keep_credentials,
         created_at: v.created_at,
         source: with_source.then_some(v.source),
     }
@@ -112,7 +118,14 @@ pub async fn deploy(
     let sha = sha256_hex(&body.source);
     let version = state
         .store
-        .create_version(name.as_str(), &body.source, &sha, &limits, &modules)
+        .create_version(
+            name.as_str(),
+            &body.source,
+            &sha,
+            &limits,
+            &modules,
+            body.keep_credentials,
+        )
         .await
         .map_err(internal)?;
     if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
