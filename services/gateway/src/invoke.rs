@@ -278,9 +278,9 @@ async fn invoke(
     };
     if asynchronous {
         let key = idempotency_key(&parts.headers)?;
-        let fingerprint = key.as_ref().map(|_| {
-            idempotency::fingerprint(&parts.method, &parts.uri, &bytes, &parts.headers)
-        });
+        let fingerprint = key
+            .as_ref()
+            .map(|_| idempotency::fingerprint(&parts.method, &parts.uri, &bytes, &parts.headers));
         if !route.keep_credentials {
             idempotency::strip_credentials(&mut request.headers);
         }
