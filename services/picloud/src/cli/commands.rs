@@ -111,8 +111,19 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
     let client = connect(&target)?;
     match command {
         ClientCommand::Login { .. } | ClientCommand::Completions { .. } => Ok(()),
-        ClientCommand::Deploy { path, name, limits } => {
-            deploy(&client, out, DeployArgs { path, name, limits }).await
+        ClientCommand::Deploy {
+            path,
+            name,
+            limits,
+            keep_credentials,
+        } => {
+            let args = DeployArgs {
+                path,
+                name,
+                limits,
+                keep_credentials,
+            };
+            deploy(&client, out, args).await
         }
         ClientCommand::Ls => {
             let v = client.get("/scripts").await?;

@@ -21,6 +21,8 @@ pub struct DeployArgs {
     pub path: PathBuf,
     pub name: Option<String>,
     pub limits: Vec<String>,
+    /// Async jobs of the deployed scripts keep the caller's credentials.
+    pub keep_credentials: bool,
 }
 
 pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), CliError> {
@@ -55,7 +57,11 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
             ),
             Kind::Script => (
                 format!("/scripts/{}", seg(&item.name)),
-                json!({ "source": source, "limits": limits }),
+                json!({
+                    "source": source,
+                    "limits": limits,
+                    "keep_credentials": args.keep_credentials,
+                }),
             ),
         };
         match client.api(Method::PUT, &path, Some(&body)).await {
