@@ -271,6 +271,7 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
             if !locked {
+                tx.rollback().await?;
                 return Ok(Ok(Submitted::InFlight));
             }
             // Takes the key, or finds who holds it (an expired key is taken
@@ -295,6 +296,9 @@ impl Store {
             let claimed: Uuid = row.try_get("invocation_id")?;
             if claimed != queued.id {
                 let stored: Option<String> = row.try_get("fingerprint")?;
+                // Ended now, not when the pool gets to it: the lock is
+                // released before the caller can retry.
+                tx.rollback().await?;
                 return Ok(Ok(match (stored.as_deref(), fingerprint) {
                     (Some(a), Some(b)) if a == b => Submitted::Existing(claimed),
                     _ => Submitted::KeyReused,
@@ -303,6 +307,7 @@ impl Store {
         }
         Store::upsert_one(&mut tx, queued).await?;
         if let Err(e) = publish().await {
+            tx.rollback().await?;
             return Ok(Err(e));
         }
         tx.commit().await?;

@@ -218,7 +218,8 @@ fn queued(script: &str) -> InvocationRecord {
 /// queued behind it and not accepted twice.
 #[tokio::test]
 async fn a_key_still_being_accepted_is_a_conflict() {
-    let env = TestEnv::new().await;
+    let (env, c) = one_of_each().await;
+    c.deploy_ok("slow", "1").await;
     let store = store(&env).await;
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let (release, release_rx) = tokio::sync::oneshot::channel::<()>();
@@ -246,6 +247,17 @@ async fn a_key_still_being_accepted_is_a_conflict() {
     .expect("store")
     .expect("publish");
     assert_eq!(second, Submitted::InFlight);
+    // Through the gateway: 409 with Retry-After, and no id of the first.
+    let resp = post_async(&c, "slow")
+        .header("idempotency-key", "k")
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body = resp.text().await.expect("body");
+    assert!(body.contains("idempotency_key_in_use"), "{body}");
+    assert!(!body.contains(&first_id.to_string()), "{body}");
     release.send(()).expect("release");
     let first = holder
         .await
