@@ -289,7 +289,7 @@ async fn a_key_still_being_accepted_is_a_conflict() {
 const ECHO: &str = r#"log(`headers: ${request.headers}`); #{ headers: request.headers }"#;
 
 #[tokio::test]
-async fn async_jobs_do_not_keep_credentials() {
+async fn the_script_of_an_async_job_does_not_see_credentials() {
     let (env, c) = one_of_each().await;
     c.deploy_ok("echo", ECHO).await;
     let (id, _) = accepted(with_credentials(post_async(&c, "echo"))).await;
@@ -302,12 +302,25 @@ async fn async_jobs_do_not_keep_credentials() {
     for h in ["authorization", "cookie", "proxy-authorization"] {
         assert!(seen.get(h).is_none(), "the job holds {h}: {seen}");
     }
-    // Nor does its record (log and stored response).
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_record_of_an_async_job_holds_no_credentials() {
+    let (env, c) = one_of_each().await;
+    c.deploy_ok("echo", ECHO).await;
+    let (id, _) = accepted(with_credentials(post_async(&c, "echo"))).await;
+    done(&c, &id).await;
+    // Its log and its stored response (what the status URL shows).
     let record = c.get_json(&format!("/invocations/{id}")).await;
     assert!(record["log"].as_str().expect("log").contains("kept"));
     no_credentials("the record", &record.to_string());
+    env.cleanup().await;
+}
 
-    // Nor a dead letter of a failing job.
+#[tokio::test]
+async fn a_dead_letter_holds_no_credentials() {
+    let (env, c) = one_of_each().await;
     c.deploy_ok("fails", r#"throw `no: ${request.headers}`"#)
         .await;
     let (id, _) = accepted(with_credentials(post_async(&c, "fails"))).await;
@@ -325,9 +338,15 @@ async fn async_jobs_do_not_keep_credentials() {
     no_credentials("the dead letter's error", &letters[0].error);
     let records = c.get_json("/invocations?script=fails&limit=100").await;
     no_credentials("the failed records", &records.to_string());
+    env.cleanup().await;
+}
 
-    // The sync path queues nothing and records no request: its record
-    // holds no credentials either (the script does not log them here).
+/// A guard, not a change: the sync path queues nothing and records no
+/// request, so its record holds no credentials (the script does not log
+/// them here), while the script sees every header.
+#[tokio::test]
+async fn a_sync_call_sees_credentials_and_records_none() {
+    let (env, c) = one_of_each().await;
     c.deploy_ok("plain", "request.headers").await;
     let resp = with_credentials(c.http.get(format!("{}/fn/plain", c.base)))
         .send()
