@@ -343,3 +343,58 @@ async fn an_async_response_with_nul_is_stored_exactly() {
     assert_eq!(done["response"]["body"], "got x\u{0}y", "{done}");
     env.cleanup().await;
 }
+
+/// A log line and a thrown error holding NUL: the call is the script's
+/// failure (500 `script_error`, not `internal`), and the invocation is
+/// recorded with NUL shown as U+FFFD (diagnostics text; see
+/// docs/scripting.md). A kv key with NUL is a script error naming the rule.
+#[tokio::test]
+async fn nul_in_a_log_line_a_thrown_error_or_a_kv_key_is_recorded_or_refused() {
+    let (env, c) = one_of_each().await;
+    deploy(&c, "noisy", r#"log("a\x00b"); throw "bad\x00thing";"#).await;
+    let resp = c.call("noisy").await;
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let id = resp.headers()["x-picloud-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "script_error", "{body}");
+    let path = format!("/invocations/{id}");
+    let path = &path;
+    let c2 = &c;
+    let record = eventually(Duration::from_secs(30), || async move {
+        let resp = c2.api(Method::GET, path, None).await;
+        if resp.status() != StatusCode::OK {
+            return None;
+        }
+        resp.json::<Value>().await.ok()
+    })
+    .await
+    .expect("the invocation is recorded");
+    assert_eq!(record["status"], "error", "{record}");
+    assert!(
+        record["log"].as_str().unwrap().contains("a\u{FFFD}b"),
+        "{record}"
+    );
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad\u{FFFD}thing"),
+        "{record}"
+    );
+
+    deploy(
+        &c,
+        "badkey",
+        r#"try { kv::set("k\x00", 1); "stored" } catch (e) { `refused: ${e}` }"#,
+    )
+    .await;
+    let text = c.call("badkey").await.text().await.unwrap();
+    assert!(
+        text.contains("refused") && text.contains("may not contain NUL"),
+        "{text}"
+    );
+    env.cleanup().await;
+}
