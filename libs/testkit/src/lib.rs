@@ -75,6 +75,7 @@ impl TestEnv {
             .await
             .expect("create test database");
         admin.close().await;
+        gc_stale_streams(&nats_url).await;
         let token = format!("test-token-{}", &id[16..]);
         let config = Config {
             database_url: Some(replace_db(&admin_url, &db_name)),
@@ -182,6 +183,45 @@ impl TestEnv {
         }
     }
 }
+
+/// Deletes, once per test process, the streams of test envs that were never
+/// cleaned up (a test that panicked skips `cleanup`) and are older than any
+/// test runs. A shared nats-server reserves each events stream's
+/// `max_bytes` against its JetStream storage, so leaked streams would
+/// otherwise pile up across runs until no test can create one.
+async fn gc_stale_streams(nats_url: &str) {
+    use futures::StreamExt;
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let Ok(client) = async_nats::connect(nats_url).await else {
+            return;
+        };
+        let js = async_nats::jetstream::new(client);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut stale = Vec::new();
+        let mut streams = js.streams();
+        while let Some(Ok(info)) = streams.next().await {
+            let name = &info.config.name;
+            let bare = name.strip_prefix("KV_").unwrap_or(name);
+            let is_test = bare.len() > 14
+                && bare.starts_with('T')
+                && bare.as_bytes()[13] == b'_'
+                && bare[1..13].bytes().all(|b| b.is_ascii_hexdigit());
+            if is_test && now - info.created.unix_timestamp() > STALE_AFTER.as_secs() as i64 {
+                stale.push(name.clone());
+            }
+        }
+        for name in stale {
+            let _ = js.delete_stream(&name).await;
+        }
+    })
+    .await;
+}
+
+/// No test runs this long: a test env's streams older than this are leaks.
+const STALE_AFTER: Duration = Duration::from_secs(3600);
 
 /// A 32-byte base64 key derived from the test's id.
 fn test_key(id: &str) -> String {

@@ -208,6 +208,13 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
 async fn hold(settings: &JobSettings, incoming: &IncomingJob, pause: Duration) -> bool {
     let until = tokio::time::Instant::now() + pause;
     let every = settings.ack_wait / 3;
+    // A progress ack first: the run that just failed may have been too short
+    // to send one, and so may every pause of a backoff still below `every`;
+    // without this a job retried quickly many times would see its ack wait
+    // run out and come back as a redelivery (a spent attempt).
+    if let Err(e) = incoming.progress().await {
+        tracing::debug!(error = %e, "cannot send job progress");
+    }
     loop {
         let next = (tokio::time::Instant::now() + every).min(until);
         tokio::select! {
@@ -385,6 +392,7 @@ async fn settle(
     if attempt >= job.max_attempts.max(1) {
         dead_letter(server, settings, incoming, base, outcome).await;
     } else {
+        tracing::debug!(job = %job.id, attempt, error = ?outcome.error, "job failed; handing it back for a retry");
         server.recorder.record(base.record(&outcome));
         let delay = settings.config.retry_delay(attempt);
         log_settle(incoming.retry(delay).await, "nak");

@@ -388,7 +388,7 @@ async fn nul_in_a_log_line_a_thrown_error_or_a_kv_key_is_recorded_or_refused() {
     deploy(
         &c,
         "badkey",
-        r#"try { kv::set("k\x00", 1); "stored" } catch (e) { `refused: ${e}` }"#,
+        r#"let out = "stored"; try { kv::set("k\x00", 1); } catch (e) { out = `refused: ${e}`; } out"#,
     )
     .await;
     let text = c.call("badkey").await.text().await.unwrap();
