@@ -42,6 +42,7 @@ fn bench(c: &mut Criterion) {
         request: Some(&req),
         modules: ModuleSet::default(),
         host: Arc::new(NoHost),
+        started: Instant::now(),
     };
     let mut sb = Sandbox::new();
 

@@ -63,6 +63,9 @@ pub struct RunInput<'a> {
     /// Pinned modules and the sources the module cache lacks.
     pub modules: ModuleSet,
     pub host: Arc<dyn Host>,
+    /// When the invocation's wall time began: before the executor compiled
+    /// the version (a first run's compile counts against `wall_time_ms`).
+    pub started: Instant,
 }
 
 /// Which input values a program may read. A program reaches a variable only
@@ -205,6 +208,9 @@ impl Sandbox {
         engine.set_module_resolver(resolver.clone());
         // Errors name types as a script's author knows them (`int`, not
         // Rust's `i64`): the engine looks registered names up first.
+        // Compiles parse only; `optimize` runs the optimizer where it is
+        // cheap (deploy checks, which keep no AST, skip it).
+        engine.set_optimization_level(rhai::OptimizationLevel::None);
         engine.register_type_with_name::<rhai::INT>("int");
         engine.register_type_with_name::<rhai::FLOAT>("float");
 
@@ -282,14 +288,15 @@ impl Sandbox {
     /// Parses `source` under `limits`. Runs no script code.
     pub fn compile(&mut self, source: &str, limits: &Limits) -> Result<AST, CompileError> {
         self.apply_limits(limits);
-        self.engine.compile(source).map_err(|e| {
+        let ast = self.engine.compile(source).map_err(|e| {
             let pos = e.position();
             CompileError {
                 message: e.err_type().to_string(),
                 line: pos.line().unwrap_or(0),
                 column: pos.position().unwrap_or(0),
             }
-        })
+        })?;
+        Ok(optimize(&self.engine, source, ast))
     }
 
     /// Parses `source` under `limits` and returns the modules it imports
@@ -332,10 +339,11 @@ impl Sandbox {
             inputs,
             modules,
             host,
+            started,
         } = input;
         self.apply_limits(limits);
         self.resolver.serve(modules);
-        let wall = Instant::now() + Duration::from_millis(limits.wall_time_ms);
+        let wall = started + Duration::from_millis(limits.wall_time_ms);
         // The caller's deadline may come first (the job waited in a queue):
         // then it is the caller who gave up, not the script's limit.
         let caller_first = deadline < wall;
@@ -455,6 +463,26 @@ fn innermost(err: EvalAltResult) -> EvalAltResult {
         | EvalAltResult::ErrorInModule(_, inner, _) => innermost(*inner),
         other => other,
     }
+}
+
+/// Sources with more statements than this are run unoptimized: Rhai's
+/// optimizer takes time quadratic in a block's statements (80,000 `a;` take
+/// 2 s, 256 KiB of them 9 s), while parsing alone stays linear. Below it the
+/// optimizer costs at most a few tens of milliseconds. See
+/// docs/PERFORMANCE.md, "Compile time".
+pub const MAX_OPTIMIZED_STATEMENTS: usize = 8_192;
+
+/// `ast` through Rhai's optimizer (constant folding, dead code), unless
+/// `source` may hold more than [`MAX_OPTIMIZED_STATEMENTS`] statements. Every
+/// statement but a block's last ends in `;` or `}`, so counting those bytes
+/// bounds the statements from above (a `;` in a string only makes the
+/// count safer).
+pub(crate) fn optimize(engine: &Engine, source: &str, ast: AST) -> AST {
+    let ends = source.bytes().filter(|b| matches!(b, b';' | b'}')).count();
+    if ends > MAX_OPTIMIZED_STATEMENTS {
+        return ast;
+    }
+    engine.optimize_ast(&Scope::new(), ast, rhai::OptimizationLevel::Simple)
 }
 
 fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure {

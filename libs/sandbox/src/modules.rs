@@ -160,6 +160,7 @@ impl ModuleResolver for Resolver {
         let evaluated = engine
             .compile(&source)
             .map_err(|e| runtime(format!("module {path:?} does not compile: {e}"), pos))
+            .map(|ast| crate::optimize(engine, &source, ast))
             .and_then(|ast| Module::eval_ast_as_new(Scope::new(), &ast, engine));
         self.capture.enter_module(false);
         if let Mode::Serve { loading, .. } = &mut *self.lock() {

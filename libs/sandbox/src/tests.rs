@@ -28,6 +28,7 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
             request,
             modules: ModuleSet::default(),
             host: std::sync::Arc::new(NoHost),
+            started: Instant::now(),
         },
     )
 }
@@ -416,6 +417,7 @@ fn run_full(
         request: None,
         modules,
         host,
+        started: Instant::now(),
     };
     sb.run(&ast, limits, deadline, input)
 }

@@ -274,6 +274,7 @@ async fn run_on_pool(
         kv_failed: AtomicBool::new(false),
     });
     let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
+        let started = Instant::now();
         let (compiled, modules) = match prepared.compile(sandbox, &worker_server.cache) {
             Ok(c) => c,
             Err(r) => {
@@ -283,9 +284,8 @@ async fn run_on_pool(
         };
         // An async job has no waiting caller: its own wall-time limit is
         // its only deadline.
-        let deadline = Instant::now()
-            + Duration::from_millis(compiled.limits.wall_time_ms)
-            + Duration::from_secs(1);
+        let deadline =
+            started + Duration::from_millis(compiled.limits.wall_time_ms) + Duration::from_secs(1);
         let settled = run::run_committed(
             sandbox,
             &compiled,
@@ -295,6 +295,7 @@ async fn run_on_pool(
                 event: &event,
                 request: request.as_ref(),
                 deadline,
+                started,
                 host: host.clone(),
                 chain,
             },

@@ -228,6 +228,9 @@ pub struct Invocation<'a> {
     pub event: &'a EventInput,
     pub request: Option<&'a HttpRequestInput>,
     pub deadline: Instant,
+    /// When its wall time began: before the worker compiled the version, so
+    /// a first compile counts against `wall_time_ms`.
+    pub started: Instant,
     pub host: Arc<dyn Host>,
     /// Its place in its trace, handed on to the jobs its emits create.
     pub chain: Chain,
@@ -245,6 +248,7 @@ pub fn run_committed(
     bus: &Bus,
     runtime: &Handle,
 ) -> Settled {
+    let mut started = inv.started;
     for _ in 0..=MAX_RERUNS {
         let result = sandbox.run(
             &compiled.ast,
@@ -257,8 +261,11 @@ pub fn run_committed(
                 inputs: compiled.inputs,
                 modules: modules.clone(),
                 host: inv.host.clone(),
+                started,
             },
         );
+        // A re-run (after a conflict) gets a wall time of its own.
+        started = Instant::now();
         let must_commit = matches!(result.outcome, Outcome::Response(_))
             && (result.effects.needs_commit() || base.public || base.trigger != Trigger::Http);
         if !must_commit {

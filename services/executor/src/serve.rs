@@ -313,6 +313,7 @@ impl Server {
                 return pending
                     .complete_blocking(plain(Outcome::Expired, "deadline passed while queued"));
             }
+            let started = Instant::now();
             let (compiled, modules) = match prepared.compile(sandbox, &server.cache) {
                 Ok(c) => c,
                 Err(r) => return pending.complete_blocking(*r),
@@ -330,6 +331,7 @@ impl Server {
                     event: &inv.request.event,
                     request: inv.request.request.as_ref(),
                     deadline,
+                    started,
                     host: server.host.clone(),
                     chain: Default::default(),
                 },

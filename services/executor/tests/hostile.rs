@@ -130,6 +130,7 @@ fn run(
                 request: None,
                 modules,
                 host: std::sync::Arc::new(picloud_sandbox::NoHost),
+                started: Instant::now(),
             },
         );
         let _ = tx.send((r, started.elapsed()));
