@@ -195,6 +195,17 @@ impl Store {
         .collect()
     }
 
+    /// One dead letter, replayed or not.
+    pub async fn get_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetterRow>, StoreError> {
+        sqlx::query(&format!("SELECT {DL_COLS} FROM dead_letters WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(dead_letter)
+            .transpose()
+    }
+
     /// Queues a dead letter's job again under a fresh message id (so the
     /// stream's dedup window does not swallow it) and marks it replayed, in
     /// one transaction. `None`: no such dead letter; `Some(false)`: it was

@@ -75,7 +75,7 @@ pub fn router(state: Shared) -> Router {
         .route("/dead-letters", get(subscriptions::dead_letters))
         .route(
             "/dead-letters/{id}",
-            axum::routing::delete(subscriptions::discard),
+            get(subscriptions::dead_letter).delete(subscriptions::discard),
         )
         .route("/dead-letters/{id}/replay", post(subscriptions::replay))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })

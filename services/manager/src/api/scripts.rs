@@ -237,7 +237,12 @@ pub async fn version(
         .get_version(name.as_str(), version)
         .await
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("script {name:?} has no version {version}")))?;
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "script {:?} has no version {version}",
+                name.as_str()
+            ))
+        })?;
     Ok(Json(version_view(row, true)))
 }
 
@@ -255,7 +260,11 @@ pub async fn rollback(
         .await
         .map_err(internal)?
         .ok_or_else(|| {
-            ApiError::not_found(format!("script {name:?} has no version {}", body.version))
+            ApiError::not_found(format!(
+                "script {:?} has no version {}",
+                name.as_str(),
+                body.version
+            ))
         })?;
     if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
         tracing::warn!(error = %e, script = %name, "rollback stored but not yet on the bus");

@@ -162,6 +162,22 @@ pub async fn dead_letters(
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
+/// `GET /api/v1/dead-letters/{id}`: one dead letter (for `picloud
+/// dead-letters show`).
+pub async fn dead_letter(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetterView>, ApiError> {
+    let id = parse_id(&id)?;
+    let row = state
+        .store
+        .get_dead_letter(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no dead letter {id}")))?;
+    Ok(Json(row.into()))
+}
+
 pub async fn replay(
     State(state): State<Shared>,
     Path(id): Path<String>,

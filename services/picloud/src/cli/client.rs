@@ -46,6 +46,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, token: &str) -> Result<Self, CliError> {
+        check_url(base)?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("picloud-cli/", env!("CARGO_PKG_VERSION")))
@@ -120,6 +121,33 @@ impl Client {
     }
 }
 
+/// A PiCloud URL is `http(s)://host[:port][/prefix]`; anything else would
+/// fail later as an obscure "builder error".
+fn check_url(base: &str) -> Result<(), CliError> {
+    let bad = |why: &str| {
+        let host = base.split_once("://").map_or(base, |(_, rest)| rest);
+        CliError::local(format!(
+            "{base:?} is not a PiCloud URL: {why}\nhelp: write it like http://{}",
+            if host.is_empty() {
+                "127.0.0.1:8080"
+            } else {
+                host
+            }
+        ))
+    };
+    let url = reqwest::Url::parse(base).map_err(|e| bad(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("it must start with http:// or https://"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("it names no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("it must not have a query or fragment"));
+    }
+    Ok(())
+}
+
 /// The server's error, from its JSON shape (or its status line when the
 /// body is not ours, e.g. a proxy's page).
 pub fn api_error(status: StatusCode, body: &str) -> CliError {
@@ -173,6 +201,19 @@ mod tests {
             e.to_string(),
             "the server answered 502 Bad Gateway (not a PiCloud error body) (502)"
         );
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_a_host() {
+        assert!(check_url("http://127.0.0.1:8080").is_ok());
+        assert!(check_url("https://pi.example/base/").is_ok());
+        let e = check_url("127.0.0.1:8080").unwrap_err().to_string();
+        assert!(
+            e.contains("help: write it like http://127.0.0.1:8080"),
+            "{e}"
+        );
+        assert!(check_url("ftp://x").is_err());
+        assert!(check_url("http://").is_err());
     }
 
     #[test]

@@ -52,6 +52,11 @@ impl Out {
                     .map(|(field, _)| self.cell(field, &row[*field])),
             );
         }
+        // Columns start at the margin and are two spaces apart, like `ls -l`
+        // and `kubectl get`.
+        for column in table.column_iter_mut() {
+            column.set_padding((0, 2));
+        }
         // Trailing spaces from the last column help nobody.
         for line in table.to_string().lines() {
             println!("{}", line.trim_end());
