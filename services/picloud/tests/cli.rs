@@ -303,6 +303,105 @@ async fn invoke_sends_methods_bodies_headers_and_waits() {
     let v = run.json();
     assert_eq!(v["json"], json!({ "w": 2 }), "{run:?}");
     assert_eq!(v["path"], "/w");
+    // An async call that fails every attempt: exit 1, and the message
+    // names the invocation to look at.
+    let run = user
+        .expect(1, &["invoke", "echo", "?fail=1", "--async", "--wait"])
+        .await;
+    let id = run.stderr.split("invocations show ").nth(1).unwrap_or("");
+    let id = id.split('`').next().unwrap_or("");
+    assert_eq!(id.len(), 36, "names the invocation: {run:?}");
+    let v = user.json(&["invocations", "show", id]).await;
+    assert_eq!(v["status"], "error", "{v}");
+    env.cleanup().await;
+}
+
+/// A URL given by flag or variable that is not the profile's does not get
+/// the profile's token: it goes only where the user logged in with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profiles_token_goes_only_to_its_own_url() {
+    let (env, user) = User::with_env().await;
+    // Another server, which records what it is sent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let other = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        listener.set_nonblocking(false).unwrap();
+        let mut all = String::new();
+        if let Ok((mut s, _)) = listener.accept() {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]",
+            );
+        }
+        all
+    });
+    let run = user.run(&["--url", &other, "ls"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("--token"), "{run:?}");
+    let run = user
+        .run_with(&["ls"], None, &[("PICLOUD_URL", &other)])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    // Unblock the recorder, then check it never saw the token.
+    let _ = std::net::TcpStream::connect(other.trim_start_matches("http://"));
+    let request = seen.join().unwrap();
+    assert!(
+        !request.contains(&user.token),
+        "the token leaked: {request}"
+    );
+    // The profile's own URL (however written) still uses it, and an
+    // explicit token goes anywhere.
+    user.ok(&["--url", &format!("{}/", user.base), "ls"]).await;
+    user.ok(&["--url", &user.base, "--token", &user.token, "ls"])
+        .await;
+    env.cleanup().await;
+}
+
+/// On a terminal the table header is bold; NO_COLOR turns it off (run
+/// under `script`, which gives the command a pseudo-terminal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_only_on_a_terminal_and_never_with_no_color() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no `script` to make a pseudo-terminal");
+        return;
+    }
+    let (env, user) = User::with_env().await;
+    let hello = user.file("hello.rhai", "\"hi\"");
+    user.ok(&["deploy", &hello]).await;
+    let line = format!("{} ls", env!("CARGO_BIN_EXE_picloud"));
+    let tty = |no_color: bool| {
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("HOME", user.home.path())
+            .env("XDG_CONFIG_HOME", user.config_dir())
+            .env_remove("PICLOUD_URL")
+            .env_remove("PICLOUD_TOKEN")
+            .env_remove("PICLOUD_PROFILE")
+            .stdin(std::process::Stdio::null());
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        } else {
+            cmd.env_remove("NO_COLOR");
+        }
+        cmd
+    };
+    let out = tty(false).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello"), "{text:?}");
+    assert!(text.contains('\x1b'), "no colour on a terminal: {text:?}");
+    let out = tty(true).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hello"), "{text:?}");
+    assert!(!text.contains('\x1b'), "colour with NO_COLOR: {text:?}");
     env.cleanup().await;
 }
 

@@ -299,12 +299,20 @@ fn connect(target: &Target) -> Result<Client, CliError> {
         )));
     }
     let url = target.url.clone().or_else(|| stored.map(|p| p.url.clone()));
-    let token = target
-        .token
-        .clone()
-        .or_else(|| stored.map(|p| p.token.clone()));
+    // A profile's token goes only to the profile's own URL: `--url` or
+    // PICLOUD_URL naming another server needs its own token.
+    let same = |p: &Profile, url: &str| p.url.trim_end_matches('/') == url.trim_end_matches('/');
+    let token = target.token.clone().or_else(|| {
+        stored
+            .filter(|p| url.as_deref().is_none_or(|u| same(p, u)))
+            .map(|p| p.token.clone())
+    });
     match (url, token) {
         (Some(url), Some(token)) => Client::new(&url, &token),
+        (Some(url), None) if stored.is_some() => Err(CliError::local(format!(
+            "no token for {url} (profile {name:?} is for another URL)\nhelp: pass --token or \
+             PICLOUD_TOKEN, or run `picloud login {url} --profile NAME`"
+        ))),
         _ => Err(CliError::local(
             "not logged in\nhelp: run `picloud login URL` (or set PICLOUD_URL and PICLOUD_TOKEN)",
         )),

@@ -151,7 +151,7 @@ async fn wait_for(client: &Client, status_url: &str) -> Result<(), CliError> {
                 Err(CliError::local(format!(
                     "the invocation ended {} (see `picloud invocations show {}`)",
                     text(&v["status"]),
-                    text(&v["id"])
+                    text(&v["invocation_id"])
                 )))
             };
         }
