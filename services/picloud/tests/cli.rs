@@ -98,6 +98,26 @@ async fn login_stores_a_private_profile_and_refuses_a_wrong_token() {
     env.cleanup().await;
 }
 
+/// `key: value` lines (and indented `key value` ones) as a map; the
+/// values of one block must start in one column.
+fn fields(stdout: &str) -> std::collections::BTreeMap<String, String> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut columns = std::collections::BTreeSet::new();
+    for line in stdout.lines() {
+        let (key, rest) = line
+            .trim_start()
+            .split_once([':', ' '])
+            .unwrap_or((line, ""));
+        let value = rest.trim_start();
+        if !line.starts_with(' ') && !value.is_empty() {
+            columns.insert(line.len() - value.len());
+        }
+        map.insert(key.to_owned(), value.to_owned());
+    }
+    assert!(columns.len() <= 1, "values not aligned: {stdout}");
+    map
+}
+
 /// Deploy a file (twice), read it back in both forms, roll back, deploy a
 /// folder (module first), see a compile error with a caret, remove.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,9 +156,14 @@ async fn deploy_read_rollback_and_remove() {
     assert_eq!(v["active"]["version"], 2);
     assert_eq!(v["active"]["limits"]["max_operations"], 100_000);
     let run = user.ok(&["show", "hello"]).await;
-    assert!(run.stdout.contains(&url), "{run:?}");
-    assert!(run.stdout.contains("active_version:"), "{run:?}");
-    assert!(run.stdout.contains("max_operations"), "{run:?}");
+    let shown = fields(&run.stdout);
+    assert_eq!(shown["url"], url, "{run:?}");
+    assert_eq!(shown["active_version"], "2", "{run:?}");
+    assert_eq!(shown["max_operations"], "100000", "{run:?}");
+    assert!(
+        !run.stdout.contains('{'),
+        "no JSON in the table form: {run:?}"
+    );
 
     // Versions and rollback.
     let v = user.json(&["versions", "hello"]).await;
@@ -171,6 +196,9 @@ async fn deploy_read_rollback_and_remove() {
     assert!(run.stderr.contains("2 | let b = ;"), "{run:?}");
     assert!(run.stderr.contains('^'), "{run:?}");
     assert!(run.stderr.contains("compile_error"), "{run:?}");
+    let run = user.expect(1, &["module", "deploy", &bad]).await;
+    assert!(run.stderr.contains("broken.rhai:2:"), "{run:?}");
+    assert!(run.stderr.contains('^'), "{run:?}");
     let run = user.expect(1, &["show", "broken"]).await;
     assert!(run.stderr.contains("not_found"), "{run:?}");
 
@@ -189,6 +217,18 @@ async fn deploy_read_rollback_and_remove() {
     user.invoke_until(&["api"], "api 42").await;
     let v = user.json(&["module", "ls"]).await;
     assert_eq!(v[0]["name"], "util");
+    let run = user.ok(&["show", "api"]).await;
+    assert_eq!(fields(&run.stdout)["modules"], "util v1", "{run:?}");
+    let run = user
+        .ok(&[
+            "module",
+            "deploy",
+            &user.file("util.rhai", "fn twice(x) { x + x }"),
+        ])
+        .await;
+    assert!(run.stdout.contains("module util v2"), "{run:?}");
+    let run = user.ok(&["module", "ls"]).await;
+    assert!(run.stdout.starts_with("NAME"), "{run:?}");
     let run = user
         .expect(1, &["deploy", dir.to_str().unwrap(), "--name", "x"])
         .await;

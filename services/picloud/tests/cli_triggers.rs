@@ -196,6 +196,9 @@ async fn subscriptions_invocations_and_dead_letters() {
     );
     let run = user.ok(&["invocations", "ls", "--limit", "5"]).await;
     assert!(run.stdout.starts_with("ID"), "{run:?}");
+    let header = run.stdout.lines().next().unwrap();
+    assert!(header.is_ascii(), "{header:?}");
+    assert!(header.contains("DURATION_US"), "{header:?}");
     let run = user.ok(&["invocations", "show", &inv_id]).await;
     assert!(run.stdout.contains(&inv_id), "{run:?}");
     assert!(run.stdout.contains("cannot take orders.new"), "{run:?}");

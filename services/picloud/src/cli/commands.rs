@@ -23,10 +23,10 @@ pub enum ScheduleCommand {
         #[arg(long)]
         timezone: Option<String>,
         /// After downtime: fire_once (default) or skip.
-        #[arg(long)]
+        #[arg(long, value_parser = ["fire_once", "skip"])]
         catch_up: Option<String>,
         /// While the previous firing still runs: skip or allow.
-        #[arg(long)]
+        #[arg(long, value_parser = ["skip", "allow"])]
         overlap: Option<String>,
         #[arg(long)]
         max_attempts: Option<u32>,
@@ -122,6 +122,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 name,
                 limits,
                 keep_credentials,
+                module: false,
             };
             deploy(&client, out, args).await
         }
@@ -143,18 +144,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             if out.json {
                 out.json(&v);
             } else {
-                out.fields(
-                    &v,
-                    &[
-                        "name",
-                        "active_version",
-                        "latest_version",
-                        "created_at",
-                        "updated_at",
-                    ],
-                );
-                println!("url:             {}/fn/{name}", client.base());
-                out.fields(&v["active"], &["sha256", "modules", "limits"]);
+                show_script(&out, client.base(), &name, &v);
             }
             Ok(())
         }
@@ -244,33 +234,14 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
         }
         ClientCommand::Secret(c) => secret(&client, out, c).await,
         ClientCommand::Module(ModuleCommand::Deploy { file, name }) => {
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .map(str::to_owned)
-                    .ok_or_else(|| CliError::local("name the module with --name"))?,
+            let args = DeployArgs {
+                path: file,
+                name,
+                limits: Vec::new(),
+                keep_credentials: false,
+                module: true,
             };
-            let source = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::local(format!("cannot read {}: {e}", file.display())))?;
-            let v = client
-                .api(
-                    Method::PUT,
-                    &format!("/modules/{}", seg(&name)),
-                    Some(&json!({ "source": source })),
-                )
-                .await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                println!(
-                    "{}  module {name} v{}",
-                    out.paint("deployed", true),
-                    text(&v["version"])
-                );
-            }
-            Ok(())
+            deploy(&client, out, args).await
         }
         ClientCommand::Module(ModuleCommand::Ls) => {
             let v = client.get("/modules").await?;
@@ -285,6 +256,47 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             Ok(())
         }
         ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
+    }
+}
+
+/// A script as `key: value` lines, then its limits one a line.
+fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
+    let active = &v["active"];
+    let modules: Vec<String> = active["modules"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{k} v{n}")).collect())
+        .unwrap_or_default();
+    let summary = json!({
+        "name": v["name"],
+        "url": format!("{base}/fn/{name}"),
+        "active_version": v["active_version"],
+        "latest_version": v["latest_version"],
+        "sha256": active["sha256"],
+        "modules": if modules.is_empty() { "-".to_owned() } else { modules.join(", ") },
+        "keep_credentials": active["keep_credentials"],
+        "created_at": v["created_at"],
+        "updated_at": v["updated_at"],
+    });
+    out.fields(
+        &summary,
+        &[
+            "name",
+            "url",
+            "active_version",
+            "latest_version",
+            "sha256",
+            "modules",
+            "keep_credentials",
+            "created_at",
+            "updated_at",
+        ],
+    );
+    if let Some(limits) = active["limits"].as_object() {
+        println!("limits:");
+        let width = limits.keys().map(String::len).max().unwrap_or(0);
+        for (k, n) in limits {
+            println!("  {k:width$}  {}", text(n));
+        }
     }
 }
 

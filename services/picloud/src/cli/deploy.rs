@@ -23,11 +23,19 @@ pub struct DeployArgs {
     pub limits: Vec<String>,
     /// Async jobs of the deployed scripts keep the caller's credentials.
     pub keep_credentials: bool,
+    /// `picloud module deploy FILE`: the file is a module.
+    pub module: bool,
 }
 
 pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), CliError> {
     let limits = parse_limits(&args.limits)?;
     let plan = if args.path.is_dir() {
+        if args.module {
+            return Err(CliError::local(format!(
+                "{} is a folder; `picloud deploy FOLDER` deploys its modules and scripts",
+                args.path.display()
+            )));
+        }
         if args.name.is_some() {
             return Err(CliError::local(
                 "--name names one script; a folder's scripts are named after their files",
@@ -40,7 +48,11 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
             None => stem(&args.path)?,
         };
         vec![Item {
-            kind: Kind::Script,
+            kind: if args.module {
+                Kind::Module
+            } else {
+                Kind::Script
+            },
             name,
             file: args.path.clone(),
         }]

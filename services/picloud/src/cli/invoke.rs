@@ -186,7 +186,7 @@ pub async fn invocations(client: &Client, out: Out, c: InvocationsCommand) -> Re
                     ("status", "status"),
                     ("http_status", "http"),
                     ("attempt", "attempt"),
-                    ("duration_us", "µs"),
+                    ("duration_us", "duration_us"),
                     ("started_at", "started"),
                 ],
             );

@@ -79,7 +79,7 @@ impl Out {
     }
 
     fn header(&self, h: &str) -> Cell {
-        let c = Cell::new(h.to_uppercase());
+        let c = Cell::new(h.to_ascii_uppercase());
         if self.colour {
             c.add_attribute(comfy_table::Attribute::Bold)
         } else {
