@@ -33,7 +33,11 @@ async fn login_stores_a_private_profile_and_refuses_a_wrong_token() {
         .await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("unauthorized"), "{run:?}");
-    assert!(run.stderr.contains("token"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("help: the server refused the admin token"),
+        "{run:?}"
+    );
     assert!(!run.all().contains(wrong), "the token was printed: {run:?}");
     assert!(!user.profile_file().exists());
 
@@ -95,6 +99,16 @@ async fn login_stores_a_private_profile_and_refuses_a_wrong_token() {
     assert!(run.stderr.contains("unauthorized"), "{run:?}");
     assert!(!run.all().contains(wrong));
     user.expect(1, &["--token", wrong, "ls"]).await;
+
+    // A damaged profile file is named, not overwritten by a failed login.
+    std::fs::write(&file, "default = [").unwrap();
+    let run = user.expect(1, &["ls"]).await;
+    assert!(run.stderr.contains("profiles.toml"), "{run:?}");
+    let run = user
+        .run_with(&["login", &user.base], Some(&user.token), &[])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "default = [");
     env.cleanup().await;
 }
 

@@ -138,7 +138,11 @@ async fn schedules_are_added_listed_paused_and_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_invocations_and_dead_letters() {
     let (env, user) = User::with_env().await;
-    let sink = user.file("sink.rhai", "throw `cannot take ${event.topic}`;");
+    // The error holds a newline and an escape sequence: shown escaped.
+    let sink = user.file(
+        "sink.rhai",
+        r#"throw "cannot take " + event.topic + "\nsecond line\x1b[31m red";"#,
+    );
     let shout = user.file("shout.rhai", "emit(\"orders.new\", #{ n: 1 }); \"sent\"");
     user.ok(&["deploy", &sink]).await;
     user.ok(&["deploy", &shout]).await;
@@ -178,6 +182,12 @@ async fn subscriptions_invocations_and_dead_letters() {
     let run = user.ok(&["dead-letters", "ls"]).await;
     assert!(run.stdout.starts_with("ID"), "{run:?}");
     assert!(run.stdout.contains(&dl_id), "{run:?}");
+    assert_eq!(run.stdout.lines().count(), 2, "one line a row: {run:?}");
+    assert!(
+        run.stdout.contains(r"\nsecond line\u{1b}[31m red"),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains('\x1b'), "{run:?}");
 
     let run = user.ok(&["dead-letters", "show", &dl_id]).await;
     assert!(run.stdout.contains("cannot take orders.new"), "{run:?}");
@@ -202,6 +212,7 @@ async fn subscriptions_invocations_and_dead_letters() {
     let run = user.ok(&["invocations", "show", &inv_id]).await;
     assert!(run.stdout.contains(&inv_id), "{run:?}");
     assert!(run.stdout.contains("cannot take orders.new"), "{run:?}");
+    assert!(!run.stdout.contains('\x1b'), "{run:?}");
     let v: Value = user.json(&["invocations", "show", &inv_id]).await;
     assert_eq!(v["id"], inv_id.as_str());
 

@@ -35,6 +35,17 @@ impl CliError {
     pub fn local(message: impl Into<String>) -> Self {
         Self::Local(message.into())
     }
+
+    /// What to do about a server error that has an obvious remedy.
+    pub fn help(&self) -> Option<&'static str> {
+        match self {
+            Self::Api { code, .. } if code == "unauthorized" => Some(
+                "the server refused the admin token; check it, or log in again with \
+                 `picloud login URL`",
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// A connection to one PiCloud's admin API.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::client::{CliError, Client, api_error, seg};
 use super::commands::with_query;
-use super::output::{Out, text};
+use super::output::{Out, escape_controls, text};
 
 #[derive(Args)]
 pub struct InvokeArgs {
@@ -198,10 +198,10 @@ pub async fn invocations(client: &Client, out: Out, c: InvocationsCommand) -> Re
             } else {
                 print_tree(&out, &v, "", true, true);
                 if let Some(log) = v["log"].as_str().filter(|l| !l.is_empty()) {
-                    println!("\nlog:\n{log}");
+                    println!("\nlog:\n{}", escape_controls(log, true));
                 }
                 if let Some(err) = v["error"].as_str() {
-                    println!("\nerror: {err}");
+                    println!("\nerror: {}", escape_controls(err, true));
                 }
             }
         }

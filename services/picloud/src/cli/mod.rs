@@ -106,7 +106,11 @@ pub async fn run(command: ClientCommand, target: Target) -> ExitCode {
     match commands::dispatch(command, target).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The message may quote a script's words: no escape sequences.
+            eprintln!("error: {}", output::escape_controls(&e.to_string(), true));
+            if let Some(help) = e.help() {
+                eprintln!("help: {help}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -111,17 +111,38 @@ impl Out {
 }
 
 /// A JSON value as a person reads it in a table cell.
+/// Control characters (a newline in an error, an escape sequence a script
+/// put in a message) are shown escaped: a row stays one line and nothing
+/// from the server drives the terminal.
 pub fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => escape_controls(s, false),
         Value::Array(a) if a.iter().all(Value::is_string) => a
             .iter()
             .filter_map(Value::as_str)
+            .map(|s| escape_controls(s, false))
             .collect::<Vec<_>>()
             .join(", "),
-        other => other.to_string(),
+        other => escape_controls(&other.to_string(), false),
     }
+}
+
+/// `s` with its control characters escaped (`\n`, `\u{1b}`); with
+/// `keep_lines`, newlines and tabs stay (for a log printed as it is).
+pub fn escape_controls(s: &str, keep_lines: bool) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if keep_lines && (c == '\n' || c == '\t') || !c.is_control() {
+            out.push(c);
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -136,5 +157,7 @@ mod tests {
         assert_eq!(text(&json!(3)), "3");
         assert_eq!(text(&json!(["x", "y"])), "x, y");
         assert_eq!(text(&json!({"a": 1})), r#"{"a":1}"#);
+        assert_eq!(text(&json!("a\nb\u{1b}[31m")), r"a\nb\u{1b}[31m");
+        assert_eq!(escape_controls("a\n\tb\u{7}", true), "a\n\tb\\u{7}");
     }
 }
