@@ -2,7 +2,8 @@
 //! user would, against a real front and executor. Login and profiles,
 //! deploy (file, folder, compile errors), the read commands in both forms,
 //! invoke, and the error paths (usage, server down, wrong token). Secrets,
-//! schedules, subscriptions and dead letters are in `cli_triggers.rs`.
+//! schedules, subscriptions and dead letters are in `cli_triggers.rs`;
+//! what happens on a terminal in `cli_terminal.rs`.
 
 #[path = "support/cli.rs"]
 mod support;
@@ -413,49 +414,6 @@ async fn a_profiles_token_goes_only_to_its_own_url() {
     user.ok(&["--url", &format!("{}/", user.base), "ls"]).await;
     user.ok(&["--url", &user.base, "--token", &user.token, "ls"])
         .await;
-    env.cleanup().await;
-}
-
-/// On a terminal the table header is bold; NO_COLOR turns it off (run
-/// under `script`, which gives the command a pseudo-terminal).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn colour_only_on_a_terminal_and_never_with_no_color() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no `script` to make a pseudo-terminal");
-        return;
-    }
-    let (env, user) = User::with_env().await;
-    let hello = user.file("hello.rhai", "\"hi\"");
-    user.ok(&["deploy", &hello]).await;
-    let line = format!("{} ls", env!("CARGO_BIN_EXE_picloud"));
-    let tty = |no_color: bool| {
-        let mut cmd = tokio::process::Command::new("script");
-        cmd.args(["-qec", &line, "/dev/null"])
-            .env("HOME", user.home.path())
-            .env("XDG_CONFIG_HOME", user.config_dir())
-            .env_remove("PICLOUD_URL")
-            .env_remove("PICLOUD_TOKEN")
-            .env_remove("PICLOUD_PROFILE")
-            .stdin(std::process::Stdio::null());
-        if no_color {
-            cmd.env("NO_COLOR", "1");
-        } else {
-            cmd.env_remove("NO_COLOR");
-        }
-        cmd
-    };
-    let out = tty(false).output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hello"), "{text:?}");
-    assert!(text.contains('\x1b'), "no colour on a terminal: {text:?}");
-    let out = tty(true).output().await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("hello"), "{text:?}");
-    assert!(!text.contains('\x1b'), "colour with NO_COLOR: {text:?}");
     env.cleanup().await;
 }
 

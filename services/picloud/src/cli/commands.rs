@@ -339,12 +339,7 @@ async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliE
     } else if !std::io::stdin().is_terminal() {
         read_stdin()?
     } else {
-        eprint!("admin token: ");
-        let mut line = String::new();
-        std::io::stdin()
-            .read_line(&mut line)
-            .map_err(|e| CliError::local(format!("cannot read the token: {e}")))?;
-        line
+        read_hidden("admin token")?
     };
     let token = token.trim().to_owned();
     if token.is_empty() {
@@ -372,6 +367,14 @@ async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliE
         path.display()
     );
     Ok(())
+}
+
+/// Asks for a credential on the terminal without echoing it.
+fn read_hidden(what: &str) -> Result<String, CliError> {
+    let term = console::Term::stderr();
+    let fail = |e: std::io::Error| CliError::local(format!("cannot read the {what}: {e}"));
+    term.write_str(&format!("{what}: ")).map_err(fail)?;
+    term.read_secure_line().map_err(fail)
 }
 
 fn read_stdin() -> Result<String, CliError> {
@@ -514,6 +517,9 @@ async fn secret(client: &Client, out: Out, c: SecretCommand) -> Result<(), CliEr
         SecretCommand::Set { name, value } => {
             let value = match value {
                 Some(v) => v,
+                None if std::io::stdin().is_terminal() => {
+                    read_hidden(&format!("value of secret {name}"))?
+                }
                 None => {
                     let v = read_stdin()?;
                     // A trailing newline from `echo` or a heredoc is not part of it.

@@ -93,6 +93,37 @@ impl User {
         cmd
     }
 
+    /// `picloud ARGS` on a pseudo-terminal (under `script`), or `None`
+    /// when there is no `script` to make one.
+    pub fn on_terminal(&self, args: &[&str], no_color: bool) -> Option<tokio::process::Command> {
+        std::process::Command::new("script")
+            .arg("--version")
+            .output()
+            .ok()?;
+        let mut line = env!("CARGO_BIN_EXE_picloud").to_owned();
+        for a in args {
+            line.push_str(&format!(" '{}'", a.replace('\'', r"'\''")));
+        }
+        let mut cmd = tokio::process::Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .current_dir(self.home.path())
+            .env("HOME", self.home.path())
+            .env("XDG_CONFIG_HOME", self.config_dir())
+            .env("TERM", "xterm")
+            .env_remove("PICLOUD_URL")
+            .env_remove("PICLOUD_TOKEN")
+            .env_remove("PICLOUD_PROFILE")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        Some(cmd)
+    }
+
     /// Runs `picloud ARGS` with `stdin` (or an empty one).
     pub async fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Run {
         let mut cmd = self.command(args);
