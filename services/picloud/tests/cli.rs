@@ -19,7 +19,7 @@ use support::User;
 /// named and the flags and variables override them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_stores_a_private_profile_and_refuses_a_wrong_token() {
-    let mut env = picloud_testkit::TestEnv::new().await;
+    let mut env = support::Env::new().await;
     let front = env.start_front().await;
     let user = User::new(&front.base, &env.token);
 

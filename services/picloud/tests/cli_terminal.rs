@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use picloud_testkit::TestEnv;
 use support::User;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -93,7 +92,7 @@ async fn colour_only_on_a_terminal_and_never_with_no_color() {
 /// it as it is typed; `secret set NAME` asks for the value the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_or_secret_typed_at_the_prompt_is_not_echoed() {
-    let mut env = TestEnv::new().await;
+    let mut env = support::Env::new().await;
     let front = env.start_front().await;
     env.start_executor().await;
     let user = User::new(&front.base, &env.token);

@@ -107,6 +107,21 @@ async fn schedules_are_added_listed_paused_and_removed() {
         user.json(&["schedule", "resume", &id]).await["enabled"],
         true
     );
+    // A wrong choice is a usage error that lists the right ones.
+    let run = user
+        .expect(
+            2,
+            &[
+                "schedule",
+                "add",
+                "tick",
+                "* * * * *",
+                "--overlap",
+                "sometimes",
+            ],
+        )
+        .await;
+    assert!(run.stderr.contains("skip, allow"), "the choices: {run:?}");
 
     let run = user
         .expect(1, &["schedule", "add", "tick", "61 * * * *"])

@@ -11,6 +11,49 @@ use picloud_testkit::{TestEnv, eventually};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
+/// A [`TestEnv`] that is cleaned up even when the test panics, so a
+/// failing test leaves no database or streams behind on the shared
+/// servers. Call [`Env::cleanup`] at the end as usual.
+pub struct Env(Option<TestEnv>);
+
+impl Env {
+    pub async fn new() -> Self {
+        Self(Some(TestEnv::new().await))
+    }
+
+    pub async fn cleanup(mut self) {
+        if let Some(env) = self.0.take() {
+            env.cleanup().await;
+        }
+    }
+}
+
+impl std::ops::Deref for Env {
+    type Target = TestEnv;
+    fn deref(&self) -> &TestEnv {
+        self.0.as_ref().expect("not cleaned up yet")
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut TestEnv {
+        self.0.as_mut().expect("not cleaned up yet")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let Some(env) = self.0.take() else { return };
+        // Unwinding out of the test: clean up on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Runtime::new() {
+                rt.block_on(env.cleanup());
+            }
+        })
+        .join();
+    }
+}
+
 /// What one run printed and how it ended.
 #[derive(Debug)]
 pub struct Run {
@@ -51,8 +94,8 @@ impl User {
     }
 
     /// A user logged in to a fresh PiCloud (front + executor).
-    pub async fn with_env() -> (TestEnv, Self) {
-        let mut env = TestEnv::new().await;
+    pub async fn with_env() -> (Env, Self) {
+        let mut env = Env::new().await;
         let front = env.start_front().await;
         env.start_executor().await;
         let user = Self::new(&front.base, &env.token);
