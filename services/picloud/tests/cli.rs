@@ -277,13 +277,14 @@ async fn invoke_sends_methods_bodies_headers_and_waits() {
     let echo = user.file(
         "echo.rhai",
         r#"if request.query.fail == "1" { throw "asked to fail"; }
+           if request.query.teapot == "1" { return response(418, "short and stout"); }
            #{ method: request.method, path: request.path, json: request.json,
-              test: request.headers["x-test"] }"#,
+              test: request.headers["x-test"], ct: request.headers["content-type"] }"#,
     );
     user.ok(&["deploy", &echo]).await;
     user.invoke_until(
         &["echo"],
-        r#"{"json":null,"method":"GET","path":"/","test":null}"#,
+        r#"{"ct":null,"json":null,"method":"GET","path":"/","test":null}"#,
     )
     .await;
 
@@ -327,6 +328,37 @@ async fn invoke_sends_methods_bodies_headers_and_waits() {
     // A script that fails: the server's error, exit 1.
     let run = user.expect(1, &["invoke", "echo", "?fail=1"]).await;
     assert!(run.stderr.starts_with("error: "), "{run:?}");
+    // The script's own error status: its body on stdout, exit 1.
+    let run = user.expect(1, &["invoke", "echo", "?teapot=1"]).await;
+    assert_eq!(run.stdout, "short and stout");
+    assert_eq!(run.stderr, "error: echo answered 418 I'm a teapot\n");
+    // The body from stdin, and a content type of the caller's choosing.
+    let run = user
+        .run_with(
+            &[
+                "invoke",
+                "echo",
+                "-X",
+                "POST",
+                "-d",
+                "@-",
+                "-H",
+                "Content-Type: text/plain",
+            ],
+            Some(r#"{"from":"stdin"}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["ct"], "text/plain", "{run:?}");
+    let run = user
+        .run_with(
+            &["invoke", "echo", "-X", "POST", "-d", "@-"],
+            Some(r#"{"from":"stdin"}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(run.json()["json"], json!({ "from": "stdin" }), "{run:?}");
     let run = user.expect(1, &["invoke", "nobody"]).await;
     assert!(
         run.stderr.contains("not_found") || run.stderr.contains("404"),

@@ -20,7 +20,7 @@ pub struct InvokeArgs {
     pub path: String,
     #[arg(long, short = 'X', default_value = "GET")]
     pub method: String,
-    /// The request body: JSON text, or @FILE.
+    /// The request body: JSON text, @FILE, or @- for standard input.
     #[arg(long, short = 'd')]
     pub data: Option<String>,
     /// A request header, NAME:VALUE (repeatable).
@@ -70,11 +70,22 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
     }
     if let Some(data) = &args.data {
         let body = match data.strip_prefix('@') {
+            Some("-") => {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .map_err(|e| CliError::local(format!("cannot read standard input: {e}")))?;
+                b
+            }
             Some(file) => std::fs::read(file)
                 .map_err(|e| CliError::local(format!("cannot read {file}: {e}")))?,
             None => data.clone().into_bytes(),
         };
-        if serde_json::from_slice::<Value>(&body).is_ok() {
+        // JSON unless the caller said otherwise with -H.
+        let typed = args.headers.iter().any(|h| {
+            h.split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        });
+        if !typed && serde_json::from_slice::<Value>(&body).is_ok() {
             req = req.header("content-type", "application/json");
         }
         req = req.body(body);
@@ -109,9 +120,14 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
     use std::io::Write;
     let _ = std::io::stdout().write_all(&body);
     if status.is_success() {
-        Ok(())
-    } else {
-        Err(api_error(status, &String::from_utf8_lossy(&body)))
+        return Ok(());
+    }
+    match api_error(status, &String::from_utf8_lossy(&body)) {
+        // The script's own answer (already on stdout), not a PiCloud error.
+        CliError::Api { code, .. } if code == status.as_u16().to_string() => {
+            Err(CliError::local(format!("{} answered {status}", args.name)))
+        }
+        e => Err(e),
     }
 }
 
