@@ -244,6 +244,17 @@ async fn deploy_read_rollback_and_remove() {
     assert!(run.stdout.contains("module util v2"), "{run:?}");
     let run = user.ok(&["module", "ls"]).await;
     assert!(run.stdout.starts_with("NAME"), "{run:?}");
+    // A broken file in a folder: what went before is reported as deployed.
+    user.file("app/zzz.rhai", "let = 1;");
+    let run = user.expect(1, &["deploy", dir.to_str().unwrap()]).await;
+    assert!(run.stdout.contains("script api v2"), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("stopped at script zzz; 2 of 3 deployed"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("zzz.rhai:1:"), "{run:?}");
+    std::fs::remove_file(dir.join("zzz.rhai")).unwrap();
     let run = user
         .expect(1, &["deploy", dir.to_str().unwrap(), "--name", "x"])
         .await;

@@ -231,6 +231,22 @@ async fn subscriptions_invocations_and_dead_letters() {
     let v: Value = user.json(&["invocations", "show", &inv_id]).await;
     assert_eq!(v["id"], inv_id.as_str());
 
+    // The chain: shout's invocation shows the sink's under it.
+    let v = user.json(&["invocations", "ls", "--script", "shout"]).await;
+    let root = v[0]["id"].as_str().unwrap().to_owned();
+    let run = user.ok(&["invocations", "show", &root]).await;
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with(&format!("{root} shout v1 http ok")),
+        "{run:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("└─ {inv_id} sink v1 event error"))),
+        "{run:?}"
+    );
+
     // replay, then discard; both only once.
     user.ok(&["dead-letters", "replay", &dl_id]).await;
     let run = user.expect(1, &["dead-letters", "replay", &dl_id]).await;

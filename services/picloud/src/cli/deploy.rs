@@ -90,16 +90,33 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
             }
             Err(e) => {
                 bar.finish_and_clear();
+                // What a folder deployed before the failure stays deployed:
+                // say so, then why the rest was not.
+                if !results.is_empty() {
+                    report(out, &results);
+                    eprintln!(
+                        "stopped at {} {}; {} of {} deployed",
+                        item.kind.word(),
+                        item.name,
+                        results.len(),
+                        plan.len()
+                    );
+                }
                 return Err(with_source_context(e, &item.file, &source));
             }
         }
     }
     bar.finish_and_clear();
+    report(out, &results);
+    Ok(())
+}
+
+/// What was deployed: one line each with the endpoint, or the JSON list.
+fn report(out: Out, results: &[Value]) {
     if out.json {
-        out.json(&Value::Array(results));
-        return Ok(());
+        return out.json(&Value::Array(results.to_vec()));
     }
-    for r in &results {
+    for r in results {
         let what = format!(
             "{} {} v{}",
             r["kind"].as_str().unwrap_or(""),
@@ -111,7 +128,6 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
             None => println!("{}  {what}", out.paint("deployed", true)),
         }
     }
-    Ok(())
 }
 
 /// `--limit k=v`, as the API's `limits` object.
