@@ -58,12 +58,9 @@ fn main() -> std::process::ExitCode {
     let role = match command {
         Command::Role(role) => role,
         Command::Client(cli::ClientCommand::Completions { shell }) => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "picloud",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "picloud", &mut script);
+            cli::output::write_stdout(&script);
             return std::process::ExitCode::SUCCESS;
         }
         Command::Client(command) => {

@@ -180,6 +180,10 @@ async fn deploy_read_rollback_and_remove() {
         "no JSON in the table form: {run:?}"
     );
 
+    // `picloud ls | head -0`: the reader is gone before the answer.
+    let run = user.closed_pipe(&["ls"], 0).await;
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
+
     // Versions and rollback.
     let v = user.json(&["versions", "hello"]).await;
     let versions: Vec<&Value> = v
@@ -484,6 +488,9 @@ async fn usage_errors_exit_2_and_a_down_server_is_named() {
     assert!(run.stdout.contains("picloud"), "{run:?}");
     assert!(run.stdout.contains("deploy"));
     assert!(run.stdout.len() > 1_000);
+    // `picloud completions bash | head -c 10`: a quiet end, not a panic.
+    let run = user.closed_pipe(&["completions", "bash"], 10).await;
+    assert_eq!((run.code, run.stderr.as_str()), (0, ""), "{run:?}");
     user.ok(&["completions", "zsh"]).await;
     user.ok(&["completions", "fish"]).await;
 

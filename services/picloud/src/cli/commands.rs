@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::client::{CliError, Client, seg};
 use super::deploy::{DeployArgs, deploy};
 use super::invoke::{invocations, invoke};
+use super::output::outln;
 use super::output::{Out, text};
 use super::profile::{Profile, Profiles};
 use super::{ClientCommand, Target};
@@ -202,7 +203,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             if out.json {
                 out.json(&v);
             } else {
-                println!("{}", text(&v["id"]));
+                outln!("{}", text(&v["id"]));
             }
             Ok(())
         }
@@ -292,10 +293,10 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
         ],
     );
     if let Some(limits) = active["limits"].as_object() {
-        println!("limits:");
+        outln!("limits:");
         let width = limits.keys().map(String::len).max().unwrap_or(0);
         for (k, n) in limits {
-            println!("  {k:width$}  {}", text(n));
+            outln!("  {k:width$}  {}", text(n));
         }
     }
 }
@@ -505,9 +506,9 @@ fn show_schedule(out: &Out, v: &Value) {
         ],
     );
     if let Some(runs) = v["next_runs"].as_array().filter(|r| !r.is_empty()) {
-        println!("next runs:");
+        outln!("next runs:");
         for r in runs {
-            println!("  {}", text(r));
+            outln!("  {}", text(r));
         }
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::client::{CliError, Client, seg};
 use super::output::Out;
+use super::output::outln;
 
 /// What one deploy asks for.
 pub struct DeployArgs {
@@ -124,8 +125,8 @@ fn report(out: Out, results: &[Value]) {
             r["version"]
         );
         match r["url"].as_str() {
-            Some(url) => println!("{}  {what}  {url}", out.paint("deployed", true)),
-            None => println!("{}  {what}", out.paint("deployed", true)),
+            Some(url) => outln!("{}  {what}  {url}", out.paint("deployed", true)),
+            None => outln!("{}  {what}", out.paint("deployed", true)),
         }
     }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::client::{CliError, Client, api_error, seg};
 use super::commands::with_query;
 use super::output::{Out, escape_controls, text};
+use super::output::{outln, write_stdout};
 
 #[derive(Args)]
 pub struct InvokeArgs {
@@ -105,7 +106,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
     if args.is_async && status == reqwest::StatusCode::ACCEPTED {
         let accepted: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !args.wait {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&accepted).unwrap_or_default()
             );
@@ -117,8 +118,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
             .to_owned();
         return wait_for(client, &url).await;
     }
-    use std::io::Write;
-    let _ = std::io::stdout().write_all(&body);
+    write_stdout(&body);
     if status.is_success() {
         return Ok(());
     }
@@ -159,7 +159,7 @@ async fn wait_for(client: &Client, status_url: &str) -> Result<(), CliError> {
             spinner.finish_and_clear();
             let ok = v["status"].as_str() == Some("ok");
             if let Some(body) = v["response"]["body"].as_str() {
-                println!("{body}");
+                outln!("{body}");
             }
             return if ok {
                 Ok(())
@@ -214,10 +214,10 @@ pub async fn invocations(client: &Client, out: Out, c: InvocationsCommand) -> Re
             } else {
                 print_tree(&out, &v, "", true, true);
                 if let Some(log) = v["log"].as_str().filter(|l| !l.is_empty()) {
-                    println!("\nlog:\n{}", escape_controls(log, true));
+                    outln!("\nlog:\n{}", escape_controls(log, true));
                 }
                 if let Some(err) = v["error"].as_str() {
-                    println!("\nerror: {}", escape_controls(err, true));
+                    outln!("\nerror: {}", escape_controls(err, true));
                 }
             }
         }
@@ -235,7 +235,7 @@ fn print_tree(out: &Out, node: &Value, prefix: &str, last: bool, root: bool) {
         "├─ "
     };
     let status = text(&node["status"]);
-    println!(
+    outln!(
         "{prefix}{branch}{} {} v{} {} {} attempt {} {}µs",
         text(&node["id"]),
         text(&node["script"]),

@@ -10,7 +10,7 @@ mod client;
 mod commands;
 mod deploy;
 mod invoke;
-mod output;
+pub(crate) mod output;
 mod profile;
 
 use std::path::PathBuf;

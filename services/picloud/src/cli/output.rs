@@ -2,10 +2,32 @@
 //! programs), messages and progress on stderr; colour only on a terminal
 //! and never with `NO_COLOR`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets};
 use serde_json::Value;
+
+/// `println!` that ends the process quietly when stdout is a closed pipe
+/// (`picloud ls | head -1`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+pub(crate) use outln;
+
+/// Writes to stdout; a closed pipe ends the process with 0 (the reader has
+/// what it wanted), any other failure with 1.
+pub fn write_stdout(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
 
 /// How to print.
 #[derive(Clone, Copy)]
@@ -23,7 +45,7 @@ impl Out {
 
     /// Prints `value` as pretty JSON (the API's own fields: stable).
     pub fn json(&self, value: &Value) {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
         );
@@ -59,7 +81,7 @@ impl Out {
         }
         // Trailing spaces from the last column help nobody.
         for line in table.to_string().lines() {
-            println!("{}", line.trim_end());
+            outln!("{}", line.trim_end());
         }
     }
 
@@ -74,7 +96,7 @@ impl Out {
             if v.is_null() {
                 continue;
             }
-            println!("{:width$}  {}", format!("{k}:"), text(v), width = width + 1);
+            outln!("{:width$}  {}", format!("{k}:"), text(v), width = width + 1);
         }
     }
 

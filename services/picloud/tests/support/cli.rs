@@ -193,6 +193,32 @@ impl User {
         }
     }
 
+    /// Runs `picloud ARGS | head -c N`: the reader goes away after `keep`
+    /// bytes (0: before anything is written).
+    pub async fn closed_pipe(&self, args: &[&str], keep: usize) -> Run {
+        use tokio::io::AsyncReadExt;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn picloud");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut head = vec![0u8; keep];
+        stdout.read_exact(&mut head).await.expect("the first bytes");
+        drop(stdout);
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("picloud ends")
+            .expect("picloud output");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&head).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     pub async fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, None, &[]).await
     }
