@@ -405,6 +405,12 @@ async fn invoke_sends_methods_bodies_headers_and_waits() {
     let v = run.json();
     assert_eq!(v["json"], json!({ "w": 2 }), "{run:?}");
     assert_eq!(v["path"], "/w");
+    // The script's own error status, waited for: as in the sync call.
+    let run = user
+        .expect(1, &["invoke", "echo", "?teapot=1", "--async", "--wait"])
+        .await;
+    assert_eq!(run.stdout, "short and stout");
+    assert_eq!(run.stderr, "error: echo answered 418 I'm a teapot\n");
     // An async call that fails every attempt: exit 1, and the message
     // names the invocation to look at.
     let run = user

@@ -116,7 +116,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
             .as_str()
             .unwrap_or_default()
             .to_owned();
-        return wait_for(client, &url).await;
+        return wait_for(client, &args.name, &url).await;
     }
     write_stdout(&body);
     if status.is_success() {
@@ -133,7 +133,7 @@ pub async fn invoke(client: &Client, args: InvokeArgs) -> Result<(), CliError> {
 
 /// Polls an async call's status URL with a spinner until it is done, then
 /// prints the script's response body.
-async fn wait_for(client: &Client, status_url: &str) -> Result<(), CliError> {
+async fn wait_for(client: &Client, name: &str, status_url: &str) -> Result<(), CliError> {
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message("waiting for the invocation");
     spinner.enable_steady_tick(Duration::from_millis(100));
@@ -159,9 +159,17 @@ async fn wait_for(client: &Client, status_url: &str) -> Result<(), CliError> {
             spinner.finish_and_clear();
             let ok = v["status"].as_str() == Some("ok");
             if let Some(body) = v["response"]["body"].as_str() {
-                outln!("{body}");
+                // As the synchronous call prints it: the body as it is.
+                write_stdout(body.as_bytes());
             }
-            return if ok {
+            let answered = v["response"]["status"]
+                .as_u64()
+                .and_then(|s| u16::try_from(s).ok())
+                .and_then(|s| reqwest::StatusCode::from_u16(s).ok())
+                .filter(|s| !s.is_success());
+            return if let (true, Some(status)) = (ok, answered) {
+                Err(CliError::local(format!("{name} answered {status}")))
+            } else if ok {
                 Ok(())
             } else {
                 Err(CliError::local(format!(
