@@ -1,11 +1,17 @@
 //! Async jobs and events on JetStream, and the request/reply calls the
 //! executors and gateways make to managers.
 //!
-//! - `{P}_JOBS`: work-queue retention; one durable pull consumer
-//!   (`executors`) shared by every executor, so adding a node adds capacity.
-//!   Messages carry `Nats-Msg-Id` (the outbox row id) for deduplication;
-//!   executors ack explicitly, send progress while a job runs, NAK with a
-//!   delay to retry, and terminate a job once it is a dead letter.
+//! - `{P}_JOBS`: work-queue retention, one subject per script
+//!   (`{p}.jobs.{script}`) and one durable pull consumer per script
+//!   (`jobs_{script}`, filtered to that subject) shared by every executor,
+//!   so adding a node adds capacity and an executor can serve scripts in
+//!   turn (see `services/executor/src/queue.rs`). The stream republishes the
+//!   headers of every stored job on `{p}.jobready.{script}` (the doorbell
+//!   that tells executors which script has work); [`Bus::scripts_with_jobs`]
+//!   finds the rest (retries, redeliveries, rings missed). Messages carry
+//!   `Nats-Msg-Id` (the outbox row id) for deduplication; executors ack
+//!   explicitly, send progress while a job runs, NAK with a delay to retry,
+//!   and terminate a job once it is a dead letter.
 //! - `{P}_EVENTS`: limits retention, the event log; topic = subject suffix.
 //! - Request/reply to the managers' queue group: kv reads, commits, dead
 //!   letters, async submissions. No responders is an immediate error.
@@ -20,22 +26,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::{BusError, Names, decode, encode};
 
-const CONSUMER: &str = "executors";
+/// The one unfiltered consumer of releases before per-script consumers; a
+/// work-queue stream refuses filtered consumers beside it, so it is removed.
+const LEGACY_CONSUMER: &str = "executors";
+/// A script's consumer is removed by the server after this long without a
+/// pull (a script no longer called); the next job of it creates it again.
+const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 /// The event log keeps this much history.
 const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const EVENTS_MAX_BYTES: i64 = 1 << 30;
 
 pub(crate) async fn ensure_streams(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
-    js.get_or_create_stream(stream::Config {
+    let jobs = stream::Config {
         name: names.jobs_stream(),
         subjects: vec![names.jobs_wildcard()],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        republish: Some(stream::Republish {
+            source: names.jobs_wildcard(),
+            destination: names.jobs_ready_wildcard(),
+            headers_only: true,
+        }),
         ..Default::default()
-    })
-    .await
-    .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    };
+    let mut stream = js
+        .get_or_create_stream(jobs.clone())
+        .await
+        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    // A stream made by an older release: add the doorbell, drop the
+    // unfiltered consumer (its unacked jobs go to the per-script ones).
+    let info = stream
+        .info()
+        .await
+        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    if info.config.republish != jobs.republish {
+        js.update_stream(jobs)
+            .await
+            .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+    }
+    if info.state.consumer_count > 0 && stream.consumer_info(LEGACY_CONSUMER).await.is_ok() {
+        let _ = stream.delete_consumer(LEGACY_CONSUMER).await;
+    }
     js.get_or_create_stream(stream::Config {
         name: names.events_stream(),
         subjects: vec![names.events_wildcard()],
@@ -95,9 +127,10 @@ impl IncomingJob {
     }
 }
 
-/// The durable consumer every executor pulls from. An executor asks for
-/// exactly as many jobs as it has free slots ([`JobConsumer::pull`]), so a
-/// job is never held unstarted in a client buffer while its ack wait runs.
+/// One script's durable consumer, shared by every executor. An executor
+/// fetches exactly as many jobs as it will start at once
+/// ([`JobConsumer::fetch`], never waiting), so a job is never held unstarted
+/// in a client buffer while its ack wait runs.
 pub struct JobConsumer {
     consumer: jetstream::consumer::PullConsumer,
 }
@@ -106,23 +139,27 @@ impl JobConsumer {
     pub(crate) async fn open(
         js: &jetstream::Context,
         names: &Names,
+        script: &str,
         ack_wait: Duration,
     ) -> Result<Self, BusError> {
         let stream = js
             .get_stream(names.jobs_stream())
             .await
             .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+        let name = Names::job_consumer(script);
         let consumer = stream
             .get_or_create_consumer(
-                CONSUMER,
+                &name,
                 pull::Config {
-                    durable_name: Some(CONSUMER.into()),
+                    durable_name: Some(name.clone()),
+                    filter_subject: names.job_subject(script),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait,
                     // Attempts are counted by the executor (a job's own
                     // max_attempts), which terminates the message at the end.
                     max_deliver: -1,
                     max_ack_pending: 20_000,
+                    inactive_threshold: CONSUMER_IDLE,
                     ..Default::default()
                 },
             )
@@ -131,26 +168,23 @@ impl JobConsumer {
         Ok(Self { consumer })
     }
 
-    /// Up to `n` jobs, each yielded as it arrives; the stream ends once `n`
-    /// have come or after `wait` (a long poll: an idle executor sends one
-    /// pull request per `wait`).
-    pub async fn pull(
+    /// Up to `n` of the script's jobs that can be delivered now, each
+    /// yielded as it arrives; the stream ends at once when there are fewer.
+    pub async fn fetch(
         &self,
         n: usize,
-        wait: Duration,
     ) -> Result<impl Stream<Item = Result<IncomingJob, BusError>> + use<>, BusError> {
         let batch = self
             .consumer
-            .batch()
+            .fetch()
             .max_messages(n.max(1))
-            .expires(wait)
             .messages()
             .await
-            .map_err(|e| BusError::js("jobs pull")(e.into()))?;
+            .map_err(|e| BusError::js("jobs fetch")(e.into()))?;
         Ok(batch.filter_map(|m| async move {
             let message = match m {
                 Ok(m) => m,
-                Err(e) => return Some(Err(BusError::js("jobs pull")(e))),
+                Err(e) => return Some(Err(BusError::js("jobs fetch")(e))),
             };
             let attempt = message
                 .info()
@@ -239,9 +273,54 @@ impl crate::Bus {
             .await
     }
 
-    /// The executors' shared job consumer.
-    pub async fn jobs(&self, ack_wait: Duration) -> Result<JobConsumer, BusError> {
-        JobConsumer::open(&self.js, &self.names, ack_wait).await
+    /// `script`'s job consumer, shared by the executors (made if missing).
+    pub async fn jobs(&self, script: &str, ack_wait: Duration) -> Result<JobConsumer, BusError> {
+        JobConsumer::open(&self.js, &self.names, script, ack_wait).await
+    }
+
+    /// The scripts that have jobs in the stream (deliverable now, waiting
+    /// for a retry delay, or running).
+    pub async fn scripts_with_jobs(&self) -> Result<Vec<String>, BusError> {
+        let stream = self
+            .js
+            .get_stream(self.names.jobs_stream())
+            .await
+            .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+        let mut subjects = stream
+            .info_with_subjects(self.names.jobs_wildcard())
+            .await
+            .map_err(|e| BusError::js("jobs stream info")(e.into()))?;
+        let mut scripts = Vec::new();
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.map_err(|e| BusError::js("jobs stream info")(e.into()))?;
+            if count > 0
+                && let Some(script) = self.names.script_of_job_subject(&subject)
+            {
+                scripts.push(script.to_owned());
+            }
+        }
+        Ok(scripts)
+    }
+
+    /// The doorbell: the name of the script of every job the stream stores,
+    /// as it is stored (best effort: a ring may be missed, see
+    /// [`scripts_with_jobs`](Self::scripts_with_jobs)).
+    pub async fn job_rings(&self) -> Result<impl Stream<Item = String> + use<>, BusError> {
+        let sub = self
+            .client
+            .subscribe(self.names.jobs_ready_wildcard())
+            .await
+            .map_err(|e| BusError::Nats {
+                what: "subscribe",
+                source: e.into(),
+            })?;
+        let names = self.names.clone();
+        Ok(sub.filter_map(move |msg| {
+            let script = names
+                .script_of_job_ready_subject(&msg.subject)
+                .map(str::to_owned);
+            async move { script }
+        }))
     }
 
     /// Asks whoever serves `subject` (a manager, or an executor for

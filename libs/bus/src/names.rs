@@ -61,7 +61,8 @@ impl Names {
         format!("{}_RECORDS", self.stream)
     }
 
-    /// Async jobs (work queue, one durable consumer shared by executors).
+    /// Async jobs (work queue, one subject and one durable consumer per
+    /// script, each consumer shared by the executors).
     pub fn jobs_stream(&self) -> String {
         format!("{}_JOBS", self.stream)
     }
@@ -72,6 +73,30 @@ impl Names {
 
     pub fn jobs_wildcard(&self) -> String {
         format!("{}.jobs.>", self.subject)
+    }
+
+    pub fn script_of_job_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.subject.as_str())?
+            .strip_prefix(".jobs.")
+    }
+
+    /// The jobs stream republishes each stored job's headers here (the
+    /// executors' doorbell, core NATS, not stored).
+    pub fn jobs_ready_wildcard(&self) -> String {
+        format!("{}.jobready.>", self.subject)
+    }
+
+    pub fn script_of_job_ready_subject<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.subject.as_str())?
+            .strip_prefix(".jobready.")
+    }
+
+    /// A script's durable job consumer (script names are letters, digits,
+    /// `-` and `_`, all allowed in consumer names).
+    pub fn job_consumer(script: &str) -> String {
+        format!("jobs_{script}")
     }
 
     /// The event log (limits retention); the topic is the subject suffix.
@@ -171,5 +196,11 @@ mod tests {
             Some(("a-b".into(), 12))
         );
         assert_eq!(Names::parse_version_key("source.x"), None);
+        assert_eq!(n.script_of_job_subject(&n.job_subject("a_b")), Some("a_b"));
+        assert_eq!(
+            n.script_of_job_ready_subject("t-1a.jobready.a-b"),
+            Some("a-b")
+        );
+        assert_eq!(n.script_of_job_subject("t-1b.jobs.x"), None);
     }
 }

@@ -68,6 +68,11 @@ impl ScriptSlots {
         })
     }
 
+    /// How many invocations of one script may run at once.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     fn entry(&self, script: &str) -> Arc<Script> {
         // A poisoned lock only means another thread panicked between two
         // map operations, which leave the map consistent: keep using it.

@@ -1,5 +1,5 @@
-//! Async jobs: pulled from the shared durable consumer, run on the worker
-//! pool, committed, then settled.
+//! Async jobs: pulled from the scripts' shared durable consumers in turn
+//! (see [`crate::queue`]), run on the worker pool, committed, then settled.
 //!
 //! Every job ends in exactly one of:
 //! - **ack**: it succeeded and its record (and effects) are committed;
@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use futures::StreamExt;
 use picloud_bus::IncomingJob;
 use picloud_core::{
     Backoff, CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
@@ -33,6 +32,7 @@ use picloud_core::{
 use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::queue::Queue;
 use crate::run::{self, RecordBase, Settled, plain};
 use crate::serve::Server;
 
@@ -47,82 +47,45 @@ pub struct JobSettings {
     pub shutdown: Shutdown,
 }
 
-/// How long one pull waits for jobs (a long poll).
-const PULL_WAIT: Duration = Duration::from_secs(30);
-
-/// Pulls and runs jobs until `shutdown`; then lets running jobs finish.
+/// Pulls and runs jobs until `shutdown`, serving scripts in turn (see
+/// [`crate::queue`]); then lets running jobs finish.
 pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown) {
     let slots = server.pool.threads() * 2;
     let in_flight = Arc::new(Semaphore::new(slots));
+    let per_script = (server.slots.cap() * 2).min(slots.saturating_sub(1));
+    let mut queue = Queue::start(
+        server.bus.clone(),
+        settings.ack_wait,
+        per_script,
+        shutdown.clone(),
+    );
     let settings = Arc::new(settings);
-    let mut backoff = Duration::from_millis(200);
-    'outer: loop {
-        let consumer = match server.bus.jobs(settings.ack_wait).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot open the job consumer");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
-            }
+    loop {
+        // Fetch exactly as many jobs as there are free slots (at least
+        // one): a job pulled is a job started, so none waits here while
+        // its ack wait runs.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = in_flight.clone().acquire_owned() => p.expect("never closed"),
         };
-        loop {
-            // Ask for exactly as many jobs as there are free slots (at least
-            // one): a job pulled is a job started, so none waits here while
-            // its ack wait runs.
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                p = in_flight.clone().acquire_owned() => p.expect("never closed"),
-            };
-            let mut permits = vec![first];
-            while let Ok(p) = in_flight.clone().try_acquire_owned() {
-                permits.push(p);
-            }
-            let jobs = match consumer.pull(permits.len(), PULL_WAIT).await {
-                Ok(j) => j,
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot pull jobs");
-                    drop(permits);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue 'outer;
-                }
-            };
-            backoff = Duration::from_millis(200);
-            let mut jobs = std::pin::pin!(jobs);
-            loop {
-                let next = tokio::select! {
-                    _ = shutdown.cancelled() => break 'outer,
-                    n = jobs.next() => n,
-                };
-                match next {
-                    Some(Ok(job)) => {
-                        let Some(permit) = permits.pop() else {
-                            // More than asked for cannot come; be safe.
-                            tracing::warn!("a pull delivered more jobs than requested");
-                            let _ = job.retry(Duration::from_millis(100)).await;
-                            continue;
-                        };
-                        let (server, settings) = (server.clone(), settings.clone());
-                        tokio::spawn(async move {
-                            handle(server, settings, job).await;
-                            drop(permit);
-                        });
-                    }
-                    // Missed heartbeats and the like: the next pull recovers.
-                    Some(Err(e)) => tracing::debug!(error = %e, "job pull hiccup"),
-                    None => break,
-                }
-            }
+        let mut permits = vec![first];
+        while let Ok(p) = in_flight.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let jobs = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            j = queue.next(permits.len()) => j,
+        };
+        for (job, ticket) in jobs {
+            let permit = permits.pop().expect("no more jobs than free slots");
+            let (server, settings) = (server.clone(), settings.clone());
+            tokio::spawn(async move {
+                handle(server, settings, job).await;
+                drop((ticket, permit));
+            });
         }
     }
-    // A pull cut short by shutdown may leave jobs unstarted: they return
+    // A fetch cut short by shutdown may leave jobs unstarted: they return
     // after the ack wait.
     let _ = tokio::time::timeout(
         Duration::from_secs(70),

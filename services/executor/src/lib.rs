@@ -26,6 +26,7 @@ pub mod fair;
 pub mod host;
 pub mod jobs;
 pub mod pool;
+pub mod queue;
 pub mod records;
 pub mod run;
 pub mod serve;
