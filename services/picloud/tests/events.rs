@@ -153,6 +153,9 @@ async fn an_emit_chain_runs_and_reads_as_a_tree() {
 async fn concurrent_read_modify_write_is_exact() {
     let mut env = TestEnv::new().await;
     env.config.workers = 4;
+    // Ten concurrent calls of one script: above the default per-script cap
+    // (workers - 1 per executor), which would answer some with 429.
+    env.config.script_concurrency = 10;
     let front = env.start_front().await;
     let _ex1 = env.start_executor().await;
     let _ex2 = env.start_executor().await;

@@ -168,6 +168,10 @@ async fn spawn_executor(env: &TestEnv, log: &std::path::Path) -> ChildProcess {
         .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
         .env("PICLOUD_WORKERS", env.config.workers.to_string())
         .env(
+            "PICLOUD_SCRIPT_CONCURRENCY",
+            env.config.script_concurrency.to_string(),
+        )
+        .env(
             "PICLOUD_JOB_ACK_WAIT_MS",
             env.config.job_ack_wait_ms.to_string(),
         )
@@ -206,6 +210,8 @@ async fn an_executor_killed_mid_burst_loses_nothing_and_applies_nothing_twice() 
     let mut env = TestEnv::new().await;
     env.config.workers = 2;
     env.config.job_ack_wait_ms = 2_000;
+    // Eight concurrent burst calls: above the default per-script cap.
+    env.config.script_concurrency = 8;
     let front = env.start_front().await;
     let c = Client::new(&front.base, &env.token);
     let logs = tempfile::tempdir().unwrap();
