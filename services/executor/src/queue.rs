@@ -184,10 +184,7 @@ impl Queue {
             let Some(script) = self.ready.pop_front() else {
                 break;
             };
-            let held = lock(&self.pulled.counts)
-                .get(&script)
-                .copied()
-                .unwrap_or(0);
+            let held = lock(&self.pulled.counts).get(&script).copied().unwrap_or(0);
             let room = self.per_script.saturating_sub(held);
             if room == 0 {
                 self.ready.push_back(script);
