@@ -5,8 +5,8 @@
 //!   (`{p}.jobs.{script}`) and one durable pull consumer per script
 //!   (`jobs_{script}`, filtered to that subject) shared by every executor,
 //!   so adding a node adds capacity and an executor can serve scripts in
-//!   turn (see `services/executor/src/queue.rs`). The stream republishes the
-//!   headers of every stored job on `{p}.jobready.{script}` (the doorbell
+//!   turn (see `services/executor/src/queue.rs`). Once a job is stored, its
+//!   publisher rings `{p}.jobready.{script}` (core NATS, empty: the doorbell
 //!   that tells executors which script has work); [`Bus::scripts_with_jobs`]
 //!   finds the rest (retries, redeliveries, rings missed). Messages carry
 //!   `Nats-Msg-Id` (the outbox row id) for deduplication; executors ack
@@ -37,35 +37,23 @@ const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const EVENTS_MAX_BYTES: i64 = 1 << 30;
 
 pub(crate) async fn ensure_streams(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
-    let jobs = stream::Config {
-        name: names.jobs_stream(),
-        subjects: vec![names.jobs_wildcard()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        republish: Some(stream::Republish {
-            source: names.jobs_wildcard(),
-            destination: names.jobs_ready_wildcard(),
-            headers_only: true,
-        }),
-        ..Default::default()
-    };
-    let mut stream = js
-        .get_or_create_stream(jobs.clone())
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: names.jobs_stream(),
+            subjects: vec![names.jobs_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
         .await
         .map_err(|e| BusError::js("jobs stream")(e.into()))?;
-    // A stream made by an older release: add the doorbell, drop the
-    // unfiltered consumer (its unacked jobs go to the per-script ones).
-    let info = stream
-        .info()
-        .await
-        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
-    if info.config.republish != jobs.republish {
-        js.update_stream(jobs)
-            .await
-            .map_err(|e| BusError::js("jobs stream")(e.into()))?;
-    }
-    if info.state.consumer_count > 0 && stream.consumer_info(LEGACY_CONSUMER).await.is_ok() {
+    // A stream made by an older release: drop its unfiltered consumer (a
+    // work-queue stream refuses filtered ones beside it); the jobs it held
+    // unacked go to the per-script consumers.
+    if stream.cached_info().state.consumer_count > 0
+        && stream.consumer_info(LEGACY_CONSUMER).await.is_ok()
+    {
         let _ = stream.delete_consumer(LEGACY_CONSUMER).await;
     }
     js.get_or_create_stream(stream::Config {
@@ -143,7 +131,7 @@ impl JobConsumer {
         ack_wait: Duration,
     ) -> Result<Self, BusError> {
         let stream = js
-            .get_stream(names.jobs_stream())
+            .get_stream_no_info(names.jobs_stream())
             .await
             .map_err(|e| BusError::js("jobs stream")(e.into()))?;
         let name = Names::job_consumer(script);
@@ -255,6 +243,11 @@ impl crate::Bus {
     ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
+        // A job, once stored, rings its script's doorbell.
+        let ring = self
+            .names
+            .script_of_job_subject(&subject)
+            .map(|script| (self.client.clone(), self.names.job_ready_subject(script)));
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
@@ -262,8 +255,13 @@ impl crate::Bus {
             .map_err(|e| BusError::js("publish")(e.into()))?;
         Ok(async move {
             ack.await
-                .map(|_| ())
-                .map_err(|e| BusError::js("publish ack")(e.into()))
+                .map_err(|e| BusError::js("publish ack")(e.into()))?;
+            if let Some((client, subject)) = ring {
+                // Best effort: a missed ring is found by the executors'
+                // scan of the stream.
+                let _ = client.publish(subject, Bytes::new()).await;
+            }
+            Ok(())
         })
     }
 
@@ -283,7 +281,7 @@ impl crate::Bus {
     pub async fn scripts_with_jobs(&self) -> Result<Vec<String>, BusError> {
         let stream = self
             .js
-            .get_stream(self.names.jobs_stream())
+            .get_stream_no_info(self.names.jobs_stream())
             .await
             .map_err(|e| BusError::js("jobs stream")(e.into()))?;
         let mut subjects = stream
@@ -302,8 +300,8 @@ impl crate::Bus {
         Ok(scripts)
     }
 
-    /// The doorbell: the name of the script of every job the stream stores,
-    /// as it is stored (best effort: a ring may be missed, see
+    /// The doorbell: the name of the script of every job published through
+    /// the bus, once stored (best effort: a ring may be missed, see
     /// [`scripts_with_jobs`](Self::scripts_with_jobs)).
     pub async fn job_rings(&self) -> Result<impl Stream<Item = String> + use<>, BusError> {
         let sub = self

@@ -81,8 +81,12 @@ impl Names {
             .strip_prefix(".jobs.")
     }
 
-    /// The jobs stream republishes each stored job's headers here (the
-    /// executors' doorbell, core NATS, not stored).
+    /// A job's publisher rings here once it is stored (the executors'
+    /// doorbell, core NATS, not stored).
+    pub fn job_ready_subject(&self, script: &str) -> String {
+        format!("{}.jobready.{script}", self.subject)
+    }
+
     pub fn jobs_ready_wildcard(&self) -> String {
         format!("{}.jobready.>", self.subject)
     }

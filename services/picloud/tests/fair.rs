@@ -213,3 +213,89 @@ async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
     );
     env.cleanup().await;
 }
+
+/// A job of one script, as the relay publishes it.
+fn manual_job(script: &str) -> picloud_core::Job {
+    use picloud_core::{EventInput, Job, Trigger};
+    let id = uuid::Uuid::new_v4();
+    Job {
+        id,
+        script: script.into(),
+        event: EventInput {
+            kind: Trigger::Manual,
+            ..EventInput::http(id)
+        },
+        request: None,
+        parent_id: None,
+        subscription_id: None,
+        schedule_id: None,
+        max_attempts: 1,
+        public: false,
+        chain: Default::default(),
+    }
+}
+
+/// An installation upgraded from the single shared job consumer: the jobs
+/// it held still run, on the per-script consumers that replace it.
+#[tokio::test]
+async fn jobs_queued_under_the_old_single_consumer_run_after_an_upgrade() {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+
+    let mut env = TestEnv::new().await;
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    let js = jetstream::new(
+        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+            .await
+            .unwrap(),
+    );
+    // The stream and consumer as the previous release made them, with a
+    // job queued and one delivered but never acked.
+    let old = js
+        .create_stream(stream::Config {
+            name: names.jobs_stream(),
+            subjects: vec![names.jobs_wildcard()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = old
+        .create_consumer(pull::Config {
+            durable_name: Some("executors".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_deliver: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let job = manual_job("legacy");
+        js.publish(
+            names.job_subject("legacy"),
+            serde_json::to_vec(&job).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let mut taken = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let _unacked = futures::StreamExt::next(&mut taken).await.unwrap().unwrap();
+
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok(
+        "legacy",
+        r#"if event.kind == "http" { return kv::get("runs") ?? 0; }
+        kv::set("runs", (kv::get("runs") ?? 0) + 1);"#,
+    )
+    .await;
+    env.start_executor().await;
+    c.wait_for_body("legacy", "2").await;
+
+    let stream = js.get_stream(names.jobs_stream()).await.unwrap();
+    assert!(stream.consumer_info("executors").await.is_err());
+    env.cleanup().await;
+}
