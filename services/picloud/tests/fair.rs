@@ -123,15 +123,39 @@ async fn past_its_cap_a_script_queues_then_gets_429_and_another_script_still_run
     env.cleanup().await;
 }
 
+/// Queues `n` jobs of `script` straight onto the job stream, pipelined (in
+/// chunks: the client allows 5,000 unacknowledged publishes).
+async fn flood(env: &TestEnv, script: &str, n: usize) {
+    let bus = picloud_bus::Bus::for_role(&env.config, "test")
+        .await
+        .expect("bus");
+    let mut acks = Vec::with_capacity(1_000);
+    for i in 0..n {
+        let job = manual_job(script);
+        acks.push(
+            bus.publish_durable_start(
+                bus.names().job_subject(script),
+                &job.id.to_string(),
+                serde_json::to_vec(&job).unwrap().into(),
+            )
+            .await
+            .expect("publish"),
+        );
+        if acks.len() == 1_000 || i + 1 == n {
+            for a in acks.drain(..) {
+                a.await.expect("durable");
+            }
+        }
+    }
+}
+
 /// The measurement behind "async work is shared fairly" (#12 §6): with
 /// 10,000 jobs of one script queued, how long does another script's async
 /// call take? The requirement is under one second on a 2-core machine.
-/// Today's single FIFO job consumer runs the flood first, so this fails;
-/// it prints the figure either way.
+/// A single FIFO job consumer runs the flood first (32 s measured here);
+/// per-script consumers served in turn start it in well under 100 ms.
 #[tokio::test]
 async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
-    use picloud_core::{EventInput, Job, Trigger};
-
     const FLOOD: usize = 10_000;
     let mut env = TestEnv::new().await;
     let front = env.start_front().await;
@@ -140,46 +164,7 @@ async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
     c.deploy_ok("flood", "()").await;
     c.deploy_ok("victim", r#""ok""#).await;
     c.wait_for_body("victim", "ok").await;
-
-    // Queue the flood straight onto the job stream, pipelined.
-    let bus = picloud_bus::Bus::for_role(&env.config, "test")
-        .await
-        .expect("bus");
-    // (in chunks: the client allows 5,000 unacknowledged publishes)
-    let mut acks = Vec::with_capacity(1_000);
-    for n in 0..FLOOD {
-        let id = uuid::Uuid::new_v4();
-        let job = Job {
-            id,
-            script: "flood".into(),
-            event: EventInput {
-                kind: Trigger::Manual,
-                ..EventInput::http(id)
-            },
-            request: None,
-            parent_id: None,
-            subscription_id: None,
-            schedule_id: None,
-            max_attempts: 1,
-            public: false,
-            chain: Default::default(),
-        };
-        let payload = serde_json::to_vec(&job).unwrap();
-        acks.push(
-            bus.publish_durable_start(
-                bus.names().job_subject("flood"),
-                &id.to_string(),
-                payload.into(),
-            )
-            .await
-            .expect("publish"),
-        );
-        if acks.len() == 1_000 || n + 1 == FLOOD {
-            for a in acks.drain(..) {
-                a.await.expect("durable");
-            }
-        }
-    }
+    flood(&env, "flood", FLOOD).await;
 
     let started = std::time::Instant::now();
     let resp = c
@@ -297,5 +282,56 @@ async fn jobs_queued_under_the_old_single_consumer_run_after_an_upgrade() {
 
     let stream = js.get_stream(names.jobs_stream()).await.unwrap();
     assert!(stream.consumer_info("executors").await.is_err());
+    env.cleanup().await;
+}
+
+/// A job whose doorbell never rang (published by hand, or the ring was
+/// lost) is still found behind a flood, by the executors' scan of the
+/// stream (every 250 ms while it holds jobs).
+#[tokio::test]
+async fn a_job_without_a_ring_is_found_by_the_scan_behind_a_flood() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok("flood", "()").await;
+    c.deploy_ok(
+        "quiet",
+        r#"if event.kind == "http" { return kv::get("ran") ?? false; }
+        kv::set("ran", true);"#,
+    )
+    .await;
+    c.wait_for_body("quiet", "false").await;
+    flood(&env, "flood", 3_000).await;
+
+    // Published without the bus: nothing rings.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+            .await
+            .unwrap(),
+    );
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    let job = manual_job("quiet");
+    let started = std::time::Instant::now();
+    js.publish(
+        names.job_subject("quiet"),
+        serde_json::to_vec(&job).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let ran = eventually(Duration::from_secs(120), || async {
+        let r = c.call("quiet").await;
+        (r.text().await.ok()? == "true").then_some(())
+    })
+    .await;
+    let latency = started.elapsed();
+    eprintln!("fairness: an unannounced job's latency behind 3000 queued jobs: {latency:?}");
+    assert!(ran.is_some(), "the job never ran");
+    assert!(
+        latency < Duration::from_secs(1),
+        "the unannounced job waited {latency:?}"
+    );
     env.cleanup().await;
 }
