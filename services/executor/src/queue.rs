@@ -34,6 +34,8 @@ use tokio::time::Instant;
 pub const SCAN_EVERY: Duration = Duration::from_millis(250);
 /// How often they are read while the stream holds no job.
 pub const IDLE_SCAN: Duration = Duration::from_secs(30);
+/// A fetch never waits for jobs; one unanswered this long is abandoned.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first pause of a script whose fetch came back short.
 const QUIET: Duration = Duration::from_millis(250);
 const MAX_QUIET: Duration = Duration::from_secs(4);
@@ -196,6 +198,11 @@ impl Queue {
                 self.quiet.remove(&script);
                 self.ready.push_back(script);
             } else {
+                if got == 0 {
+                    // Nothing to deliver (or a consumer the server removed,
+                    // which answers the same): open it afresh next time.
+                    self.consumers.remove(&script);
+                }
                 self.hush(script, got == 0);
             }
         }
@@ -231,17 +238,32 @@ impl Queue {
             }
         }
         let consumer = &self.consumers[script];
-        let jobs = match consumer.fetch(n).await {
-            Ok(j) => j,
-            Err(e) => {
+        let jobs = match tokio::time::timeout(FETCH_TIMEOUT, consumer.fetch(n)).await {
+            Ok(Ok(j)) => j,
+            Ok(Err(e)) => {
                 tracing::warn!(script, error = %e, "cannot fetch jobs");
+                self.consumers.remove(script);
+                return 0;
+            }
+            Err(_) => {
+                tracing::warn!(script, "a job fetch went unanswered");
                 self.consumers.remove(script);
                 return 0;
             }
         };
         let mut jobs = std::pin::pin!(jobs);
         let mut got = 0;
-        while let Some(job) = jobs.next().await {
+        let until = Instant::now() + FETCH_TIMEOUT;
+        loop {
+            let Ok(job) = tokio::time::timeout_at(until, jobs.next()).await else {
+                // Unanswered (a consumer removed under us can leave a fetch
+                // hanging); what it still delivers comes back after the
+                // ack wait.
+                tracing::warn!(script, "a job fetch went unanswered");
+                self.consumers.remove(script);
+                break;
+            };
+            let Some(job) = job else { break };
             match job {
                 Ok(job) => {
                     *lock(&self.pulled.counts)

@@ -335,3 +335,45 @@ async fn a_job_without_a_ring_is_found_by_the_scan_behind_a_flood() {
     );
     env.cleanup().await;
 }
+
+/// A script's consumer removed under a running executor (the server drops
+/// it after an hour without pulls) is made again by the next job.
+#[tokio::test]
+async fn a_scripts_consumer_removed_under_the_executor_is_made_again() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    env.start_executor().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok(
+        "again",
+        r#"if event.kind == "http" { return kv::get("runs") ?? 0; }
+        kv::set("runs", (kv::get("runs") ?? 0) + 1);"#,
+    )
+    .await;
+    c.wait_for_body("again", "0").await;
+    let bus = picloud_bus::Bus::for_role(&env.config, "test")
+        .await
+        .expect("bus");
+    bus.publish_job(&manual_job("again"), &uuid::Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+    c.wait_for_body("again", "1").await;
+
+    let js = async_nats::jetstream::new(
+        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+            .await
+            .unwrap(),
+    );
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    js.get_stream(names.jobs_stream())
+        .await
+        .unwrap()
+        .delete_consumer(&picloud_bus::Names::job_consumer("again"))
+        .await
+        .unwrap();
+    bus.publish_job(&manual_job("again"), &uuid::Uuid::new_v4().to_string())
+        .await
+        .unwrap();
+    c.wait_for_body("again", "2").await;
+    env.cleanup().await;
+}
