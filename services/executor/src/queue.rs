@@ -46,8 +46,9 @@ pub struct Queue {
     ack_wait: Duration,
     per_script: usize,
     consumers: HashMap<String, JobConsumer>,
-    /// Scripts to fetch from, in turn.
+    /// Scripts to fetch from, in turn (and the same as a set).
     ready: VecDeque<String>,
+    in_ready: HashSet<String>,
     /// Scripts out of the rotation until then (and the pause that was).
     quiet: HashMap<String, (Instant, Duration)>,
     next_scan: Instant,
@@ -107,6 +108,7 @@ impl Queue {
             per_script: per_script.max(1),
             consumers: HashMap::new(),
             ready: VecDeque::new(),
+            in_ready: HashSet::new(),
             quiet: HashMap::new(),
             next_scan: Instant::now(),
             rings,
@@ -148,9 +150,13 @@ impl Queue {
     }
 
     fn make_ready(&mut self, script: String) {
-        if !self.ready.contains(&script) {
+        if self.in_ready.insert(script.clone()) {
             self.ready.push_back(script);
         }
+    }
+
+    fn leave_ready(&mut self, script: &str) {
+        self.in_ready.remove(script);
     }
 
     async fn scan(&mut self) {
@@ -166,9 +172,15 @@ impl Queue {
             self.next_scan = Instant::now() + IDLE_SCAN;
         }
         let now = Instant::now();
-        self.quiet.retain(|_, (until, _)| *until > now);
+        // A pause long over is forgotten; a recent one is kept so that the
+        // next can double.
+        self.quiet.retain(|_, (until, _)| *until + MAX_QUIET > now);
         for script in scripts {
-            if !self.quiet.contains_key(&script) {
+            if self
+                .quiet
+                .get(&script)
+                .is_none_or(|(until, _)| *until <= now)
+            {
                 self.make_ready(script);
             }
         }
@@ -203,6 +215,7 @@ impl Queue {
                     // which answers the same): open it afresh next time.
                     self.consumers.remove(&script);
                 }
+                self.leave_ready(&script);
                 self.hush(script, got == 0);
             }
         }
