@@ -62,7 +62,9 @@ fn busy_memory_hungry_workers_stay_under_the_sum_of_their_limits() {
     for _ in 0..WORKERS {
         let tx = tx.clone();
         pool.try_submit(Box::new(move |sb: &mut Sandbox| {
-            let ast = sb.compile(r#""warm""#, &Limits::default()).expect("compiles");
+            let ast = sb
+                .compile(r#""warm""#, &Limits::default())
+                .expect("compiles");
             let _ = tx.send(ast);
         }))
         .expect("submit");
