@@ -210,11 +210,6 @@ impl Queue {
                 self.quiet.remove(&script);
                 self.ready.push_back(script);
             } else {
-                if got == 0 {
-                    // Nothing to deliver (or a consumer the server removed,
-                    // which answers the same): open it afresh next time.
-                    self.consumers.remove(&script);
-                }
                 self.leave_ready(&script);
                 self.hush(script, got == 0);
             }
