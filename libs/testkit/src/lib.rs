@@ -335,6 +335,30 @@ impl Client {
         resp.json().await.expect("json")
     }
 
+    /// Polls the public status URL `location` (a path: `/status/{id}`)
+    /// until `done` holds for its JSON; `None` once `limit` has passed.
+    pub async fn poll_status(
+        &self,
+        location: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
+        let done = &done;
+        eventually(limit, || async move {
+            let v: Value = self
+                .http
+                .get(format!("{}{location}", self.base))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            done(&v).then_some(v)
+        })
+        .await
+    }
+
     pub async fn call(&self, path: &str) -> reqwest::Response {
         self.http
             .get(format!("{}/fn/{path}", self.base))

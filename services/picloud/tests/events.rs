@@ -50,21 +50,9 @@ async fn one_of_each() -> (TestEnv, Client) {
 
 /// Polls a public status URL until `done(status)` holds (bounded).
 async fn status_until(c: &Client, location: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let done = &done;
-    eventually(Duration::from_secs(30), || async move {
-        let v: Value = c
-            .http
-            .get(format!("{}{location}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        done(&v).then_some(v)
-    })
-    .await
-    .unwrap_or_else(|| panic!("{location} never reached the expected state"))
+    c.poll_status(location, Duration::from_secs(30), done)
+        .await
+        .unwrap_or_else(|| panic!("{location} never reached the expected state"))
 }
 
 async fn records(c: &Client, script: &str) -> Vec<Value> {

@@ -176,19 +176,9 @@ async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let done = eventually(Duration::from_secs(600), || async {
-        let v: serde_json::Value = c
-            .http
-            .get(format!("{}{location}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["status"] == "ok").then_some(())
-    })
-    .await;
+    let done = c
+        .poll_status(&location, Duration::from_secs(600), |v| v["status"] == "ok")
+        .await;
     let latency = started.elapsed();
     eprintln!("fairness: victim's async latency behind {FLOOD} queued jobs: {latency:?}");
     assert!(done.is_some(), "the victim's call never ran");

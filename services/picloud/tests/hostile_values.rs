@@ -296,6 +296,9 @@ async fn admin_input_with_nul_is_refused_with_a_400_or_round_trips() {
             Some(json!({ "script": "ok", "cron": "* * * * *", "timezone": "U\u{0}TC" })),
         ),
         (Method::PUT, "/secrets/a%00b", Some(json!({ "value": "v" }))),
+        (Method::GET, "/dead-letters/a%00b", None),
+        (Method::DELETE, "/dead-letters/a%00b", None),
+        (Method::DELETE, "/dead-letters/not-a-uuid", None),
     ] {
         let resp = c.api(method.clone(), path, body.clone()).await;
         assert_eq!(
@@ -304,6 +307,12 @@ async fn admin_input_with_nul_is_refused_with_a_400_or_round_trips() {
             "{method} {path} {body:?}: {}",
             resp.text().await.unwrap_or_default()
         );
+    }
+    // A dead letter that does not exist: 404, to read and to discard.
+    let missing = format!("/dead-letters/{}", uuid::Uuid::new_v4());
+    for method in [Method::GET, Method::DELETE] {
+        let resp = c.api(method.clone(), &missing, None).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {missing}");
     }
     env.cleanup().await;
 }
@@ -324,22 +333,10 @@ async fn an_async_response_with_nul_is_stored_exactly() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let location = resp.headers()["location"].to_str().unwrap().to_owned();
-    let location = &location;
-    let c = &c;
-    let done = eventually(Duration::from_secs(30), || async move {
-        let v: Value = c
-            .http
-            .get(format!("{}{location}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["status"] == "ok").then_some(v)
-    })
-    .await
-    .expect("the call completes");
+    let done = c
+        .poll_status(&location, Duration::from_secs(30), |v| v["status"] == "ok")
+        .await
+        .expect("the call completes");
     assert_eq!(done["response"]["body"], "got x\u{0}y", "{done}");
     env.cleanup().await;
 }

@@ -54,17 +54,8 @@ async fn accepted(req: RequestBuilder) -> (String, bool) {
 
 /// Polls the public status URL until the call is done.
 async fn done(c: &Client, id: &str) -> Value {
-    eventually(Duration::from_secs(30), || async move {
-        let v: Value = c
-            .http
-            .get(format!("{}/status/{id}", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (v["done"] == true).then_some(v)
+    c.poll_status(&format!("/status/{id}"), Duration::from_secs(30), |v| {
+        v["done"] == true
     })
     .await
     .unwrap_or_else(|| panic!("{id} never finished"))
