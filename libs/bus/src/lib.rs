@@ -23,6 +23,7 @@
 
 mod jobs;
 pub mod names;
+mod queued;
 mod records;
 
 use std::collections::BTreeMap;
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use names::Names;
+pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 
 #[derive(Debug, thiserror::Error)]

@@ -104,6 +104,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
 
     let state = Arc::new(api::AppState {
         store: store.clone(),
+        bus: bus.clone(),
         publisher,
         compiler,
         token: TokenHash::of(token.trim()),

@@ -1,6 +1,7 @@
 //! The admin API: `/api/v1/...`, JSON in and out, bearer token required.
 
 mod invocations;
+mod jobs;
 mod modules;
 mod schedules;
 mod scripts;
@@ -24,6 +25,7 @@ use crate::publisher::Publisher;
 
 pub struct AppState {
     pub store: Store,
+    pub bus: picloud_bus::Bus,
     pub publisher: Publisher,
     pub compiler: Compiler,
     pub token: TokenHash,
@@ -78,6 +80,9 @@ pub fn router(state: Shared) -> Router {
             get(subscriptions::dead_letter).delete(subscriptions::discard),
         )
         .route("/dead-letters/{id}/replay", post(subscriptions::replay))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{seq}", get(jobs::get).delete(jobs::discard))
+        .route("/jobs/{seq}/replay", post(jobs::replay))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))

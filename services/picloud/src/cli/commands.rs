@@ -257,6 +257,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             Ok(())
         }
         ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
+        ClientCommand::Jobs(c) => super::jobs::jobs(&client, out, c).await,
     }
 }
 
@@ -590,24 +591,10 @@ async fn dead_letters(client: &Client, out: Out, c: DeadLettersCommand) -> Resul
             );
         }
         DeadLettersCommand::Replay { id } => {
-            let v = client
-                .api(
-                    Method::POST,
-                    &format!("/dead-letters/{}/replay", seg(&id)),
-                    None,
-                )
-                .await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                eprintln!("replayed dead letter {id}");
-            }
+            super::jobs::settle(client, out, "dead-letters", "dead letter", &id, true).await?
         }
         DeadLettersCommand::Discard { id } => {
-            client
-                .api(Method::DELETE, &format!("/dead-letters/{}", seg(&id)), None)
-                .await?;
-            eprintln!("discarded dead letter {id}");
+            super::jobs::settle(client, out, "dead-letters", "dead letter", &id, false).await?
         }
     }
     Ok(())

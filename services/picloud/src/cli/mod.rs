@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod deploy;
 mod invoke;
+mod jobs;
 pub(crate) mod output;
 mod profile;
 
@@ -97,6 +98,9 @@ pub enum ClientCommand {
     /// Jobs that failed every attempt.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(commands::DeadLettersCommand),
+    /// Queued jobs not yet done: find stuck ones, replay or discard them.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
