@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-pub use invocations::InvocationFilter;
+pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};

@@ -196,7 +196,13 @@ impl RecordBase {
             version: self.version,
             trigger: self.trigger,
             status: outcome.status(),
-            http_status: response.map(|r| r.status),
+            // What the caller got: the script's status, or for a sync
+            // HTTP call that failed, the gateway's error status.
+            http_status: match (response, self.trigger, self.public) {
+                (Some(r), _, _) => Some(r.status),
+                (None, Trigger::Http, false) => Some(outcome.caller_status()),
+                (None, _, _) => None,
+            },
             started_at: self.started_at,
             duration_us: self.started.elapsed().as_micros() as u64,
             log,
