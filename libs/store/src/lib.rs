@@ -26,6 +26,7 @@ pub mod outbox;
 pub mod schedules;
 pub mod scripts;
 pub mod secrets;
+pub mod stats;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ pub use outbox::{OutboxKind, OutboxRow};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
 pub use scripts::{ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
+pub use stats::{FlowRow, StatRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -29,6 +29,7 @@ pub mod records;
 pub mod relay;
 pub mod scheduler;
 pub mod secrets;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -70,19 +71,29 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     let secret_box = Arc::new(secrets::SecretBox::load(config)?);
     let publisher = publisher::Publisher::new(store.clone(), bus.clone());
 
+    let rollup = stats::Rollup::default();
+
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("publisher", publisher.clone().run(shutdown.clone()));
+    tasks.spawn("stats", rollup.clone().run(store.clone(), shutdown.clone()));
     publisher.request_sync();
     let retention = std::time::Duration::from_secs(config.invocation_retention_hours * 3600);
     tasks.spawn(
         "records",
-        records::run(store.clone(), bus.clone(), retention, shutdown.clone()),
+        records::run(
+            store.clone(),
+            bus.clone(),
+            rollup.clone(),
+            retention,
+            shutdown.clone(),
+        ),
     );
     tasks.spawn(
         "effects",
         effects::serve(
             store.clone(),
             bus.clone(),
+            rollup.clone(),
             config.max_trace_invocations,
             shutdown.clone(),
         ),

@@ -6,6 +6,7 @@ mod modules;
 mod schedules;
 mod scripts;
 mod secrets;
+mod stats;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -80,6 +81,8 @@ pub fn router(state: Shared) -> Router {
             get(subscriptions::dead_letter).delete(subscriptions::discard),
         )
         .route("/dead-letters/{id}/replay", post(subscriptions::replay))
+        .route("/stats", get(stats::stats))
+        .route("/topology", get(stats::topology))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{seq}", get(jobs::get).delete(jobs::discard))
         .route("/jobs/{seq}/replay", post(jobs::replay))
