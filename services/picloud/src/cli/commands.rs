@@ -149,7 +149,12 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             }
             Ok(())
         }
-        ClientCommand::Rm { name } => {
+        ClientCommand::Rm { name, yes } => {
+            if !yes {
+                confirm(&format!(
+                    "delete script {name} with its versions, schedules, subscriptions and kv?"
+                ))?;
+            }
             client
                 .api(Method::DELETE, &format!("/scripts/{}", seg(&name)), None)
                 .await?;
@@ -598,4 +603,24 @@ async fn dead_letters(client: &Client, out: Out, c: DeadLettersCommand) -> Resul
         }
     }
     Ok(())
+}
+
+/// Asks `question` on a terminal; without one, refuses (the caller must say
+/// `--yes`). Anything but y/yes is a no.
+fn confirm(question: &str) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{question} Not asking without a terminal: pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::local(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::local("not deleted"))
+    }
 }

@@ -65,8 +65,14 @@ pub enum ClientCommand {
     Ls,
     /// Show a script and its active version.
     Show { name: String },
-    /// Delete a script with its versions, schedules, subscriptions and kv.
-    Rm { name: String },
+    /// Delete a script with its versions, schedules, subscriptions and kv
+    /// (asks first on a terminal; elsewhere needs --yes).
+    Rm {
+        name: String,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// List a script's versions.
     Versions { name: String },
     /// Make an earlier version of a script the active one.
@@ -107,15 +113,21 @@ pub enum ClientCommand {
 
 /// Runs a client command and turns its outcome into an exit code.
 pub async fn run(command: ClientCommand, target: Target) -> ExitCode {
+    let json = target.json;
     match commands::dispatch(command, target).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            // Machine-readable, on stderr: stdout stays empty on failure.
+            eprintln!("{}", e.to_json());
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             // The message may quote a script's words: no escape sequences.
             eprintln!("error: {}", output::escape_controls(&e.to_string(), true));
             if let Some(help) = e.help() {
                 eprintln!("help: {help}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }
