@@ -82,7 +82,7 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
         "{banner:?}"
     );
     assert!(
-        banner.iter().any(|l| l.contains("curl -X PUT")),
+        banner.iter().any(|l| l.contains("picloud login --local")),
         "{banner:?}"
     );
     assert!(
@@ -107,6 +107,40 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     c.wait_for_body("hello?who=PiCloud", "Hello, PiCloud!")
         .await;
+
+    // The banner's CLI steps, as a new user runs them from the clone:
+    // `login --local` finds this instance's URL and token, then deploy the
+    // example and call it.
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_picloud"))
+            .args(args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("PICLOUD_DATA_DIR", &data_dir)
+            .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+            .env_remove("PICLOUD_URL")
+            .env_remove("PICLOUD_TOKEN")
+            .env_remove("PICLOUD_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "picloud {args:?}: {}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    cli(&["login", "--local"]);
+    cli(&["deploy", "examples/hello.rhai", "--name", "hello2"]);
+    assert_eq!(
+        cli(&["invoke", "hello2", "?who=PiCloud"]).trim(),
+        "Hello, PiCloud!"
+    );
 
     // SIGTERM: drain, stop the children, exit 0.
     picloud_supervise::signal(child.id(), Signal::SIGTERM);

@@ -106,8 +106,13 @@ pub enum DeadLettersCommand {
 
 pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliError> {
     let out = Out::new(target.json);
-    if let ClientCommand::Login { url, token_stdin } = command {
-        return login(&target, &url, token_stdin).await;
+    if let ClientCommand::Login {
+        url,
+        token_stdin,
+        local,
+    } = command
+    {
+        return login(&target, url, token_stdin, local).await;
     }
     let client = connect(&target)?;
     match command {
@@ -338,8 +343,21 @@ fn connect(target: &Target) -> Result<Client, CliError> {
     }
 }
 
-async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliError> {
-    let token = if token_stdin {
+async fn login(
+    target: &Target,
+    url: Option<String>,
+    token_stdin: bool,
+    local: bool,
+) -> Result<(), CliError> {
+    let (url, local_token) = if local {
+        let (u, t) = local_instance()?;
+        (url.unwrap_or(u), Some(t))
+    } else {
+        (url.unwrap_or_default(), None)
+    };
+    let token = if let Some(t) = local_token {
+        t
+    } else if token_stdin {
         read_stdin()?
     } else if let Some(t) = &target.token {
         t.clone()
@@ -374,6 +392,30 @@ async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliE
         path.display()
     );
     Ok(())
+}
+
+/// The URL and admin token of the `picloud up` on this machine, found the
+/// way `up` finds them (PICLOUD_CONFIG, PICLOUD_LISTEN, PICLOUD_DATA_DIR).
+fn local_instance() -> Result<(String, String), CliError> {
+    let config = picloud_core::Config::load()
+        .map_err(|e| CliError::local(format!("cannot read the local configuration: {e}")))?;
+    let path = config.data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::local(format!(
+            "cannot read the local admin token at {} ({e}); is `picloud up` running \
+             here as this user? (set PICLOUD_DATA_DIR to its data directory)",
+            path.display()
+        ))
+    })?;
+    let ip = config.listen.ip();
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    Ok((format!("http://{host}:{}", config.listen.port()), token))
 }
 
 /// Asks for a credential on the terminal without echoing it.

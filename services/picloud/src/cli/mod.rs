@@ -41,11 +41,17 @@ pub struct Target {
 pub enum ClientCommand {
     /// Store the URL and admin token of a PiCloud in a profile.
     Login {
-        /// e.g. http://127.0.0.1:8080
-        url: String,
+        /// e.g. http://127.0.0.1:8080 (with --local: the address `picloud
+        /// up` listens on, PICLOUD_LISTEN or 127.0.0.1:8080).
+        #[arg(required_unless_present = "local")]
+        url: Option<String>,
         /// Read the token from standard input instead of --token/PICLOUD_TOKEN.
         #[arg(long)]
         token_stdin: bool,
+        /// Log in to the `picloud up` on this machine: its token is read
+        /// from its data directory (PICLOUD_DATA_DIR, as `up` finds it).
+        #[arg(long, conflicts_with = "token_stdin")]
+        local: bool,
     },
     /// Deploy a script (FILE) or every *.rhai in a folder (modules first).
     Deploy {
