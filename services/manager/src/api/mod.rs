@@ -2,6 +2,7 @@
 
 mod invocations;
 mod modules;
+mod nodes;
 mod schedules;
 mod scripts;
 mod secrets;
@@ -24,6 +25,7 @@ use crate::publisher::Publisher;
 
 pub struct AppState {
     pub store: Store,
+    pub bus: picloud_bus::Bus,
     pub publisher: Publisher,
     pub compiler: Compiler,
     pub token: TokenHash,
@@ -72,6 +74,7 @@ pub fn router(state: Shared) -> Router {
             "/subscriptions/{id}",
             axum::routing::delete(subscriptions::delete),
         )
+        .route("/nodes", get(nodes::list))
         .route("/dead-letters", get(subscriptions::dead_letters))
         .route(
             "/dead-letters/{id}",

@@ -257,6 +257,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             Ok(())
         }
         ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
+        ClientCommand::Status => super::status::status(&client, out).await,
     }
 }
 

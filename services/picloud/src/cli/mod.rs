@@ -12,6 +12,7 @@ mod deploy;
 mod invoke;
 pub(crate) mod output;
 mod profile;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,9 @@ pub enum ClientCommand {
     /// Jobs that failed every attempt.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(commands::DeadLettersCommand),
+    /// Show the running nodes (roles, workers, load), pending jobs and
+    /// outbox lag.
+    Status,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
