@@ -432,3 +432,35 @@ async fn up_serves_metrics_for_all_its_roles() {
     drop(up);
     env.cleanup().await;
 }
+
+/// Every metric the shipped Grafana dashboard queries is documented (and
+/// so, by the tests above, served).
+#[test]
+fn the_dashboard_uses_documented_names() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs");
+    let dashboard = std::fs::read_to_string(format!("{root}/grafana-dashboard.json")).unwrap();
+    let operations = std::fs::read_to_string(format!("{root}/operations.md")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("picloud_") || word.starts_with("process_") {
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    names.push(base.to_owned());
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            operations.contains(&format!("`{name}`")),
+            "the dashboard queries {name}, which docs/operations.md does not list"
+        );
+    }
+}
