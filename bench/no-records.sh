@@ -107,7 +107,7 @@ NATS_URL=nats://127.0.0.1:$NATS_PORT
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 # tree_ticks ROOT: CPU ticks of one process tree.
-. "$(dirname "$0")/lib.sh"
+. "$ROOT/bench/lib.sh"
 # CPU ticks of this script's process tree.
 our_ticks() { tree_ticks $$; }
 # Up to 120 s, until other processes use < 10% of the machine for a second.
