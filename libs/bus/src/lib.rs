@@ -18,12 +18,15 @@
 //! - **Jobs and events** (`{P}_JOBS`, `{P}_EVENTS`) and the request/reply
 //!   calls to managers (kv, commits, dead letters, async submissions): see
 //!   [`jobs`].
+//! - **Nodes** (`{p}.nodes.ping`, `{p}.nodes.announce`): who is running,
+//!   asked on demand; see [`nodes`].
 
 #![forbid(unsafe_code)]
 
 mod jobs;
 pub mod names;
 mod queued;
+pub mod nodes;
 mod records;
 
 use std::collections::BTreeMap;
@@ -38,6 +41,7 @@ use serde::{Deserialize, Serialize};
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use names::Names;
 pub use queued::QueuedJob;
+pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 
 #[derive(Debug, thiserror::Error)]

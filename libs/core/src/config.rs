@@ -84,6 +84,13 @@ pub struct Config {
     /// Invocations of one script an executor runs at once (sync and async);
     /// 0 = one less than its workers, so another script always has one.
     pub script_concurrency: usize,
+    /// `GET /metrics` asks for this bearer token when set
+    /// (`PICLOUD_METRICS_TOKEN`); otherwise it is open like `/healthz`.
+    pub metrics_token: Option<String>,
+    /// Distinct script names with a `script` label of their own in the
+    /// metrics; later ones share `script="_other"`
+    /// (`PICLOUD_METRICS_MAX_SCRIPTS`).
+    pub metrics_max_scripts: usize,
 }
 
 impl Default for Config {
@@ -123,6 +130,8 @@ impl Default for Config {
             max_chain_depth: crate::chain::DEFAULT_MAX_CHAIN_DEPTH,
             max_trace_invocations: crate::chain::DEFAULT_MAX_TRACE_INVOCATIONS,
             script_concurrency: 0,
+            metrics_token: None,
+            metrics_max_scripts: 200,
         }
     }
 }
@@ -240,6 +249,12 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_SCRIPT_CONCURRENCY") {
             self.script_concurrency = parse("PICLOUD_SCRIPT_CONCURRENCY", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_METRICS_TOKEN") {
+            self.metrics_token = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_METRICS_MAX_SCRIPTS") {
+            self.metrics_max_scripts = parse("PICLOUD_METRICS_MAX_SCRIPTS", &v)?;
         }
         self.validate()
     }

@@ -121,6 +121,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
             },
             bound,
         );
+        run::observe(&base, &result.outcome);
         dead_letter(&server, &settings, &incoming, &base, result).await;
         return;
     }
@@ -333,7 +334,8 @@ async fn settle(
     let job = &incoming.job;
     let attempt = incoming.attempt;
     let outcome = match settled {
-        Settled::Committed(_) => {
+        Settled::Committed(result) => {
+            run::observe(base, &result.outcome);
             log_settle(incoming.ack().await, "ack");
             return;
         }
@@ -346,6 +348,7 @@ async fn settle(
         }
         Settled::Plain(result) => result,
     };
+    run::observe(base, &outcome.outcome);
     if matches!(outcome.outcome, Outcome::Response(_)) {
         // Sync-only shape (no commit needed) cannot happen for jobs, but a
         // successful run is never retried.
@@ -388,7 +391,10 @@ async fn dead_letter(
         )
         .await;
     match stored {
-        Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
+        Ok(reply @ (CommitReply::Committed | CommitReply::AlreadyCommitted)) => {
+            if reply == CommitReply::Committed {
+                picloud_metrics::global().dead_letter();
+            }
             log_settle(incoming.terminate().await, "term");
         }
         other => {

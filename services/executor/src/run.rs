@@ -217,6 +217,22 @@ impl RecordBase {
     }
 }
 
+/// Counts an invocation that ran to an end (once per invocation or job
+/// attempt) in the process's metrics.
+pub fn observe(base: &RecordBase, outcome: &Outcome) {
+    let limit = match outcome {
+        Outcome::LimitExceeded { message } => Some(picloud_metrics::limit_label(message)),
+        _ => None,
+    };
+    picloud_metrics::global().invocation(
+        &base.script,
+        base.trigger.as_str(),
+        outcome.status().as_str(),
+        limit,
+        base.started.elapsed(),
+    );
+}
+
 /// How a run ended, commit included.
 pub enum Settled {
     /// Nothing to commit (no kv, no emits), or the script failed.
@@ -299,7 +315,10 @@ pub fn run_committed(
             Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
                 return Settled::Committed(result);
             }
-            Ok(CommitReply::Conflict) => continue,
+            Ok(CommitReply::Conflict) => {
+                picloud_metrics::global().kv_commit_conflict();
+                continue;
+            }
             Ok(CommitReply::Failed { message }) => {
                 return Settled::NotCommitted(result, message);
             }

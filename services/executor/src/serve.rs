@@ -218,10 +218,14 @@ impl Server {
                 error,
                 ..
             }) => {
+                run::observe(&base, &outcome);
                 self.recorder.record(base.into_record(&outcome, log, error));
                 outcome
             }
-            Settled::Committed(result) => result.outcome,
+            Settled::Committed(result) => {
+                run::observe(&base, &result.outcome);
+                result.outcome
+            }
             Settled::NotCommitted(result, why) => {
                 // Nothing of it was applied: its caller must not see success.
                 let mut failed = plain(
@@ -234,6 +238,7 @@ impl Server {
                     format!("not committed: {why}"),
                 );
                 failed.log = result.log;
+                run::observe(&base, &failed.outcome);
                 self.recorder.record(base.record(&failed));
                 failed.outcome
             }

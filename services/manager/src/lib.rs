@@ -14,6 +14,8 @@
 //!   across managers; sleeps until the next instant or a change.
 //! - [`secrets`]: encrypts secrets at rest and answers executors' requests
 //!   for them.
+//! - [`probes`]: the queue figures (jobs pending, outbox lag) read when
+//!   `/metrics` is scraped or `GET /api/v1/nodes` is asked.
 //!
 //! Architecture invariant: the manager is the only role that holds database
 //! credentials; everything other roles need, it publishes on the bus.
@@ -24,6 +26,7 @@ pub mod api;
 pub mod compiler;
 pub mod effects;
 pub mod imports;
+pub mod probes;
 pub mod publisher;
 pub mod records;
 pub mod relay;
@@ -113,6 +116,21 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         ),
     );
 
+    picloud_metrics::global().set_max_scripts(config.metrics_max_scripts);
+    probes::register(bus.clone(), store.clone());
+    let (_, node) = bus
+        .serve_node(
+            picloud_bus::NodeSpec {
+                role: "manager",
+                id: None,
+                address: config.listen.to_string(),
+                workers: None,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    tasks.spawn("nodes", node);
+
     let state = Arc::new(api::AppState {
         store: store.clone(),
         bus: bus.clone(),
@@ -164,7 +182,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = manager
         .router
         .clone()
-        .merge(picloud_http::health_router(vec![manager.ready.clone()]));
+        .merge(picloud_http::health_router(vec![manager.ready.clone()]))
+        .merge(picloud_http::metrics_router(
+            config.metrics_token.as_deref(),
+        ));
     picloud_http::serve(
         config.listen,
         router,

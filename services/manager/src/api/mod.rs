@@ -3,6 +3,7 @@
 mod invocations;
 mod jobs;
 mod modules;
+mod nodes;
 mod schedules;
 mod scripts;
 mod secrets;
@@ -75,6 +76,7 @@ pub fn router(state: Shared) -> Router {
             "/subscriptions/{id}",
             axum::routing::delete(subscriptions::delete),
         )
+        .route("/nodes", get(nodes::list))
         .route("/dead-letters", get(subscriptions::dead_letters))
         .route(
             "/dead-letters/{id}",

@@ -268,6 +268,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
         }
         ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
         ClientCommand::Jobs(c) => super::jobs::jobs(&client, out, c).await,
+        ClientCommand::Status => super::status::status(&client, out).await,
     }
 }
 

@@ -13,6 +13,7 @@ mod invoke;
 mod jobs;
 pub(crate) mod output;
 mod profile;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -113,6 +114,9 @@ pub enum ClientCommand {
     /// Queued jobs not yet done: find stuck ones, replay or discard them.
     #[command(subcommand)]
     Jobs(jobs::JobsCommand),
+    /// Show the running nodes (roles, workers, load), pending jobs and
+    /// outbox lag.
+    Status,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
