@@ -37,7 +37,7 @@ pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
 pub use outbox::{OutboxKind, OutboxRow};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
-pub use scripts::{ScriptRow, VersionRow};
+pub use scripts::{NewVersion, ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// A route of the version overlaps one another script holds.
+    #[error(transparent)]
+    RouteConflict(picloud_core::routes::RouteConflict),
 }
 
 impl StoreError {
@@ -59,7 +62,7 @@ impl StoreError {
     /// later may succeed. Callers retry only what is not permanent.
     pub fn is_permanent(&self) -> bool {
         match self {
-            StoreError::Corrupt(_) => true,
+            StoreError::Corrupt(_) | StoreError::RouteConflict(_) => true,
             StoreError::Migrate(_) => false,
             StoreError::Db(e) => match e {
                 sqlx::Error::Database(db) => {

@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{CliError, Client, seg};
-use super::deploy::{DeployArgs, deploy};
+use super::deploy::{DeployArgs, deploy, route_urls};
 use super::invoke::{invocations, invoke};
 use super::output::outln;
 use super::output::{Out, text};
@@ -116,12 +116,14 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             path,
             name,
             limits,
+            routes,
             keep_credentials,
         } => {
             let args = DeployArgs {
                 path,
                 name,
                 limits,
+                routes,
                 keep_credentials,
                 module: false,
             };
@@ -135,6 +137,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                     ("name", "name"),
                     ("active_version", "active"),
                     ("latest_version", "latest"),
+                    ("routes", "routes"),
                     ("updated_at", "updated"),
                 ],
             );
@@ -239,6 +242,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 path: file,
                 name,
                 limits: Vec::new(),
+                routes: Vec::new(),
                 keep_credentials: false,
                 module: true,
             };
@@ -275,6 +279,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
         "sha256": active["sha256"],
         "modules": if modules.is_empty() { "-".to_owned() } else { modules.join(", ") },
         "keep_credentials": active["keep_credentials"],
+        "routes": route_urls(base, &v["routes"]),
         "created_at": v["created_at"],
         "updated_at": v["updated_at"],
     });
@@ -288,6 +293,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
             "sha256",
             "modules",
             "keep_credentials",
+            "routes",
             "created_at",
             "updated_at",
         ],
