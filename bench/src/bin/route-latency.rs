@@ -2,10 +2,10 @@
 //! how long a new custom route takes to be served, and a route table of a
 //! given size for throughput runs.
 //!
-//! `--fill N` first deploys scripts holding N routes in all (`GET
-//! /fill{i}/:id`, up to 32 a script) and a `hello` script on `GET
-//! /hello/:who`, and leaves them deployed (for wrk against
-//! `/hello/world`). Then, for each of `--n` trials: PUT a script whose only
+//! `--fill N` first deploys a `hello` script on `GET /hello/:who` and
+//! scripts holding the other N - 1 routes (`GET /fill{i}/:id`, up to 32 a
+//! script), and leaves them deployed: a table of N routes, for wrk against
+//! `/hello/world`. Then, for each of `--n` trials: PUT a script whose only
 //! route is a fresh path (`GET /rl-{uuid}/:x`), and from the moment the PUT
 //! answers, GET that path on `--poll` (another gateway of the cluster, or
 //! the same base) in a tight loop until it answers 200. Prints p50, p90 and
@@ -35,7 +35,7 @@ struct Args {
     /// Number of trials (0: only fill).
     #[arg(long, default_value_t = 20)]
     n: usize,
-    /// Routes to deploy first (kept, with `hello` on `GET /hello/:who`).
+    /// Routes to deploy first, `hello` on `GET /hello/:who` among them (kept).
     #[arg(long, default_value_t = 0)]
     fill: usize,
     /// Give up on one trial after this long.
@@ -84,10 +84,12 @@ async fn main() -> anyhow::Result<()> {
     };
 
     if args.fill > 0 {
+        put("hello".into(), vec!["GET /hello/:who".into()]).await?;
+        let fill = args.fill - 1;
         let mut i = 0;
         let mut script = 0;
-        while i < args.fill {
-            let routes: Vec<String> = (i..(i + PER_SCRIPT).min(args.fill))
+        while i < fill {
+            let routes: Vec<String> = (i..(i + PER_SCRIPT).min(fill))
                 .map(|r| format!("GET /fill{r}/:id"))
                 .collect();
             i += routes.len();
