@@ -410,5 +410,4 @@ impl RouteMatcher {
 }
 
 #[cfg(test)]
-#[path = "routes_tests.rs"]
 mod tests;
