@@ -103,6 +103,33 @@ async fn routes_capture_params_and_catch_alls() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
         assert_eq!(body["error"]["code"], "not_found", "{body}");
     }
+    // An async call on a custom route keeps its params in the job.
+    let resp = c
+        .http
+        .post(format!("{}/users/7", c.base))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("async call");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND, "POST is not routed");
+    let resp = c
+        .http
+        .put(format!("{}/files/x/y", c.base))
+        .header("prefer", "respond-async")
+        .send()
+        .await
+        .expect("async call");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let status = c
+        .poll_status(&location, Duration::from_secs(30), |v| v["done"] == true)
+        .await
+        .expect("the job ends");
+    let body: Value =
+        serde_json::from_str(status["response"]["body"].as_str().expect("body")).expect("json");
+    assert_eq!(body["params"], json!({ "path": "x/y" }), "{status}");
+    assert_eq!(body["path"], "/files/x/y");
+
     // `/fn/{name}` keeps working, with no params.
     let (status, body) = send(&c, Method::GET, "/fn/users/x").await;
     assert_eq!(status, StatusCode::OK);
