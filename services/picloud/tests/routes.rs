@@ -332,6 +332,8 @@ async fn cli_deploy_with_routes_prints_their_urls() {
     assert!(ls.stdout.contains("GET /hello/:who"), "{ls:?}");
     let v = user.json(&["ls"]).await;
     assert_eq!(v[0]["routes"], json!(["GET /hello/:who"]));
+    let versions = user.ok(&["versions", "api"]).await;
+    assert!(versions.stdout.contains("* /any/*rest"), "{versions:?}");
     let show = user.ok(&["show", "api"]).await;
     assert!(
         show.stdout.contains(&format!("GET {base}/hello/:who")),

@@ -168,6 +168,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 &[
                     ("version", "version"),
                     ("sha256", "sha256"),
+                    ("routes", "routes"),
                     ("created_at", "created"),
                 ],
             );
