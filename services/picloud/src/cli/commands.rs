@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{CliError, Client, seg};
-use super::deploy::{DeployArgs, deploy};
+use super::deploy::{DeployArgs, deploy, route_urls};
 use super::invoke::{invocations, invoke};
 use super::output::outln;
 use super::output::{Out, text};
@@ -121,12 +121,14 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             path,
             name,
             limits,
+            routes,
             keep_credentials,
         } => {
             let args = DeployArgs {
                 path,
                 name,
                 limits,
+                routes,
                 keep_credentials,
                 module: false,
             };
@@ -140,6 +142,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                     ("name", "name"),
                     ("active_version", "active"),
                     ("latest_version", "latest"),
+                    ("routes", "routes"),
                     ("updated_at", "updated"),
                 ],
             );
@@ -175,6 +178,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 &[
                     ("version", "version"),
                     ("sha256", "sha256"),
+                    ("routes", "routes"),
                     ("created_at", "created"),
                 ],
             );
@@ -249,6 +253,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 path: file,
                 name,
                 limits: Vec::new(),
+                routes: Vec::new(),
                 keep_credentials: false,
                 module: true,
             };
@@ -287,6 +292,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
         "sha256": active["sha256"],
         "modules": if modules.is_empty() { "-".to_owned() } else { modules.join(", ") },
         "keep_credentials": active["keep_credentials"],
+        "routes": route_urls(base, &v["routes"]),
         "created_at": v["created_at"],
         "updated_at": v["updated_at"],
     });
@@ -300,6 +306,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
             "sha256",
             "modules",
             "keep_credentials",
+            "routes",
             "created_at",
             "updated_at",
         ],

@@ -63,6 +63,10 @@ pub enum ClientCommand {
         /// A limit for this script, e.g. --limit max_operations=100000.
         #[arg(long = "limit", value_name = "NAME=VALUE")]
         limits: Vec<String>,
+        /// A custom route for the script, e.g. --route 'GET /users/:id'
+        /// (repeatable; `*` as the method answers every method).
+        #[arg(long = "route", value_name = "'METHOD /PATH'")]
+        routes: Vec<String>,
         /// Async jobs keep the caller's Authorization, Cookie and
         /// Proxy-Authorization headers (default: dropped before queueing).
         #[arg(long)]
