@@ -39,7 +39,7 @@ use picloud_core::{
     AsyncAnswer, AsyncSubmit, EventInput, HttpRequestInput, InvocationRequest, Job, Outcome,
     ScriptName, ScriptResponse, Uuid, now_unix_ms,
 };
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorCode};
 
 use crate::idempotency;
 use crate::routes::RouteTable;
@@ -80,6 +80,8 @@ pub fn router(state: Shared, max_request_bytes: usize) -> Router {
             ),
         )
         .with_state(state)
+        // The gateway serves every path outside the admin API.
+        .fallback(picloud_http::no_route)
 }
 
 async fn handle(
@@ -194,14 +196,14 @@ async fn submit_async(
         Ok(AsyncAnswer::KeyReused) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request (method, path, body or credentials); use a new key for a new request",
             ));
         }
         Ok(AsyncAnswer::KeyInFlight) => {
             let mut resp = ApiError::new(
                 StatusCode::CONFLICT,
-                "idempotency_key_in_use",
+                ErrorCode::IdempotencyKeyInUse,
                 "a request with this Idempotency-Key is still being accepted; retry",
             )
             .into_response();
@@ -212,7 +214,7 @@ async fn submit_async(
         Err(CallError::TooLarge(n)) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request is too large to queue ({n} bytes with its envelope)"),
             ));
         }
@@ -224,11 +226,11 @@ async fn submit_async(
         }
     };
     let location = format!("/status/{id}");
-    let body = serde_json::json!({
-        "invocation_id": id,
-        "status_url": location,
-        "existing": existing,
-    });
+    let body = crate::openapi::Accepted {
+        invocation_id: id,
+        status_url: location.clone(),
+        existing,
+    };
     let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     let headers = resp.headers_mut();
     for (name, value) in [
@@ -254,7 +256,8 @@ async fn invoke(
     query: BTreeMap<String, String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found(format!("no script named {name:?}"));
+    let not_found =
+        || ApiError::not_found(format!("no script named {}", picloud_core::quote(name)));
     let name = ScriptName::parse(name).map_err(|_| not_found())?;
     let route = state
         .routes
@@ -299,13 +302,13 @@ async fn invoke(
         Ok(reply) => outcome_response(reply.outcome, id),
         Err(InvokeError::NoExecutor) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_executor",
+            ErrorCode::NoExecutor,
             "no executor is available to run the script",
         )),
         Err(InvokeError::TimedOut) => Err(timeout()),
         Err(InvokeError::TooLarge(n)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request is too large to dispatch ({n} bytes with its envelope)"),
         )),
         Err(InvokeError::Bus(e)) => {
@@ -318,7 +321,7 @@ async fn invoke(
 fn timeout() -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
+        ErrorCode::Timeout,
         "the script did not answer before its deadline",
     )
 }
@@ -353,12 +356,12 @@ fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
         Outcome::Response(r) => Ok(script_response(r)),
         Outcome::ScriptError { message } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "script_error",
+            ErrorCode::ScriptError,
             format!("{message}; see invocation {id} for details"),
         )),
         Outcome::LimitExceeded { message } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "limit_exceeded",
+            ErrorCode::LimitExceeded,
             message,
         )),
         Outcome::Unavailable { message } => Err(ApiError::unavailable(message)),
@@ -367,9 +370,12 @@ fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
             message,
             retry_after_secs,
         } => {
-            let mut resp =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
-                    .into_response();
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                message,
+            )
+            .into_response();
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs),

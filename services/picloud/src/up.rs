@@ -51,15 +51,15 @@ async fn serve(
     let gateway = picloud_gateway::start(config, bus.clone(), shutdown.clone()).await?;
     let executor = picloud_executor::start(config, bus, shutdown.clone()).await?;
     let router =
-        manager
-            .router
-            .clone()
-            .merge(gateway.router.clone())
-            .merge(picloud_http::health_router(vec![
-                manager.ready.clone(),
-                gateway.ready.clone(),
-                executor.ready.clone(),
-            ]));
+        picloud_http::json_method_errors(
+            manager.router.clone().merge(gateway.router.clone()).merge(
+                picloud_http::health_router(vec![
+                    manager.ready.clone(),
+                    gateway.ready.clone(),
+                    executor.ready.clone(),
+                ]),
+            ),
+        );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set PICLOUD_LISTEN)", config.listen))?;
