@@ -20,9 +20,10 @@ if ! "$venv/bin/st" --version 2>/dev/null | grep -q "$st_version"; then
   mkdir -p "$(dirname "$venv")"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian splits venv (and ensurepip) out of python3.
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-      apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
-    fi
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
     rm -rf "$venv"
     python3 -m venv "$venv"
   fi
@@ -53,6 +54,23 @@ for p in $(shuf -i 20000-60999 -n 200); do
   if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
 done
 base="http://127.0.0.1:$port"
+# METHOD PATH [JSON] -> prints the status (python3 only: curl may be missing).
+call() {
+  python3 - "$base" "$token" "$@" <<'PY'
+import sys, urllib.request, urllib.error
+base, token, method, path = sys.argv[1:5]
+data = sys.argv[5].encode() if len(sys.argv) > 5 else None
+req = urllib.request.Request(base + path, data=data, method=method)
+req.add_header("Authorization", "Bearer " + token)
+req.add_header("Content-Type", "application/json")
+try:
+    print(urllib.request.urlopen(req, timeout=10).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+except OSError:
+    print(0)
+PY
+}
 
 PICLOUD_DATABASE_URL="$db_url" \
 PICLOUD_NATS_URL="$PICLOUD_TEST_NATS_URL" \
@@ -63,24 +81,29 @@ PICLOUD_PREFIX="t${id:0:12}" \
 RUST_LOG="${RUST_LOG:-warn}" \
   "$bin" up >"$work/picloud.log" 2>&1 &
 pid=$!
-for _ in $(seq 600); do
-  curl -fsS "$base/readyz" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$work/picloud.log"; echo "schemathesis: picloud up exited"; exit 1; }
-  sleep 0.1
+ready=""
+for _ in $(seq 300); do
+  [ "$(call GET /readyz)" = 200 ] && { ready=1; break; }
+  kill -0 "$pid" 2>/dev/null || break
+  sleep 0.2
 done
-curl -fsS "$base/readyz" >/dev/null || { cat "$work/picloud.log"; echo "schemathesis: picloud up not ready"; exit 1; }
+[ -n "$ready" ] || { cat "$work/picloud.log"; echo "schemathesis: picloud up did not become ready"; exit 1; }
 
 # Something to find: a script, a module, a secret, a schedule, a subscription.
-auth=(-H "Authorization: Bearer $token" -H 'content-type: application/json')
-curl -fsS -X PUT "${auth[@]}" "$base/api/v1/scripts/hello" -d '{"source": "`hello`"}' >/dev/null
-curl -fsS -X PUT "${auth[@]}" "$base/api/v1/modules/util" -d '{"source": "fn two() { 2 }"}' >/dev/null
-curl -fsS -X PUT "${auth[@]}" "$base/api/v1/secrets/key" -d '{"value": "s3cret"}' >/dev/null
-curl -fsS -X POST "${auth[@]}" "$base/api/v1/schedules" -d '{"script": "hello", "cron": "0 3 * * *"}' >/dev/null
-curl -fsS -X POST "${auth[@]}" "$base/api/v1/subscriptions" -d '{"script": "hello", "topic": "orders.*"}' >/dev/null
+seed() {
+  local got
+  got=$(call "$@")
+  case "$got" in 2??) ;; *) echo "schemathesis: seeding $1 $2 answered $got"; exit 1 ;; esac
+}
+seed PUT /api/v1/scripts/hello '{"source": "`hello`"}'
+seed PUT /api/v1/modules/util '{"source": "fn two() { 2 }"}'
+seed PUT /api/v1/secrets/key '{"value": "s3cret"}'
+seed POST /api/v1/schedules '{"script": "hello", "cron": "0 3 * * *"}'
+seed POST /api/v1/subscriptions '{"script": "hello", "topic": "orders.*"}'
 
 # /metrics is documented; until this build serves it, it is left out.
 exclude=()
-if [ "$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")" != 200 ]; then
+if [ "$(call GET /metrics)" != 200 ]; then
   exclude=(--exclude-path /metrics)
 fi
 

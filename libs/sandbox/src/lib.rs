@@ -227,7 +227,10 @@ impl Sandbox {
                 move |name: &str| -> Result<String, Box<EvalAltResult>> {
                     match c.secret(name) {
                         Ok(Some(v)) => Ok(v),
-                        Ok(None) => Err(runtime_error(format!("no secret named {name:?}"))),
+                        Ok(None) => Err(runtime_error(format!(
+                            "no secret named {}",
+                            picloud_core::quote(name)
+                        ))),
                         Err(e) => Err(runtime_error(e)),
                     }
                 },

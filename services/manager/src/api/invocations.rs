@@ -181,6 +181,7 @@ pub struct AsyncStatus {
     params(("id" = Uuid, Path, description = "the `invocation_id` of a 202 answer")),
     responses(
         (status = 200, description = "where the call is", body = AsyncStatus),
+        (status = 400, description = "the path is not valid UTF-8", body = ErrorBody),
         (status = 404, description = "no such async call", body = ErrorBody),
         (status = 500, description = "server fault", body = ErrorBody),
     ))]
