@@ -24,6 +24,68 @@ pub struct Accepted {
 #[openapi(paths(call, call_path), components(schemas(Accepted)))]
 pub struct GatewayDoc;
 
+/// The headers PiCloud itself reads on `/fn` (the script sees all of them).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct CallHeaders {
+    /// `respond-async` queues the call and answers `202`.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+    /// With `respond-async`: one job per key and request for 24 h (1 to 255
+    /// visible ASCII characters; ignored without `respond-async`).
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// What `/fn` answers: the script's own answer, or one of PiCloud's errors.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum CallResponses {
+    #[response(status = 202, description = "queued (`Prefer: respond-async`)")]
+    Accepted(Accepted),
+    #[response(status = 400, description = "bad query string or `Idempotency-Key`")]
+    BadRequest(ErrorBody),
+    #[response(status = 404, description = "no such script")]
+    NotFound(ErrorBody),
+    #[response(status = 408, description = "the body did not arrive in time")]
+    RequestTimeout(ErrorBody),
+    #[response(
+        status = 409,
+        description = "a request with this `Idempotency-Key` is still being accepted"
+    )]
+    InUse(ErrorBody),
+    #[response(status = 413, description = "the body is too large")]
+    TooLarge(ErrorBody),
+    #[response(
+        status = 422,
+        description = "the `Idempotency-Key` was used with another request"
+    )]
+    KeyReused(ErrorBody),
+    #[response(
+        status = 429,
+        description = "the script runs as many calls as it may (`Retry-After`)"
+    )]
+    TooMany(ErrorBody),
+    #[response(status = 500, description = "the script failed or hit a limit")]
+    Failed(ErrorBody),
+    #[response(
+        status = 503,
+        description = "no executor, or the message bus is unavailable"
+    )]
+    Unavailable(ErrorBody),
+    #[response(
+        status = 504,
+        description = "the script did not answer before its deadline"
+    )]
+    Timeout(ErrorBody),
+    #[response(
+        status = "default",
+        description = "the script's own answer (any status, headers and body)"
+    )]
+    Script,
+}
+
 /// Call a script: the request becomes its `request`; its answer is the
 /// response. With `Prefer: respond-async` the call is queued and answered
 /// `202` with a status URL.
@@ -35,24 +97,10 @@ pub struct GatewayDoc;
     security(()),
     params(
         ("name" = String, Path, description = "the script", pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63),
-        ("Prefer" = Option<String>, Header, description = "`respond-async` queues the call"),
-        ("Idempotency-Key" = Option<String>, Header, description = "with `respond-async`: one job per key and request for 24 h (1 to 255 visible ASCII characters; ignored without `respond-async`)"),
+        CallHeaders,
     ),
     request_body(content = inline(serde_json::Value), content_type = "*/*", description = "any body; the script sees it as text"),
-    responses(
-        (status = 202, description = "queued (`Prefer: respond-async`)", body = Accepted),
-        (status = 400, description = "bad query string or `Idempotency-Key`", body = ErrorBody),
-        (status = 404, description = "no such script", body = ErrorBody),
-        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "a request with this `Idempotency-Key` is still being accepted", body = ErrorBody),
-        (status = 413, description = "the body is too large", body = ErrorBody),
-        (status = 422, description = "the `Idempotency-Key` was used with another request", body = ErrorBody),
-        (status = 429, description = "the script runs as many calls as it may (`Retry-After`)", body = ErrorBody),
-        (status = 500, description = "the script failed or hit a limit", body = ErrorBody),
-        (status = 503, description = "no executor, or the message bus is unavailable", body = ErrorBody),
-        (status = 504, description = "the script did not answer before its deadline", body = ErrorBody),
-        (status = "default", description = "the script's own answer (any status, headers and body)"),
-    )
+    responses(CallResponses)
 )]
 #[allow(dead_code)]
 fn call() {}
@@ -67,24 +115,10 @@ fn call() {}
     params(
         ("name" = String, Path, description = "the script", pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63),
         ("rest" = String, Path, description = "the rest of the path (may hold `/`)"),
-        ("Prefer" = Option<String>, Header, description = "`respond-async` queues the call"),
-        ("Idempotency-Key" = Option<String>, Header, description = "with `respond-async`: one job per key and request for 24 h (ignored without `respond-async`)"),
+        CallHeaders,
     ),
     request_body(content = inline(serde_json::Value), content_type = "*/*", description = "any body; the script sees it as text"),
-    responses(
-        (status = 202, description = "queued (`Prefer: respond-async`)", body = Accepted),
-        (status = 400, description = "bad query string or `Idempotency-Key`", body = ErrorBody),
-        (status = 404, description = "no such script", body = ErrorBody),
-        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
-        (status = 409, description = "a request with this `Idempotency-Key` is still being accepted", body = ErrorBody),
-        (status = 413, description = "the body is too large", body = ErrorBody),
-        (status = 422, description = "the `Idempotency-Key` was used with another request", body = ErrorBody),
-        (status = 429, description = "the script runs as many calls as it may (`Retry-After`)", body = ErrorBody),
-        (status = 500, description = "the script failed or hit a limit", body = ErrorBody),
-        (status = 503, description = "no executor, or the message bus is unavailable", body = ErrorBody),
-        (status = 504, description = "the script did not answer before its deadline", body = ErrorBody),
-        (status = "default", description = "the script's own answer (any status, headers and body)"),
-    )
+    responses(CallResponses)
 )]
 #[allow(dead_code)]
 fn call_path() {}
