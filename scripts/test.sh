@@ -91,9 +91,10 @@ cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; 
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
 # The HTTP contract: schemathesis against a live `picloud up` (see the script).
+contract="schemathesis: every response matches the OpenAPI document"
 scripts/schemathesis.sh 2>&1 | tee "$work/schemathesis.log" || {
   status=1
-  echo "checks: schemathesis found responses that break the OpenAPI document (see above)"
+  contract="schemathesis: FAILED (a 5xx, or a response or request the OpenAPI document does not allow; see above)"
 }
 # One closing line for the whole run (cargo prints one per test binary). A
 # test binary that crashed (a signal, an abort) prints cargo's "test failed"
@@ -105,4 +106,5 @@ awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
      END { if (e > r) f += e - r
            f += c
            printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
+echo "$contract"
 exit "$status"
