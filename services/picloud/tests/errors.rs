@@ -55,145 +55,128 @@ async fn wait_up(base: &str) {
     .expect("the role serves");
 }
 
+/// Starts a role alone (cluster mode) on a port of its own; its base URL.
+async fn alone<F>(env: &TestEnv, run: impl FnOnce(picloud_core::Config) -> F) -> String
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut config = env.config.clone();
+    config.listen = ([127, 0, 0, 1], free_port()).into();
+    let base = format!("http://{}", config.listen);
+    tokio::spawn(run(config));
+    wait_up(&base).await;
+    base
+}
+
 #[tokio::test]
 async fn unknown_paths_and_methods_answer_json_on_every_router() {
     let mut env = TestEnv::new().await;
     let front = env.start_front().await;
-    let http = reqwest::Client::new();
-    let t = env.token.clone();
-    let (nf, na) = (StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED);
-
-    // manager + gateway on one port, as `picloud up` serves them.
-    let b = &front.base;
-    let body = assert_json_error(
-        &http,
-        &t,
-        Method::GET,
-        &format!("{b}/nowhere"),
-        nf,
-        "not_found",
-    )
-    .await;
-    assert_eq!(body["error"]["message"], "no endpoint at /nowhere");
-    assert_json_error(
-        &http,
-        &t,
-        Method::GET,
-        &format!("{b}/api/v1/nowhere"),
-        nf,
-        "not_found",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
-        Method::DELETE,
-        &format!("{b}/healthz"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
-        Method::PUT,
-        &format!("{b}/status/x"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-    let body = assert_json_error(
-        &http,
-        &t,
-        Method::POST,
-        &format!("{b}/api/v1/scripts"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-    assert_eq!(
-        body["error"]["message"],
-        "/api/v1/scripts does not take POST"
-    );
-    assert_json_error(
-        &http,
-        &t,
-        Method::PATCH,
-        &format!("{b}/api/v1/scripts/x/versions"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-
-    // The manager alone (cluster mode).
     let shutdown = Shutdown::new();
-    let mut config = env.config.clone();
-    config.listen = ([127, 0, 0, 1], free_port()).into();
-    let manager = format!("http://{}", config.listen);
-    tokio::spawn(picloud_manager::run(config, shutdown.clone()));
-    wait_up(&manager).await;
-    assert_json_error(
-        &http,
-        &t,
+    let s = shutdown.clone();
+    let manager = alone(&env, move |c| picloud_manager::run(c, s)).await;
+    let s = shutdown.clone();
+    let gateway = alone(&env, move |c| picloud_gateway::run(c, s)).await;
+    let http = reqwest::Client::new();
+    let (nf, na) = (StatusCode::NOT_FOUND, StatusCode::METHOD_NOT_ALLOWED);
+    let (get, post, put, patch, delete) = (
         Method::GET,
-        &format!("{manager}/fn/hello"),
-        nf,
-        "not_found",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
         Method::POST,
-        &format!("{manager}/readyz"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
-        Method::DELETE,
-        &format!("{manager}/api/v1/secrets"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-
-    // The gateway alone.
-    let mut config = env.config.clone();
-    config.listen = ([127, 0, 0, 1], free_port()).into();
-    let gateway = format!("http://{}", config.listen);
-    tokio::spawn(picloud_gateway::run(config, shutdown.clone()));
-    wait_up(&gateway).await;
-    assert_json_error(
-        &http,
-        &t,
-        Method::GET,
-        &format!("{gateway}/api/v1/scripts"),
-        nf,
-        "not_found",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
-        Method::GET,
-        &format!("{gateway}/"),
-        nf,
-        "not_found",
-    )
-    .await;
-    assert_json_error(
-        &http,
-        &t,
         Method::PUT,
-        &format!("{gateway}/healthz"),
-        na,
-        "method_not_allowed",
-    )
-    .await;
-
+        Method::PATCH,
+        Method::DELETE,
+    );
+    let b = &front.base;
+    // (method, URL, status, code, message when it matters)
+    let cases = [
+        // manager + gateway on one port, as `picloud up` serves them.
+        (
+            get.clone(),
+            format!("{b}/nowhere"),
+            nf,
+            "not_found",
+            Some("no endpoint at /nowhere"),
+        ),
+        (
+            get.clone(),
+            format!("{b}/api/v1/nowhere"),
+            nf,
+            "not_found",
+            None,
+        ),
+        (
+            delete.clone(),
+            format!("{b}/healthz"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            put.clone(),
+            format!("{b}/status/x"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            post.clone(),
+            format!("{b}/api/v1/scripts"),
+            na,
+            "method_not_allowed",
+            Some("/api/v1/scripts does not take POST"),
+        ),
+        (
+            patch,
+            format!("{b}/api/v1/scripts/x/versions"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+        // The manager alone.
+        (
+            get.clone(),
+            format!("{manager}/fn/hello"),
+            nf,
+            "not_found",
+            None,
+        ),
+        (
+            post,
+            format!("{manager}/readyz"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            delete,
+            format!("{manager}/api/v1/secrets"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+        // The gateway alone.
+        (
+            get.clone(),
+            format!("{gateway}/api/v1/scripts"),
+            nf,
+            "not_found",
+            None,
+        ),
+        (get, format!("{gateway}/"), nf, "not_found", None),
+        (
+            put,
+            format!("{gateway}/healthz"),
+            na,
+            "method_not_allowed",
+            None,
+        ),
+    ];
+    for (method, url, status, code, message) in cases {
+        let body = assert_json_error(&http, &env.token, method, &url, status, code).await;
+        if let Some(m) = message {
+            assert_eq!(body["error"]["message"], m, "{url}");
+        }
+    }
     shutdown.cancel();
     env.cleanup().await;
 }
