@@ -26,8 +26,8 @@
 
 mod jobs;
 pub mod names;
-mod queued;
 pub mod nodes;
+mod queued;
 mod records;
 
 use std::collections::BTreeMap;
@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use names::Names;
-pub use queued::QueuedJob;
 pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
+pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 
 #[derive(Debug, thiserror::Error)]
