@@ -126,7 +126,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             limit_hits: Family::default(),
             scrape: scrape::Probes::default(),
-            started_unix: AtomicI64::new(process::now_unix()),
+            started_unix: AtomicI64::new(process::start_unix().unwrap_or_else(process::now_unix)),
         };
         m.register()
     }
