@@ -1,6 +1,7 @@
 //! The admin API: `/api/v1/...`, JSON in and out, bearer token required.
 
 mod invocations;
+pub mod logs;
 mod modules;
 mod schedules;
 mod scripts;
@@ -33,6 +34,9 @@ pub struct AppState {
     /// Attempts of a schedule's firing when it does not set its own.
     pub max_attempts: u32,
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// For the live logs.
+    pub bus: picloud_bus::Bus,
+    pub follow: logs::FollowSettings,
 }
 
 pub type Shared = Arc<AppState>;
@@ -49,6 +53,7 @@ pub fn router(state: Shared) -> Router {
                 .delete(scripts::delete),
         )
         .route("/scripts/{name}/versions", get(scripts::versions))
+        .route("/scripts/{name}/logs", get(logs::script_logs))
         .route("/scripts/{name}/versions/{version}", get(scripts::version))
         .route("/scripts/{name}/rollback", post(scripts::rollback))
         .route("/modules", get(modules::list))
@@ -64,6 +69,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
+        .route("/invocations/{id}/logs", get(logs::invocation_logs))
         .route(
             "/subscriptions",
             get(subscriptions::list).post(subscriptions::create),

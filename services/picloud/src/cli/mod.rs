@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod deploy;
 mod invoke;
+mod logs;
 pub(crate) mod output;
 mod profile;
 
@@ -72,6 +73,8 @@ pub enum ClientCommand {
     Rollback { name: String, version: u32 },
     /// Call a script's endpoint.
     Invoke(invoke::InvokeArgs),
+    /// A script's log: recent lines, or follow it live with -f.
+    Logs(logs::LogsArgs),
     /// Invocation records.
     #[command(subcommand)]
     Invocations(invoke::InvocationsCommand),
