@@ -141,7 +141,8 @@ async fn follow_logs(
         .follow_logs(name.as_str(), after)
         .await
         .map_err(bus_unavailable)?;
-    let (tx, rx) = mpsc::channel(settings.buffer);
+    // (tokio's channel refuses 0 and absurd capacities.)
+    let (tx, rx) = mpsc::channel(settings.buffer.clamp(1, 1 << 20));
     let (last_tx, last_rx) = oneshot::channel();
     tokio::spawn(pump(
         Follower {
