@@ -106,21 +106,8 @@ for ((i = 0; i < 200; i++)); do port_open "$NATS_PORT" && break; sleep 0.1; done
 NATS_URL=nats://127.0.0.1:$NATS_PORT
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
-# CPU ticks of one process tree (reaped children included).
-tree_ticks() {
-    local p total=0 rest
-    for p in $(ps -e -o pid=,ppid= | awk -v root="$1" '
-        { parent[$1] = $2; all[NR] = $1 }
-        END { keep[root] = 1; changed = 1
-              while (changed) { changed = 0
-                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
-              for (p in keep) print p }'); do
-        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        rest=${rest##*) }
-        total=$((total + $(awk '{print $12 + $13 + $14 + $15}' <<<"$rest")))
-    done
-    echo "$total"
-}
+# tree_ticks ROOT: CPU ticks of one process tree.
+. "$ROOT/bench/lib.sh"
 # CPU ticks of this script's process tree.
 our_ticks() { tree_ticks $$; }
 # Up to 120 s, until other processes use < 10% of the machine for a second.

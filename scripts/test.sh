@@ -10,6 +10,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# promtool validates every role's /metrics (services/picloud/tests/metrics.rs
+# fails without it, unless PICLOUD_TEST_NO_PROMTOOL=1). Debian ships it in
+# the `prometheus` package.
+if ! command -v promtool >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_PROMTOOL:-}" != 1 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: prometheus (for promtool)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
 chmod 755 "$work"

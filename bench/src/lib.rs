@@ -12,6 +12,8 @@
 //!   work-queue stream with a pull consumer instead.
 //! - `redeploy-latency`: how long a running PiCloud takes from "PUT a new
 //!   version" to "/fn serves it".
+//! - `route-latency`: how long a new custom route takes to be served (on
+//!   another gateway too), and a route table of a given size.
 //!
 //! This library holds what they share: the worker pool, percentiles and
 //! run-unique names.

@@ -166,6 +166,17 @@ const NEVER: &[(&str, &[&str], &str)] = &[
         &["async-nats", "sqlx", "picloud-bus", "picloud-store"],
         "the HTTP plumbing knows no NATS and no SQL",
     ),
+    (
+        "picloud-metrics",
+        &[
+            "async-nats",
+            "sqlx",
+            "picloud-bus",
+            "picloud-store",
+            "picloud-sandbox",
+        ],
+        "metrics are instruments and probes: the roles read NATS and Postgres for them",
+    ),
 ];
 
 /// Dependency edges that break the code map's invariants.

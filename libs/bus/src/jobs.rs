@@ -300,6 +300,19 @@ impl crate::Bus {
         Ok(scripts)
     }
 
+    /// Jobs stored and not yet acknowledged (waiting, retrying or
+    /// running): the jobs stream's message count (work-queue retention
+    /// removes a job once acked). Read on a metrics scrape.
+    pub async fn jobs_pending(&self) -> Result<u64, BusError> {
+        // Opening a stream asks the server for its info: one request.
+        let stream = self
+            .js
+            .get_stream(self.names.jobs_stream())
+            .await
+            .map_err(|e| BusError::js("jobs stream info")(e.into()))?;
+        Ok(stream.cached_info().state.messages)
+    }
+
     /// The doorbell: the name of the script of every job published through
     /// the bus, once stored (best effort: a ring may be missed, see
     /// [`scripts_with_jobs`](Self::scripts_with_jobs)).

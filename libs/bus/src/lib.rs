@@ -4,8 +4,9 @@
 //! ([`names::Names`]), and the only one that speaks `async-nats`. The roles
 //! talk through [`Bus`]:
 //!
-//! - **Routes** (`{P}_ROUTES` KV bucket): script name → active version and its
-//!   wall-time limit. The manager writes; gateways watch and cache.
+//! - **Routes** (`{P}_ROUTES` KV bucket): script name → active version, its
+//!   wall-time limit and its custom HTTP routes. The manager writes;
+//!   gateways watch and cache.
 //! - **Versions** (`{P}_VERSIONS` KV bucket): (name, version) → source,
 //!   resolved limits and pinned modules; also every shared-module version. Immutable once written. Executors read on a cache miss;
 //!   no role but the manager ever touches Postgres.
@@ -21,12 +22,16 @@
 //! - **Jobs and events** (`{P}_JOBS`, `{P}_EVENTS`) and the request/reply
 //!   calls to managers (kv, commits, dead letters, async submissions): see
 //!   [`jobs`].
+//! - **Nodes** (`{p}.nodes.ping`, `{p}.nodes.announce`): who is running,
+//!   asked on demand; see [`nodes`].
 
 #![forbid(unsafe_code)]
 
 mod jobs;
 mod logs;
 pub mod names;
+pub mod nodes;
+mod queued;
 mod records;
 
 use std::collections::BTreeMap;
@@ -41,6 +46,8 @@ use serde::{Deserialize, Serialize};
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
 pub use logs::{LogBatch, LogCursor};
 pub use names::Names;
+pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
+pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +106,10 @@ pub struct Route {
     /// `picloud_core::CREDENTIAL_HEADERS`); absent in older routes: false.
     #[serde(default)]
     pub keep_credentials: bool,
+    /// The version's custom HTTP routes (`GET /users/:id`), as stored;
+    /// every gateway builds its route matcher from these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<String>,
 }
 
 /// One immutable script version, as executors need it.

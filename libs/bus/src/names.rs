@@ -151,6 +151,16 @@ impl Names {
         format!("{}.async.submit", self.subject)
     }
 
+    /// Every role instance answers pings here with its `NodeInfo`.
+    pub fn nodes_ping_subject(&self) -> String {
+        format!("{}.nodes.ping", self.subject)
+    }
+
+    /// Role instances announce their start and stop here.
+    pub fn nodes_announce_subject(&self) -> String {
+        format!("{}.nodes.announce", self.subject)
+    }
+
     pub fn routes_bucket(&self) -> String {
         format!("{}_ROUTES", self.stream)
     }

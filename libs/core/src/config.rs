@@ -92,6 +92,13 @@ pub struct Config {
     /// Keepalive comment interval on an idle follower's stream
     /// (`PICLOUD_LOG_KEEPALIVE_MS`).
     pub log_keepalive_ms: u64,
+    /// `GET /metrics` asks for this bearer token when set
+    /// (`PICLOUD_METRICS_TOKEN`); otherwise it is open like `/healthz`.
+    pub metrics_token: Option<String>,
+    /// Distinct script names with a `script` label of their own in the
+    /// metrics; later ones share `script="_other"`
+    /// (`PICLOUD_METRICS_MAX_SCRIPTS`).
+    pub metrics_max_scripts: usize,
 }
 
 impl Default for Config {
@@ -133,6 +140,8 @@ impl Default for Config {
             script_concurrency: 0,
             log_follow_buffer: 4_096,
             log_keepalive_ms: 15_000,
+            metrics_token: None,
+            metrics_max_scripts: 200,
         }
     }
 }
@@ -256,6 +265,12 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_SCRIPT_CONCURRENCY") {
             self.script_concurrency = parse("PICLOUD_SCRIPT_CONCURRENCY", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_METRICS_TOKEN") {
+            self.metrics_token = Some(v);
+        }
+        if let Some(v) = non_empty("PICLOUD_METRICS_MAX_SCRIPTS") {
+            self.metrics_max_scripts = parse("PICLOUD_METRICS_MAX_SCRIPTS", &v)?;
         }
         self.validate()
     }

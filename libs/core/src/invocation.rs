@@ -180,6 +180,18 @@ impl Outcome {
             Outcome::Busy { .. } => InvocationStatus::Unavailable,
         }
     }
+
+    /// The HTTP status a sync caller gets for this outcome (the gateway
+    /// answers it; the record keeps it).
+    pub fn caller_status(&self) -> u16 {
+        match self {
+            Outcome::Response(r) => r.status,
+            Outcome::ScriptError { .. } | Outcome::LimitExceeded { .. } => 500,
+            Outcome::Unavailable { .. } => 503,
+            Outcome::Expired => 504,
+            Outcome::Busy { .. } => 429,
+        }
+    }
 }
 
 /// The durable record of one invocation, written by the manager. Its JSON

@@ -16,6 +16,8 @@
 //!   does with due instants (catch-up, overlap).
 //! - [`backoff`]: capped exponential backoff with jitter for retries of
 //!   unavailable dependencies ([`Backoff`]).
+//! - [`routes`]: custom HTTP routes of scripts (`GET /users/:id`): parsing,
+//!   conflicts, and the matcher gateways build ([`routes::RouteMatcher`]).
 //! - [`config`]: the process configuration (environment and optional TOML).
 //!
 //! Architecture invariant: this crate performs no network or database I/O
@@ -34,6 +36,7 @@ pub mod job;
 pub mod limits;
 pub mod logs;
 pub mod name;
+pub mod routes;
 pub mod schedule;
 
 pub use backoff::Backoff;

@@ -5,6 +5,8 @@
 //! - [`JsonBody`]: a JSON body extractor whose rejections are JSON errors too.
 //! - [`health`]: `/healthz` and `/readyz` from a list of readiness checks.
 //! - [`tasks`]: a role's background tasks; one that dies fails `/readyz`.
+//! - [`metrics`](mod@metrics): `GET /metrics`, and the request metrics
+//!   every listener records (by surface and status).
 //! - [`serve`](mod@serve): bind, serve within [`ServeLimits`] (timeouts and a
 //!   connection cap), drain on shutdown.
 
@@ -12,6 +14,7 @@
 
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod serve;
 pub mod tasks;
 
@@ -24,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, TokenHash};
 pub use health::{ReadyCheck, health_router, ready_when};
+pub use metrics::metrics_router;
 pub use serve::ServeLimits;
 pub use tasks::Tasks;
 

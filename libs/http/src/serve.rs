@@ -18,7 +18,9 @@
 //!   has served a request and no request is in flight for that long (a
 //!   streaming response counts as in flight until its body ends).
 //!
-//! Every response gets `X-Content-Type-Options: nosniff` here, in one place.
+//! Every response gets `X-Content-Type-Options: nosniff` here, in one place,
+//! and every request is counted here (`picloud_http_requests_total`, by
+//! surface and status, and its time to the response head).
 //!
 //! Shutdown stops accepting, asks every connection to finish its current
 //! request, and waits for them.
@@ -153,8 +155,15 @@ async fn connection(
         let mut req = req.map(|b| Body::new(TimedBody::new(b, deadline)));
         req.extensions_mut().insert(ConnectInfo(remote));
         let router = router.clone();
+        let surface = crate::metrics::surface(req.uri().path());
+        let began = std::time::Instant::now();
         async move {
             let mut resp = router.oneshot(req).await?;
+            picloud_metrics::global().http_request(
+                surface,
+                resp.status().as_u16(),
+                began.elapsed(),
+            );
             // Every answer, a script's included: a browser must not guess
             // an HTML type from a body a caller may have chosen.
             resp.headers_mut()

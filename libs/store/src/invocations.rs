@@ -15,6 +15,36 @@ pub struct InvocationFilter {
     pub limit: u32,
 }
 
+/// One report of an invocation: an attempt, or a run of it that could not
+/// be committed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttemptRow {
+    pub attempt: u32,
+    pub status: InvocationStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub duration_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub executor: String,
+}
+
+impl AttemptRow {
+    /// The report a record is.
+    pub fn of(r: &InvocationRecord) -> Self {
+        Self {
+            attempt: r.attempt,
+            status: r.status,
+            http_status: r.http_status,
+            started_at: r.started_at,
+            duration_us: r.duration_us,
+            error: r.error.clone(),
+            executor: r.executor.clone(),
+        }
+    }
+}
+
 const COLS: &str = "id, script, version, trigger, status, http_status, started_at, duration_us, log, error, executor, trace_id, attempt, parent_id, response, public";
 
 /// What a newer report of an invocation overwrites: anything but a
@@ -32,13 +62,36 @@ const UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET
 
 fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
     let trigger: String = r.try_get("trigger")?;
-    let status: String = r.try_get("status")?;
+    let report = attempt_row(r)?;
     Ok(InvocationRecord {
         id: r.try_get("id")?,
         script: r.try_get("script")?,
         version: r.try_get::<i32, _>("version")? as u32,
         trigger: Trigger::parse(&trigger)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown trigger {trigger:?}")))?,
+        status: report.status,
+        http_status: report.http_status,
+        started_at: report.started_at,
+        duration_us: report.duration_us,
+        log: r.try_get("log")?,
+        error: report.error,
+        executor: report.executor,
+        trace_id: r.try_get("trace_id")?,
+        attempt: report.attempt,
+        parent_id: r.try_get("parent_id")?,
+        response: r
+            .try_get::<Option<Vec<u8>>, _>("response")?
+            .map(|b| crate::json_bytes::decode(b, "invocation response"))
+            .transpose()?,
+        public: r.try_get("public")?,
+    })
+}
+
+/// The columns `invocations` and `invocation_attempts` share.
+fn attempt_row(r: &PgRow) -> Result<AttemptRow, StoreError> {
+    let status: String = r.try_get("status")?;
+    Ok(AttemptRow {
+        attempt: r.try_get::<i32, _>("attempt")? as u32,
         status: InvocationStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
         http_status: r
@@ -46,17 +99,8 @@ fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
             .map(|s| s as u16),
         started_at: r.try_get("started_at")?,
         duration_us: r.try_get::<i64, _>("duration_us")? as u64,
-        log: r.try_get("log")?,
         error: r.try_get("error")?,
         executor: r.try_get("executor")?,
-        trace_id: r.try_get("trace_id")?,
-        attempt: r.try_get::<i32, _>("attempt")? as u32,
-        parent_id: r.try_get("parent_id")?,
-        response: r
-            .try_get::<Option<Vec<u8>>, _>("response")?
-            .map(|b| crate::json_bytes::decode(b, "invocation response"))
-            .transpose()?,
-        public: r.try_get("public")?,
     })
 }
 
@@ -164,6 +208,34 @@ impl Store {
         .bind(filter.script.as_deref())
         .bind(filter.status.map(|s| s.as_str()))
         .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(record)
+        .collect()
+    }
+
+    /// Every report of invocation `id` that a later one replaced, oldest
+    /// first (at most 1,000): its earlier attempts.
+    pub async fn earlier_attempts(&self, id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
+        sqlx::query(
+            "SELECT attempt, status, http_status, started_at, duration_us, error, executor
+             FROM invocation_attempts WHERE invocation_id = $1 ORDER BY seq LIMIT 1000",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(attempt_row)
+        .collect()
+    }
+
+    /// The records of `ids` that exist, in no particular order.
+    pub async fn get_invocations(&self, ids: &[Uuid]) -> Result<Vec<InvocationRecord>, StoreError> {
+        sqlx::query(&format!(
+            "SELECT {COLS} FROM invocations WHERE id = ANY($1)"
+        ))
+        .bind(ids)
         .fetch_all(&self.pool)
         .await?
         .iter()

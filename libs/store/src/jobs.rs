@@ -225,21 +225,37 @@ impl Store {
         if dl.replayed_at.is_some() {
             return Ok(Some(false));
         }
-        outbox::insert(&mut tx, &[OutboxRow::job_with_id(Uuid::new_v4(), &dl.job)]).await?;
-        // The replay counts its attempts from 1 again: let its records replace
-        // the dead one's.
-        sqlx::query(
-            "UPDATE invocations SET status = 'queued', attempt = 0 WHERE id = $1 AND status <> 'ok'",
-        )
-        .bind(dl.invocation_id)
-        .execute(&mut *tx)
-        .await?;
+        requeue(&mut tx, &dl.job).await?;
         sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(Some(true))
+    }
+
+    /// Queues `job` again under a fresh message id, its attempts counted
+    /// from 1 again: the operator's replay of a job still in the stream
+    /// (whose message is removed once this has committed).
+    pub async fn requeue_job(&self, job: &Job) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        requeue(&mut tx, job).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends the record of a job the operator removed from the stream before
+    /// it succeeded: it stays as an error saying so.
+    pub async fn record_discarded_job(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE invocations SET status = 'error', \
+             error = 'discarded by an operator' || coalesce(' after: ' || error, '') \
+             WHERE id = $1 AND status <> 'ok'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Deletes a dead letter (replayed or not): the operator gives up on
@@ -324,4 +340,18 @@ impl Store {
         tx.commit().await?;
         Ok(Ok(Submitted::New(queued.id)))
     }
+}
+
+/// Queues `job` under a fresh outbox id (so the stream's dedup window does
+/// not swallow it); its attempts count from 1 again, so its records replace
+/// the earlier ones.
+async fn requeue(tx: &mut sqlx::PgConnection, job: &Job) -> Result<(), StoreError> {
+    outbox::insert(&mut *tx, &[OutboxRow::job_with_id(Uuid::new_v4(), job)]).await?;
+    sqlx::query(
+        "UPDATE invocations SET status = 'queued', attempt = 0 WHERE id = $1 AND status <> 'ok'",
+    )
+    .bind(job.id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

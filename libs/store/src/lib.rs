@@ -26,19 +26,21 @@ pub mod outbox;
 pub mod schedules;
 pub mod scripts;
 pub mod secrets;
+pub mod stats;
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-pub use invocations::InvocationFilter;
+pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
 pub use outbox::{OutboxKind, OutboxRow};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
-pub use scripts::{ScriptRow, VersionRow};
+pub use scripts::{NewVersion, ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
+pub use stats::{FlowRow, StatRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +50,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// A route of the version overlaps one another script holds.
+    #[error(transparent)]
+    RouteConflict(picloud_core::routes::RouteConflict),
 }
 
 impl StoreError {
@@ -59,7 +64,7 @@ impl StoreError {
     /// later may succeed. Callers retry only what is not permanent.
     pub fn is_permanent(&self) -> bool {
         match self {
-            StoreError::Corrupt(_) => true,
+            StoreError::Corrupt(_) | StoreError::RouteConflict(_) => true,
             StoreError::Migrate(_) => false,
             StoreError::Db(e) => match e {
                 sqlx::Error::Database(db) => {

@@ -152,6 +152,17 @@ impl Store {
             .await?)
     }
 
+    /// Rows waiting to be published and the age of the oldest, in seconds
+    /// (0 when empty): the relay's lag, read on a metrics scrape.
+    pub async fn outbox_lag(&self) -> Result<(i64, f64), StoreError> {
+        let (rows, age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8 FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((rows, age.unwrap_or(0.0).max(0.0)))
+    }
+
     /// A listener for outbox notifications, already listening.
     pub async fn outbox_listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
         let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;

@@ -121,6 +121,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
             },
             bound,
         );
+        run::observe(&base, &result.outcome);
         dead_letter(&server, &settings, &incoming, &base, result).await;
         return;
     }
@@ -334,6 +335,7 @@ async fn settle(
     let attempt = incoming.attempt;
     let outcome = match settled {
         Settled::Committed(result) => {
+            run::observe(base, &result.outcome);
             server.live.invocation(&base.record(&result), &result.lines);
             log_settle(incoming.ack().await, "ack");
             return;
@@ -347,6 +349,7 @@ async fn settle(
         }
         Settled::Plain(result) => result,
     };
+    run::observe(base, &outcome.outcome);
     if matches!(outcome.outcome, Outcome::Response(_)) {
         // Sync-only shape (no commit needed) cannot happen for jobs, but a
         // successful run is never retried.
@@ -390,7 +393,10 @@ async fn dead_letter(
         )
         .await;
     match stored {
-        Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
+        Ok(reply @ (CommitReply::Committed | CommitReply::AlreadyCommitted)) => {
+            if reply == CommitReply::Committed {
+                picloud_metrics::global().dead_letter();
+            }
             log_settle(incoming.terminate().await, "term");
         }
         other => {

@@ -46,13 +46,15 @@ pub struct Executor {
     pub ready: ReadyCheck,
     pub id: String,
     tasks: Tasks,
+    workers: usize,
 }
 
 /// Starts an executor on `bus` (its own connection, or one `picloud up`
 /// shares between the roles).
 pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Executor> {
-    let id = executor_id();
+    let id = picloud_bus::nodes::instance_id();
     let workers = config.worker_threads();
+    picloud_metrics::global().set_max_scripts(config.metrics_max_scripts);
     let ports = picloud_egress::EgressPolicy::parse_ports(&config.http_ports)
         .context("invalid PICLOUD_HTTP_PORTS")?;
     let policy =
@@ -86,6 +88,23 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     };
     let server = Arc::new(server);
     let mut tasks = Tasks::new(shutdown.clone());
+    let counts: picloud_bus::WorkerCounts = {
+        let pool = server.pool.clone();
+        Arc::new(move || (pool.threads() as u64, pool.busy() as u64))
+    };
+    let (_, node) = bus
+        .serve_node(
+            picloud_bus::NodeSpec {
+                role: "executor",
+                id: Some(id.clone()),
+                address: config.listen.to_string(),
+                workers: Some(counts),
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    tasks.spawn("nodes", node);
+    picloud_metrics::global().add_workers(workers as i64);
     let incoming = bus.serve_invocations().await?;
     tasks.spawn(
         "invocations",
@@ -108,22 +127,31 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     tracing::info!(executor = %id, workers, "executor started");
     let ready = picloud_http::ready_when("executor: NATS disconnected", move || bus.is_connected());
     let ready = tasks.ready("executor", ready);
-    Ok(Executor { ready, id, tasks })
+    Ok(Executor {
+        ready,
+        id,
+        tasks,
+        workers,
+    })
 }
 
 impl Executor {
     /// Waits until the executor has drained (after shutdown).
     pub async fn join(self) {
         self.tasks.join().await;
+        picloud_metrics::global().add_workers(-(self.workers as i64));
     }
 }
 
 /// Runs an executor until `shutdown`. It serves no HTTP of its own except
-/// health, on `config.listen`.
+/// health and metrics (`/healthz`, `/readyz`, `/metrics`), on
+/// `config.listen`, so every executor can be scraped.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "executor").await?;
     let executor = start(&config, bus, shutdown.clone()).await?;
-    let health = picloud_http::health_router(vec![executor.ready.clone()]);
+    let health = picloud_http::health_router(vec![executor.ready.clone()]).merge(
+        picloud_http::metrics_router(config.metrics_token.as_deref()),
+    );
     picloud_http::serve(
         config.listen,
         health,
@@ -135,12 +163,4 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     shutdown.cancel();
     executor.join().await;
     Ok(())
-}
-
-fn executor_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into());
-    let nonce = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &nonce[..6])
 }

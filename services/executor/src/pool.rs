@@ -9,6 +9,8 @@
 //! deadline and no longer.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
 use picloud_sandbox::{ModuleCache, Sandbox};
@@ -24,6 +26,8 @@ pub type Job = Box<dyn FnOnce(&mut Sandbox) + Send>;
 pub struct Pool {
     jobs: Sender<Job>,
     threads: usize,
+    /// Workers running a job now.
+    busy: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -39,16 +43,24 @@ impl Pool {
         modules: ModuleCache,
     ) -> std::io::Result<Self> {
         let (tx, rx) = bounded::<Job>(queue_depth.max(1));
+        let busy = Arc::new(AtomicUsize::new(0));
         for i in 0..threads.max(1) {
             let rx = rx.clone();
             let modules = modules.clone();
+            let busy = busy.clone();
             std::thread::Builder::new()
                 .name(format!("picloud-worker-{i}"))
                 .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || {
                     let mut sandbox = Sandbox::with_module_cache(modules.clone());
                     for job in rx {
-                        if catch_unwind(AssertUnwindSafe(|| job(&mut sandbox))).is_err() {
+                        busy.fetch_add(1, Ordering::Relaxed);
+                        let metric = picloud_metrics::global().worker_busy();
+                        let panicked =
+                            catch_unwind(AssertUnwindSafe(|| job(&mut sandbox))).is_err();
+                        drop(metric);
+                        busy.fetch_sub(1, Ordering::Relaxed);
+                        if panicked {
                             // The job's reply channel is dropped, which its
                             // caller reports; start from a clean engine.
                             tracing::error!("worker job panicked; sandbox rebuilt");
@@ -60,11 +72,17 @@ impl Pool {
         Ok(Self {
             jobs: tx,
             threads: threads.max(1),
+            busy,
         })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Workers running a job right now.
+    pub fn busy(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
     }
 
     /// Queues `job`, or hands it back when the queue is full (for a caller

@@ -196,7 +196,13 @@ impl RecordBase {
             version: self.version,
             trigger: self.trigger,
             status: outcome.status(),
-            http_status: response.map(|r| r.status),
+            // What the caller got: the script's status, or for a sync
+            // HTTP call that failed, the gateway's error status.
+            http_status: match (response, self.trigger, self.public) {
+                (Some(r), _, _) => Some(r.status),
+                (None, Trigger::Http, false) => Some(outcome.caller_status()),
+                (None, _, _) => None,
+            },
             started_at: self.started_at,
             duration_us: self.started.elapsed().as_micros() as u64,
             log,
@@ -209,6 +215,22 @@ impl RecordBase {
             public: self.public,
         }
     }
+}
+
+/// Counts an invocation that ran to an end (once per invocation or job
+/// attempt) in the process's metrics.
+pub fn observe(base: &RecordBase, outcome: &Outcome) {
+    let limit = match outcome {
+        Outcome::LimitExceeded { message } => Some(picloud_metrics::limit_label(message)),
+        _ => None,
+    };
+    picloud_metrics::global().invocation(
+        &base.script,
+        base.trigger.as_str(),
+        outcome.status().as_str(),
+        limit,
+        base.started.elapsed(),
+    );
 }
 
 /// How a run ended, commit included.
@@ -293,7 +315,10 @@ pub fn run_committed(
             Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
                 return Settled::Committed(result);
             }
-            Ok(CommitReply::Conflict) => continue,
+            Ok(CommitReply::Conflict) => {
+                picloud_metrics::global().kv_commit_conflict();
+                continue;
+            }
             Ok(CommitReply::Failed { message }) => {
                 return Settled::NotCommitted(result, message);
             }

@@ -229,12 +229,14 @@ impl Server {
                 error,
                 ..
             }) => {
+                run::observe(&base, &outcome);
                 let record = base.into_record(&outcome, log, error);
                 self.live.invocation(&record, &lines);
                 self.recorder.record(record);
                 outcome
             }
             Settled::Committed(result) => {
+                run::observe(&base, &result.outcome);
                 self.live.invocation(&base.record(&result), &result.lines);
                 result.outcome
             }
@@ -251,6 +253,7 @@ impl Server {
                 );
                 failed.log = result.log;
                 failed.lines = result.lines;
+                run::observe(&base, &failed.outcome);
                 self.record_run(&base, &failed);
                 failed.outcome
             }

@@ -1,9 +1,10 @@
-//! `ANY /fn/{name}[/{*rest}]`: one HTTP request, one invocation.
+//! `ANY /fn/{name}[/{*rest}]`, and any path a script's custom route
+//! matches (the router's fallback): one HTTP request, one invocation.
 //!
 //! | what happened                      | caller gets                         |
 //! |------------------------------------|-------------------------------------|
 //! | script answered                    | its response                        |
-//! | no such script                     | 404 `not_found`                     |
+//! | no such script / no route matches  | 404 `not_found`                     |
 //! | body over the limit                | 413 `payload_too_large`             |
 //! | no executor listening / saturated  | 503 `no_executor` / `unavailable`   |
 //! | no answer before the deadline      | 504 `timeout`                       |
@@ -34,6 +35,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use percent_encoding::percent_decode_str;
 use picloud_bus::{Bus, CallError, InvokeError};
 use picloud_core::{
     AsyncAnswer, AsyncSubmit, EventInput, HttpRequestInput, InvocationRequest, Job, Outcome,
@@ -59,33 +61,43 @@ type Shared = Arc<GatewayState>;
 #[derive(Clone)]
 struct BodyLimit(usize);
 
+/// Where a request goes: a script by name (`/fn`), or wherever the custom
+/// route table says.
+enum Dest {
+    Fn { name: String, rest: String },
+    Custom,
+}
+
 pub fn router(state: Shared, max_request_bytes: usize) -> Router {
     let limit = BodyLimit(max_request_bytes);
+    let fn_limit = limit.clone();
+    let rest_limit = limit.clone();
     Router::new()
         .route(
             "/fn/{name}",
-            any({
-                let limit = limit.clone();
+            any(
                 move |state: State<Shared>, Path(name): Path<String>, q, req| {
-                    handle(state, name, String::new(), limit.0, q, req)
-                }
-            }),
+                    let rest = String::new();
+                    handle(state, Dest::Fn { name, rest }, fn_limit.0, q, req)
+                },
+            ),
         )
         .route(
             "/fn/{name}/{*rest}",
             any(
                 move |state: State<Shared>, Path((name, rest)): Path<(String, String)>, q, req| {
-                    handle(state, name, rest, limit.0, q, req)
+                    handle(state, Dest::Fn { name, rest }, rest_limit.0, q, req)
                 },
             ),
         )
+        // Every path no other route of the process takes.
+        .fallback(move |state: State<Shared>, q, req| handle(state, Dest::Custom, limit.0, q, req))
         .with_state(state)
 }
 
 async fn handle(
     State(state): State<Shared>,
-    name: String,
-    rest: String,
+    dest: Dest,
     max_body: usize,
     query: Result<Query<BTreeMap<String, String>>, QueryRejection>,
     req: Request,
@@ -98,9 +110,7 @@ async fn handle(
         Uuid::now_v7()
     };
     let answer = match query {
-        Ok(Query(query)) => {
-            invoke(&state, id, asynchronous, &name, rest, max_body, query, req).await
-        }
+        Ok(Query(query)) => invoke(&state, id, asynchronous, dest, max_body, query, req).await,
         Err(e) => Err(ApiError::bad_request(format!(
             "invalid query string: {}",
             e.body_text()
@@ -248,30 +258,19 @@ async fn invoke(
     state: &GatewayState,
     id: Uuid,
     asynchronous: bool,
-    name: &str,
-    rest: String,
+    dest: Dest,
     max_body: usize,
     query: BTreeMap<String, String>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let not_found = || ApiError::not_found(format!("no script named {name:?}"));
-    let name = ScriptName::parse(name).map_err(|_| not_found())?;
-    let route = state
-        .routes
-        .lookup(&state.bus, name.as_str())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "route lookup failed");
-            ApiError::unavailable("the message bus is unavailable")
-        })?
-        .ok_or_else(not_found)?;
-
+    let (route, path, params) =
+        resolve(state, dest, req.method().as_str(), req.uri().path()).await?;
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, max_body).await?;
     let mut request = HttpRequestInput {
         method: parts.method.as_str().to_owned(),
-        path: format!("/{rest}"),
-        params: BTreeMap::new(),
+        path,
+        params,
         query,
         headers: flatten_headers(&parts.headers),
         body: body_text(&bytes),
@@ -313,6 +312,41 @@ async fn invoke(
             Err(ApiError::unavailable("the message bus is unavailable"))
         }
     }
+}
+
+/// The script a request goes to, the path its script sees and what its
+/// custom route captured.
+async fn resolve(
+    state: &GatewayState,
+    dest: Dest,
+    method: &str,
+    raw: &str,
+) -> Result<(picloud_bus::Route, String, BTreeMap<String, String>), ApiError> {
+    let (name, path, params) = match dest {
+        Dest::Fn { name, rest } => (name, format!("/{rest}"), BTreeMap::new()),
+        Dest::Custom => {
+            let path = percent_decode_str(raw).decode_utf8_lossy().into_owned();
+            let Some(m) = state.routes.find(method, raw) else {
+                let shown: String = path.chars().take(200).collect();
+                return Err(ApiError::not_found(format!(
+                    "no route matches {method} {shown:?}"
+                )));
+            };
+            (m.script.to_string(), path, m.params)
+        }
+    };
+    let not_found = || ApiError::not_found(format!("no script named {name:?}"));
+    let script = ScriptName::parse(&name).map_err(|_| not_found())?;
+    let route = state
+        .routes
+        .lookup(&state.bus, script.as_str())
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "route lookup failed");
+            ApiError::unavailable("the message bus is unavailable")
+        })?
+        .ok_or_else(not_found)?;
+    Ok((route, path, params))
 }
 
 fn timeout() -> ApiError {

@@ -41,6 +41,19 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         "routes",
         routes.clone().follow(bus.clone(), shutdown.clone()),
     );
+    picloud_metrics::global().set_max_scripts(config.metrics_max_scripts);
+    let (_, node) = bus
+        .serve_node(
+            picloud_bus::NodeSpec {
+                role: "gateway",
+                id: None,
+                address: config.listen.to_string(),
+                workers: None,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    tasks.spawn("nodes", node);
     let state = Arc::new(invoke::GatewayState {
         bus: bus.clone(),
         routes,
@@ -69,7 +82,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = gateway
         .router
         .clone()
-        .merge(picloud_http::health_router(vec![gateway.ready.clone()]));
+        .merge(picloud_http::health_router(vec![gateway.ready.clone()]))
+        .merge(picloud_http::metrics_router(
+            config.metrics_token.as_deref(),
+        ));
     picloud_http::serve(
         config.listen,
         router,

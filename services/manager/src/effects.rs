@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::stats::Rollup;
 use futures::{Stream, StreamExt};
 use picloud_bus::{Bus, Incoming};
 use picloud_core::effects::{KvAnswer, KvGet, KvList};
@@ -28,7 +29,13 @@ const CONCURRENCY: usize = 32;
 
 /// Serves every kind of request until `shutdown`. `max_trace_invocations`
 /// is the budget of a trace's root (see [`outbox_rows`]).
-pub async fn serve(store: Store, bus: Bus, max_trace_invocations: u32, shutdown: Shutdown) {
+pub async fn serve(
+    store: Store,
+    bus: Bus,
+    rollup: Rollup,
+    max_trace_invocations: u32,
+    shutdown: Shutdown,
+) {
     let kv_get = {
         let store = store.clone();
         serve_kind(
@@ -70,28 +77,30 @@ pub async fn serve(store: Store, bus: Bus, max_trace_invocations: u32, shutdown:
         )
     };
     let commits = {
-        let store = store.clone();
+        let (store, rollup) = (store.clone(), rollup.clone());
         serve_kind(
             bus.clone(),
             bus.names().commit_subject(),
             shutdown.clone(),
             move |c: Commit| {
-                let store = store.clone();
-                async move { commit(&store, c, max_trace_invocations).await }
+                let (store, rollup) = (store.clone(), rollup.clone());
+                async move { commit(&store, &rollup, c, max_trace_invocations).await }
             },
         )
     };
     let dead_letters = {
         let store = store.clone();
+        let rollup = rollup.clone();
         serve_kind(
             bus.clone(),
             bus.names().dead_letter_subject(),
             shutdown.clone(),
             move |d: DeadLetter| {
-                let store = store.clone();
+                let (store, rollup) = (store.clone(), rollup.clone());
                 async move {
                     match store.insert_dead_letter(&d.record, &d.job, &d.error).await {
                         Ok(()) => {
+                            rollup.add_records([&d.record]);
                             tracing::info!(job = %d.job.id, script = %d.job.script, "job dead-lettered");
                             CommitReply::Committed
                         }
@@ -188,17 +197,32 @@ where
     }
 }
 
-async fn commit(store: &Store, c: Commit, max_trace_invocations: u32) -> CommitReply {
-    let rows = if c.effects.emits.is_empty() {
+async fn commit(
+    store: &Store,
+    rollup: &Rollup,
+    c: Commit,
+    max_trace_invocations: u32,
+) -> CommitReply {
+    let subs = if c.effects.emits.is_empty() {
         Vec::new()
     } else {
         match store.list_subscriptions(None).await {
-            Ok(subs) => outbox_rows(&c, &subs, max_trace_invocations),
+            Ok(subs) => subs,
             Err(e) => return not_applied(&e),
         }
     };
+    let rows = outbox_rows(&c, &subs, max_trace_invocations);
     match store.commit(&c.record, &c.effects, &rows).await {
-        Ok(Committed::Applied) => CommitReply::Committed,
+        Ok(Committed::Applied) => {
+            rollup.add_records([&c.record]);
+            for emit in &c.effects.emits {
+                rollup.add_flow(&emit.topic, "emit", &c.record.script, 1);
+                for sub in subs.iter().filter(|s| topic_matches(&s.topic, &emit.topic)) {
+                    rollup.add_flow(&emit.topic, "deliver", &sub.script, 1);
+                }
+            }
+            CommitReply::Committed
+        }
         Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
         Ok(Committed::Conflict) => CommitReply::Conflict,
         Err(e) => {

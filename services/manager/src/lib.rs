@@ -14,6 +14,8 @@
 //!   across managers; sleeps until the next instant or a change.
 //! - [`secrets`]: encrypts secrets at rest and answers executors' requests
 //!   for them.
+//! - [`probes`]: the queue figures (jobs pending, outbox lag) read when
+//!   `/metrics` is scraped or `GET /api/v1/nodes` is asked.
 //!
 //! Architecture invariant: the manager is the only role that holds database
 //! credentials; everything other roles need, it publishes on the bus.
@@ -24,11 +26,13 @@ pub mod api;
 pub mod compiler;
 pub mod effects;
 pub mod imports;
+pub mod probes;
 pub mod publisher;
 pub mod records;
 pub mod relay;
 pub mod scheduler;
 pub mod secrets;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -70,19 +74,29 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     let secret_box = Arc::new(secrets::SecretBox::load(config)?);
     let publisher = publisher::Publisher::new(store.clone(), bus.clone());
 
+    let rollup = stats::Rollup::default();
+
     let mut tasks = Tasks::new(shutdown.clone());
     tasks.spawn("publisher", publisher.clone().run(shutdown.clone()));
+    tasks.spawn("stats", rollup.clone().run(store.clone(), shutdown.clone()));
     publisher.request_sync();
     let retention = std::time::Duration::from_secs(config.invocation_retention_hours * 3600);
     tasks.spawn(
         "records",
-        records::run(store.clone(), bus.clone(), retention, shutdown.clone()),
+        records::run(
+            store.clone(),
+            bus.clone(),
+            rollup.clone(),
+            retention,
+            shutdown.clone(),
+        ),
     );
     tasks.spawn(
         "effects",
         effects::serve(
             store.clone(),
             bus.clone(),
+            rollup.clone(),
             config.max_trace_invocations,
             shutdown.clone(),
         ),
@@ -102,8 +116,24 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         ),
     );
 
+    picloud_metrics::global().set_max_scripts(config.metrics_max_scripts);
+    probes::register(bus.clone(), store.clone());
+    let (_, node) = bus
+        .serve_node(
+            picloud_bus::NodeSpec {
+                role: "manager",
+                id: None,
+                address: config.listen.to_string(),
+                workers: None,
+            },
+            shutdown.clone(),
+        )
+        .await?;
+    tasks.spawn("nodes", node);
+
     let state = Arc::new(api::AppState {
         store: store.clone(),
+        bus: bus.clone(),
         publisher,
         compiler,
         token: TokenHash::of(token.trim()),
@@ -112,7 +142,6 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         max_source_bytes: config.max_source_bytes,
         max_attempts: config.max_attempts,
         secrets: secret_box,
-        bus: bus.clone(),
         follow: api::logs::FollowSettings {
             buffer: config.log_follow_buffer,
             keepalive: std::time::Duration::from_millis(config.log_keepalive_ms),
@@ -158,7 +187,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let router = manager
         .router
         .clone()
-        .merge(picloud_http::health_router(vec![manager.ready.clone()]));
+        .merge(picloud_http::health_router(vec![manager.ready.clone()]))
+        .merge(picloud_http::metrics_router(
+            config.metrics_token.as_deref(),
+        ));
     picloud_http::serve(
         config.listen,
         router,

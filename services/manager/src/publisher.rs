@@ -181,5 +181,6 @@ fn route(v: &VersionRow) -> Route {
         version: v.version,
         wall_time_ms: v.limits.wall_time_ms,
         keep_credentials: v.keep_credentials,
+        http_routes: v.routes.clone(),
     }
 }

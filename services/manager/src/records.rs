@@ -10,15 +10,17 @@ use picloud_bus::Bus;
 use picloud_core::Shutdown;
 use picloud_store::Store;
 
+use crate::stats::Rollup;
+
 /// Retention is enforced here, after a batch is stored, at most once a
 /// minute: records only grow when invocations run, so an idle installation
 /// does no pruning work (and no database transactions).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-pub async fn run(store: Store, bus: Bus, retention: Duration, shutdown: Shutdown) {
+pub async fn run(store: Store, bus: Bus, rollup: Rollup, retention: Duration, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match drain(&store, &bus, retention, &shutdown).await {
+        match drain(&store, &bus, &rollup, retention, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "invocation records consumer failed")
@@ -36,6 +38,7 @@ pub async fn run(store: Store, bus: Bus, retention: Duration, shutdown: Shutdown
 async fn drain(
     store: &Store,
     bus: &Bus,
+    rollup: &Rollup,
     retention: Duration,
     shutdown: &Shutdown,
 ) -> Result<(), String> {
@@ -57,6 +60,7 @@ async fn drain(
         };
         match store.insert_invocations(&batch.records).await {
             Ok(_) => {
+                rollup.add_records(&batch.records);
                 if let Err(e) = batch.ack().await {
                     tracing::warn!(error = %e, "cannot ack invocation records; they will be redelivered");
                 }
@@ -66,6 +70,9 @@ async fn drain(
                         Ok(0) => {}
                         Ok(n) => tracing::info!(deleted = n, "pruned old invocation records"),
                         Err(e) => tracing::warn!(error = %e, "cannot prune invocation records"),
+                    }
+                    if let Err(e) = store.prune_stats().await {
+                        tracing::warn!(error = %e, "cannot prune stats");
                     }
                 }
             }

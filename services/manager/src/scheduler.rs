@@ -86,7 +86,9 @@ fn log(h: &Handled, now: DateTime<Utc>) {
             instant,
             invocation_id,
             reason,
-        } => tracing::info!(
+        } => {
+            picloud_metrics::global().cron_lateness((now - *instant).to_std().unwrap_or_default());
+            tracing::info!(
             schedule = %id,
             script,
             scheduled_at = %instant.to_rfc3339(),
@@ -94,7 +96,8 @@ fn log(h: &Handled, now: DateTime<Utc>) {
             late_ms = (now - *instant).num_milliseconds(),
             ?reason,
             "schedule fired"
-        ),
+            )
+        }
         // A long-running script on a short schedule overlaps every time.
         Action::Passed {
             reason: PlanReason::Overlapping,

@@ -50,16 +50,18 @@ async fn serve(
     let manager = picloud_manager::start(config, bus.clone(), shutdown.clone()).await?;
     let gateway = picloud_gateway::start(config, bus.clone(), shutdown.clone()).await?;
     let executor = picloud_executor::start(config, bus, shutdown.clone()).await?;
-    let router =
-        manager
-            .router
-            .clone()
-            .merge(gateway.router.clone())
-            .merge(picloud_http::health_router(vec![
-                manager.ready.clone(),
-                gateway.ready.clone(),
-                executor.ready.clone(),
-            ]));
+    let router = manager
+        .router
+        .clone()
+        .merge(gateway.router.clone())
+        .merge(picloud_http::health_router(vec![
+            manager.ready.clone(),
+            gateway.ready.clone(),
+            executor.ready.clone(),
+        ]))
+        .merge(picloud_http::metrics_router(
+            config.metrics_token.as_deref(),
+        ));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set PICLOUD_LISTEN)", config.listen))?;
@@ -84,14 +86,25 @@ fn print_banner(addr: &str, token: &str, token_from_file: bool, config: &Config)
     } else {
         String::new()
     };
+    // The CLI is this binary; its folder goes on PATH.
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+        .unwrap_or_else(|| "target/release".into());
+    let login = if token_from_file {
+        "picloud login --local".to_owned()
+    } else {
+        format!("picloud login {base}   # paste the admin token")
+    };
     println!(
         "PiCloud is up on {base}\n\
          admin token: {token}{saved}\n\
          \n\
-         Deploy a sample and call it:\n  \
-         curl -X PUT {base}/api/v1/scripts/hello -H 'Authorization: Bearer {token}' \
-         -H 'content-type: application/json' \
-         -d '{{\"source\": \"let who = request.query.who ?? \\\"world\\\"; `Hello, ${{who}}!`\"}}'\n  \
+         From another terminal in this folder, deploy a sample and call it:\n  \
+         export PATH=\"{bin_dir}:$PATH\"\n  \
+         {login}\n  \
+         picloud deploy examples/hello.rhai\n  \
+         picloud invoke hello '?who=PiCloud'\n  \
          curl '{base}/fn/hello?who=PiCloud'\n\
          \n\
          Press Ctrl-C to stop."

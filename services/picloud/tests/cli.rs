@@ -266,11 +266,26 @@ async fn deploy_read_rollback_and_remove() {
     let run = user.expect(1, &["deploy", "missing.rhai"]).await;
     assert!(run.stderr.contains("missing.rhai"), "{run:?}");
 
+    // rm asks first; without a terminal it needs --yes (a usage error,
+    // exit 2, and nothing deleted).
+    let run = user.expect(2, &["rm", "hello"]).await;
+    assert!(run.stderr.contains("--yes"), "{run:?}");
+    user.ok(&["show", "hello"]).await;
     // rm: gone from ls and show.
-    let run = user.ok(&["rm", "hello"]).await;
+    let run = user.ok(&["rm", "hello", "--yes"]).await;
     assert!(run.stderr.contains("hello"), "{run:?}");
     let run = user.expect(1, &["show", "hello"]).await;
     assert!(run.stderr.contains("not_found"), "{run:?}");
+    // With --json an error is the API's JSON shape, on stderr.
+    let run = user.expect(1, &["show", "hello", "--json"]).await;
+    assert!(run.stdout.is_empty(), "{run:?}");
+    let err: Value = serde_json::from_str(run.stderr.trim())
+        .unwrap_or_else(|e| panic!("stderr is not JSON ({e}): {run:?}"));
+    assert_eq!(err["error"]["code"], "not_found", "{run:?}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("hello"));
+    let run = user.expect(2, &["rm", "api", "--json"]).await;
+    let err: Value = serde_json::from_str(run.stderr.trim()).unwrap();
+    assert_eq!(err["error"]["code"], "usage", "{run:?}");
     let names: Vec<Value> = user
         .json(&["ls"])
         .await
@@ -280,7 +295,7 @@ async fn deploy_read_rollback_and_remove() {
         .map(|s| s["name"].clone())
         .collect();
     assert_eq!(names, [json!("api")]);
-    user.expect(1, &["rm", "hello"]).await;
+    user.expect(1, &["rm", "-y", "hello"]).await;
     env.cleanup().await;
 }
 

@@ -118,3 +118,24 @@ async fn a_token_or_secret_typed_at_the_prompt_is_not_echoed() {
     user.invoke_until(&["keeper"], value).await;
     env.cleanup().await;
 }
+
+/// `rm` on a terminal asks; anything but yes keeps the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_asks_on_a_terminal() {
+    let (env, user) = User::with_env().await;
+    let hello = user.file("hello.rhai", "\"hi\"");
+    user.ok(&["deploy", &hello]).await;
+    let Some(no) = user.on_terminal(&["rm", "hello"], true) else {
+        eprintln!("skipped: no `script` to make a pseudo-terminal");
+        return env.cleanup().await;
+    };
+    let (screen, code) = type_at_prompt(no, "[y/N]", "n").await;
+    assert_eq!(code, 1, "{screen:?}");
+    assert!(screen.contains("not deleted"), "{screen:?}");
+    user.ok(&["show", "hello"]).await;
+    let yes = user.on_terminal(&["rm", "hello"], true).unwrap();
+    let (screen, code) = type_at_prompt(yes, "[y/N]", "y").await;
+    assert_eq!(code, 0, "{screen:?}");
+    user.expect(1, &["show", "hello"]).await;
+    env.cleanup().await;
+}

@@ -272,6 +272,15 @@ async fn a_failing_subscriber_is_retried_dead_lettered_and_replayed() {
         .await;
     assert_eq!(rec["attempt"], 3);
     assert_eq!(rec["status"], "error");
+    // Every attempt is there, not only the last.
+    let attempts = rec["attempts"].as_array().expect("attempts");
+    let numbers: Vec<&Value> = attempts.iter().map(|a| &a["attempt"]).collect();
+    assert_eq!(numbers, [&json!(1), &json!(2), &json!(3)], "{rec}");
+    for a in attempts {
+        assert_eq!(a["status"], "error", "{a}");
+        assert!(a["error"].as_str().unwrap().contains("not yet"), "{a}");
+        assert!(a["started_at"].as_str().unwrap().ends_with('Z'), "{a}");
+    }
 
     // Fixed, then replayed: it runs once more and succeeds.
     deploy(
@@ -287,6 +296,30 @@ async fn a_failing_subscriber_is_retried_dead_lettered_and_replayed() {
     c.post_json(&format!("/dead-letters/{id}/replay"), json!({}))
         .await;
     wait_json(&c, "worker", json!({ "done": 1 }), Duration::from_secs(30)).await;
+    // The replay's attempt follows the three failed ones.
+    let inv = letter["invocation_id"].as_str().unwrap();
+    let rec = eventually(Duration::from_secs(10), || async {
+        let r = c.get_json(&format!("/invocations/{inv}")).await;
+        (r["status"] == "ok").then_some(r)
+    })
+    .await
+    .expect("the replay is recorded");
+    let trail: Vec<(Value, Value)> = rec["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["attempt"].clone(), a["status"].clone()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (json!(1), json!("error")),
+            (json!(2), json!("error")),
+            (json!(3), json!("error")),
+            (json!(1), json!("ok")),
+        ],
+        "{rec}"
+    );
     let again = c
         .api(
             reqwest::Method::POST,

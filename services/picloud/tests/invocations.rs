@@ -125,6 +125,10 @@ async fn invocations_are_recorded_with_log_and_operator_only_errors() {
     .await
     .expect("the failed invocation is recorded");
     assert_eq!(record["status"], "error");
+    // The record keeps the status the caller got, and its one attempt.
+    assert_eq!(record["http_status"], 500, "{record}");
+    assert_eq!(record["attempts"].as_array().unwrap().len(), 1, "{record}");
+    assert_eq!(record["attempts"][0]["http_status"], 500, "{record}");
     assert_eq!(record["log"], "before\n");
     assert!(record["error"].as_str().unwrap().contains("hunter2"));
     assert!(record["duration_us"].as_u64().is_some());

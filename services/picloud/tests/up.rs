@@ -82,7 +82,7 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
         "{banner:?}"
     );
     assert!(
-        banner.iter().any(|l| l.contains("curl -X PUT")),
+        banner.iter().any(|l| l.contains("picloud login --local")),
         "{banner:?}"
     );
     assert!(
@@ -108,6 +108,59 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
     c.wait_for_body("hello?who=PiCloud", "Hello, PiCloud!")
         .await;
 
+    // The README's quick start, as a new user pastes it in a second
+    // terminal of the clone (this test's binary stands in for the one
+    // `scripts/up.sh` builds).
+    let home = tempfile::tempdir().unwrap();
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_picloud"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let shell = |script: &str| {
+        let out = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", script])
+            .current_dir(root)
+            .env("PATH", &path)
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("PICLOUD_DATA_DIR", &data_dir)
+            .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("NO_COLOR", "1")
+            .env_remove("PICLOUD_URL")
+            .env_remove("PICLOUD_TOKEN")
+            .env_remove("PICLOUD_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert!(
+            out.status.success(),
+            "{script}\n---\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let quickstart = readme_quickstart();
+    let out = shell(&quickstart);
+    assert!(out.contains("Hello, PiCloud!"), "{out}");
+    let seen = (0..100).find_map(|_| {
+        let v = shell("picloud invoke audit");
+        if v.contains(r#""seen":1"#) {
+            Some(v)
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        }
+    });
+    assert!(seen.is_some(), "the order event never reached audit");
+
     // SIGTERM: drain, stop the children, exit 0.
     picloud_supervise::signal(child.id(), Signal::SIGTERM);
     let started = Instant::now();
@@ -124,6 +177,28 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
     assert!(status.success(), "{status:?}");
     let left = processes_mentioning(&data_dir);
     assert!(left.is_empty(), "orphans left behind: {left:?}");
+}
+
+/// The README's quick-start block (the `sh` block after the
+/// `<!-- quickstart` marker), without its PATH line: the test puts its own
+/// binary first on PATH.
+fn readme_quickstart() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let from = readme
+        .find("<!-- quickstart")
+        .expect("the README has a quick start");
+    let block = readme[from..]
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(block, _)| block)
+        .expect("a sh block after the marker");
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("export PATH="))
+        .collect();
+    assert!(lines.len() >= 8, "{block}");
+    lines.join("\n")
 }
 
 #[test]

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use picloud_core::{InvocationRecord, InvocationStatus, Uuid};
 use picloud_http::ApiError;
-use picloud_store::InvocationFilter;
+use picloud_store::{AttemptRow, InvocationFilter};
 use serde::{Deserialize, Serialize};
 
 use super::{Shared, internal, script_name};
@@ -65,6 +65,10 @@ pub async fn list(
 pub struct InvocationTree {
     #[serde(flatten)]
     record: InvocationRecord,
+    /// The root's every report, oldest first, the last being `record`'s
+    /// own: each attempt with its time, outcome and error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<Vec<AttemptRow>>,
     children: Vec<InvocationTree>,
 }
 
@@ -85,6 +89,10 @@ pub async fn get(
         .await
         .map_err(internal)?
         .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
+    let mut attempts = state.store.earlier_attempts(id).await.map_err(internal)?;
+    if record.status != InvocationStatus::Queued {
+        attempts.push(AttemptRow::of(&record));
+    }
     // Breadth first, level by level, bounded in depth and size.
     let mut levels: Vec<Vec<InvocationRecord>> = vec![vec![record]];
     let mut nodes = 1;
@@ -118,12 +126,15 @@ pub async fn get(
             below = rest;
             built.push(InvocationTree {
                 record,
+                attempts: None,
                 children: mine,
             });
         }
         below = built;
     }
-    Ok(Json(below.pop().expect("the root")))
+    let mut root = below.pop().expect("the root");
+    root.attempts = Some(attempts);
+    Ok(Json(root))
 }
 
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {

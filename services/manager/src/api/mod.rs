@@ -1,11 +1,14 @@
 //! The admin API: `/api/v1/...`, JSON in and out, bearer token required.
 
 mod invocations;
+mod jobs;
 pub mod logs;
 mod modules;
+mod nodes;
 mod schedules;
 mod scripts;
 mod secrets;
+mod stats;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use crate::publisher::Publisher;
 
 pub struct AppState {
     pub store: Store,
+    pub bus: picloud_bus::Bus,
     pub publisher: Publisher,
     pub compiler: Compiler,
     pub token: TokenHash,
@@ -34,8 +38,7 @@ pub struct AppState {
     /// Attempts of a schedule's firing when it does not set its own.
     pub max_attempts: u32,
     pub secrets: Arc<crate::secrets::SecretBox>,
-    /// For the live logs.
-    pub bus: picloud_bus::Bus,
+    /// How live-log followers are served.
     pub follow: logs::FollowSettings,
 }
 
@@ -78,12 +81,18 @@ pub fn router(state: Shared) -> Router {
             "/subscriptions/{id}",
             axum::routing::delete(subscriptions::delete),
         )
+        .route("/nodes", get(nodes::list))
         .route("/dead-letters", get(subscriptions::dead_letters))
         .route(
             "/dead-letters/{id}",
             get(subscriptions::dead_letter).delete(subscriptions::discard),
         )
         .route("/dead-letters/{id}/replay", post(subscriptions::replay))
+        .route("/stats", get(stats::stats))
+        .route("/topology", get(stats::topology))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{seq}", get(jobs::get).delete(jobs::discard))
+        .route("/jobs/{seq}/replay", post(jobs::replay))
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))

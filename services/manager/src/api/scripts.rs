@@ -7,9 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use picloud_core::routes::RouteSpec;
 use picloud_core::{LimitOverrides, Limits};
 use picloud_http::{ApiError, JsonBody};
-use picloud_store::{ScriptRow, VersionRow};
+use picloud_store::{NewVersion, ScriptRow, StoreError, VersionRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,6 +28,10 @@ pub struct DeployBody {
     /// `Proxy-Authorization` headers (default: dropped before queueing).
     #[serde(default)]
     keep_credentials: bool,
+    /// Custom HTTP routes (`"GET /users/:id"`); absent: none. They belong
+    /// to the version: a redeploy states them again.
+    #[serde(default)]
+    routes: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -42,6 +47,8 @@ pub struct ScriptView {
     latest_version: u32,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// The active version's custom routes.
+    routes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -52,6 +59,7 @@ pub struct VersionView {
     limits: Limits,
     modules: BTreeMap<String, u32>,
     keep_credentials: bool,
+    routes: Vec<String>,
     created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
@@ -72,6 +80,7 @@ impl From<ScriptRow> for ScriptView {
             latest_version: r.latest_version,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            routes: r.routes,
         }
     }
 }
@@ -84,6 +93,7 @@ fn version_view(v: VersionRow, with_source: bool) -> VersionView {
         limits: v.limits,
         modules: v.modules,
         keep_credentials: v.keep_credentials,
+        routes: v.routes,
         created_at: v.created_at,
         source: with_source.then_some(v.source),
     }
@@ -104,6 +114,7 @@ pub async fn deploy(
         return Err(source_too_large(body.source.len(), state.max_source_bytes));
     }
     source_without_nul(&body.source)?;
+    let routes = parse_routes(&body.routes)?;
     let limits = state.limits.resolve(&body.limits, &state.max_limits);
     let imports = state
         .compiler
@@ -116,18 +127,19 @@ pub async fn deploy(
         .await
         .map_err(import_error)?;
     let sha = sha256_hex(&body.source);
+    let new = NewVersion {
+        source: &body.source,
+        sha256: &sha,
+        limits: &limits,
+        modules: &modules,
+        keep_credentials: body.keep_credentials,
+        routes: &routes,
+    };
     let version = state
         .store
-        .create_version(
-            name.as_str(),
-            &body.source,
-            &sha,
-            &limits,
-            &modules,
-            body.keep_credentials,
-        )
+        .create_version_with(name.as_str(), new)
         .await
-        .map_err(internal)?;
+        .map_err(store_error)?;
     if let Err(e) = state.publisher.publish_script(name.as_str(), &[]).await {
         // Stored, so not lost: the publisher retries until the bus has it.
         tracing::warn!(error = %e, script = %name, "version stored but not yet on the bus");
@@ -258,7 +270,7 @@ pub async fn rollback(
         .store
         .activate(name.as_str(), body.version)
         .await
-        .map_err(internal)?
+        .map_err(store_error)?
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "script {:?} has no version {}",
@@ -275,6 +287,29 @@ pub async fn rollback(
     }
     tracing::info!(script = %name, version = row.version, "rolled back");
     Ok(Json(version_view(row, false)))
+}
+
+/// The routes of a deploy, validated and normalised (`get /a` → `GET /a`).
+fn parse_routes(routes: &[String]) -> Result<Vec<String>, ApiError> {
+    RouteSpec::parse_all(routes)
+        .map(|specs| specs.iter().map(ToString::to_string).collect())
+        .map_err(|e| ApiError::bad_request(e.0).with_code("invalid_route"))
+}
+
+/// A route conflict is the caller's 409, naming the route and its holder;
+/// anything else from the store is internal.
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::RouteConflict(c) => {
+            ApiError::new(StatusCode::CONFLICT, "route_conflict", c.to_string()).with_details(
+                serde_json::json!({
+                    "route": c.route,
+                    "held_by": { "script": c.script, "route": c.held },
+                }),
+            )
+        }
+        other => internal(other),
+    }
 }
 
 pub(super) fn sha256_hex(source: &str) -> String {

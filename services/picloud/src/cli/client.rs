@@ -20,13 +20,15 @@ pub enum CliError {
     Transport(String),
     /// Something on this side: a file, the profile, an argument.
     Local(String),
+    /// The command line asks for something that cannot be done (exit 2).
+    Usage(String),
 }
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Api { code, message, .. } => write!(f, "{message} ({code})"),
-            Self::Transport(m) | Self::Local(m) => f.write_str(m),
+            Self::Transport(m) | Self::Local(m) | Self::Usage(m) => f.write_str(m),
         }
     }
 }
@@ -34,6 +36,31 @@ impl std::fmt::Display for CliError {
 impl CliError {
     pub fn local(message: impl Into<String>) -> Self {
         Self::Local(message.into())
+    }
+
+    /// The process exit code: 2 for a usage error, else 1.
+    pub fn exit_code(&self) -> u8 {
+        if matches!(self, Self::Usage(_)) { 2 } else { 1 }
+    }
+
+    /// The error in the admin API's shape, for `--json`: the server's code
+    /// and message, or `client_error` / `unreachable` / `usage`.
+    pub fn to_json(&self) -> Value {
+        let (code, message, details) = match self {
+            Self::Api {
+                code,
+                message,
+                details,
+            } => (code.as_str(), message.as_str(), details.clone()),
+            Self::Transport(m) => ("unreachable", m.as_str(), None),
+            Self::Local(m) => ("client_error", m.as_str(), None),
+            Self::Usage(m) => ("usage", m.as_str(), None),
+        };
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Some(d) = details {
+            error["details"] = d;
+        }
+        serde_json::json!({ "error": error })
     }
 
     /// What to do about a server error that has an obvious remedy.

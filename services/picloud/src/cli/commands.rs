@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::client::{CliError, Client, seg};
-use super::deploy::{DeployArgs, deploy};
+use super::deploy::{DeployArgs, deploy, route_urls};
 use super::invoke::{invocations, invoke};
 use super::output::outln;
 use super::output::{Out, text};
@@ -106,8 +106,13 @@ pub enum DeadLettersCommand {
 
 pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliError> {
     let out = Out::new(target.json);
-    if let ClientCommand::Login { url, token_stdin } = command {
-        return login(&target, &url, token_stdin).await;
+    if let ClientCommand::Login {
+        url,
+        token_stdin,
+        local,
+    } = command
+    {
+        return login(&target, url, token_stdin, local).await;
     }
     let client = connect(&target)?;
     match command {
@@ -116,12 +121,14 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             path,
             name,
             limits,
+            routes,
             keep_credentials,
         } => {
             let args = DeployArgs {
                 path,
                 name,
                 limits,
+                routes,
                 keep_credentials,
                 module: false,
             };
@@ -135,6 +142,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                     ("name", "name"),
                     ("active_version", "active"),
                     ("latest_version", "latest"),
+                    ("routes", "routes"),
                     ("updated_at", "updated"),
                 ],
             );
@@ -149,7 +157,12 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             }
             Ok(())
         }
-        ClientCommand::Rm { name } => {
+        ClientCommand::Rm { name, yes } => {
+            if !yes {
+                confirm(&format!(
+                    "delete script {name} with its versions, schedules, subscriptions and kv?"
+                ))?;
+            }
             client
                 .api(Method::DELETE, &format!("/scripts/{}", seg(&name)), None)
                 .await?;
@@ -165,6 +178,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 &[
                     ("version", "version"),
                     ("sha256", "sha256"),
+                    ("routes", "routes"),
                     ("created_at", "created"),
                 ],
             );
@@ -240,6 +254,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
                 path: file,
                 name,
                 limits: Vec::new(),
+                routes: Vec::new(),
                 keep_credentials: false,
                 module: true,
             };
@@ -258,6 +273,8 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             Ok(())
         }
         ClientCommand::DeadLetters(c) => dead_letters(&client, out, c).await,
+        ClientCommand::Jobs(c) => super::jobs::jobs(&client, out, c).await,
+        ClientCommand::Status => super::status::status(&client, out).await,
     }
 }
 
@@ -276,6 +293,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
         "sha256": active["sha256"],
         "modules": if modules.is_empty() { "-".to_owned() } else { modules.join(", ") },
         "keep_credentials": active["keep_credentials"],
+        "routes": route_urls(base, &v["routes"]),
         "created_at": v["created_at"],
         "updated_at": v["updated_at"],
     });
@@ -289,6 +307,7 @@ fn show_script(out: &Out, base: &str, name: &str, v: &Value) {
             "sha256",
             "modules",
             "keep_credentials",
+            "routes",
             "created_at",
             "updated_at",
         ],
@@ -333,8 +352,21 @@ fn connect(target: &Target) -> Result<Client, CliError> {
     }
 }
 
-async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliError> {
-    let token = if token_stdin {
+async fn login(
+    target: &Target,
+    url: Option<String>,
+    token_stdin: bool,
+    local: bool,
+) -> Result<(), CliError> {
+    let (url, local_token) = if local {
+        let (u, t) = local_instance()?;
+        (url.unwrap_or(u), Some(t))
+    } else {
+        (url.unwrap_or_default(), None)
+    };
+    let token = if let Some(t) = local_token {
+        t
+    } else if token_stdin {
         read_stdin()?
     } else if let Some(t) = &target.token {
         t.clone()
@@ -369,6 +401,30 @@ async fn login(target: &Target, url: &str, token_stdin: bool) -> Result<(), CliE
         path.display()
     );
     Ok(())
+}
+
+/// The URL and admin token of the `picloud up` on this machine, found the
+/// way `up` finds them (PICLOUD_CONFIG, PICLOUD_LISTEN, PICLOUD_DATA_DIR).
+fn local_instance() -> Result<(String, String), CliError> {
+    let config = picloud_core::Config::load()
+        .map_err(|e| CliError::local(format!("cannot read the local configuration: {e}")))?;
+    let path = config.data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&path).map_err(|e| {
+        CliError::local(format!(
+            "cannot read the local admin token at {} ({e}); is `picloud up` running \
+             here as this user? (set PICLOUD_DATA_DIR to its data directory)",
+            path.display()
+        ))
+    })?;
+    let ip = config.listen.ip();
+    let host = if ip.is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else if ip.is_ipv6() {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    };
+    Ok((format!("http://{host}:{}", config.listen.port()), token))
 }
 
 /// Asks for a credential on the terminal without echoing it.
@@ -591,25 +647,31 @@ async fn dead_letters(client: &Client, out: Out, c: DeadLettersCommand) -> Resul
             );
         }
         DeadLettersCommand::Replay { id } => {
-            let v = client
-                .api(
-                    Method::POST,
-                    &format!("/dead-letters/{}/replay", seg(&id)),
-                    None,
-                )
-                .await?;
-            if out.json {
-                out.json(&v);
-            } else {
-                eprintln!("replayed dead letter {id}");
-            }
+            super::jobs::settle(client, out, "dead-letters", "dead letter", &id, true).await?
         }
         DeadLettersCommand::Discard { id } => {
-            client
-                .api(Method::DELETE, &format!("/dead-letters/{}", seg(&id)), None)
-                .await?;
-            eprintln!("discarded dead letter {id}");
+            super::jobs::settle(client, out, "dead-letters", "dead letter", &id, false).await?
         }
     }
     Ok(())
+}
+
+/// Asks `question` on a terminal; without one, refuses (the caller must say
+/// `--yes`). Anything but y/yes is a no.
+fn confirm(question: &str) -> Result<(), CliError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{question} Not asking without a terminal: pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::local(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::local("not deleted"))
+    }
 }

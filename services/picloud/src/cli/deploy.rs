@@ -15,13 +15,15 @@ use serde_json::{Map, Value, json};
 
 use super::client::{CliError, Client, seg};
 use super::output::Out;
-use super::output::outln;
+use super::output::{outln, text};
 
 /// What one deploy asks for.
 pub struct DeployArgs {
     pub path: PathBuf,
     pub name: Option<String>,
     pub limits: Vec<String>,
+    /// `--route 'GET /users/:id'` (one script only).
+    pub routes: Vec<String>,
     /// Async jobs of the deployed scripts keep the caller's credentials.
     pub keep_credentials: bool,
     /// `picloud module deploy FILE`: the file is a module.
@@ -40,6 +42,11 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
         if args.name.is_some() {
             return Err(CliError::local(
                 "--name names one script; a folder's scripts are named after their files",
+            ));
+        }
+        if !args.routes.is_empty() {
+            return Err(CliError::local(
+                "--route gives one script its routes; deploy that script's file with it",
             ));
         }
         plan_folder(&args.path)?
@@ -74,6 +81,7 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
                     "source": source,
                     "limits": limits,
                     "keep_credentials": args.keep_credentials,
+                    "routes": args.routes,
                 }),
             ),
         };
@@ -87,6 +95,7 @@ pub async fn deploy(client: &Client, out: Out, args: DeployArgs) -> Result<(), C
                     "file": item.file.display().to_string(),
                     "url": (item.kind == Kind::Script)
                         .then(|| format!("{}/fn/{}", client.base(), item.name)),
+                    "routes": route_urls(client.base(), &v["routes"]),
                 }));
             }
             Err(e) => {
@@ -128,7 +137,26 @@ fn report(out: Out, results: &[Value]) {
             Some(url) => outln!("{}  {what}  {url}", out.paint("deployed", true)),
             None => outln!("{}  {what}", out.paint("deployed", true)),
         }
+        for route in r["routes"].as_array().into_iter().flatten() {
+            outln!("  {}", text(route));
+        }
     }
+}
+
+/// A script's routes (`["GET /users/:id"]` from the API) as
+/// `GET http://host/users/:id`, the endpoint each one serves.
+pub fn route_urls(base: &str, routes: &Value) -> Value {
+    let urls = routes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|r| match r.split_once(' ') {
+            Some((method, path)) => json!(format!("{method} {base}{path}")),
+            None => json!(r),
+        })
+        .collect();
+    Value::Array(urls)
 }
 
 /// `--limit k=v`, as the API's `limits` object.

@@ -10,9 +10,11 @@ mod client;
 mod commands;
 mod deploy;
 mod invoke;
+mod jobs;
 mod logs;
 pub(crate) mod output;
 mod profile;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,11 +43,17 @@ pub struct Target {
 pub enum ClientCommand {
     /// Store the URL and admin token of a PiCloud in a profile.
     Login {
-        /// e.g. http://127.0.0.1:8080
-        url: String,
+        /// e.g. http://127.0.0.1:8080 (with --local: the address `picloud
+        /// up` listens on, PICLOUD_LISTEN or 127.0.0.1:8080).
+        #[arg(required_unless_present = "local")]
+        url: Option<String>,
         /// Read the token from standard input instead of --token/PICLOUD_TOKEN.
         #[arg(long)]
         token_stdin: bool,
+        /// Log in to the `picloud up` on this machine: its token is read
+        /// from its data directory (PICLOUD_DATA_DIR, as `up` finds it).
+        #[arg(long, conflicts_with = "token_stdin")]
+        local: bool,
     },
     /// Deploy a script (FILE) or every *.rhai in a folder (modules first).
     Deploy {
@@ -56,6 +64,10 @@ pub enum ClientCommand {
         /// A limit for this script, e.g. --limit max_operations=100000.
         #[arg(long = "limit", value_name = "NAME=VALUE")]
         limits: Vec<String>,
+        /// A custom route for the script, e.g. --route 'GET /users/:id'
+        /// (repeatable; `*` as the method answers every method).
+        #[arg(long = "route", value_name = "'METHOD /PATH'")]
+        routes: Vec<String>,
         /// Async jobs keep the caller's Authorization, Cookie and
         /// Proxy-Authorization headers (default: dropped before queueing).
         #[arg(long)]
@@ -65,8 +77,14 @@ pub enum ClientCommand {
     Ls,
     /// Show a script and its active version.
     Show { name: String },
-    /// Delete a script with its versions, schedules, subscriptions and kv.
-    Rm { name: String },
+    /// Delete a script with its versions, schedules, subscriptions and kv
+    /// (asks first on a terminal; elsewhere needs --yes).
+    Rm {
+        name: String,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// List a script's versions.
     Versions { name: String },
     /// Make an earlier version of a script the active one.
@@ -100,21 +118,33 @@ pub enum ClientCommand {
     /// Jobs that failed every attempt.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(commands::DeadLettersCommand),
+    /// Queued jobs not yet done: find stuck ones, replay or discard them.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
+    /// Show the running nodes (roles, workers, load), pending jobs and
+    /// outbox lag.
+    Status,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
 }
 
 /// Runs a client command and turns its outcome into an exit code.
 pub async fn run(command: ClientCommand, target: Target) -> ExitCode {
+    let json = target.json;
     match commands::dispatch(command, target).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if json => {
+            // Machine-readable, on stderr: stdout stays empty on failure.
+            eprintln!("{}", e.to_json());
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             // The message may quote a script's words: no escape sequences.
             eprintln!("error: {}", output::escape_controls(&e.to_string(), true));
             if let Some(help) = e.help() {
                 eprintln!("help: {help}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

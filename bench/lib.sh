@@ -1,0 +1,17 @@
+# Shell helpers the bench scripts share (sourced, not run).
+
+# CPU ticks of one process tree (reaped children included).
+tree_ticks() {
+    local p total=0 rest
+    for p in $(ps -e -o pid=,ppid= | awk -v root="$1" '
+        { parent[$1] = $2; all[NR] = $1 }
+        END { keep[root] = 1; changed = 1
+              while (changed) { changed = 0
+                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
+              for (p in keep) print p }'); do
+        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+        rest=${rest##*) }
+        total=$((total + $(awk '{print $12 + $13 + $14 + $15}' <<<"$rest")))
+    done
+    echo "$total"
+}

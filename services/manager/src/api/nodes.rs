@@ -1,0 +1,29 @@
+//! `GET /api/v1/nodes`: every running role instance (asked over NATS, with
+//! replies gathered for a short window) and the queue figures of the
+//! cluster.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use picloud_http::ApiError;
+use serde_json::{Value, json};
+
+use super::Shared;
+use crate::probes::QueueLag;
+
+/// How long replies to a node ping are gathered. Nodes answer from memory;
+/// on loopback or a LAN they reply within a millisecond or two.
+const GATHER_WINDOW: Duration = Duration::from_millis(300);
+
+pub async fn list(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+    let (nodes, queue) = tokio::join!(
+        state.bus.gather_nodes(GATHER_WINDOW),
+        QueueLag::read(&state.bus, &state.store),
+    );
+    let nodes = nodes.map_err(|e| {
+        tracing::warn!(error = %e, "node ping failed");
+        ApiError::unavailable("the message bus is unavailable")
+    })?;
+    Ok(Json(json!({ "nodes": nodes, "queue": queue })))
+}
