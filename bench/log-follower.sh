@@ -76,27 +76,14 @@ for _ in $(seq 1 300); do
     sleep 0.1
 done
 
-# CPU ticks of picloud up and its children (NATS, Postgres).
-tree_ticks() {
-    local total=0 p rest
-    for p in $(ps -e -o pid=,ppid= | awk -v root="$PICLOUD_PID" '
-        { parent[$1] = $2; all[NR] = $1 }
-        END { keep[root] = 1; changed = 1
-              while (changed) { changed = 0
-                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
-              for (p in keep) print p }'); do
-        rest=$(cat "/proc/$p/stat" 2>/dev/null) || continue
-        rest=${rest##*) }
-        total=$((total + $(awk '{print $12 + $13}' <<<"$rest")))
-    done
-    echo "$total"
-}
+# tree_ticks ROOT: CPU ticks of `picloud up` and its children (NATS, Postgres).
+. bench/lib.sh
 # Until PiCloud uses < 5% of a core over a second (records of the last run
 # stored), at most 90 s.
 wait_quiet() {
     local a b
     for _ in $(seq 1 90); do
-        a=$(tree_ticks); sleep 1; b=$(tree_ticks)
+        a=$(tree_ticks "$PICLOUD_PID"); sleep 1; b=$(tree_ticks "$PICLOUD_PID")
         ((b - a < 5)) && return 0
     done
 }
