@@ -16,6 +16,9 @@
 //!   JetStream on this path).
 //! - **Invocation records** (`{P}_RECORDS` work-queue stream): executors
 //!   publish batches; managers consume with one shared durable consumer.
+//! - **Live logs** (`{P}_LOGS`, limits retention, `{p}.logs.{script}`):
+//!   executors publish batches of log events; followers read with ordered
+//!   consumers (see [`LogCursor`]).
 //! - **Jobs and events** (`{P}_JOBS`, `{P}_EVENTS`) and the request/reply
 //!   calls to managers (kv, commits, dead letters, async submissions): see
 //!   [`jobs`].
@@ -25,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod jobs;
+mod logs;
 pub mod names;
 pub mod nodes;
 mod queued;
@@ -40,6 +44,7 @@ use picloud_core::{InvocationReply, InvocationRequest, Limits};
 use serde::{Deserialize, Serialize};
 
 pub use jobs::{CallError, Incoming, IncomingJob, JobConsumer};
+pub use logs::{LogBatch, LogCursor};
 pub use names::Names;
 pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
 pub use queued::QueuedJob;
@@ -191,6 +196,7 @@ impl Bus {
         let routes = ensure_bucket(&js, names.routes_bucket()).await?;
         let versions = ensure_bucket(&js, names.versions_bucket()).await?;
         records::ensure_stream(&js, &names).await?;
+        logs::ensure_stream(&js, &names).await?;
         jobs::ensure_streams(&js, &names).await?;
         Ok(Self {
             client,
@@ -463,6 +469,39 @@ impl Bus {
     /// The managers' shared consumer of invocation records.
     pub async fn record_consumer(&self) -> Result<RecordConsumer, BusError> {
         RecordConsumer::open(&self.js, &self.names).await
+    }
+
+    // ---- live logs ------------------------------------------------------
+
+    /// Publishes a batch of `script`'s log events (a JSON array of
+    /// [`picloud_core::LogEvent`]) and waits for JetStream's ack.
+    pub async fn publish_logs(&self, script: &str, batch: Bytes) -> Result<(), BusError> {
+        logs::publish(&self.js, &self.names, script, batch).await
+    }
+
+    /// Every message of `script`'s live log after `after` (`None`: from
+    /// now on), in order, until the stream is dropped.
+    pub async fn follow_logs(
+        &self,
+        script: &str,
+        after: Option<LogCursor>,
+    ) -> Result<impl Stream<Item = Result<LogBatch, BusError>> + use<>, BusError> {
+        logs::follow(&self.js, &self.names, script, after).await
+    }
+
+    /// The stream sequence of `script`'s newest live-log message (0: none).
+    pub async fn last_log_seq(&self, script: &str) -> Result<u64, BusError> {
+        logs::last_seq(&self.js, &self.names, script).await
+    }
+
+    /// The last `limit` events of `script`'s live log, oldest first, and the
+    /// position a follower continues from.
+    pub async fn recent_logs(
+        &self,
+        script: &str,
+        limit: usize,
+    ) -> Result<(Vec<(LogCursor, picloud_core::LogEvent)>, LogCursor), BusError> {
+        logs::recent(&self.js, &self.names, script, limit.max(1)).await
     }
 
     /// Flushes buffered outgoing messages, waiting at most 2 s (a flush on

@@ -53,6 +53,19 @@ impl Names {
         format!("{}.managers", self.subject)
     }
 
+    /// The live logs (limits retention), one subject per script.
+    pub fn logs_stream(&self) -> String {
+        format!("{}_LOGS", self.stream)
+    }
+
+    pub fn logs_subject(&self, script: &str) -> String {
+        format!("{}.logs.{script}", self.subject)
+    }
+
+    pub fn logs_wildcard(&self) -> String {
+        format!("{}.logs.*", self.subject)
+    }
+
     pub fn records_subject(&self) -> String {
         format!("{}.records", self.subject)
     }

@@ -84,6 +84,14 @@ pub struct Config {
     /// Invocations of one script an executor runs at once (sync and async);
     /// 0 = one less than its workers, so another script always has one.
     pub script_concurrency: usize,
+    /// Live-log events queued for one follower of `GET
+    /// /api/v1/scripts/{name}/logs?follow=true` (`PICLOUD_LOG_FOLLOW_BUFFER`);
+    /// a follower that falls this far behind is disconnected with a final
+    /// event that says how many events it missed.
+    pub log_follow_buffer: usize,
+    /// Keepalive comment interval on an idle follower's stream
+    /// (`PICLOUD_LOG_KEEPALIVE_MS`).
+    pub log_keepalive_ms: u64,
     /// `GET /metrics` asks for this bearer token when set
     /// (`PICLOUD_METRICS_TOKEN`); otherwise it is open like `/healthz`.
     pub metrics_token: Option<String>,
@@ -130,6 +138,8 @@ impl Default for Config {
             max_chain_depth: crate::chain::DEFAULT_MAX_CHAIN_DEPTH,
             max_trace_invocations: crate::chain::DEFAULT_MAX_TRACE_INVOCATIONS,
             script_concurrency: 0,
+            log_follow_buffer: 4_096,
+            log_keepalive_ms: 15_000,
             metrics_token: None,
             metrics_max_scripts: 200,
         }
@@ -241,6 +251,12 @@ impl Config {
             self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;
         }
         self.apply_http_env(&get)?;
+        if let Some(v) = non_empty("PICLOUD_LOG_FOLLOW_BUFFER") {
+            self.log_follow_buffer = parse("PICLOUD_LOG_FOLLOW_BUFFER", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_LOG_KEEPALIVE_MS") {
+            self.log_keepalive_ms = parse("PICLOUD_LOG_KEEPALIVE_MS", &v)?;
+        }
         if let Some(v) = non_empty("PICLOUD_MAX_CHAIN_DEPTH") {
             self.max_chain_depth = parse("PICLOUD_MAX_CHAIN_DEPTH", &v)?;
         }
@@ -331,6 +347,12 @@ impl Config {
             return Err(ConfigError::Env {
                 var: "PICLOUD_HTTP_*",
                 reason: "HTTP timeouts and the connection cap must be at least 1".into(),
+            });
+        }
+        if self.log_follow_buffer == 0 || self.log_keepalive_ms == 0 {
+            return Err(ConfigError::Env {
+                var: "PICLOUD_LOG_FOLLOW_BUFFER / PICLOUD_LOG_KEEPALIVE_MS",
+                reason: "the follower buffer and keepalive interval must be at least 1".into(),
             });
         }
         let ok = !self.prefix.is_empty()

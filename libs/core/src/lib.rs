@@ -9,6 +9,8 @@
 //!   invocation request, its reply and its record.
 //! - [`job`], [`effects`]: async jobs, events, and the kv writes and emits an
 //!   invocation commits.
+//! - [`logs`]: live log events (a script's lines and each invocation's
+//!   end), as followers receive them.
 //! - [`chain`]: the hop count and invocation budget that bound event chains.
 //! - [`schedule`]: cron expressions in time zones, and what a scheduler
 //!   does with due instants (catch-up, overlap).
@@ -32,6 +34,7 @@ pub mod effects;
 pub mod invocation;
 pub mod job;
 pub mod limits;
+pub mod logs;
 pub mod name;
 pub mod routes;
 pub mod schedule;
@@ -48,6 +51,7 @@ pub use invocation::{
 };
 pub use job::{AsyncAnswer, AsyncSubmit, CREDENTIAL_HEADERS, EventMessage, Job};
 pub use limits::{LimitOverrides, Limits};
+pub use logs::{LogEvent, LogLevel};
 pub use name::{NameError, ScriptName};
 pub use uuid::Uuid;
 

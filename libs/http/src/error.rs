@@ -72,6 +72,8 @@ pub enum ErrorCode {
     RouteConflict,
     /// A queued job cannot be read; it can only be discarded.
     UnreadableJob,
+    /// A `Last-Event-ID` this server did not send.
+    InvalidLastEventId,
 }
 
 impl ErrorCode {
@@ -104,6 +106,7 @@ impl ErrorCode {
         Self::InvalidRoute,
         Self::RouteConflict,
         Self::UnreadableJob,
+        Self::InvalidLastEventId,
     ];
 
     /// The code as it appears on the wire.
@@ -136,6 +139,7 @@ impl ErrorCode {
             Self::InvalidRoute => "invalid_route",
             Self::RouteConflict => "route_conflict",
             Self::UnreadableJob => "unreadable_job",
+            Self::InvalidLastEventId => "invalid_last_event_id",
         }
     }
 }

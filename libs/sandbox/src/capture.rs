@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use crate::Host;
 use crate::http::{HostError, HttpCall, HttpReply};
-use picloud_core::Limits;
 use picloud_core::effects::{Effects, Emit, KvVersion, ListRead};
+use picloud_core::{Limits, LogLevel};
 
 pub(crate) const MASK: &str = "***";
 
@@ -32,9 +32,34 @@ pub(crate) struct Capture {
     stopping: AtomicBool,
 }
 
+/// One captured line: where it ends in the invocation's log (past its
+/// newline), which function wrote it and when (Unix microseconds). The log
+/// stays one string (the record keeps it so); these marks let the live log
+/// send it line by line with levels and times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLine {
+    pub end: usize,
+    pub level: LogLevel,
+    pub at_us: i64,
+}
+
+/// Each line of `log` with its mark, without its newline.
+pub fn log_lines<'a>(
+    log: &'a str,
+    marks: &'a [LogLine],
+) -> impl Iterator<Item = (&'a LogLine, &'a str)> {
+    let mut start = 0;
+    marks.iter().filter_map(move |m| {
+        let text = log.get(start..m.end.min(log.len()))?;
+        start = m.end;
+        Some((m, text.strip_suffix('\n').unwrap_or(text)))
+    })
+}
+
 #[derive(Default)]
 struct State {
     log: String,
+    marks: Vec<LogLine>,
     max_bytes: usize,
     truncated: bool,
     deadline: Option<Instant>,
@@ -85,6 +110,7 @@ impl Capture {
         s.read_values.clear();
         s.kv_ops = 0;
         s.log.clear();
+        s.marks.clear();
         s.max_bytes = limits.max_log_bytes;
         s.limits = limits.clone();
         s.http_calls = 0;
@@ -101,7 +127,7 @@ impl Capture {
 
     /// Ends the invocation: the (masked) log and the secret values handed
     /// out, for masking anything else the invocation produced.
-    pub(crate) fn finish(&self) -> (String, Vec<String>, Effects) {
+    pub(crate) fn finish(&self) -> (String, Vec<LogLine>, Vec<String>, Effects) {
         crate::memory::disarm();
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.deadline = None;
@@ -109,11 +135,28 @@ impl Capture {
         s.read_values.clear();
         let effects = std::mem::take(&mut s.effects);
         let secrets = std::mem::take(&mut s.secrets);
-        let mut log = mask(&std::mem::take(&mut s.log), &secrets);
+        let mut marks = std::mem::take(&mut s.marks);
+        let raw = std::mem::take(&mut s.log);
+        let mut log = if secrets.is_empty() {
+            raw
+        } else {
+            // Line by line, so each mark still ends its own line.
+            let mut masked = String::with_capacity(raw.len());
+            let mut start = 0;
+            for m in &mut marks {
+                masked.push_str(&mask(&raw[start..m.end], &secrets));
+                start = m.end;
+                m.end = masked.len();
+            }
+            masked
+        };
         if s.truncated {
             log.push_str(TRUNCATED);
+            if let Some(last) = marks.last_mut() {
+                last.end = log.len();
+            }
         }
-        (log, secrets, effects)
+        (log, marks, secrets, effects)
     }
 
     /// Counts one kv call; refuses in a module's top-level code.
@@ -301,7 +344,7 @@ impl Capture {
 
     /// Appends one line (secrets masked), keeping at most `max_bytes` (cut
     /// on a char boundary).
-    pub(crate) fn line(&self, text: &str) {
+    pub(crate) fn line(&self, level: LogLevel, text: &str) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let masked = mask(text, &s.secrets);
         let text = masked.as_str();
@@ -313,14 +356,20 @@ impl Capture {
         if needed <= room {
             s.log.push_str(text);
             s.log.push('\n');
-            return;
+        } else {
+            let mut cut = room.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.log.push_str(&text[..cut]);
+            s.truncated = true;
         }
-        let mut cut = room.min(text.len());
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.log.push_str(&text[..cut]);
-        s.truncated = true;
+        let mark = LogLine {
+            end: s.log.len(),
+            level,
+            at_us: chrono::Utc::now().timestamp_micros(),
+        };
+        s.marks.push(mark);
     }
 
     /// The invocation's memory limit, once an allocation on this thread

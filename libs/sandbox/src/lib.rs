@@ -30,11 +30,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use picloud_core::effects::{Effects, KvEntry, KvVersion};
-use picloud_core::{EventInput, HttpRequestInput, Limits, Outcome};
+use picloud_core::{EventInput, HttpRequestInput, Limits, LogLevel, Outcome};
 pub use rhai::AST;
 use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
 use capture::Capture;
+pub use capture::{LogLine, log_lines};
 pub use http::{HostError, HttpBody, HttpCall, HttpReply};
 use modules::Resolver;
 pub use modules::{ModuleCache, ModuleSet};
@@ -160,6 +161,9 @@ pub struct RunResult {
     pub outcome: Outcome,
     /// Captured `log`/`print`/`debug` output.
     pub log: String,
+    /// Where each line of `log` ends, with its level and time (see
+    /// [`log_lines`]).
+    pub lines: Vec<LogLine>,
     /// The full error text, for the operator.
     pub error: Option<String>,
     /// What a successful run asks to commit (kv writes, emits, and the reads
@@ -216,11 +220,13 @@ impl Sandbox {
 
         {
             let c = capture.clone();
-            engine.on_print(move |s| c.line(s));
+            engine.on_print(move |s| c.line(LogLevel::Info, s));
             let c = capture.clone();
-            engine.on_debug(move |s, _, _| c.line(s));
+            engine.on_debug(move |s, _, _| c.line(LogLevel::Debug, s));
             let c = capture.clone();
-            engine.register_fn("log", move |msg: Dynamic| c.line(&msg.to_string()));
+            engine.register_fn("log", move |msg: Dynamic| {
+                c.line(LogLevel::Info, &msg.to_string())
+            });
             let c = capture.clone();
             engine.register_fn(
                 "secret",
@@ -362,18 +368,19 @@ impl Sandbox {
 
         let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
         self.resolver.finish();
-        let (log, secrets, effects) = self.capture.finish();
+        let (log, lines, secrets, effects) = self.capture.finish();
         let mut result = match evaluated {
             Ok(value) => match response::from_value(value, limits) {
                 Ok(resp) => RunResult {
                     outcome: Outcome::Response(resp),
                     log,
+                    lines,
                     error: None,
                     effects,
                 },
-                Err(fail) => fail.into_result(log),
+                Err(fail) => fail.into_result(log, lines),
             },
-            Err(err) => classify(*err, limits, caller_first).into_result(log),
+            Err(err) => classify(*err, limits, caller_first).into_result(log, lines),
         };
         // The response body is the author's business; the operator's detail
         // is not a place for secrets.
@@ -438,7 +445,7 @@ impl Failure {
         }
     }
 
-    fn into_result(self, log: String) -> RunResult {
+    fn into_result(self, log: String, lines: Vec<LogLine>) -> RunResult {
         let outcome = match self.kind {
             FailureKind::Limit => Outcome::LimitExceeded {
                 message: self.public,
@@ -451,6 +458,7 @@ impl Failure {
         RunResult {
             outcome,
             log,
+            lines,
             error: Some(self.detail),
             effects: Effects::default(),
         }

@@ -168,6 +168,18 @@ fn thrown_errors_are_redacted_for_the_caller() {
 fn log_is_captured_and_capped() {
     let r = run(r#"log("one"); print("two"); debug("three"); "ok""#);
     assert_eq!(r.log, "one\ntwo\n\"three\"\n");
+    let lines: Vec<_> = log_lines(&r.log, &r.lines)
+        .map(|(m, text)| (m.level, text))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (LogLevel::Info, "one"),
+            (LogLevel::Info, "two"),
+            (LogLevel::Debug, "\"three\"")
+        ]
+    );
+    assert!(r.lines.windows(2).all(|w| w[0].at_us <= w[1].at_us));
     let limits = Limits {
         max_log_bytes: 10,
         ..Limits::default()
@@ -175,6 +187,8 @@ fn log_is_captured_and_capped() {
     let r = run_with(r#"for i in 0..100 { log("abcdef") } "ok""#, &limits, None);
     assert!(r.log.starts_with("abcdef\nabc"), "{}", r.log);
     assert!(r.log.ends_with("[log truncated]"));
+    let texts: Vec<_> = log_lines(&r.log, &r.lines).map(|(_, t)| t).collect();
+    assert_eq!(texts, ["abcdef", "abc\n[log truncated]"]);
 }
 
 #[test]
@@ -526,11 +540,22 @@ fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
         r#"let k = secret("api_key"); log(k); print(`key=${k}`); debug(k); throw `failed with ${k}`;"#,
     );
     assert_eq!(r.log, "***\nkey=***\n\"***\"\n");
+    let texts: Vec<_> = log_lines(&r.log, &r.lines).map(|(_, t)| t).collect();
+    assert_eq!(texts, ["***", "key=***", "\"***\""]);
     let err = r.error.unwrap();
     assert!(
         err.contains("failed with ***") && !err.contains("s3cr3t"),
         "{err}"
     );
+
+    // A line written before the secret was fetched is masked at the end,
+    // and every line still ends where it should.
+    let r = run_secret(
+        &mut sb,
+        r#"log("x s3cr3t-v4lue y"); log("b"); let k = secret("api_key"); "ok""#,
+    );
+    let texts: Vec<_> = log_lines(&r.log, &r.lines).map(|(_, t)| t).collect();
+    assert_eq!(texts, ["x *** y", "b"]);
 
     let r = run_secret(&mut sb, r#"secret("api_key")"#);
     assert_eq!(response(&r).body, "s3cr3t-v4lue");

@@ -176,7 +176,7 @@ impl TestEnv {
         {
             let js = async_nats::jetstream::new(client);
             let upper = self.config.prefix.to_ascii_uppercase();
-            for s in ["RECORDS", "JOBS", "EVENTS"] {
+            for s in ["RECORDS", "JOBS", "EVENTS", "LOGS"] {
                 let _ = js.delete_stream(format!("{upper}_{s}")).await;
             }
             for b in ["ROUTES", "VERSIONS"] {

@@ -159,7 +159,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
         let pause = backoff.next_pause();
         tracing::info!(job = %job.id, reason = %why, retry_in = ?pause, "job not committed; running it again");
         let failed = uncommitted(result, &why);
-        server.recorder.record(base.record(&failed));
+        server.record_run(&base, &failed);
         if !hold(&settings, &incoming, pause).await {
             break Settled::NotCommitted(failed, why);
         }
@@ -336,6 +336,7 @@ async fn settle(
     let outcome = match settled {
         Settled::Committed(result) => {
             run::observe(base, &result.outcome);
+            server.live.invocation(&base.record(&result), &result.lines);
             log_settle(incoming.ack().await, "ack");
             return;
         }
@@ -352,7 +353,7 @@ async fn settle(
     if matches!(outcome.outcome, Outcome::Response(_)) {
         // Sync-only shape (no commit needed) cannot happen for jobs, but a
         // successful run is never retried.
-        server.recorder.record(base.record(&outcome));
+        server.record_run(base, &outcome);
         log_settle(incoming.ack().await, "ack");
         return;
     }
@@ -360,7 +361,7 @@ async fn settle(
         dead_letter(server, settings, incoming, base, outcome).await;
     } else {
         tracing::debug!(job = %job.id, attempt, error = ?outcome.error, "job failed; handing it back for a retry");
-        server.recorder.record(base.record(&outcome));
+        server.record_run(base, &outcome);
         let delay = settings.config.retry_delay(attempt);
         log_settle(incoming.retry(delay).await, "nak");
     }
@@ -382,6 +383,7 @@ async fn dead_letter(
         job: incoming.job.clone(),
         error,
     };
+    server.live.invocation(&letter.record, &result.lines);
     let stored = server
         .bus
         .call::<_, CommitReply>(

@@ -13,6 +13,8 @@
 //! - [`run`]: what both share (preparing a version, the record, the
 //!   run-and-commit loop that re-runs on a kv conflict).
 //! - [`records`]: batches invocation records onto the bus, off the hot path.
+//! - [`live`]: publishes each invocation's log lines and end to the live
+//!   log, off the hot path (both through [`batch`]).
 //! - [`fair`]: per-script concurrency caps, so one script cannot take every
 //!   worker.
 //!
@@ -21,10 +23,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod cache;
 pub mod fair;
 pub mod host;
 pub mod jobs;
+pub mod live;
 pub mod pool;
 pub mod queue;
 pub mod records;
@@ -63,6 +67,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     let pool = pool::Pool::start(workers, config.queue_depth, modules.clone())
         .context("cannot start worker threads")?;
     let (recorder, record_task) = records::Recorder::start(bus.clone(), shutdown.clone());
+    let (live, live_task) = live::LiveLog::start(bus.clone());
     let server = serve::Server {
         bus: bus.clone(),
         pool,
@@ -74,6 +79,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         }),
         modules,
         recorder,
+        live,
         executor_id: id.clone(),
         runtime: tokio::runtime::Handle::current(),
         // One script's waiting sync calls may hold at most a quarter of
@@ -117,6 +123,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         ),
     );
     tasks.spawn("records", record_task);
+    tasks.spawn("live logs", live_task);
     tracing::info!(executor = %id, workers, "executor started");
     let ready = picloud_http::ready_when("executor: NATS disconnected", move || bus.is_connected());
     let ready = tasks.ready("executor", ready);

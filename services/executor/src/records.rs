@@ -1,69 +1,34 @@
 //! Batching invocation records onto the bus.
 //!
-//! `record` never blocks and never fails on the hot path: it appends to a
-//! bounded buffer, and only the record that finds the buffer empty wakes the
-//! publisher. The publisher then lets records gather for [`LINGER`], takes
-//! them all and publishes them as JetStream messages of up to [`MAX_BATCH`]
-//! records or [`MAX_BATCH_BYTES`]. So under load a record costs a lock and a
-//! push, not a task wake-up (which, per invocation, cost more than the
-//! record itself). The task ends when the last `Recorder` is dropped, after
-//! the executor has drained its in-flight invocations, so their records go
-//! out too. When NATS is down it retries with backoff; past the buffer's
-//! capacity new records are dropped and counted in the log rather than
-//! holding up scripts. A timer runs only while a batch is being gathered,
-//! never when idle.
+//! `record` never blocks and never fails on the hot path: it queues the
+//! record in a bounded [`Batcher`], and the publisher sends what gathered as
+//! JetStream messages of up to [`MAX_BATCH`] records or [`MAX_BATCH_BYTES`].
+//! The task ends when the last `Recorder` is dropped, after the executor
+//! has drained its in-flight invocations, so their records go out too. When
+//! NATS is down it retries with backoff; past the buffer's capacity new
+//! records are dropped and counted in the log rather than holding up
+//! scripts.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use picloud_bus::{Bus, RecordBatchBuf};
 use picloud_core::{InvocationRecord, Shutdown};
-use tokio::sync::Notify;
+
+use crate::batch::{Batcher, Closer};
 
 pub const MAX_BATCH: usize = 1024;
 /// Well under NATS's default 1 MB message limit.
 pub const MAX_BATCH_BYTES: usize = 512 << 10;
 /// A single record's log and error are cut to fit this.
 const MAX_RECORD_TEXT: usize = 192 << 10;
-pub const LINGER: Duration = Duration::from_millis(20);
 const CAPACITY: usize = 65_536;
 
-/// What the recorders and the publisher share.
-#[derive(Default)]
-struct Buffer {
-    records: Mutex<Vec<InvocationRecord>>,
-    /// Signalled by the record that finds the buffer empty, and on close.
-    ready: Notify,
-    closed: AtomicBool,
-    dropped: AtomicU64,
-}
-
-impl Buffer {
-    /// Swaps the gathered records into `out`, an empty vector whose
-    /// capacity the recorders then push into (no regrowth per batch under
-    /// their lock).
-    fn take_into(&self, out: &mut Vec<InvocationRecord>) {
-        std::mem::swap(
-            &mut *self.records.lock().unwrap_or_else(|e| e.into_inner()),
-            out,
-        );
-    }
-}
-
-/// Closes the buffer when the last [`Recorder`] goes.
-struct Closer(Arc<Buffer>);
-
-impl Drop for Closer {
-    fn drop(&mut self) {
-        self.0.closed.store(true, Ordering::Release);
-        self.0.ready.notify_one();
-    }
-}
+type Buffer = Batcher<InvocationRecord>;
 
 #[derive(Clone)]
 pub struct Recorder {
-    buffer: Arc<Closer>,
+    buffer: Arc<Closer<InvocationRecord>>,
 }
 
 impl Recorder {
@@ -71,7 +36,7 @@ impl Recorder {
         bus: Bus,
         shutdown: Shutdown,
     ) -> (Self, impl Future<Output = ()> + Send + 'static) {
-        let buffer = Arc::new(Buffer::default());
+        let buffer = Arc::new(Buffer::new(CAPACITY, "invocation records"));
         let task = publish_loop(bus, buffer.clone(), shutdown);
         let recorder = Self {
             buffer: Arc::new(Closer(buffer)),
@@ -84,25 +49,7 @@ impl Recorder {
         if let Some(e) = r.error.as_mut() {
             cut(e, MAX_RECORD_TEXT);
         }
-        let buffer = &self.buffer.0;
-        let mut records = buffer.records.lock().unwrap_or_else(|e| e.into_inner());
-        if records.len() >= CAPACITY {
-            drop(records);
-            let n = buffer.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(
-                    dropped = n,
-                    "invocation record buffer full; records dropped"
-                );
-            }
-            return;
-        }
-        records.push(r);
-        let first = records.len() == 1;
-        drop(records);
-        if first {
-            buffer.ready.notify_one();
-        }
+        self.buffer.0.push(r);
     }
 }
 
@@ -137,35 +84,7 @@ fn encode(r: &mut InvocationRecord) -> Vec<u8> {
 async fn publish_loop(bus: Bus, buffer: Arc<Buffer>, shutdown: Shutdown) {
     let mut batch = RecordBatchBuf::default();
     let mut taken = Vec::new();
-    loop {
-        // Wait (without a timer) for the first record of a batch. A signal
-        // given while nobody waits is kept, so none is lost.
-        loop {
-            let empty = buffer
-                .records
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-            if !empty {
-                break;
-            }
-            if buffer.closed.load(Ordering::Acquire) {
-                return;
-            }
-            buffer.ready.notified().await;
-        }
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
-        // On close, whatever is there goes out at once. (A signal from a
-        // record that came while the last batch was being published only
-        // means "not empty": keep lingering.)
-        while !buffer.closed.load(Ordering::Acquire) {
-            tokio::select! {
-                _ = &mut linger => break,
-                _ = buffer.ready.notified() => {}
-            }
-        }
-        buffer.take_into(&mut taken);
+    while buffer.next_batch(&mut taken).await {
         for mut r in taken.drain(..) {
             let encoded = encode(&mut r);
             if batch.len() >= MAX_BATCH || batch.bytes_with(encoded.len() + 1) > MAX_BATCH_BYTES {

@@ -360,6 +360,7 @@ fn failed_commit(result: RunResult, outcome: Outcome, error: String) -> RunResul
     RunResult {
         outcome,
         log: result.log,
+        lines: result.lines,
         error: Some(error),
         effects: Default::default(),
     }
@@ -384,6 +385,7 @@ pub fn plain(outcome: Outcome, error: impl Into<String>) -> RunResult {
     RunResult {
         outcome,
         log: String::new(),
+        lines: Vec::new(),
         error: Some(error.into()),
         effects: Default::default(),
     }

@@ -24,6 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::AstCache;
 use crate::fair::{self, ScriptSlots};
+use crate::live::LiveLog;
 use crate::pool::Pool;
 use crate::records::Recorder;
 use crate::run::{self, RecordBase, Settled, plain};
@@ -35,6 +36,8 @@ pub struct Server {
     pub host: Arc<dyn Host>,
     pub modules: ModuleCache,
     pub recorder: Recorder,
+    /// Every invocation's log lines and end, for followers.
+    pub live: LiveLog,
     pub executor_id: String,
     pub runtime: Handle,
     /// Per-script concurrency caps, shared by sync calls and async jobs.
@@ -109,6 +112,13 @@ pub fn in_flight_limit(threads: usize) -> usize {
 }
 
 impl Server {
+    /// Records a run that no commit stored, and sends it to the live log.
+    pub fn record_run(&self, base: &RecordBase, result: &RunResult) {
+        let record = base.record(result);
+        self.live.invocation(&record, &result.lines);
+        self.recorder.record(record);
+    }
+
     pub async fn run(
         this: Arc<Self>,
         incoming: impl Stream<Item = IncomingInvocation> + Send + 'static,
@@ -215,15 +225,19 @@ impl Server {
             Settled::Plain(RunResult {
                 outcome,
                 log,
+                lines,
                 error,
                 ..
             }) => {
                 run::observe(&base, &outcome);
-                self.recorder.record(base.into_record(&outcome, log, error));
+                let record = base.into_record(&outcome, log, error);
+                self.live.invocation(&record, &lines);
+                self.recorder.record(record);
                 outcome
             }
             Settled::Committed(result) => {
                 run::observe(&base, &result.outcome);
+                self.live.invocation(&base.record(&result), &result.lines);
                 result.outcome
             }
             Settled::NotCommitted(result, why) => {
@@ -238,8 +252,9 @@ impl Server {
                     format!("not committed: {why}"),
                 );
                 failed.log = result.log;
+                failed.lines = result.lines;
                 run::observe(&base, &failed.outcome);
-                self.recorder.record(base.record(&failed));
+                self.record_run(&base, &failed);
                 failed.outcome
             }
         };

@@ -142,6 +142,11 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         max_source_bytes: config.max_source_bytes,
         max_attempts: config.max_attempts,
         secrets: secret_box,
+        follow: api::logs::FollowSettings {
+            buffer: config.log_follow_buffer,
+            keepalive: std::time::Duration::from_millis(config.log_keepalive_ms),
+            shutdown: shutdown.clone(),
+        },
     });
     let ready: ReadyCheck = {
         let (store, bus) = (store.clone(), bus.clone());

@@ -2,6 +2,7 @@
 
 mod invocations;
 mod jobs;
+pub mod logs;
 mod modules;
 mod nodes;
 pub mod openapi;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// Attempts of a schedule's firing when it does not set its own.
     pub max_attempts: u32,
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// How live-log followers are served.
+    pub follow: logs::FollowSettings,
 }
 
 pub type Shared = Arc<AppState>;
@@ -54,6 +57,7 @@ pub fn router(state: Shared) -> Router {
                 .delete(scripts::delete),
         )
         .route("/scripts/{name}/versions", get(scripts::versions))
+        .route("/scripts/{name}/logs", get(logs::script_logs))
         .route("/scripts/{name}/versions/{version}", get(scripts::version))
         .route("/scripts/{name}/rollback", post(scripts::rollback))
         .route("/modules", get(modules::list))
@@ -69,6 +73,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/invocations", get(invocations::list))
         .route("/invocations/{id}", get(invocations::get))
+        .route("/invocations/{id}/logs", get(logs::invocation_logs))
         .route(
             "/subscriptions",
             get(subscriptions::list).post(subscriptions::create),

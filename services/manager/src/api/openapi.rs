@@ -12,7 +12,9 @@ use picloud_http::{ErrorBody, ErrorCode};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi};
 
-use super::{invocations, jobs, modules, nodes, schedules, scripts, secrets, stats, subscriptions};
+use super::{
+    invocations, jobs, logs, modules, nodes, schedules, scripts, secrets, stats, subscriptions,
+};
 
 /// A script, module or secret name in a path.
 #[derive(IntoParams)]
@@ -76,6 +78,8 @@ pub struct IdParam {
         stats::stats,
         stats::topology,
         nodes::list,
+        logs::script_logs,
+        logs::invocation_logs,
         invocations::public_status,
         document,
         healthz,
@@ -93,6 +97,7 @@ pub struct IdParam {
         (name = "subscriptions", description = "Topic subscriptions"),
         (name = "dead letters", description = "Jobs that failed every attempt"),
         (name = "invocations", description = "The invocation log"),
+        (name = "logs", description = "Live and recent log lines of scripts and invocations"),
         (name = "jobs", description = "Jobs still queued: stuck ones can be replayed or discarded"),
         (name = "observability", description = "Stats, the event topology and the running nodes"),
         (name = "functions", description = "Calling scripts (no token)"),

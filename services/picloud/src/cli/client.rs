@@ -138,6 +138,12 @@ impl Client {
         })
     }
 
+    /// A request to any path of the server with the admin token (for
+    /// streams the JSON helpers do not read).
+    pub fn authed(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.raw(method, path).bearer_auth(&self.token)
+    }
+
     /// A raw request to any path of the server (for `/fn` and `/status`).
     pub fn raw(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         self.http.request(method, format!("{}{path}", self.base))

@@ -200,6 +200,7 @@ pub async fn dispatch(command: ClientCommand, target: Target) -> Result<(), CliE
             Ok(())
         }
         ClientCommand::Invoke(args) => invoke(&client, args).await,
+        ClientCommand::Logs(args) => super::logs::logs(&client, out, args).await,
         ClientCommand::Invocations(c) => invocations(&client, out, c).await,
         ClientCommand::Schedule(c) => schedule(&client, out, c).await,
         ClientCommand::Subscribe {

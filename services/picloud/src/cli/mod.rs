@@ -11,6 +11,7 @@ mod commands;
 mod deploy;
 mod invoke;
 mod jobs;
+mod logs;
 pub(crate) mod output;
 mod profile;
 mod status;
@@ -90,6 +91,8 @@ pub enum ClientCommand {
     Rollback { name: String, version: u32 },
     /// Call a script's endpoint.
     Invoke(invoke::InvokeArgs),
+    /// A script's log: recent lines, or follow it live with -f.
+    Logs(logs::LogsArgs),
     /// Invocation records.
     #[command(subcommand)]
     Invocations(invoke::InvocationsCommand),
