@@ -5,8 +5,12 @@
 # and its private NATS and Postgres over IDLE seconds, first with nobody
 # scraping, then scraped every 15 s (Prometheus' default interval).
 #
+# Between the two it measures the server CPU of one scrape (SCRAPES, 500,
+# in a row).
+#
 # Knobs: BIN (a release `picloud`; default target/release/picloud, built
-# when BUILD=1), PAIRS (4), DURATION (10s), WARMUP (2s), IDLE (60).
+# when BUILD=1), PAIRS (4), DURATION (10s), WARMUP (2s), IDLE (60),
+# SCRAPES (500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PAIRS=${PAIRS:-4} DURATION=${DURATION:-10s} WARMUP=${WARMUP:-2s} IDLE=${IDLE:-60}
@@ -75,15 +79,30 @@ done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 curl -s "$BASE/metrics" | wc -c | awk '{print "metrics text: " $1 " bytes"}'
 
+# What one scrape costs the server (CPU of picloud up, its NATS and its
+# Postgres), from SCRAPES scrapes in a row: robust to a noisy machine,
+# where wrk's req/s moves by more than the effect.
+SCRAPES=${SCRAPES:-500}
+sleep 5
+a=$(tree_ticks "$PID")
+started=$(date +%s%N)
+for ((i = 0; i < SCRAPES; i++)); do curl -s "$BASE/metrics" >/dev/null; done
+ended=$(date +%s%N)
+b=$(tree_ticks "$PID")
+awk -v t=$((b - a)) -v hz="$(getconf CLK_TCK)" -v n="$SCRAPES" -v ns=$((ended - started)) \
+    'BEGIN { printf "scrape: %.2f ms server CPU each (%d scrapes, %.2f ms wall each)\n", 1000 * t / hz / n, n, ns / 1e6 / n }'
+
 idle() { # label
     sleep 20 # records and relays settle
-    local a b
-    a=$(tree_ticks "$PID")
+    local a b p0 p1
+    a=$(tree_ticks "$PID") p0=$(own_ticks)
     sleep "$IDLE"
-    b=$(tree_ticks "$PID")
-    awk -v t=$((b - a)) -v hz="$(getconf CLK_TCK)" -v s="$IDLE" -v l="$1" \
-        'BEGIN { printf "idle %s: %d ticks in %d s = %.3f%% of one core\n", l, t, s, 100 * t / hz / s }'
+    b=$(tree_ticks "$PID") p1=$(own_ticks)
+    awk -v t=$((b - a)) -v p=$((p1 - p0)) -v hz="$(getconf CLK_TCK)" -v s="$IDLE" -v l="$1" \
+        'BEGIN { printf "idle %s, %d s: picloud %.3f%% of one core; with its NATS and Postgres %.3f%%\n", l, s, 100 * p / hz / s, 100 * t / hz / s }'
 }
+# CPU ticks of the picloud process alone.
+own_ticks() { local rest; rest=$(cat "/proc/$PID/stat"); rest=${rest##*) }; awk '{print $12 + $13}' <<<"$rest"; }
 idle "not scraped"
 scrape_every 15 & SCRAPER=$!
 idle "scraped every 15 s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, then all tests against a
-# real Postgres and a real NATS JetStream server.
+# Runs every check and test: formatting, clippy, all tests against a real
+# Postgres and a real NATS JetStream server, then schemathesis against a
+# live instance (scripts/schemathesis.sh).
 #
 # Servers: PICLOUD_TEST_DATABASE_URL and PICLOUD_TEST_NATS_URL when set;
 # otherwise the local ones on 127.0.0.1:5432 / 4222 when they answer (trust
@@ -99,6 +100,12 @@ status=0
 cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
+# The HTTP contract: schemathesis against a live `picloud up` (see the script).
+contract="schemathesis: every response matches the OpenAPI document"
+scripts/schemathesis.sh 2>&1 | tee "$work/schemathesis.log" || {
+  status=1
+  contract="schemathesis: FAILED (a 5xx, or a response or request the OpenAPI document does not allow; see above)"
+}
 # One closing line for the whole run (cargo prints one per test binary). A
 # test binary that crashed (a signal, an abort) prints cargo's "test failed"
 # error without a FAILED result line: each such binary counts as one failure,
@@ -109,4 +116,5 @@ awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
      END { if (e > r) f += e - r
            f += c
            printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
+echo "$contract"
 exit "$status"

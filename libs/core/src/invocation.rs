@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What started an invocation (`event.kind` in scripts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     Http,
@@ -90,7 +90,7 @@ pub struct InvocationRequest {
 }
 
 /// An HTTP-shaped result of a successful script.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScriptResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
@@ -131,7 +131,7 @@ pub struct InvocationReply {
     pub outcome: Outcome,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum InvocationStatus {
     /// Accepted (async) and not yet run to an end.
@@ -197,7 +197,7 @@ impl Outcome {
 /// The durable record of one invocation, written by the manager. Its JSON
 /// is also the admin API's, so every field but the two that only some
 /// invocations have (`parent_id`, `response`) is always present.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InvocationRecord {
     pub id: Uuid,
     pub script: String,

@@ -106,7 +106,7 @@ pub struct EventMessage {
 
 /// Why a topic or pattern was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid topic {topic:?}: {reason}")]
+#[error("invalid topic {}: {reason}", crate::quote(topic))]
 pub struct TopicError {
     pub topic: String,
     pub reason: &'static str,

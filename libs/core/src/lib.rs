@@ -38,6 +38,8 @@ pub mod logs;
 pub mod name;
 pub mod routes;
 pub mod schedule;
+pub mod time;
+pub mod whole;
 
 pub use backoff::Backoff;
 pub use chain::Chain;
@@ -52,6 +54,12 @@ pub use limits::{LimitOverrides, Limits};
 pub use logs::{LogEvent, LogLevel};
 pub use name::{NameError, ScriptName};
 pub use uuid::Uuid;
+
+/// `s` in double quotes, escaped as in JSON: a name or value as a user
+/// writes it, for messages (never Rust's `{:?}` form).
+pub fn quote(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}
 
 /// Graceful-shutdown signal shared by every task of a process: cancel it once,
 /// every role drains and returns.

@@ -14,17 +14,25 @@ macro_rules! limits {
         /// The resolved limits of one script version. Unknown fields are
         /// ignored when reading, so executors of an older release can run
         /// versions stored by a newer one.
-        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(default)]
         pub struct Limits {
             $( $(#[$doc])* pub $field: $ty, )*
         }
 
         /// Limits a deploy may ask for; absent fields keep the operator's default.
-        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(deny_unknown_fields)]
         pub struct LimitOverrides {
-            $( #[serde(default, skip_serializing_if = "Option::is_none")] pub $field: Option<$ty>, )*
+            $(
+                #[serde(
+                    default,
+                    skip_serializing_if = "Option::is_none",
+                    deserialize_with = "crate::whole::saturating_opt"
+                )]
+                #[schema(minimum = 0)]
+                pub $field: Option<$ty>,
+            )*
         }
 
         impl Default for Limits {

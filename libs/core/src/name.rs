@@ -23,7 +23,7 @@ pub enum NameError {
     TooLong,
     #[error("name must start with a lower-case letter or a digit")]
     BadStart,
-    #[error("name may contain only lower-case letters, digits, '-' and '_' (found {0:?})")]
+    #[error("name may contain only lower-case letters, digits, '-' and '_' (found {})", crate::quote(&.0.to_string()))]
     BadChar(char),
 }
 

@@ -48,6 +48,7 @@ use uuid::Uuid;
 
 use crate::invocation::{EventInput, Trigger};
 use crate::job::{Job, cron_event_id};
+use crate::quote;
 
 /// How far behind its oldest due instant a scheduler may be and still fire
 /// every instant in order. Beyond it, the instants count as missed (every
@@ -65,7 +66,7 @@ pub const RUNNING_GRACE: TimeDelta = TimeDelta::seconds(30);
 const MAX_TEXT_LEN: usize = 200;
 
 /// What to do with instants missed while every scheduler was down.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// Fire once, for the latest missed instant.
@@ -76,7 +77,7 @@ pub enum CatchUp {
 }
 
 /// Whether a firing may start while the previous one still runs.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     #[default]
@@ -104,11 +105,14 @@ text_enum!(Overlap { Allow = "allow", Skip = "skip" });
 /// Why a schedule was refused; the message names the part that is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
-    #[error("invalid cron expression {expr:?}: {reason}")]
+    #[error("invalid cron expression {}: {reason}", quote(expr))]
     Expression { expr: String, reason: String },
-    #[error("invalid time zone {zone:?}: use an IANA name such as \"UTC\" or \"Europe/Berlin\"")]
+    #[error(
+        "invalid time zone {}: use an IANA name such as \"UTC\" or \"Europe/Berlin\"",
+        quote(zone)
+    )]
     TimeZone { zone: String },
-    #[error("cron expression {expr:?} never fires")]
+    #[error("cron expression {} never fires", quote(expr))]
     NeverFires { expr: String },
 }
 
@@ -164,12 +168,8 @@ impl CronSchedule {
                  or 6 (second first)"
             )));
         }
-        let cron = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build()
-            .parse(trimmed)
-            .map_err(|e| expression(e.to_string()))?;
+        let cron =
+            parse_cron(trimmed).map_err(|e| expression(wrong_field(trimmed).unwrap_or(e)))?;
         let zone = parse_zone(zone)?;
         let schedule = Self { cron, zone };
         // Feb 30 and the like parse but never match.
@@ -276,6 +276,48 @@ pub fn firing_job(schedule: Uuid, script: &str, instant: DateTime<Utc>, max_atte
 pub fn parse_zone(zone: &str) -> Result<Tz, ScheduleError> {
     Tz::from_str(zone).map_err(|_| ScheduleError::TimeZone {
         zone: truncate(zone),
+    })
+}
+
+fn parse_cron(expr: &str) -> Result<Cron, String> {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build()
+        .parse(expr)
+        .map_err(|e| e.to_string())
+}
+
+/// Which field of a 5- or 6-field expression is wrong, named with its
+/// value: `the minute field "61" is not valid (…)`. Each field is tried
+/// alone, every other field `*`; `None` when no single field is to blame.
+fn wrong_field(expr: &str) -> Option<String> {
+    const FIVE: [&str; 5] = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+    const SIX: [&str; 6] = [
+        "second",
+        "minute",
+        "hour",
+        "day-of-month",
+        "month",
+        "day-of-week",
+    ];
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let names: &[&str] = match fields.len() {
+        5 => &FIVE,
+        6 => &SIX,
+        _ => return None,
+    };
+    fields.iter().enumerate().find_map(|(i, value)| {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if j == i { *value } else { "*" })
+            .collect();
+        parse_cron(&alone.join(" ")).err().map(|why| {
+            format!(
+                "the {} field {} is not valid ({why})",
+                names[i],
+                quote(value)
+            )
+        })
     })
 }
 

@@ -64,11 +64,11 @@ pub enum EgressError {
     Denied(#[from] Denied),
     #[error("invalid URL: {0}")]
     InvalidUrl(String),
-    #[error("invalid HTTP method {0:?}: expected GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS")]
+    #[error("invalid HTTP method {}: expected GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS", picloud_core::quote(.0))]
     InvalidMethod(String),
-    #[error("invalid header {0:?}")]
+    #[error("invalid header {}", picloud_core::quote(.0))]
     InvalidHeader(String),
-    #[error("header {0:?} cannot be set")]
+    #[error("header {} cannot be set", picloud_core::quote(.0))]
     ForbiddenHeader(String),
     /// A limit: the request body is larger than [`CallLimits::max_request_bytes`].
     #[error("request body limit exceeded: {size} bytes, at most {limit}")]

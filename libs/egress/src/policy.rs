@@ -80,10 +80,11 @@ impl Denied {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
-        "{list}: invalid entry {entry:?}: expected a host name, `*.domain`, an IP address or a CIDR"
+        "{list}: invalid entry {}: expected a host name, `*.domain`, an IP address or a CIDR",
+        picloud_core::quote(entry)
     )]
     InvalidEntry { list: &'static str, entry: String },
-    #[error("invalid port {0:?}: expected a number from 1 to 65535")]
+    #[error("invalid port {}: expected a number from 1 to 65535", picloud_core::quote(.0))]
     InvalidPort(String),
 }
 

@@ -126,7 +126,7 @@ impl Metrics {
             dead_letters: Counter::default(),
             limit_hits: Family::default(),
             scrape: scrape::Probes::default(),
-            started_unix: AtomicI64::new(process::now_unix()),
+            started_unix: AtomicI64::new(process::start_unix().unwrap_or_else(process::now_unix)),
         };
         m.register()
     }
@@ -336,5 +336,27 @@ mod tests {
         let text = m.render().await;
         assert!(text.contains("picloud_executor_workers_busy 0"));
         assert!(text.contains("picloud_executor_workers 4"));
+    }
+}
+
+/// The hot path's share: what recording one sync call costs (an
+/// invocation and an HTTP request). `cargo test --release -p
+/// picloud-metrics -- --ignored --nocapture recording_cost`.
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    #[test]
+    #[ignore = "a measurement, run by hand (see docs/PERFORMANCE.md)"]
+    fn recording_cost() {
+        let m = Metrics::new(DEFAULT_MAX_SCRIPTS);
+        let n = 1_000_000u32;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            m.invocation("hello", "http", "ok", None, Duration::from_micros(50));
+            m.http_request("fn", 200, Duration::from_micros(80));
+        }
+        let each = started.elapsed() / n;
+        eprintln!("recording one sync call: {each:?}");
     }
 }

@@ -15,6 +15,24 @@ pub fn now_unix() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// When this process started, in seconds since the epoch: the boot time
+/// (`/proc/stat`'s `btime`) plus the process's start in ticks after boot
+/// (`/proc/self/stat` field 22). `None` where `/proc` does not say.
+pub fn start_unix() -> Option<i64> {
+    let btime: i64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts at field 3: field 22 is the 20th.
+    let ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    Some(btime + (ticks / TICKS_PER_SECOND) as i64)
+}
+
 /// The host's one-minute load average (`/proc/loadavg`).
 pub fn load1() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -140,5 +158,10 @@ mod tests {
         assert!(f.open_fds.unwrap() > 0);
         assert!(f.max_fds.unwrap() > 0);
         assert!(f.cpu_seconds.is_some());
+        let started = start_unix().unwrap();
+        assert!(
+            (now_unix() - 3600..=now_unix()).contains(&started),
+            "{started}"
+        );
     }
 }

@@ -124,7 +124,8 @@ fn call(
                 }
                 other => {
                     return Err(failed(format!(
-                        "http: unknown option {other:?} (use headers, query, timeout)"
+                        "http: unknown option {} (use headers, query, timeout)",
+                        picloud_core::quote(other)
                     )));
                 }
             }

@@ -233,7 +233,10 @@ impl Sandbox {
                 move |name: &str| -> Result<String, Box<EvalAltResult>> {
                     match c.secret(name) {
                         Ok(Some(v)) => Ok(v),
-                        Ok(None) => Err(runtime_error(format!("no secret named {name:?}"))),
+                        Ok(None) => Err(runtime_error(format!(
+                            "no secret named {}",
+                            picloud_core::quote(name)
+                        ))),
                         Err(e) => Err(runtime_error(e)),
                     }
                 },
@@ -554,7 +557,7 @@ fn event_value(event: &EventInput) -> Dynamic {
         "scheduled_at".into(),
         event
             .scheduled_at
-            .map_or(Dynamic::UNIT, |t| t.to_rfc3339().into()),
+            .map_or(Dynamic::UNIT, |t| picloud_core::time::rfc3339(&t).into()),
     );
     map.insert("attempt".into(), (event.attempt as rhai::INT).into());
     map.insert("trace_id".into(), event.trace_id.to_string().into());

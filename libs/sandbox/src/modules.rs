@@ -143,7 +143,7 @@ impl ModuleResolver for Resolver {
                     }
                     if loading.iter().any(|l| l == path) {
                         return Err(runtime(
-                            format!("import cycle through module {path:?}"),
+                            format!("import cycle through module {}", picloud_core::quote(path)),
                             pos,
                         ));
                     }
@@ -159,7 +159,12 @@ impl ModuleResolver for Resolver {
         self.capture.enter_module(true);
         let evaluated = engine
             .compile(&source)
-            .map_err(|e| runtime(format!("module {path:?} does not compile: {e}"), pos))
+            .map_err(|e| {
+                runtime(
+                    format!("module {} does not compile: {e}", picloud_core::quote(path)),
+                    pos,
+                )
+            })
             .map(|ast| crate::optimize(engine, &source, ast))
             .and_then(|ast| Module::eval_ast_as_new(Scope::new(), &ast, engine));
         self.capture.enter_module(false);

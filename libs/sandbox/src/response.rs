@@ -88,12 +88,14 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
             let name = name.to_ascii_lowercase();
             if !valid_header_name(&name) {
                 return Err(Failure::script(format!(
-                    "invalid response header name {name:?}"
+                    "invalid response header name {}",
+                    picloud_core::quote(&name)
                 )));
             }
             if reserved_header(&name) {
                 return Err(Failure::script(format!(
-                    "response header {name:?} cannot be set by a script"
+                    "response header {} cannot be set by a script",
+                    picloud_core::quote(&name)
                 )));
             }
             let v = v.to_string();
@@ -107,7 +109,8 @@ pub(crate) fn from_value(value: Dynamic, limits: &Limits) -> Result<ScriptRespon
                     "a control character"
                 };
                 return Err(Failure::script(format!(
-                    "response header {name:?} contains {what} (byte 0x{b:02x}); only tab and visible characters are allowed"
+                    "response header {} contains {what} (byte 0x{b:02x}); only tab and visible characters are allowed",
+                    picloud_core::quote(&name)
                 )));
             }
             if name == "content-type" {

@@ -14,6 +14,15 @@ fn uuid_nil() -> picloud_core::Uuid {
 }
 
 fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -> RunResult {
+    run_on(source, limits, request, &event())
+}
+
+fn run_on(
+    source: &str,
+    limits: &Limits,
+    request: Option<&HttpRequestInput>,
+    event: &EventInput,
+) -> RunResult {
     let mut sb = Sandbox::new();
     let ast = sb.compile(source, limits).expect("compiles");
     sb.run(
@@ -24,7 +33,7 @@ fn run_with(source: &str, limits: &Limits, request: Option<&HttpRequestInput>) -
             // As the executor does: every test script also checks the rule.
             inputs: Inputs::of(source, 0),
             script: "test",
-            event: &event(),
+            event,
             request,
             modules: ModuleSet::default(),
             host: std::sync::Arc::new(NoHost),
@@ -268,6 +277,14 @@ fn deeply_nested_values_built_in_a_loop_do_not_overflow() {
         "{:?}",
         r.outcome
     );
+}
+
+#[test]
+fn scheduled_at_is_utc_with_z() {
+    let mut cron = event();
+    cron.scheduled_at = Some("2026-11-27T15:55:00.5+01:00".parse().unwrap());
+    let r = run_on("event.scheduled_at", &Limits::default(), None, &cron);
+    assert_eq!(response(&r).body, "2026-11-27T14:55:00.500Z");
 }
 
 #[test]

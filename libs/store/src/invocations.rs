@@ -17,7 +17,7 @@ pub struct InvocationFilter {
 
 /// One report of an invocation: an attempt, or a run of it that could not
 /// be committed.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptRow {
     pub attempt: u32,
     pub status: InvocationStatus,

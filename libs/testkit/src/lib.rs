@@ -112,8 +112,10 @@ impl TestEnv {
             picloud_gateway::start(&self.config, self.bus("gateway").await, shutdown.clone())
                 .await
                 .expect("gateway starts");
-        let router = manager.router.clone().merge(gateway.router.clone()).merge(
-            picloud_http::health_router(vec![manager.ready.clone(), gateway.ready.clone()]),
+        let router = picloud_http::json_method_errors(
+            manager.router.clone().merge(gateway.router.clone()).merge(
+                picloud_http::health_router(vec![manager.ready.clone(), gateway.ready.clone()]),
+            ),
         );
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await

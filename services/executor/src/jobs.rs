@@ -377,7 +377,7 @@ async fn dead_letter(
     let error = result
         .error
         .clone()
-        .unwrap_or_else(|| format!("{:?}", result.outcome.status()));
+        .unwrap_or_else(|| result.outcome.status().as_str().to_owned());
     let letter = DeadLetter {
         record: base.record(&result),
         job: incoming.job.clone(),

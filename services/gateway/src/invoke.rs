@@ -41,7 +41,7 @@ use picloud_core::{
     AsyncAnswer, AsyncSubmit, EventInput, HttpRequestInput, InvocationRequest, Job, Outcome,
     ScriptName, ScriptResponse, Uuid, now_unix_ms,
 };
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorCode};
 
 use crate::idempotency;
 use crate::routes::RouteTable;
@@ -204,14 +204,14 @@ async fn submit_async(
         Ok(AsyncAnswer::KeyReused) => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was used with a different request (method, path, body or credentials); use a new key for a new request",
             ));
         }
         Ok(AsyncAnswer::KeyInFlight) => {
             let mut resp = ApiError::new(
                 StatusCode::CONFLICT,
-                "idempotency_key_in_use",
+                ErrorCode::IdempotencyKeyInUse,
                 "a request with this Idempotency-Key is still being accepted; retry",
             )
             .into_response();
@@ -222,7 +222,7 @@ async fn submit_async(
         Err(CallError::TooLarge(n)) => {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("the request is too large to queue ({n} bytes with its envelope)"),
             ));
         }
@@ -234,11 +234,11 @@ async fn submit_async(
         }
     };
     let location = format!("/status/{id}");
-    let body = serde_json::json!({
-        "invocation_id": id,
-        "status_url": location,
-        "existing": existing,
-    });
+    let body = crate::openapi::Accepted {
+        invocation_id: id,
+        status_url: location.clone(),
+        existing,
+    };
     let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     let headers = resp.headers_mut();
     for (name, value) in [
@@ -298,13 +298,13 @@ async fn invoke(
         Ok(reply) => outcome_response(reply.outcome, id),
         Err(InvokeError::NoExecutor) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no_executor",
+            ErrorCode::NoExecutor,
             "no executor is available to run the script",
         )),
         Err(InvokeError::TimedOut) => Err(timeout()),
         Err(InvokeError::TooLarge(n)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request is too large to dispatch ({n} bytes with its envelope)"),
         )),
         Err(InvokeError::Bus(e)) => {
@@ -329,13 +329,15 @@ async fn resolve(
             let Some(m) = state.routes.find(method, raw) else {
                 let shown: String = path.chars().take(200).collect();
                 return Err(ApiError::not_found(format!(
-                    "no route matches {method} {shown:?}"
+                    "no route matches {method} {}",
+                    picloud_core::quote(&shown)
                 )));
             };
             (m.script.to_string(), path, m.params)
         }
     };
-    let not_found = || ApiError::not_found(format!("no script named {name:?}"));
+    let not_found =
+        || ApiError::not_found(format!("no script named {}", picloud_core::quote(&name)));
     let script = ScriptName::parse(&name).map_err(|_| not_found())?;
     let route = state
         .routes
@@ -352,7 +354,7 @@ async fn resolve(
 fn timeout() -> ApiError {
     ApiError::new(
         StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
+        ErrorCode::Timeout,
         "the script did not answer before its deadline",
     )
 }
@@ -387,12 +389,12 @@ fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
         Outcome::Response(r) => Ok(script_response(r)),
         Outcome::ScriptError { message } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "script_error",
+            ErrorCode::ScriptError,
             format!("{message}; see invocation {id} for details"),
         )),
         Outcome::LimitExceeded { message } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "limit_exceeded",
+            ErrorCode::LimitExceeded,
             message,
         )),
         Outcome::Unavailable { message } => Err(ApiError::unavailable(message)),
@@ -401,9 +403,12 @@ fn outcome_response(outcome: Outcome, id: Uuid) -> Result<Response, ApiError> {
             message,
             retry_after_secs,
         } => {
-            let mut resp =
-                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", message)
-                    .into_response();
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                message,
+            )
+            .into_response();
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs),

@@ -6,6 +6,8 @@
 //! - [`routes`]: the route table (script → active version), a cache kept
 //!   current by watching the bus's route bucket, with a direct read on a miss.
 //! - [`invoke`]: the `/fn` handler and the mapping of outcomes to HTTP.
+//! - [`openapi`]: the OpenAPI description of `/fn` (the manager serves the
+//!   whole document).
 //! - [`idempotency`]: request fingerprints for `Idempotency-Key`, and the
 //!   credential headers async jobs drop.
 //!
@@ -16,6 +18,7 @@
 
 pub mod idempotency;
 pub mod invoke;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -79,13 +82,15 @@ impl Gateway {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "gateway").await?;
     let gateway = start(&config, bus, shutdown.clone()).await?;
-    let router = gateway
-        .router
-        .clone()
-        .merge(picloud_http::health_router(vec![gateway.ready.clone()]))
-        .merge(picloud_http::metrics_router(
-            config.metrics_token.as_deref(),
-        ));
+    let router = picloud_http::json_method_errors(
+        gateway
+            .router
+            .clone()
+            .merge(picloud_http::health_router(vec![gateway.ready.clone()]))
+            .merge(picloud_http::metrics_router(
+                config.metrics_token.as_deref(),
+            )),
+    );
     picloud_http::serve(
         config.listen,
         router,

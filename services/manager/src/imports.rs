@@ -8,7 +8,7 @@ use picloud_store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("imports the module {0:?}, which does not exist")]
+    #[error("imports the module {}, which does not exist", picloud_core::quote(.0))]
     Unknown(String),
     #[error("import cycle: {}", .0.join(" → "))]
     Cycle(Vec<String>),

@@ -184,13 +184,16 @@ impl Manager {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "manager").await?;
     let manager = start(&config, bus, shutdown.clone()).await?;
-    let router = manager
-        .router
-        .clone()
-        .merge(picloud_http::health_router(vec![manager.ready.clone()]))
-        .merge(picloud_http::metrics_router(
-            config.metrics_token.as_deref(),
-        ));
+    let router = picloud_http::json_method_errors(
+        manager
+            .router
+            .clone()
+            .merge(picloud_http::health_router(vec![manager.ready.clone()]))
+            .merge(picloud_http::metrics_router(
+                config.metrics_token.as_deref(),
+            ))
+            .fallback(picloud_http::no_route),
+    );
     picloud_http::serve(
         config.listen,
         router,

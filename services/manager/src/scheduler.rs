@@ -91,7 +91,7 @@ fn log(h: &Handled, now: DateTime<Utc>) {
             tracing::info!(
             schedule = %id,
             script,
-            scheduled_at = %instant.to_rfc3339(),
+            scheduled_at = %picloud_core::time::rfc3339(instant),
             invocation = %invocation_id,
             late_ms = (now - *instant).num_milliseconds(),
             ?reason,
@@ -108,7 +108,7 @@ fn log(h: &Handled, now: DateTime<Utc>) {
         Action::ScriptMissing { instant } => tracing::warn!(
             schedule = %id,
             script,
-            scheduled_at = %instant.to_rfc3339(),
+            scheduled_at = %picloud_core::time::rfc3339(instant),
             "schedule did not fire: its script is deleted"
         ),
         Action::Broken { error } => tracing::error!(

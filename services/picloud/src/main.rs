@@ -76,13 +76,10 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    if let Err(e) = init_logging() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -97,6 +94,40 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Server logs go to stderr: text (colours only on a terminal, never with
+/// `NO_COLOR`), or JSON lines with `PICLOUD_LOG_FORMAT=json`. `RUST_LOG`
+/// filters them.
+fn init_logging() -> Result<(), String> {
+    use std::io::IsTerminal;
+    let json = match std::env::var("PICLOUD_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text" | "") | Err(std::env::VarError::NotPresent) => false,
+        Ok(other) => {
+            return Err(format!(
+                "PICLOUD_LOG_FORMAT is {}: use \"text\" or \"json\"",
+                picloud_core::quote(other)
+            ));
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err("PICLOUD_LOG_FORMAT is not UTF-8: use \"text\" or \"json\"".into());
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        let colour = std::io::stderr().is_terminal()
+            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        builder.with_ansi(colour).init();
+    }
+    Ok(())
 }
 
 async fn run(role: Role) -> anyhow::Result<()> {

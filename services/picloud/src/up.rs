@@ -50,18 +50,20 @@ async fn serve(
     let manager = picloud_manager::start(config, bus.clone(), shutdown.clone()).await?;
     let gateway = picloud_gateway::start(config, bus.clone(), shutdown.clone()).await?;
     let executor = picloud_executor::start(config, bus, shutdown.clone()).await?;
-    let router = manager
-        .router
-        .clone()
-        .merge(gateway.router.clone())
-        .merge(picloud_http::health_router(vec![
-            manager.ready.clone(),
-            gateway.ready.clone(),
-            executor.ready.clone(),
-        ]))
-        .merge(picloud_http::metrics_router(
-            config.metrics_token.as_deref(),
-        ));
+    let router = picloud_http::json_method_errors(
+        manager
+            .router
+            .clone()
+            .merge(gateway.router.clone())
+            .merge(picloud_http::health_router(vec![
+                manager.ready.clone(),
+                gateway.ready.clone(),
+                executor.ready.clone(),
+            ]))
+            .merge(picloud_http::metrics_router(
+                config.metrics_token.as_deref(),
+            )),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {} (set PICLOUD_LISTEN)", config.listen))?;

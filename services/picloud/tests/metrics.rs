@@ -170,6 +170,11 @@ const METRICS_TOKEN: &str = "scrape-me";
 #[tokio::test]
 async fn every_role_is_scraped_after_real_traffic() {
     let env = TestEnv::new().await;
+    // Node announcements: every role says when it starts and stops.
+    let bus = picloud_bus::Bus::for_role(&env.config, "test")
+        .await
+        .unwrap();
+    let mut announcements = Box::pin(bus.node_announcements().await.unwrap());
     // Three scripts keep their own label; the fourth and fifth fold.
     let fold = [("PICLOUD_METRICS_MAX_SCRIPTS", "3")];
     let manager = Role::spawn(&env, "manager", &[("PICLOUD_METRICS_TOKEN", METRICS_TOKEN)]);
@@ -179,6 +184,8 @@ async fn every_role_is_scraped_after_real_traffic() {
     for r in [&manager, &gateway, &executor] {
         r.ready().await;
     }
+    let ups = next_announcements(&mut announcements, 3).await;
+    assert!(ups.iter().all(|a| a.event == "up"), "{ups:?}");
     let admin = Client::new(&manager.base, &env.token);
     let public = Client::new(&gateway.base, &env.token);
     admin.deploy_ok("hello", r#""hi""#).await;
@@ -398,7 +405,28 @@ async fn every_role_is_scraped_after_real_traffic() {
     }
 
     drop((manager, gateway, executor));
+    let downs = next_announcements(&mut announcements, 3).await;
+    let mut roles: Vec<String> = downs.iter().map(|a| a.node.role.clone()).collect();
+    roles.sort();
+    assert_eq!(roles, ["executor", "gateway", "manager"], "{downs:?}");
+    assert!(downs.iter().all(|a| a.event == "down"), "{downs:?}");
     env.cleanup().await;
+}
+
+/// The next `n` node announcements (within 30 s).
+async fn next_announcements(
+    stream: &mut (impl futures::Stream<Item = picloud_bus::NodeAnnouncement> + Unpin),
+    n: usize,
+) -> Vec<picloud_bus::NodeAnnouncement> {
+    use futures::StreamExt;
+    let mut got = Vec::new();
+    while got.len() < n {
+        match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            Ok(Some(a)) => got.push(a),
+            _ => panic!("only {} of {n} node announcements came: {got:?}", got.len()),
+        }
+    }
+    got
 }
 
 #[tokio::test]

@@ -68,8 +68,15 @@ fn errors_name_what_is_wrong() {
     assert!(expr_err("* * * *").contains("it has 4 fields"));
     assert!(expr_err("* * * * * * *").contains("it has 7 fields"));
     assert!(expr_err("").contains("it has 0 fields"));
-    assert!(!expr_err("61 * * * *").is_empty());
-    assert!(!expr_err("* * * * FOO").is_empty());
+    assert!(
+        expr_err("61 * * * *").starts_with("the minute field \"61\" is not valid"),
+        "{}",
+        expr_err("61 * * * *")
+    );
+    assert!(expr_err("* * * * FOO").starts_with("the day-of-week field \"FOO\" is not valid"));
+    assert!(expr_err("0 25 * * *").starts_with("the hour field \"25\""));
+    assert!(expr_err("*/0 * * * * *").starts_with("the second field \"*/0\""));
+    assert!(expr_err("* * * 13 *").starts_with("the month field \"13\""));
     assert!(expr_err(&"* ".repeat(150)).contains("longer than"));
 
     let e = CronSchedule::parse("0 0 30 2 *", "UTC").unwrap_err();

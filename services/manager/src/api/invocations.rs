@@ -1,27 +1,45 @@
 //! The invocation log.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use picloud_core::{InvocationRecord, InvocationStatus, Uuid};
-use picloud_http::ApiError;
+use axum::extract::State;
+use picloud_core::{InvocationRecord, InvocationStatus, Uuid, quote};
+use picloud_http::{ApiError, ErrorBody, JsonPath, JsonQuery};
 use picloud_store::{AttemptRow, InvocationFilter};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::IdParam;
 use super::{Shared, internal, script_name};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 1_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this script's.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
+    /// Only those with this status.
+    #[param(value_type = Option<InvocationStatus>)]
     status: Option<String>,
+    /// Most shown (default 50).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
+/// `GET /invocations[?script=&status=&limit=]`: the newest first.
+#[utoipa::path(get, path = "/api/v1/invocations", tag = "invocations",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "the invocations, newest first", body = Vec<InvocationRecord>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Shared>,
-    Query(q): Query<ListQuery>,
+    JsonQuery(q): JsonQuery<ListQuery>,
 ) -> Result<Json<Vec<InvocationRecord>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let status = q
@@ -30,7 +48,8 @@ pub async fn list(
         .map(|s| {
             InvocationStatus::parse(s).ok_or_else(|| {
                 ApiError::bad_request(format!(
-                    "invalid status {s:?}: use queued, ok, error, limit_exceeded, unavailable or expired"
+                    "invalid status {}: use queued, ok, error, limit_exceeded, unavailable or expired",
+                    quote(s)
                 ))
             })
         })
@@ -42,7 +61,7 @@ pub async fn list(
             .ok()
             .filter(|l| (1..=MAX_LIMIT).contains(l))
             .ok_or_else(|| {
-                ApiError::bad_request(format!("invalid limit {l:?}: use 1 to {MAX_LIMIT}"))
+                ApiError::bad_request(format!("invalid limit {}: use 1 to {MAX_LIMIT}", quote(l)))
             })?,
     };
     let filter = InvocationFilter {
@@ -61,7 +80,7 @@ pub async fn list(
 
 /// One invocation with the invocations it caused (the subscribers of its
 /// emits), each with theirs: an event chain reads as a tree.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct InvocationTree {
     #[serde(flatten)]
     record: InvocationRecord,
@@ -69,6 +88,8 @@ pub struct InvocationTree {
     /// own: each attempt with its time, outcome and error.
     #[serde(skip_serializing_if = "Option::is_none")]
     attempts: Option<Vec<AttemptRow>>,
+    /// The invocations this one's emits caused.
+    #[schema(no_recursion)]
     children: Vec<InvocationTree>,
 }
 
@@ -78,9 +99,19 @@ const MAX_TREE_DEPTH: usize = 16;
 /// Most invocations shown in one tree.
 const MAX_TREE_NODES: usize = 1_000;
 
+/// `GET /invocations/{id}`: the record with the tree of what it caused.
+#[utoipa::path(get, path = "/api/v1/invocations/{id}", tag = "invocations",
+    params(IdParam),
+    responses(
+        (status = 200, description = "the invocation and its event chain", body = InvocationTree),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such invocation", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<InvocationTree>, ApiError> {
     let id = parse_id(&id)?;
     let record = state
@@ -139,11 +170,11 @@ pub async fn get(
 
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     id.parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid id {id:?}")))
+        .map_err(|_| ApiError::bad_request(format!("invalid id {}", quote(id))))
 }
 
 /// What the public status URL of an async HTTP call shows.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AsyncStatus {
     invocation_id: Uuid,
     status: InvocationStatus,
@@ -157,9 +188,17 @@ pub struct AsyncStatus {
 
 /// `GET /status/{id}`: public (the id is unguessable, and only async HTTP
 /// invocations are shown), no token.
+#[utoipa::path(get, path = "/status/{id}", tag = "functions", security(()),
+    params(("id" = Uuid, Path, description = "the `invocation_id` of a 202 answer")),
+    responses(
+        (status = 200, description = "where the call is", body = AsyncStatus),
+        (status = 400, description = "the path is not valid UTF-8", body = ErrorBody),
+        (status = 404, description = "no such async call", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn public_status(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<AsyncStatus>, ApiError> {
     let not_found = || ApiError::not_found("no such invocation");
     let id: Uuid = id.parse().map_err(|_| not_found())?;

@@ -6,27 +6,42 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use picloud_bus::QueuedJob;
 use picloud_core::{InvocationRecord, Uuid};
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonPath, JsonQuery};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Shared, internal, script_name};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
+    /// Only this script's jobs.
     script: Option<String>,
     /// Only jobs with a larger `seq` (the last one of the previous page).
     after: Option<u64>,
+    /// Most shown (default 100, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+}
+
+/// A job's id in a path: its queue sequence number.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct SeqParam {
+    /// The job's `seq` (a positive whole number).
+    #[param(minimum = 1)]
+    seq: u64,
 }
 
 /// A job still to be done, with what its invocation record says of its
 /// attempts so far.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct JobView {
     /// Its stream sequence: the id to replay or discard it by.
     seq: u64,
@@ -35,6 +50,7 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     invocation_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     trigger: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     topic: Option<String>,
@@ -42,6 +58,7 @@ pub struct JobView {
     max_attempts: Option<u32>,
     /// `waiting` until an attempt is recorded; then the last attempt's
     /// status (`error` while it waits to be retried).
+    #[schema(value_type = String)]
     state: &'static str,
     /// Attempts recorded so far (0 when none ran yet).
     attempts: u32,
@@ -78,9 +95,18 @@ impl JobView {
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs",
+    params(JobQuery),
+    responses(
+        (status = 200, description = "the jobs still queued, oldest first", body = Vec<JobView>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "the job queue cannot be read now", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Shared>,
-    Query(q): Query<JobQuery>,
+    JsonQuery(q): JsonQuery<JobQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
@@ -115,9 +141,20 @@ pub async fn list(
     ))
 }
 
+/// `GET /api/v1/jobs/{seq}`: one queued job.
+#[utoipa::path(get, path = "/api/v1/jobs/{seq}", tag = "jobs",
+    params(SeqParam),
+    responses(
+        (status = 200, description = "the job", body = JobView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job in the queue", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "the job queue cannot be read now", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<Shared>,
-    Path(seq): Path<String>,
+    JsonPath(seq): JsonPath<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = queued(&state, &seq).await?;
     let record = match &job.job {
@@ -132,15 +169,26 @@ pub async fn get(
 /// outbox) before the old message goes, so a failure between the two
 /// leaves two deliveries of one invocation id (its effects still apply
 /// once), never none.
+#[utoipa::path(post, path = "/api/v1/jobs/{seq}/replay", tag = "jobs",
+    params(SeqParam),
+    responses(
+        (status = 202, description = "queued again: `{\"replayed\": seq, \"invocation_id\"}`", body = Object),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job in the queue", body = ErrorBody),
+        (status = 409, description = "the job cannot be read (`unreadable_job`)", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "the job queue cannot be read now", body = ErrorBody),
+    ))]
 pub async fn replay(
     State(state): State<Shared>,
-    Path(seq): Path<String>,
+    JsonPath(seq): JsonPath<String>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let queued = queued(&state, &seq).await?;
     let job = queued.job.map_err(|e| {
         ApiError::new(
             StatusCode::CONFLICT,
-            "unreadable_job",
+            ErrorCode::UnreadableJob,
             format!(
                 "job {} cannot be read ({e}); it can only be discarded",
                 queued.seq
@@ -162,9 +210,19 @@ pub async fn replay(
 
 /// `DELETE /api/v1/jobs/{seq}`: the operator gives up on the job. An
 /// attempt running now still finishes; none starts after it.
+#[utoipa::path(delete, path = "/api/v1/jobs/{seq}", tag = "jobs",
+    params(SeqParam),
+    responses(
+        (status = 204, description = "removed from the queue"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job in the queue", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "the job queue cannot be read now", body = ErrorBody),
+    ))]
 pub async fn discard(
     State(state): State<Shared>,
-    Path(seq): Path<String>,
+    JsonPath(seq): JsonPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let queued = queued(&state, &seq).await?;
     if !state

@@ -14,19 +14,20 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use picloud_bus::{BusError, LogBatch, LogCursor};
 use picloud_core::{LogEvent, ScriptName};
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorBody, JsonPath, JsonQuery};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::invocations::parse_id;
+use super::openapi::{IdParam, NameParam};
 use super::{Shared, internal, script_name};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -49,17 +50,32 @@ pub struct FollowSettings {
     pub shutdown: picloud_core::Shutdown,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
+    /// `true`: a Server-Sent Events stream (`line`, `end`, and a final
+    /// `overflow` or `error`), resumable with `Last-Event-ID`.
     follow: Option<String>,
+    /// Recent events to return without `follow` (1 to 1000, default 100).
     limit: Option<String>,
 }
 
 /// `GET /scripts/{name}/logs[?follow=true][&limit=N]`.
+#[utoipa::path(get, path = "/api/v1/scripts/{name}/logs", tag = "invocations",
+    params(NameParam, LogsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "resume after this event id (SEQ-INDEX or SEQ)")),
+    responses(
+        (status = 200, description = "`{events, cursor}`: the recent live-log events; with `follow=true`, a `text/event-stream`", body = serde_json::Value),
+        (status = 400, description = "bad name, limit, follow or Last-Event-ID", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 503, description = "the message bus is unavailable", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn script_logs(
     State(state): State<Shared>,
-    Path(name): Path<String>,
-    Query(q): Query<LogsQuery>,
+    JsonPath(name): JsonPath<String>,
+    JsonQuery(q): JsonQuery<LogsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = script_name(&name)?;
@@ -78,7 +94,7 @@ pub async fn script_logs(
             ApiError::bad_request(
                 "invalid Last-Event-ID: use an id this endpoint sent (SEQ or SEQ-INDEX)",
             )
-            .with_code("invalid_last_event_id")
+            .with_code(picloud_http::ErrorCode::InvalidLastEventId)
         })?),
     };
     let limit = match q.limit.as_deref() {
@@ -299,9 +315,18 @@ fn final_event(kind: &'static str, data: Value) -> Event {
 
 /// `GET /invocations/{id}/logs`: one invocation's lines, from its record
 /// (the last attempt stored).
+#[utoipa::path(get, path = "/api/v1/invocations/{id}/logs", tag = "invocations",
+    params(IdParam),
+    responses(
+        (status = 200, description = "`{invocation, script, attempt, status, started_at, lines}`", body = serde_json::Value),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such invocation", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn invocation_logs(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let record = state

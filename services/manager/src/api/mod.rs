@@ -5,6 +5,7 @@ mod jobs;
 pub mod logs;
 mod modules;
 mod nodes;
+pub mod openapi;
 mod schedules;
 mod scripts;
 mod secrets;
@@ -20,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use picloud_core::{Limits, ScriptName};
-use picloud_http::{ApiError, TokenHash};
+use picloud_http::{ApiError, ErrorCode, TokenHash};
 use picloud_store::Store;
 
 use crate::compiler::Compiler;
@@ -100,6 +101,7 @@ pub fn router(state: Shared) -> Router {
     // The status URL of an async HTTP call is public: its id is the secret.
     let public = Router::new()
         .route("/status/{id}", get(invocations::public_status))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .with_state(state);
     Router::new().nest("/api/v1", api).merge(public)
 }
@@ -123,8 +125,8 @@ fn script_name(raw: &str) -> Result<ScriptName, ApiError> {
     ScriptName::parse(raw).map_err(|e| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
-            "invalid_name",
-            format!("invalid script name {raw:?}: {e}"),
+            ErrorCode::InvalidName,
+            format!("invalid name {}: {e}", picloud_core::quote(raw)),
         )
     })
 }

@@ -1,27 +1,31 @@
 //! Shared modules: `PUT /modules/{name}`, `GET /modules`, `GET /modules/{name}`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use picloud_http::{ApiError, JsonBody};
+use picloud_core::quote;
+use picloud_http::{ApiError, ErrorBody, JsonBody, JsonPath};
 use picloud_store::{ModuleRow, ModuleVersionRow};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::openapi::NameParam;
 use super::scripts::{
     compile_error, import_error, sha256_hex, source_too_large, source_without_nul,
 };
 use super::{Shared, internal, script_name};
 use crate::imports;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleBody {
+    /// The Rhai source.
     source: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ModuleView {
     name: String,
     latest_version: u32,
@@ -29,7 +33,7 @@ pub struct ModuleView {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ModuleVersionView {
     module: String,
     version: u32,
@@ -65,9 +69,22 @@ impl From<ModuleRow> for ModuleView {
 /// Checks the syntax and the imports (every one exists, no cycle), runs no
 /// module code, stores a new version and puts it on the bus. Scripts pick it
 /// up when they are next deployed.
+#[utoipa::path(put, path = "/api/v1/modules/{name}", tag = "modules",
+    params(NameParam),
+    request_body = ModuleBody,
+    responses(
+        (status = 200, description = "a new version", body = ModuleVersionView),
+        (status = 201, description = "the first version of a new module", body = ModuleVersionView),
+        (status = 400, description = "bad name or body; a compile error has `details`", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body or source is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "stored but not yet published (message bus down)", body = ErrorBody),
+    ))]
 pub async fn deploy(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
     JsonBody(body): JsonBody<ModuleBody>,
 ) -> Result<Response, ApiError> {
     let name = script_name(&name)?;
@@ -110,15 +127,30 @@ pub async fn deploy(
     Ok((status, Json(view(row, false))).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/modules", tag = "modules",
+    responses(
+        (status = 200, description = "every module", body = Vec<ModuleView>),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn list(State(state): State<Shared>) -> Result<Json<Vec<ModuleView>>, ApiError> {
     let rows = state.store.list_modules().await.map_err(internal)?;
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
 /// The latest version, with its source.
+#[utoipa::path(get, path = "/api/v1/modules/{name}", tag = "modules",
+    params(NameParam),
+    responses(
+        (status = 200, description = "the latest version, with its source", body = ModuleVersionView),
+        (status = 400, description = "invalid name", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such module", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
 ) -> Result<Json<ModuleVersionView>, ApiError> {
     let name = script_name(&name)?;
     let row = state
@@ -126,6 +158,6 @@ pub async fn get(
         .latest_module_version(name.as_str())
         .await
         .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no module named {:?}", name.as_str())))?;
+        .ok_or_else(|| ApiError::not_found(format!("no module named {}", quote(name.as_str()))))?;
     Ok(Json(view(row, true)))
 }

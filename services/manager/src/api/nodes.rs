@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorBody};
 use serde_json::{Value, json};
 
 use super::Shared;
@@ -16,6 +16,13 @@ use crate::probes::QueueLag;
 /// on loopback or a LAN they reply within a millisecond or two.
 const GATHER_WINDOW: Duration = Duration::from_millis(300);
 
+/// `GET /api/v1/nodes`: the nodes and the queue figures.
+#[utoipa::path(get, path = "/api/v1/nodes", tag = "observability",
+    responses(
+        (status = 200, description = "`{\"nodes\": [...], \"queue\": {...}}`: every running role instance and the pending jobs and outbox lag", body = Object),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 503, description = "the message bus is unavailable", body = ErrorBody),
+    ))]
 pub async fn list(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
     let (nodes, queue) = tokio::join!(
         state.bus.gather_nodes(GATHER_WINDOW),

@@ -4,16 +4,18 @@
 //! is written; every answer shows the next five firing times.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use chrono::{DateTime, Utc};
 use picloud_core::Uuid;
 use picloud_core::schedule::{CatchUp, CronSchedule, Overlap, ScheduleError};
-use picloud_http::{ApiError, JsonBody};
+use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonBody, JsonPath, JsonQuery};
 use picloud_store::schedules::{ScheduleChange, ScheduleRow, ScheduleSpec, Update};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::IdParam;
 use super::{Shared, internal, script_name};
 
 /// Most attempts a schedule may ask for.
@@ -21,19 +23,30 @@ const MAX_ATTEMPTS: u32 = 100;
 /// Firing times shown with a schedule.
 const NEXT_RUNS: usize = 5;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBody {
+    /// The script to run.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: String,
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    /// seconds first.
+    #[schema(example = "*/5 * * * *")]
     cron: String,
+    /// An IANA zone name.
     #[serde(default = "utc")]
+    #[schema(default = "UTC", example = "Europe/Berlin")]
     timezone: String,
     #[serde(default)]
     catch_up: CatchUp,
     #[serde(default)]
     overlap: Overlap,
     #[serde(default = "enabled")]
+    #[schema(default = true)]
     enabled: bool,
+    /// Attempts of each firing (default: the operator's setting).
+    #[serde(default, deserialize_with = "picloud_core::whole::strict_opt")]
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
 
@@ -46,19 +59,22 @@ fn enabled() -> bool {
 }
 
 /// Absent fields keep their value.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchBody {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
     cron: Option<String>,
     timezone: Option<String>,
     catch_up: Option<CatchUp>,
     overlap: Option<Overlap>,
     enabled: Option<bool>,
+    #[serde(default, deserialize_with = "picloud_core::whole::strict_opt")]
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ScheduleView {
     id: Uuid,
     script: String,
@@ -112,11 +128,26 @@ impl From<ScheduleRow> for ScheduleView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this script's.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
 }
 
+/// `POST /schedules`: a new schedule, validated whole.
+#[utoipa::path(post, path = "/api/v1/schedules", tag = "schedules",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "created (`Location` names it)", body = ScheduleView),
+        (status = 400, description = "bad body, name, cron expression, zone or max_attempts", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<Shared>,
     JsonBody(body): JsonBody<CreateBody>,
@@ -144,9 +175,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, headers, Json(row.into())))
 }
 
+/// `GET /schedules[?script=]`.
+#[utoipa::path(get, path = "/api/v1/schedules", tag = "schedules",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "the schedules", body = Vec<ScheduleView>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Shared>,
-    Query(q): Query<ListQuery>,
+    JsonQuery(q): JsonQuery<ListQuery>,
 ) -> Result<Json<Vec<ScheduleView>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let rows = state
@@ -157,9 +197,19 @@ pub async fn list(
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
+/// `GET /schedules/{id}`.
+#[utoipa::path(get, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(IdParam),
+    responses(
+        (status = 200, description = "the schedule", body = ScheduleView),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such schedule", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let id = schedule_id(&id)?;
     state
@@ -171,9 +221,22 @@ pub async fn get(
         .ok_or_else(|| missing(id))
 }
 
+/// `PATCH /schedules/{id}`: absent fields keep their value.
+#[utoipa::path(patch, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(IdParam),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "the schedule as changed", body = ScheduleView),
+        (status = 400, description = "bad id, body, cron expression, zone or max_attempts", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such schedule or script", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn patch(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<Json<ScheduleView>, ApiError> {
     let id = schedule_id(&id)?;
@@ -221,9 +284,19 @@ pub async fn patch(
     }
 }
 
+/// `DELETE /schedules/{id}`.
+#[utoipa::path(delete, path = "/api/v1/schedules/{id}", tag = "schedules",
+    params(IdParam),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such schedule", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = schedule_id(&id)?;
     if state.store.delete_schedule(id).await.map_err(internal)? {
@@ -245,8 +318,8 @@ async fn existing_script(state: &Shared, raw: &str) -> Result<String, ApiError> 
     {
         Some(_) => Ok(name.as_str().to_owned()),
         None => Err(ApiError::not_found(format!(
-            "no script named {:?}",
-            name.as_str()
+            "no script named {}",
+            picloud_core::quote(name.as_str())
         ))),
     }
 }
@@ -263,15 +336,18 @@ fn attempts(n: u32) -> Result<u32, ApiError> {
 
 fn refused(e: ScheduleError) -> ApiError {
     let code = match e {
-        ScheduleError::TimeZone { .. } => "invalid_timezone",
-        ScheduleError::Expression { .. } | ScheduleError::NeverFires { .. } => "invalid_cron",
+        ScheduleError::TimeZone { .. } => ErrorCode::InvalidTimezone,
+        ScheduleError::Expression { .. } | ScheduleError::NeverFires { .. } => {
+            ErrorCode::InvalidCron
+        }
     };
     ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
 }
 
 fn schedule_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid schedule id {raw:?}")))
+    raw.parse().map_err(|_| {
+        ApiError::bad_request(format!("invalid schedule id {}", picloud_core::quote(raw)))
+    })
 }
 
 fn missing(id: Uuid) -> ApiError {

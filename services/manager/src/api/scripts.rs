@@ -3,26 +3,29 @@
 use axum::Json;
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use picloud_core::routes::RouteSpec;
-use picloud_core::{LimitOverrides, Limits};
-use picloud_http::{ApiError, JsonBody};
+use picloud_core::{LimitOverrides, Limits, quote};
+use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonBody, JsonPath};
 use picloud_store::{NewVersion, ScriptRow, StoreError, VersionRow};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
+use super::openapi::NameParam;
 use super::{Shared, internal, script_name};
 use crate::imports::{self, ImportError};
 use picloud_sandbox::CompileError;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployBody {
+    /// The Rhai source.
     source: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "picloud_core::whole::object")]
     limits: LimitOverrides,
     /// Async jobs keep the caller's `Authorization`, `Cookie` and
     /// `Proxy-Authorization` headers (default: dropped before queueing).
@@ -34,13 +37,15 @@ pub struct DeployBody {
     routes: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackBody {
+    #[serde(deserialize_with = "picloud_core::whole::strict")]
+    #[schema(minimum = 1, maximum = 4294967295_u64)]
     version: u32,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ScriptView {
     name: String,
     active_version: u32,
@@ -51,7 +56,7 @@ pub struct ScriptView {
     routes: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct VersionView {
     script: String,
     version: u32,
@@ -61,11 +66,12 @@ pub struct VersionView {
     keep_credentials: bool,
     routes: Vec<String>,
     created_at: DateTime<Utc>,
+    /// The source (only where one version is shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ScriptDetail {
     #[serde(flatten)]
     script: ScriptView,
@@ -100,13 +106,26 @@ fn version_view(v: VersionRow, with_source: bool) -> VersionView {
 }
 
 fn no_script(name: &str) -> ApiError {
-    ApiError::not_found(format!("no script named {name:?}"))
+    ApiError::not_found(format!("no script named {}", quote(name)))
 }
 
 /// `PUT /scripts/{name}`: compile, store a new version, make it active.
+#[utoipa::path(put, path = "/api/v1/scripts/{name}", tag = "scripts",
+    params(NameParam),
+    request_body = DeployBody,
+    responses(
+        (status = 200, description = "a new version, now active", body = VersionView),
+        (status = 201, description = "the first version of a new script", body = VersionView),
+        (status = 400, description = "bad name or body; a compile error has `details`", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body or source is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "stored but not yet active (message bus down)", body = ErrorBody),
+    ))]
 pub async fn deploy(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
     JsonBody(body): JsonBody<DeployBody>,
 ) -> Result<Response, ApiError> {
     let name = script_name(&name)?;
@@ -157,14 +176,31 @@ pub async fn deploy(
     Ok((status, Json(version_view(version, false))).into_response())
 }
 
+/// `GET /scripts`: every script.
+#[utoipa::path(get, path = "/api/v1/scripts", tag = "scripts",
+    responses(
+        (status = 200, description = "every script", body = Vec<ScriptView>),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn list(State(state): State<Shared>) -> Result<Json<Vec<ScriptView>>, ApiError> {
     let rows = state.store.list_scripts().await.map_err(internal)?;
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
+/// `GET /scripts/{name}`: the script and its active version, with source.
+#[utoipa::path(get, path = "/api/v1/scripts/{name}", tag = "scripts",
+    params(NameParam),
+    responses(
+        (status = 200, description = "the script and its active version", body = ScriptDetail),
+        (status = 400, description = "invalid name", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
 ) -> Result<Json<ScriptDetail>, ApiError> {
     let name = script_name(&name)?;
     let script = state
@@ -185,9 +221,21 @@ pub async fn get(
     }))
 }
 
+/// `DELETE /scripts/{name}`: the script, its versions, subscriptions,
+/// schedules and state.
+#[utoipa::path(delete, path = "/api/v1/scripts/{name}", tag = "scripts",
+    params(NameParam),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "invalid name", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "deleted, but its endpoint may answer until the message bus is back", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let name = script_name(&name)?;
     let versions = state
@@ -218,9 +266,19 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /scripts/{name}/versions`: every version, without sources.
+#[utoipa::path(get, path = "/api/v1/scripts/{name}/versions", tag = "scripts",
+    params(NameParam),
+    responses(
+        (status = 200, description = "every version, oldest first", body = Vec<VersionView>),
+        (status = 400, description = "invalid name", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn versions(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
 ) -> Result<Json<Vec<VersionView>>, ApiError> {
     let name = script_name(&name)?;
     let rows = state
@@ -236,14 +294,24 @@ pub async fn versions(
     ))
 }
 
+/// `GET /scripts/{name}/versions/{version}`: one version, with its source.
+#[utoipa::path(get, path = "/api/v1/scripts/{name}/versions/{version}", tag = "scripts",
+    params(NameParam, ("version" = u32, Path, description = "a version number", minimum = 1, maximum = 4294967295_u64)),
+    responses(
+        (status = 200, description = "the version, with its source", body = VersionView),
+        (status = 400, description = "invalid name or version", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script or version", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn version(
     State(state): State<Shared>,
-    Path((name, version)): Path<(String, String)>,
+    JsonPath((name, version)): JsonPath<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
     let name = script_name(&name)?;
     let version: u32 = version
         .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid version {version:?}")))?;
+        .map_err(|_| ApiError::bad_request(format!("invalid version {}", quote(&version))))?;
     let row = state
         .store
         .get_version(name.as_str(), version)
@@ -251,8 +319,8 @@ pub async fn version(
         .map_err(internal)?
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "script {:?} has no version {version}",
-                name.as_str()
+                "script {} has no version {version}",
+                quote(name.as_str())
             ))
         })?;
     Ok(Json(version_view(row, true)))
@@ -260,9 +328,22 @@ pub async fn version(
 
 /// `POST /scripts/{name}/rollback {"version": N}`: make an older (or any
 /// existing) version the active one.
+#[utoipa::path(post, path = "/api/v1/scripts/{name}/rollback", tag = "scripts",
+    params(NameParam),
+    request_body = RollbackBody,
+    responses(
+        (status = 200, description = "the version now active", body = VersionView),
+        (status = 400, description = "invalid name or body", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script or version", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+        (status = 503, description = "made active, but not yet in effect (message bus down)", body = ErrorBody),
+    ))]
 pub async fn rollback(
     State(state): State<Shared>,
-    Path(name): Path<String>,
+    JsonPath(name): JsonPath<String>,
     JsonBody(body): JsonBody<RollbackBody>,
 ) -> Result<Json<VersionView>, ApiError> {
     let name = script_name(&name)?;
@@ -273,8 +354,8 @@ pub async fn rollback(
         .map_err(store_error)?
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "script {:?} has no version {}",
-                name.as_str(),
+                "script {} has no version {}",
+                quote(name.as_str()),
                 body.version
             ))
         })?;
@@ -293,21 +374,22 @@ pub async fn rollback(
 fn parse_routes(routes: &[String]) -> Result<Vec<String>, ApiError> {
     RouteSpec::parse_all(routes)
         .map(|specs| specs.iter().map(ToString::to_string).collect())
-        .map_err(|e| ApiError::bad_request(e.0).with_code("invalid_route"))
+        .map_err(|e| ApiError::bad_request(e.0).with_code(ErrorCode::InvalidRoute))
 }
 
 /// A route conflict is the caller's 409, naming the route and its holder;
 /// anything else from the store is internal.
 fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::RouteConflict(c) => {
-            ApiError::new(StatusCode::CONFLICT, "route_conflict", c.to_string()).with_details(
-                serde_json::json!({
-                    "route": c.route,
-                    "held_by": { "script": c.script, "route": c.held },
-                }),
-            )
-        }
+        StoreError::RouteConflict(c) => ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::RouteConflict,
+            c.to_string(),
+        )
+        .with_details(serde_json::json!({
+            "route": c.route,
+            "held_by": { "script": c.script, "route": c.held },
+        })),
         other => internal(other),
     }
 }
@@ -327,7 +409,7 @@ pub(super) fn source_without_nul(source: &str) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(
             "source may not contain NUL (U+0000); write it as \"\\x00\" in a string literal",
         )
-        .with_code("invalid_source"));
+        .with_code(ErrorCode::InvalidSource));
     }
     Ok(())
 }
@@ -335,20 +417,20 @@ pub(super) fn source_without_nul(source: &str) -> Result<(), ApiError> {
 pub(super) fn source_too_large(len: usize, max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "source_too_large",
+        ErrorCode::SourceTooLarge,
         format!("source is {len} bytes; the limit is {max} bytes"),
     )
 }
 
 pub(super) fn compile_error(e: CompileError) -> ApiError {
     ApiError::bad_request(format!("compile error: {e}"))
-        .with_code("compile_error")
+        .with_code(ErrorCode::CompileError)
         .with_details(serde_json::json!({ "line": e.line, "column": e.column }))
 }
 
 pub(super) fn import_error(e: ImportError) -> ApiError {
     match e {
         ImportError::Store(e) => internal(e),
-        other => ApiError::bad_request(other.to_string()).with_code("import_error"),
+        other => ApiError::bad_request(other.to_string()).with_code(ErrorCode::ImportError),
     }
 }

@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, DurationRound, Utc};
 use picloud_core::job::topic_matches;
-use picloud_http::ApiError;
+use picloud_http::{ApiError, ErrorBody, JsonQuery};
 use picloud_store::StatRow;
 use picloud_store::stats::{HOUR_ROWS_KEPT, MINUTE_ROWS_KEPT};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{Shared, internal, script_name};
 use crate::stats::{BUCKETS, quantile};
@@ -20,15 +21,21 @@ const MAX_POINTS: i64 = 1_500;
 /// Per-script summaries read minute rows up to this window, hour rows past it.
 const SUMMARY_MINUTE_WINDOW: chrono::Duration = chrono::Duration::hours(6);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatsQuery {
+    /// One script; absent: every script together.
     script: Option<String>,
+    /// How far back: a duration (`24h`, `90m`, `7d`) or an RFC 3339 time
+    /// (default 24h).
     since: Option<String>,
+    /// Whole minutes or hours: `1m`, `5m`, `1h`, `1d` (default: at most
+    /// 300 points).
     step: Option<String>,
 }
 
 /// One step of the series, or a summary over the whole window.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Point {
     #[serde(skip_serializing_if = "Option::is_none")]
     t: Option<DateTime<Utc>>,
@@ -70,7 +77,7 @@ impl Point {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct StatsView {
     /// The script asked for; absent: every script together.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,9 +91,18 @@ pub struct StatsView {
     scripts: Vec<Point>,
 }
 
+/// `GET /api/v1/stats`: rates, errors and duration percentiles per step.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "observability",
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "the series, the total and each script's summary", body = StatsView),
+        (status = 400, description = "bad query (names what is wrong)", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn stats(
     State(state): State<Shared>,
-    Query(q): Query<StatsQuery>,
+    JsonQuery(q): JsonQuery<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let now = Utc::now();
@@ -251,14 +267,14 @@ fn parse_since(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError>
 }
 
 /// One topic: who emitted to it, who it made jobs for.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TopicView {
     topic: String,
     emitters: Vec<FlowView>,
     subscribers: Vec<FlowView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct FlowView {
     script: String,
     /// Events emitted (emitters) or jobs made (subscribers) so far.
@@ -266,7 +282,7 @@ pub struct FlowView {
     last_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SubscriptionNode {
     id: picloud_core::Uuid,
     script: String,
@@ -274,7 +290,7 @@ pub struct SubscriptionNode {
     topic: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Topology {
     topics: Vec<TopicView>,
     subscriptions: Vec<SubscriptionNode>,
@@ -284,6 +300,12 @@ pub struct Topology {
 /// were seen on (from committed emits) and the subscriptions' patterns;
 /// each names the scripts that emitted to it and those subscribed to it,
 /// with counts. Scripts deleted since are left out.
+#[utoipa::path(get, path = "/api/v1/topology", tag = "observability",
+    responses(
+        (status = 200, description = "topics with their emitters and subscribers", body = Topology),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn topology(State(state): State<Shared>) -> Result<Json<Topology>, ApiError> {
     let flows = state.store.flows().await.map_err(internal)?;
     let subs = state

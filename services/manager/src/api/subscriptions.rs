@@ -1,32 +1,44 @@
 //! Subscriptions (`topic pattern → script`) and dead letters.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use picloud_core::Uuid;
 use picloud_core::job::validate_pattern;
-use picloud_http::{ApiError, JsonBody};
+use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonBody, JsonPath, JsonQuery};
 use picloud_store::{DeadLetterRow, SubscriptionRow};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::invocations::parse_id;
+use super::openapi::IdParam;
 use super::{Shared, internal, script_name};
 
 /// Attempts of an event delivery when the subscription does not say.
 const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const MAX_ATTEMPTS: u32 = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscription {
+    #[schema(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: String,
+    /// A topic pattern: dot-separated tokens, `*` for one token, `>` last
+    /// for the rest.
+    #[schema(
+        example = "orders.*",
+        max_length = 200,
+        pattern = r"^(>|([A-Za-z0-9_-]+|\*)(\.([A-Za-z0-9_-]+|\*))*(\.>)?)$"
+    )]
     topic: String,
-    #[serde(default)]
+    /// Attempts of each delivery (default 5).
+    #[serde(default, deserialize_with = "picloud_core::whole::strict_opt")]
+    #[schema(minimum = 1, maximum = 100)]
     max_attempts: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SubscriptionView {
     id: Uuid,
     script: String,
@@ -47,13 +59,30 @@ impl From<SubscriptionRow> for SubscriptionView {
     }
 }
 
+/// `POST /subscriptions`: run a script for every event on a topic pattern.
+#[utoipa::path(post, path = "/api/v1/subscriptions", tag = "subscriptions",
+    request_body = NewSubscription,
+    responses(
+        (status = 201, description = "subscribed", body = SubscriptionView),
+        (status = 400, description = "bad body, name, topic or max_attempts", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such script", body = ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "the body is too large", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<Shared>,
     JsonBody(body): JsonBody<NewSubscription>,
 ) -> Result<(StatusCode, Json<SubscriptionView>), ApiError> {
     let script = script_name(&body.script)?;
-    validate_pattern(&body.topic)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_topic", e.to_string()))?;
+    validate_pattern(&body.topic).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidTopic,
+            e.to_string(),
+        )
+    })?;
     let max_attempts = body.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
         return Err(ApiError::bad_request(format!(
@@ -67,7 +96,10 @@ pub async fn create(
         .map_err(internal)?
         .is_none()
     {
-        return Err(ApiError::not_found(format!("no script named {script}")));
+        return Err(ApiError::not_found(format!(
+            "no script named {}",
+            picloud_core::quote(script.as_str())
+        )));
     }
     let row = state
         .store
@@ -78,14 +110,26 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this script's.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
 }
 
+/// `GET /subscriptions[?script=]`.
+#[utoipa::path(get, path = "/api/v1/subscriptions", tag = "subscriptions",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "the subscriptions", body = Vec<SubscriptionView>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Shared>,
-    Query(q): Query<ListQuery>,
+    JsonQuery(q): JsonQuery<ListQuery>,
 ) -> Result<Json<Vec<SubscriptionView>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let rows = state
@@ -96,9 +140,19 @@ pub async fn list(
     Ok(Json(rows.into_iter().map(Into::into).collect()))
 }
 
+/// `DELETE /subscriptions/{id}`.
+#[utoipa::path(delete, path = "/api/v1/subscriptions/{id}", tag = "subscriptions",
+    params(IdParam),
+    responses(
+        (status = 204, description = "unsubscribed"),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such subscription", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     if state
@@ -113,7 +167,7 @@ pub async fn delete(
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DeadLetterView {
     id: Uuid,
     invocation_id: Uuid,
@@ -142,15 +196,29 @@ impl From<DeadLetterRow> for DeadLetterView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    /// Only this script's.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
+    /// Most shown (default 100; clamped to 1 to 1,000).
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
 }
 
+/// `GET /dead-letters[?script=&limit=]`: jobs that failed every attempt.
+#[utoipa::path(get, path = "/api/v1/dead-letters", tag = "dead letters",
+    params(DeadLetterQuery),
+    responses(
+        (status = 200, description = "the dead letters, newest first", body = Vec<DeadLetterView>),
+        (status = 400, description = "bad query", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn dead_letters(
     State(state): State<Shared>,
-    Query(q): Query<DeadLetterQuery>,
+    JsonQuery(q): JsonQuery<DeadLetterQuery>,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
@@ -164,9 +232,18 @@ pub async fn dead_letters(
 
 /// `GET /api/v1/dead-letters/{id}`: one dead letter (for `picloud
 /// dead-letters show`).
+#[utoipa::path(get, path = "/api/v1/dead-letters/{id}", tag = "dead letters",
+    params(IdParam),
+    responses(
+        (status = 200, description = "the dead letter", body = DeadLetterView),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such dead letter", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn dead_letter(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     let id = parse_id(&id)?;
     let row = state
@@ -178,33 +255,57 @@ pub async fn dead_letter(
     Ok(Json(row.into()))
 }
 
+/// What a replay answers.
+#[derive(Serialize, ToSchema)]
+pub struct Replayed {
+    /// The dead letter whose job was queued again.
+    replayed: Uuid,
+}
+
+/// `POST /dead-letters/{id}/replay`: queue the job again (once).
+#[utoipa::path(post, path = "/api/v1/dead-letters/{id}/replay", tag = "dead letters",
+    params(IdParam),
+    responses(
+        (status = 202, description = "queued again", body = Replayed),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such dead letter", body = ErrorBody),
+        (status = 409, description = "replayed already", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn replay(
     State(state): State<Shared>,
-    Path(id): Path<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    JsonPath(id): JsonPath<String>,
+) -> Result<(StatusCode, Json<Replayed>), ApiError> {
     let id = parse_id(&id)?;
     match state.store.replay_dead_letter(id).await.map_err(internal)? {
         None => Err(ApiError::not_found(format!("no dead letter {id}"))),
         Some(false) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "already_replayed",
+            ErrorCode::AlreadyReplayed,
             format!("dead letter {id} was replayed already"),
         )),
         Some(true) => {
             tracing::info!(dead_letter = %id, "replayed");
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(serde_json::json!({ "replayed": id })),
-            ))
+            Ok((StatusCode::ACCEPTED, Json(Replayed { replayed: id })))
         }
     }
 }
 
 /// `DELETE /api/v1/dead-letters/{id}`: the operator gives up on the job.
 /// Its invocation record stays (as the failure it was).
+#[utoipa::path(delete, path = "/api/v1/dead-letters/{id}", tag = "dead letters",
+    params(IdParam),
+    responses(
+        (status = 204, description = "discarded"),
+        (status = 400, description = "invalid id", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such dead letter", body = ErrorBody),
+        (status = 500, description = "server fault", body = ErrorBody),
+    ))]
 pub async fn discard(
     State(state): State<Shared>,
-    Path(id): Path<String>,
+    JsonPath(id): JsonPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     if state
