@@ -101,6 +101,8 @@ seed PUT /api/v1/secrets/key '{"value": "s3cret"}'
 seed POST /api/v1/schedules '{"script": "hello", "cron": "0 3 * * *"}'
 seed POST /api/v1/subscriptions '{"script": "hello", "topic": "orders.*"}'
 
+# The live-log endpoint is left out: with follow=true it answers a stream
+# that never ends (tests/logs.rs covers it). No request may take 20 s.
 # /metrics is documented; until this build serves it, it is left out.
 exclude=()
 if [ "$(call GET /metrics)" != 200 ]; then
@@ -117,6 +119,8 @@ status=0
   --workers 2 \
   --generation-database none \
   --no-color \
+  --request-timeout 20 \
+  --exclude-path '/api/v1/scripts/{name}/logs' \
   "${exclude[@]}" || status=1
 if ! kill -0 "$pid" 2>/dev/null; then
   echo "schemathesis: picloud up died during the run"

@@ -64,6 +64,8 @@ pub struct IdParam {
         schedules::delete,
         invocations::list,
         invocations::get,
+        logs::invocation_logs,
+        logs::script_logs,
         subscriptions::list,
         subscriptions::create,
         subscriptions::delete,
