@@ -80,8 +80,6 @@ pub struct IdParam {
         stats::stats,
         stats::topology,
         nodes::list,
-        logs::script_logs,
-        logs::invocation_logs,
         invocations::public_status,
         document,
         healthz,
