@@ -219,14 +219,38 @@ impl Sandbox {
         engine.register_type_with_name::<rhai::FLOAT>("float");
 
         {
+            // A log line with NUL is refused, never altered (the record
+            // keeps the log as Postgres text, which cannot hold it): `log`
+            // raises a catchable error; `print` and `debug`, whose hooks
+            // cannot return one, end the invocation with that error.
             let c = capture.clone();
-            engine.on_print(move |s| c.line(LogLevel::Info, s));
-            let c = capture.clone();
-            engine.on_debug(move |s, _, _| c.line(LogLevel::Debug, s));
-            let c = capture.clone();
-            engine.register_fn("log", move |msg: Dynamic| {
-                c.line(LogLevel::Info, &msg.to_string())
+            engine.on_print(move |s| {
+                if s.contains('\0') {
+                    c.stop(format!("{REFUSED_TOKEN}{}", nul_in_log("print")));
+                } else {
+                    c.line(LogLevel::Info, s)
+                }
             });
+            let c = capture.clone();
+            engine.on_debug(move |s, _, _| {
+                if s.contains('\0') {
+                    c.stop(format!("{REFUSED_TOKEN}{}", nul_in_log("debug")));
+                } else {
+                    c.line(LogLevel::Debug, s)
+                }
+            });
+            let c = capture.clone();
+            engine.register_fn(
+                "log",
+                move |msg: Dynamic| -> Result<(), Box<EvalAltResult>> {
+                    let text = msg.to_string();
+                    if text.contains('\0') {
+                        return Err(runtime_error(nul_in_log("log")));
+                    }
+                    c.line(LogLevel::Info, &text);
+                    Ok(())
+                },
+            );
             let c = capture.clone();
             engine.register_fn(
                 "secret",
@@ -366,7 +390,15 @@ impl Sandbox {
             scope.push_constant_dynamic("request", request.map_or(Dynamic::UNIT, request_value));
         }
 
-        let evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        let mut evaluated = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, ast);
+        // A stop raised by the last statement (from a hook that cannot
+        // fail, such as `print`'s) still ends the run.
+        if evaluated.is_ok()
+            && let Some(token) = self.capture.stopped()
+        {
+            evaluated =
+                Err(EvalAltResult::ErrorTerminated(token.into(), rhai::Position::NONE).into());
+        }
         self.resolver.finish();
         let (log, lines, secrets, effects) = self.capture.finish();
         let mut result = match evaluated {
@@ -403,6 +435,28 @@ fn no_sleep() -> Result<(), Box<EvalAltResult>> {
 
 /// The value returned by the progress callback when the clock runs out.
 const DEADLINE_TOKEN: &str = "picloud:deadline";
+/// Ends an invocation with a script error: the message follows the prefix.
+const REFUSED_TOKEN: &str = "picloud:refused:";
+
+/// An error text (a thrown value's, say) holding NUL cannot be stored as
+/// it is: it is refused, and said so, with each NUL written `\u0000`.
+fn no_nul_in_error(detail: String) -> String {
+    if !detail.contains('\0') {
+        return detail;
+    }
+    format!(
+        "the error message held U+0000 (NUL), which cannot be stored; here with each \
+         NUL written \\u0000: {}",
+        detail.replace('\0', "\\u0000")
+    )
+}
+
+fn nul_in_log(what: &str) -> String {
+    format!(
+        "{what}: the line holds U+0000 (NUL), which the invocation log cannot store; \
+         remove it first, e.g. with .replace(\"\\0\", \"\")"
+    )
+}
 
 /// A failed run, before it becomes a [`RunResult`].
 pub(crate) struct Failure {
@@ -459,7 +513,7 @@ impl Failure {
             outcome,
             log,
             lines,
-            error: Some(self.detail),
+            error: Some(no_nul_in_error(self.detail)),
             effects: Effects::default(),
         }
     }
@@ -523,6 +577,15 @@ fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure 
             let token = token.into_immutable_string().unwrap_or_default();
             let message = token.strip_prefix(http::LIMIT_TOKEN).unwrap_or_default();
             Failure::limit(message, detail)
+        }
+        EvalAltResult::ErrorTerminated(token, _)
+            if token
+                .clone()
+                .into_immutable_string()
+                .is_ok_and(|s| s.starts_with(REFUSED_TOKEN)) =>
+        {
+            let token = token.into_immutable_string().unwrap_or_default();
+            Failure::script(token.strip_prefix(REFUSED_TOKEN).unwrap_or_default())
         }
         EvalAltResult::ErrorStackOverflow(_) => Failure::limit("call depth limit exceeded", detail),
         EvalAltResult::ErrorDataTooLarge(what, _) => {

@@ -348,39 +348,63 @@ async fn an_async_response_with_nul_is_stored_exactly() {
 #[tokio::test]
 async fn nul_in_a_log_line_a_thrown_error_or_a_kv_key_is_recorded_or_refused() {
     let (env, c) = one_of_each().await;
-    deploy(&c, "noisy", r#"log("a\x00b"); throw "bad\x00thing";"#).await;
-    let resp = c.call("noisy").await;
-    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let id = resp.headers()["x-picloud-invocation-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "script_error", "{body}");
-    let path = format!("/invocations/{id}");
-    let path = &path;
-    let c2 = &c;
-    let record = eventually(Duration::from_secs(30), || async move {
-        let resp = c2.api(Method::GET, path, None).await;
-        if resp.status() != StatusCode::OK {
-            return None;
+    // A log line with NUL is refused, never altered: `log` raises a
+    // catchable error naming itself; `print` and `debug` end the run.
+    deploy(
+        &c,
+        "caught",
+        r#"let out = "logged"; try { log("a\x00b"); } catch (e) { out = `refused: ${e}`; } out"#,
+    )
+    .await;
+    let text = c.call("caught").await.text().await.unwrap();
+    assert!(
+        text.starts_with("refused") && text.contains("log: the line holds U+0000"),
+        "{text}"
+    );
+    let error_of = |script: &'static str| {
+        let c = c.clone();
+        async move {
+            let resp = c.call(script).await;
+            assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR, "{script}");
+            let id = resp.headers()["x-picloud-invocation-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "script_error", "{body}");
+            let path = format!("/invocations/{id}");
+            let record = eventually(Duration::from_secs(30), || async {
+                let resp = c.api(Method::GET, &path, None).await;
+                if resp.status() != StatusCode::OK {
+                    return None;
+                }
+                resp.json::<Value>().await.ok()
+            })
+            .await
+            .expect("the invocation is recorded");
+            assert_eq!(record["status"], "error", "{record}");
+            assert!(!record.to_string().contains('\u{FFFD}'), "{record}");
+            record
         }
-        resp.json::<Value>().await.ok()
-    })
-    .await
-    .expect("the invocation is recorded");
-    assert_eq!(record["status"], "error", "{record}");
-    assert!(
-        record["log"].as_str().unwrap().contains("a\u{FFFD}b"),
-        "{record}"
-    );
-    assert!(
-        record["error"]
-            .as_str()
-            .unwrap()
-            .contains("bad\u{FFFD}thing"),
-        "{record}"
-    );
+    };
+    deploy(&c, "printer", r#"print("x\x00y"); "after""#).await;
+    let record = error_of("printer").await;
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("print: the line holds U+0000"), "{record}");
+    deploy(&c, "last", r#"print("x\x00y")"#).await;
+    let record = error_of("last").await;
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("print: the line holds U+0000"), "{record}");
+    // `debug` writes a value's debug form, where NUL is already escaped.
+    deploy(&c, "debugger", r#"debug("x\x00y"); "after""#).await;
+    c.wait_for_body("debugger", "after").await;
+    // A thrown message with NUL is stored saying so, each NUL as \u0000.
+    deploy(&c, "thrower", r#"log("before"); throw "bad\x00thing";"#).await;
+    let record = error_of("thrower").await;
+    let error = record["error"].as_str().unwrap();
+    assert!(error.contains("held U+0000 (NUL)"), "{record}");
+    assert!(error.contains(r"bad\u0000thing"), "{record}");
+    assert_eq!(record["log"], "before\n", "{record}");
 
     deploy(
         &c,
