@@ -21,9 +21,11 @@ use super::{Shared, internal, script_name};
 #[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// Only this script's jobs.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
     /// Only jobs with a larger `seq` (the last one of the previous page).
-    after: Option<u64>,
+    #[param(value_type = Option<u64>, minimum = 0)]
+    after: Option<String>,
     /// Most shown (default 100, at most 1,000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
@@ -109,14 +111,28 @@ pub async fn list(
     JsonQuery(q): JsonQuery<JobQuery>,
 ) -> Result<Json<Vec<JobView>>, ApiError> {
     let script = q.script.as_deref().map(script_name).transpose()?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    // Any whole number: past the largest sequence there is just nothing.
+    let after = match q.after.as_deref() {
+        None => 0,
+        Some(a) if !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()) => {
+            a.parse::<u64>().unwrap_or(u64::MAX)
+        }
+        Some(a) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid after {}: use a job id (a whole number)",
+                picloud_core::quote(a)
+            )));
+        }
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "invalid limit {limit}: use 1 to 1000"
+        )));
+    }
     let jobs = state
         .bus
-        .queued_jobs(
-            script.as_ref().map(|s| s.as_str()),
-            q.after.unwrap_or(0),
-            limit,
-        )
+        .queued_jobs(script.as_ref().map(|s| s.as_str()), after, limit)
         .await
         .map_err(unavailable)?;
     let ids: Vec<Uuid> = jobs

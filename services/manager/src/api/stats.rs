@@ -25,6 +25,7 @@ const SUMMARY_MINUTE_WINDOW: chrono::Duration = chrono::Duration::hours(6);
 #[into_params(parameter_in = Query)]
 pub struct StatsQuery {
     /// One script; absent: every script together.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]*$", min_length = 1, max_length = 63)]
     script: Option<String>,
     /// How far back: a duration (`24h`, `90m`, `7d`) or an RFC 3339 time
     /// (default 24h).
@@ -241,13 +242,16 @@ fn bad_step(raw: &str) -> ApiError {
 
 /// `24h`, `90m`, `7d`, `30s`.
 fn parse_duration(raw: &str) -> Option<chrono::Duration> {
-    let (n, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    // The unit is the last character, whatever its width (a caller may send
+    // any text: never split inside a character).
+    let unit = raw.chars().next_back()?;
+    let n = &raw[..raw.len() - unit.len_utf8()];
     let n: i64 = n.parse().ok().filter(|n| *n > 0 && *n <= 100_000)?;
     match unit {
-        "s" => Some(chrono::Duration::seconds(n)),
-        "m" => Some(chrono::Duration::minutes(n)),
-        "h" => Some(chrono::Duration::hours(n)),
-        "d" => Some(chrono::Duration::days(n)),
+        's' => Some(chrono::Duration::seconds(n)),
+        'm' => Some(chrono::Duration::minutes(n)),
+        'h' => Some(chrono::Duration::hours(n)),
+        'd' => Some(chrono::Duration::days(n)),
         _ => None,
     }
 }
@@ -380,7 +384,18 @@ mod tests {
     fn durations_and_steps_parse() {
         assert_eq!(parse_duration("24h"), Some(chrono::Duration::hours(24)));
         assert_eq!(parse_duration("5m"), Some(chrono::Duration::minutes(5)));
-        for bad in ["", "h", "0m", "-1h", "5x", "1.5h", "99999999999d"] {
+        for bad in [
+            "",
+            "h",
+            "0m",
+            "-1h",
+            "5x",
+            "1.5h",
+            "99999999999d",
+            "m\u{FFFF}",
+            "5é",
+            "\u{0}",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
         assert_eq!(
