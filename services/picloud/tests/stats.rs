@@ -105,8 +105,16 @@ async fn stats_count_requests_errors_and_durations_per_script() {
         "?since=3d&step=1m",
         "?since=40d&step=1h",
         "?since=24h&step=1m&script=has%20space",
+        // A stranger's text: a multi-byte or NUL last character, control
+        // characters, a long value (a panic here once closed the connection).
+        "?since=m%C3%A9",
+        "?since=5%F0%9F%98%80",
+        "?since=%00",
+        "?step=5%0D",
+        &format!("?since={}", "9".repeat(10_000)),
     ] {
         let resp = c.api(Method::GET, &format!("/stats{bad}"), None).await;
+        let bad = &bad[..bad.len().min(60)];
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or_default();
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");

@@ -176,6 +176,20 @@ async fn bad_ids_and_unreadable_jobs_get_clear_answers() {
     assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     let (code, _) = status(&c, Method::GET, "/jobs?script=no%20such").await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
+    for bad in [
+        "?limit=0",
+        "?limit=1001",
+        "?after=abc",
+        "?after=-1",
+        "?after=%00",
+    ] {
+        let (code, body) = status(&c, Method::GET, &format!("/jobs{bad}")).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    // Past the largest sequence there is just nothing.
+    let (code, body) = status(&c, Method::GET, "/jobs?after=99999999999999999999999").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body, json!([]));
 
     let bus = picloud_bus::Bus::connect(
         env.config.nats_url.as_deref().unwrap(),

@@ -113,13 +113,8 @@ pub async fn get(
     State(state): State<Shared>,
     JsonPath(id): JsonPath<String>,
 ) -> Result<Json<InvocationTree>, ApiError> {
-    let id = parse_id(&id)?;
-    let record = state
-        .store
-        .get_invocation(id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
+    let record = record_of(&state, &id).await?;
+    let id = record.id;
     let mut attempts = state.store.earlier_attempts(id).await.map_err(internal)?;
     if record.status != InvocationStatus::Queued {
         attempts.push(AttemptRow::of(&record));
@@ -166,6 +161,18 @@ pub async fn get(
     let mut root = below.pop().expect("the root");
     root.attempts = Some(attempts);
     Ok(Json(root))
+}
+
+/// The record of invocation `raw` (an id from a path): 400 when it is not
+/// an id, 404 when there is none.
+pub(super) async fn record_of(state: &Shared, raw: &str) -> Result<InvocationRecord, ApiError> {
+    let id = parse_id(raw)?;
+    state
+        .store
+        .get_invocation(id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))
 }
 
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {

@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
 
-use super::invocations::parse_id;
 use super::{Shared, internal, script_name};
 
 const DEFAULT_LIMIT: usize = 100;
@@ -334,13 +333,7 @@ pub async fn invocation_logs(
     State(state): State<Shared>,
     JsonPath(id): JsonPath<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id)?;
-    let record = state
-        .store
-        .get_invocation(id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| ApiError::not_found(format!("no invocation {id}")))?;
+    let record = super::invocations::record_of(&state, &id).await?;
     let lines: Vec<&str> = record.log.lines().collect();
     Ok(Json(json!({
         "invocation": record.id,
