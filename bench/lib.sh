@@ -15,3 +15,10 @@ tree_ticks() {
     done
     echo "$total"
 }
+
+# cpu_us_per_request TICKS WRK_OUTPUT: CPU microseconds (TICKS of CPU time
+# spent) per request wrk reported in WRK_OUTPUT.
+cpu_us_per_request() {
+    awk -v t="$1" -v hz="$(getconf CLK_TCK)" \
+        '/requests in/ { n = $1 } END { printf "%.1f", t / hz * 1e6 / n }' "$2"
+}

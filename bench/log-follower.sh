@@ -7,7 +7,12 @@
 # temporary PICLOUD_DATA_DIR), deploys `hello-log` (logs one line, answers
 # "Hello, world!"), then alternates c64 wrk runs without and with a follower
 # of its live log (`curl -N …/api/v1/scripts/hello-log/logs?follow=true`,
-# output counted and discarded). Prints every run's req/s and the medians.
+# output counted and discarded). Prints every run's req/s and the CPU time
+# PiCloud (its process tree: picloud, NATS, Postgres) spent per request, and
+# the medians. CPU per request is the steadier figure on a shared machine:
+# other processes' load moves req/s by ±15 % between runs, but much less the
+# work PiCloud itself does for each request; at saturation req/s is cores
+# divided by it.
 #
 # Knobs: ROUNDS (3), DURATION (10s), WARMUP (2s), BUILD=0 (use the built
 # binary), KEEP=1 (keep the work directory).
@@ -88,30 +93,34 @@ wait_quiet() {
     done
 }
 
-run() { # name
-    local out=$WORK/$1.txt
+run() { # name -> "req/s µs-of-CPU-per-request"
+    local out=$WORK/$1.txt t0 t1
     wait_quiet
     wrk -t2 -c64 -d"$WARMUP" "$BASE/fn/hello-log" >/dev/null
+    t0=$(tree_ticks "$PICLOUD_PID")
     wrk -t2 -c64 -d"$DURATION" --latency "$BASE/fn/hello-log" >"$out"
-    awk '/Requests\/sec/ {print $2}' "$out"
+    t1=$(tree_ticks "$PICLOUD_PID")
+    echo "$(awk '/Requests\/sec/ {print $2}' "$out") $(cpu_us_per_request $((t1 - t0)) "$out")"
 }
 
-declare -a A B
+declare -a A B CA CB
 for ((r = 1; r <= ROUNDS; r++)); do
-    a=$(run "plain-$r")
+    read -r a ca < <(run "plain-$r")
     curl -sN -H "Authorization: Bearer $TOKEN" \
         "$BASE/api/v1/scripts/hello-log/logs?follow=true" >"$WORK/follow-$r.sse" &
     FOLLOWER=$!
     PIDS+=("$FOLLOWER")
-    b=$(run "follow-$r")
+    read -r b cb < <(run "follow-$r")
     kill "$FOLLOWER" 2>/dev/null || true
     wait "$FOLLOWER" 2>/dev/null || true
     lines=$(grep -c '^event: line' "$WORK/follow-$r.sse" || true)
     cut=$(grep -c '^event: overflow' "$WORK/follow-$r.sse" || true)
-    printf 'round %d: no follower %s req/s, one follower %s req/s (it received %s lines, cut off: %s)\n' \
-        "$r" "$a" "$b" "$lines" "$cut"
-    A+=("$a") B+=("$b")
+    printf 'round %d: no follower %s req/s %s µs CPU/req, one follower %s req/s %s µs CPU/req (it received %s lines, cut off: %s)\n' \
+        "$r" "$a" "$ca" "$b" "$cb" "$lines" "$cut"
+    A+=("$a") B+=("$b") CA+=("$ca") CB+=("$cb")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 ma=$(median "${A[@]}") mb=$(median "${B[@]}")
 awk -v a="$ma" -v b="$mb" 'BEGIN { printf "medians: no follower %.0f req/s, one follower %.0f req/s: %+.1f%%\n", a, b, (b - a) * 100 / a }'
+mca=$(median "${CA[@]}") mcb=$(median "${CB[@]}")
+awk -v a="$mca" -v b="$mcb" 'BEGIN { printf "CPU per request (PiCloud, NATS, Postgres): no follower %.1f µs, one follower %.1f µs: %+.1f%%\n", a, b, (b - a) * 100 / a }'

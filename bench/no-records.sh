@@ -167,9 +167,7 @@ measure() { # round name conc
     b1=$(busy_ticks) o1=$(our_ticks) t1=$(date +%s%N)
     v1=$(($(tree_ticks "${VPID[$name]}") + $(tree_ticks "$NATS_PID")))
     # Server-side CPU (PiCloud, its Postgres, the NATS server) per request.
-    cpu=$(awk -v t=$((v1 - v0)) -v hz="$(getconf CLK_TCK)" -v f="$out" 'BEGIN {
-        while ((getline l < f) > 0) if (l ~ /requests in/) { split(l, a, " "); n = a[1] }
-        printf "%.1f", t / hz * 1e6 / n }')
+    cpu=$(cpu_us_per_request $((v1 - v0)) "$out")
     other=$(awk -v x=$((b1 - b0 - o1 + o0)) -v dt=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" \
         'BEGIN { v = x / (dt / 1e9 * hz * n) * 100; printf "%.0f%%", (v < 0 ? 0 : v) }')
     RESULTS+=("$(printf '| %s | %s | c%s | %s | %s | %s | %s | %s | %s |' "$round" "$name" "$conc" \

@@ -176,7 +176,12 @@ async fn every_role_is_scraped_after_real_traffic() {
         .unwrap();
     let mut announcements = Box::pin(bus.node_announcements().await.unwrap());
     // Three scripts keep their own label; the fourth and fifth fold.
-    let fold = [("PICLOUD_METRICS_MAX_SCRIPTS", "3")];
+    // Two invocations of one script may run at once (the default cap is one
+    // less than the workers): the kv conflict below needs both running.
+    let fold = [
+        ("PICLOUD_METRICS_MAX_SCRIPTS", "3"),
+        ("PICLOUD_SCRIPT_CONCURRENCY", "2"),
+    ];
     let manager = Role::spawn(&env, "manager", &[("PICLOUD_METRICS_TOKEN", METRICS_TOKEN)]);
     // An async call gets one attempt: a failing one is a dead letter at once.
     let gateway = Role::spawn(&env, "gateway", &[("PICLOUD_MAX_ATTEMPTS", "1")]);
@@ -199,6 +204,31 @@ async fn every_role_is_scraped_after_real_traffic() {
     assert!(resp.status().is_success(), "{}", resp.status());
     admin.deploy_ok("extra", r#""x""#).await;
     admin.deploy_ok("tick", "()").await;
+    // Reads its counter, spins, then writes it: two runs at once conflict.
+    let resp = admin
+        .deploy_json(
+            "count",
+            json!({
+                "source": r#"let n = kv::get("n") ?? 0;
+                             let i = 0; while i < 50000 { i += 1; }
+                             kv::set("n", n + 1); n + 1"#,
+                "limits": {"max_operations": 1000000}
+            }),
+        )
+        .await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    admin
+        .deploy_ok("fire", r#"emit("m.ev", #{ n: 1 }); "sent""#)
+        .await;
+    admin.deploy_ok("sink", "()").await;
+    let resp = admin
+        .api(
+            Method::POST,
+            "/subscriptions",
+            Some(json!({"script": "sink", "topic": "m.ev"})),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
 
     // Sync: two successes, a script error, a limit hit, then a fourth script.
     public.wait_for_body("hello", "hi").await;
@@ -233,6 +263,17 @@ async fn every_role_is_scraped_after_real_traffic() {
             .await;
         assert!(done.is_some(), "async {script} never ended {status}");
     }
+    // Two runs of `count` at once: both read n = 0, the second to commit
+    // conflicts and runs again, so the counter is exact and the conflict is
+    // counted.
+    public.wait_for_body("fire", "sent").await;
+    let (a, b) = tokio::join!(public.call("count"), public.call("count"));
+    let mut answers = [
+        a.text().await.unwrap_or_default(),
+        b.text().await.unwrap_or_default(),
+    ];
+    answers.sort();
+    assert_eq!(answers, ["1", "2"], "an exact counter");
     // Cron: an every-second schedule fires at least once.
     let resp = admin
         .api(
@@ -246,6 +287,7 @@ async fn every_role_is_scraped_after_real_traffic() {
     // The executor ran them all.
     let ex = scrape_until(&executor, None, |t| {
         sum(t, "picloud_invocations_total", &[r#"trigger="cron""#]) >= 1.0
+            && sum(t, "picloud_invocations_total", &[r#"trigger="event""#]) >= 1.0
             && sum(t, "picloud_dead_letters_total", &[]) >= 1.0
     })
     .await;
@@ -285,7 +327,8 @@ async fn every_role_is_scraped_after_real_traffic() {
     assert_eq!(sample(&ex, "picloud_executor_workers"), Some(2.0));
     assert_eq!(sample(&ex, "picloud_executor_workers_busy"), Some(0.0));
     assert_eq!(sample(&ex, "picloud_dead_letters_total"), Some(1.0));
-    assert!(sample(&ex, "picloud_kv_commit_conflicts_total").is_some());
+    assert!(sample(&ex, "picloud_kv_commit_conflicts_total") >= Some(1.0));
+    assert!(sum(&ex, inv, &[r#"trigger="event""#, r#"outcome="ok""#]) >= 1.0);
     for process in [
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
