@@ -73,13 +73,15 @@ export async function streamSse(
 	headers: Record<string, string>,
 	onEvent: (e: SseEvent) => void,
 	signal: AbortSignal,
-	f: typeof fetch = fetch
+	f: typeof fetch = fetch,
+	onOpen: () => void = () => {}
 ): Promise<void> {
 	const r = await f(url, { headers: { Accept: 'text/event-stream', ...headers }, signal });
 	if (!r.ok || !r.body) {
 		const { decodeError } = await import('./api/client');
 		throw decodeError(r.status, await r.text());
 	}
+	onOpen();
 	const parser = new SseParser();
 	const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
 	for (;;) {
