@@ -128,6 +128,7 @@ async function main() {
 	page.on('pageerror', (e) => errors.push(e.message));
 	mkdirSync(shots, { recursive: true });
 	const shot = async (p, name) => {
+		await p.evaluate(() => window.scrollTo(0, 0));
 		await p.screenshot({ path: join(shots, `${name}.png`) });
 	};
 	const url = (path) => `${base}/dashboard${path}`;
