@@ -133,6 +133,19 @@ async function main() {
 	};
 	const url = (path) => `${base}/dashboard${path}`;
 
+	// What the first visit costs on the wire: every response from opening
+	// /dashboard to the overview shown, API answers included.
+	const cdp = await context.newCDPSession(page);
+	await cdp.send('Network.enable');
+	let wire = 0;
+	let appBytes = 0;
+	const urls = new Map();
+	cdp.on('Network.responseReceived', (e) => urls.set(e.requestId, e.response.url));
+	cdp.on('Network.loadingFinished', (e) => {
+		wire += e.encodedDataLength;
+		if (urls.get(e.requestId)?.includes('/dashboard')) appBytes += e.encodedDataLength;
+	});
+
 	// ---- log in (a wrong token first) ----------------------------------------
 	await page.goto(url('/'));
 	await page.waitForURL(/\/dashboard\/login/);
@@ -142,7 +155,9 @@ async function main() {
 	await page.getByLabel('Admin token').fill(token);
 	await page.keyboard.press('Enter');
 	await page.getByRole('heading', { name: 'Overview' }).waitFor();
-	log('logged in');
+	await page.waitForLoadState('networkidle');
+	await cdp.detach();
+	log(`logged in; first visit to the overview: ${(appBytes / 1024).toFixed(1)} KB of app files, ${(wire / 1024).toFixed(1)} KB with API answers, on the wire`);
 
 	// ---- a compile error marked, then fixed ----------------------------------
 	await page.goto(url('/scripts/hello?new=1'));
