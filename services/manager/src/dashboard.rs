@@ -111,7 +111,10 @@ fn index_slash() {}
 #[utoipa::path(get, path = "/dashboard/{rest}", tag = "operations", security(()),
     params(("rest" = String, Path, description = "a file of the app or one of its routes")),
     responses(
-        (status = 200, description = "the file, or the entry page", body = String),
+        (status = 200, description = "the file, or the entry page", content(
+            (String = "text/html"), (String = "text/javascript"), (String = "text/css"),
+            (Object = "application/json"), (String = "application/octet-stream"),
+        )),
         (status = 404, description = "no such file under `_app/`", content_type = "text/plain", body = String),
     ))]
 async fn file(

@@ -3662,7 +3662,11 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/plain": string;
+                    "text/html": string;
+                    "text/javascript": string;
+                    "text/css": string;
+                    "application/json": Record<string, never>;
+                    "application/octet-stream": string;
                 };
             };
             /** @description no such file under `_app/` */
