@@ -13,25 +13,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Installs a Debian package (without its recommends) and says why.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: $1 ($2)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
 # promtool validates every role's /metrics (services/picloud/tests/metrics.rs
 # fails without it, unless PICLOUD_TEST_NO_PROMTOOL=1). Debian ships it in
 # the `prometheus` package.
 if ! command -v promtool >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_PROMTOOL:-}" != 1 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing: prometheus (for promtool)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus "for promtool"
 fi
-
 # The dashboard's end-to-end run drives Debian's chromium (playwright-core
 # cannot download a browser in CI).
 if ! command -v chromium >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_E2E:-}" != 1 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing: chromium (for the dashboard's end-to-end run)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  apt_install chromium "for the dashboard's end-to-end run"
 fi
 
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)

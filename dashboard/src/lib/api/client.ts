@@ -122,3 +122,14 @@ export async function tokenWorks(token: string, f: typeof fetch = fetch): Promis
 	if (!r.ok) throw decodeError(r.status, await r.text());
 	return true;
 }
+
+/** Runs a page's API work: its result, or `undefined` after passing the
+ * failure's message to `fail` (the page shows it). */
+export async function attempt<T>(f: () => Promise<T>, fail: (message: string) => void): Promise<T | undefined> {
+	try {
+		return await f();
+	} catch (e) {
+		fail((e as Error).message);
+		return undefined;
+	}
+}
