@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, all tests against a real
-# Postgres and a real NATS JetStream server, then schemathesis against a
-# live instance (scripts/schemathesis.sh).
+# Runs every check and test: the dashboard's checks (scripts/dashboard.sh),
+# formatting, clippy, all tests against a real Postgres and a real NATS
+# JetStream server, schemathesis against a live instance
+# (scripts/schemathesis.sh), then the dashboard end to end in chromium
+# (dashboard/e2e/run.mjs; PICLOUD_TEST_NO_E2E=1 skips it).
 #
 # Servers: PICLOUD_TEST_DATABASE_URL and PICLOUD_TEST_NATS_URL when set;
 # otherwise the local ones on 127.0.0.1:5432 / 4222 when they answer (trust
@@ -11,15 +13,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Installs a Debian package (without its recommends) and says why.
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: $1 ($2)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
 # promtool validates every role's /metrics (services/picloud/tests/metrics.rs
 # fails without it, unless PICLOUD_TEST_NO_PROMTOOL=1). Debian ships it in
 # the `prometheus` package.
 if ! command -v promtool >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_PROMTOOL:-}" != 1 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "installing: prometheus (for promtool)"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt_install prometheus "for promtool"
+fi
+# The dashboard's end-to-end run drives Debian's chromium (playwright-core
+# cannot download a browser in CI).
+if ! command -v chromium >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_E2E:-}" != 1 ]; then
+  apt_install chromium "for the dashboard's end-to-end run"
 fi
 
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
@@ -97,6 +108,12 @@ fi
 # Every step runs to the end, and the closing line is printed whatever
 # happened; the exit status says whether anything failed.
 status=0
+# Built first: the manager's tests and the e2e run serve dashboard/build.
+dashboard="dashboard: svelte-check, vitest, API types and bundle budget pass"
+scripts/dashboard.sh check 2>&1 | tee "$work/dashboard.log" || {
+  status=1
+  dashboard="dashboard: FAILED (build, stale API types, svelte-check, vitest or bundle budget; see above)"
+}
 cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
@@ -106,6 +123,18 @@ scripts/schemathesis.sh 2>&1 | tee "$work/schemathesis.log" || {
   status=1
   contract="schemathesis: FAILED (a 5xx, or a response or request the OpenAPI document does not allow; see above)"
 }
+# The dashboard end to end: chromium against the debug `picloud up` the
+# tests built (dashboard/e2e/run.mjs).
+e2e="e2e: dashboard end-to-end passed"
+if [ "${PICLOUD_TEST_NO_E2E:-}" = 1 ]; then
+  e2e="e2e: skipped (PICLOUD_TEST_NO_E2E=1)"
+else
+  cargo build -q -p picloud
+  (cd dashboard && node e2e/run.mjs) 2>&1 | tee "$work/e2e.log" || {
+    status=1
+    e2e="e2e: FAILED (dashboard end-to-end; see the e2e lines above)"
+  }
+fi
 # One closing line for the whole run (cargo prints one per test binary). A
 # test binary that crashed (a signal, an abort) prints cargo's "test failed"
 # error without a FAILED result line: each such binary counts as one failure,
@@ -117,4 +146,6 @@ awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
            f += c
            printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
 echo "$contract"
+echo "$dashboard"
+echo "$e2e"
 exit "$status"

@@ -1,6 +1,7 @@
 //! The manager: PiCloud's control plane.
 //!
 //! - [`api`]: the admin API under `/api/v1` (bearer token).
+//! - [`dashboard`]: the built dashboard app at `/dashboard`.
 //! - [`compiler`]: a dedicated thread with a sized stack that compiles
 //!   deploys under the sandbox's limits. The manager never runs script code.
 //! - [`publisher`]: keeps the bus's route and version buckets equal to
@@ -24,6 +25,7 @@
 
 pub mod api;
 pub mod compiler;
+pub mod dashboard;
 pub mod effects;
 pub mod imports;
 pub mod probes;
@@ -165,7 +167,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
     };
     let ready = tasks.ready("manager", ready);
     Ok(Manager {
-        router: api::router(state),
+        router: api::router(state).merge(dashboard::Dashboard::find().router()),
         ready,
         tasks,
         store,

@@ -100,6 +100,7 @@ fn print_banner(addr: &str, token: &str, token_from_file: bool, config: &Config)
     };
     println!(
         "PiCloud is up on {base}\n\
+         dashboard: {base}/dashboard   (log in with the admin token)\n\
          admin token: {token}{saved}\n\
          \n\
          From another terminal in this folder, deploy a sample and call it:\n  \

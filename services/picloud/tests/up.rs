@@ -86,6 +86,12 @@ async fn up_starts_its_own_servers_serves_and_stops_cleanly() {
         "{banner:?}"
     );
     assert!(
+        banner
+            .iter()
+            .any(|l| l.contains(&format!("dashboard: http://127.0.0.1:{port}/dashboard"))),
+        "{banner:?}"
+    );
+    assert!(
         !processes_mentioning(&data_dir).is_empty(),
         "private servers run"
     );

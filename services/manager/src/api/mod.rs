@@ -65,6 +65,7 @@ pub fn router(state: Shared) -> Router {
         .route("/secrets", get(secrets::list))
         .route("/secrets/{name}", put(secrets::put).delete(secrets::delete))
         .route("/schedules", get(schedules::list).post(schedules::create))
+        .route("/schedules/preview", get(schedules::preview))
         .route(
             "/schedules/{id}",
             get(schedules::get)

@@ -59,6 +59,7 @@ pub struct IdParam {
         secrets::delete,
         schedules::list,
         schedules::create,
+        schedules::preview,
         schedules::get,
         schedules::patch,
         schedules::delete,
@@ -126,12 +127,51 @@ impl Modify for BearerToken {
     }
 }
 
-/// The whole document: the admin API, `/status`, health, metrics, and the
-/// gateway's `/fn`.
+/// The whole document: the admin API, `/status`, health, metrics, the
+/// gateway's `/fn` and the dashboard.
 pub fn document_value() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(picloud_gateway::openapi::GatewayDoc::openapi());
+    doc.merge(crate::dashboard::DashboardDoc::openapi());
+    name_operations(&mut doc);
     doc
+}
+
+/// Gives every operation an id unique in the document, from its method and
+/// path (`get_scripts_by_name_versions`): utoipa names one after its handler
+/// function, and several modules have a `list` or a `get`, which typed
+/// clients generated from the document (the dashboard's) would merge.
+fn name_operations(doc: &mut utoipa::openapi::OpenApi) {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let mut words = Vec::new();
+        for seg in path.trim_start_matches("/api/v1").split('/') {
+            match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                Some(param) => words.push(format!("by_{param}")),
+                None if !seg.is_empty() => words.push(seg.to_owned()),
+                None => {}
+            }
+        }
+        // `/dashboard/` is not `/dashboard`.
+        if path.len() > 1 && path.ends_with('/') {
+            words.push("slash".to_owned());
+        }
+        let tail: String = words
+            .join("_")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        for (method, op) in [
+            ("get", &mut item.get),
+            ("put", &mut item.put),
+            ("post", &mut item.post),
+            ("delete", &mut item.delete),
+            ("patch", &mut item.patch),
+        ] {
+            if let Some(op) = op {
+                op.operation_id = Some(format!("{method}_{tail}"));
+            }
+        }
+    }
 }
 
 /// This document.

@@ -1,4 +1,5 @@
-//! Cron schedules: `POST|GET /schedules`, `GET|PATCH|DELETE /schedules/{id}`.
+//! Cron schedules: `POST|GET /schedules`, `GET|PATCH|DELETE /schedules/{id}`,
+//! `GET /schedules/preview`.
 //!
 //! A schedule is validated whole (expression, zone, script) before anything
 //! is written; every answer shows the next five firing times.
@@ -195,6 +196,41 @@ pub async fn list(
         .await
         .map_err(internal)?;
     Ok(Json(rows.into_iter().map(Into::into).collect()))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PreviewQuery {
+    /// 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    /// seconds first.
+    #[param(example = "*/5 * * * *")]
+    cron: String,
+    /// An IANA zone name (default `UTC`).
+    #[param(example = "Europe/Berlin")]
+    timezone: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PreviewView {
+    /// The next five firing times after now.
+    next_runs: Vec<DateTime<Utc>>,
+}
+
+/// `GET /schedules/preview?cron=&timezone=`: the next firings of an
+/// expression in a zone, before anything is created (the dashboard's form).
+#[utoipa::path(get, path = "/api/v1/schedules/preview", tag = "schedules",
+    params(PreviewQuery),
+    responses(
+        (status = 200, description = "the next five firing times", body = PreviewView),
+        (status = 400, description = "bad cron expression or zone", body = ErrorBody),
+        (status = 401, description = "no or wrong admin token", body = ErrorBody),
+    ))]
+pub async fn preview(JsonQuery(q): JsonQuery<PreviewQuery>) -> Result<Json<PreviewView>, ApiError> {
+    let zone = q.timezone.unwrap_or_else(utc);
+    let schedule = CronSchedule::parse(&q.cron, &zone).map_err(refused)?;
+    Ok(Json(PreviewView {
+        next_runs: schedule.upcoming(Utc::now(), NEXT_RUNS),
+    }))
 }
 
 /// `GET /schedules/{id}`.
