@@ -1,13 +1,16 @@
 // End-to-end: Debian's chromium (driven by playwright-core, no downloaded
 // browser) against a real `picloud up` on a free port, with its own
-// database on the test Postgres and its own NATS prefix. Takes the
-// screenshots in docs/screenshots/. Exits non-zero on the first failure.
+// database on the test Postgres and its own NATS prefix. Takes screenshots
+// of the main pages (into a temporary folder, or the one E2E_SCREENSHOTS
+// names: `E2E_SCREENSHOTS=docs/screenshots` refreshes the README's).
+// Exits non-zero on the first failure.
 //
 //   PICLOUD_BIN                 the binary (default: the debug build)
 //   PICLOUD_TEST_DATABASE_URL   Postgres to create the database in
 //   PICLOUD_TEST_NATS_URL       NATS with JetStream
 //   CHROMIUM                    the browser (default /usr/bin/chromium)
 //   E2E_HEADED=1                watch it run
+//   E2E_SCREENSHOTS             where the screenshots go (relative to the repository)
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, mkdirSync, rmSync, createWriteStream, readFileSync } from 'node:fs';
@@ -21,13 +24,13 @@ const target = process.env.CARGO_TARGET_DIR ?? join(root, 'target');
 const bin = process.env.PICLOUD_BIN ?? join(target, 'debug/picloud');
 const dbAdmin = process.env.PICLOUD_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 const natsUrl = process.env.PICLOUD_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
-const shots = join(root, 'docs/screenshots');
 const started = Date.now();
 
 const id = randomBytes(8).toString('hex');
 const db = `picloud_test_e2e_${id}`;
 const token = `e2e-${randomBytes(16).toString('hex')}`;
 const work = mkdtempSync(join(tmpdir(), 'picloud-e2e-'));
+const shots = process.env.E2E_SCREENSHOTS ? resolve(root, process.env.E2E_SCREENSHOTS) : join(work, 'screenshots');
 let server = null;
 let browser = null;
 
