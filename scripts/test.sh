@@ -22,6 +22,21 @@ if ! command -v promtool >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_PROMTOOL:-}" !=
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# The cluster packaging is validated, not run, here (images cannot be pulled
+# in CI): caddy/Caddyfile with `caddy validate`, compose.yaml with
+# `docker-compose config` (Debian packages `caddy`, `docker-compose`).
+# scripts/cluster.sh runs the same topology as local processes.
+cluster_tools=()
+command -v caddy >/dev/null 2>&1 || cluster_tools+=(caddy)
+command -v docker-compose >/dev/null 2>&1 || cluster_tools+=(docker-compose)
+if [ ${#cluster_tools[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing: ${cluster_tools[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${cluster_tools[@]}" >/dev/null
+fi
+
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -98,6 +113,10 @@ fi
 # happened; the exit status says whether anything failed.
 status=0
 cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
+caddy validate --adapter caddyfile --config caddy/Caddyfile >/dev/null 2>"$work/caddy.log" ||
+  { status=1; cat "$work/caddy.log"; echo "checks: caddy validate caddy/Caddyfile failed"; }
+PICLOUD_ADMIN_TOKEN=check PICLOUD_SECRETS_KEY=check docker-compose -f compose.yaml config -q ||
+  { status=1; echo "checks: docker-compose config (compose.yaml) failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
 # The HTTP contract: schemathesis against a live `picloud up` (see the script).
