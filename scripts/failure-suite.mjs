@@ -19,7 +19,8 @@
 // Environment: PICLOUD_URL (Caddy's admin origin), PICLOUD_TOKEN,
 // CLUSTER (the cluster.sh path), SUITE_FAULTS (comma-separated names, default
 // all), SUITE_PHASE_MS (load before and after each fault, default 3000).
-import { execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { randomUUID } from 'node:crypto';
 
 const url = process.env.PICLOUD_URL;
@@ -30,8 +31,14 @@ const HANG_MS = 5000 + 1000 + 2000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const now = () => performance.now();
 
-function sh(...args) {
-  return execFileSync(cluster, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+let phaseStart = 0;
+const at = () => `${((now() - phaseStart) / 1000).toFixed(1)}s`;
+
+// Asynchronous, so the load goes on while cluster.sh works.
+async function sh(...args) {
+  if (args[0] !== 'status') console.error(`[suite] ${at()} cluster.sh ${args.join(' ')}`);
+  const { stdout } = await promisify(execFile)(cluster, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
+  return stdout;
 }
 
 async function api(method, path, body) {
@@ -91,6 +98,7 @@ function startLoad(phase) {
   async function syncLoop() {
     while (!st.stop) {
       const t = now();
+      const sent = at();
       let status;
       try {
         const r = await fetch(`${url}/fn/work`, { signal: AbortSignal.timeout(HANG_MS) });
@@ -102,7 +110,7 @@ function startLoad(phase) {
       st.sync++;
       st.syncStatus[status] = (st.syncStatus[status] || 0) + 1;
       if (status === 'hang') st.hangs++;
-      if (![200, 503, 504].includes(status)) st.syncBad.push(status);
+      if (![200, 503, 504].includes(status)) st.syncBad.push(`${status} sent at ${sent}`);
       if (status !== 200) bad();
       if (status === 200 && now() - t > HANG_MS) st.hangs++;
     }
@@ -111,6 +119,7 @@ function startLoad(phase) {
     let i = 0;
     while (!st.stop) {
       const id = `${phase}-${i++}`;
+      const sent = at();
       let status;
       try {
         const r = await fetch(`${url}/fn/emit1?phase=${phase}&id=${id}`, { method: 'POST', signal: AbortSignal.timeout(HANG_MS) });
@@ -123,7 +132,7 @@ function startLoad(phase) {
       st.emitStatus[status] = (st.emitStatus[status] || 0) + 1;
       if (status === 200) st.acked.add(id);
       else bad();
-      if (![200, 503, 504].includes(status)) st.syncBad.push(`emit ${status}`);
+      if (![200, 503, 504].includes(status)) st.syncBad.push(`emit ${status} sent at ${sent}`);
     }
   }
   async function asyncLoop() {
@@ -142,10 +151,12 @@ function startLoad(phase) {
           return { status: e.name === 'TimeoutError' ? 'hang' : 'conn' };
         }
       };
+      const sent = at();
       const first = await submit();
       const again = await submit();
       for (const s of [first, again]) st.asyncStatus[s.status] = (st.asyncStatus[s.status] || 0) + 1;
       if (first.status !== 202) bad();
+      for (const s of [first, again]) if (![202, 503, 504].includes(s.status)) st.syncBad.push(`async ${s.status} sent at ${sent}`);
       if (first.id) st.accepted.set(first.id, null);
       if (again.id) st.accepted.set(again.id, null);
       if (first.id && again.id && first.id !== again.id) st.keyMismatch++;
@@ -165,39 +176,39 @@ async function untilTrue(what, ms, f) {
   }
 }
 
-function allReady() {
-  return sh('status').split('\n').filter(Boolean).every((l) => / ready /.test(l));
+async function allReady() {
+  return (await sh('status')).split('\n').filter(Boolean).every((l) => / ready /.test(l));
 }
 
 const FAULTS = {
   'kill -9 executor': async () => {
-    sh('kill', 'executor', '1');
+    await sh('kill', 'executor', '1');
     await sleep(1000);
-    sh('start', 'executor', '1');
+    await sh('start', 'executor', '1');
   },
   'kill -9 gateway': async () => {
-    sh('kill', 'gateway', '1');
+    await sh('kill', 'gateway', '1');
     await sleep(1000);
-    sh('start', 'gateway', '1');
+    await sh('start', 'gateway', '1');
   },
   'kill -9 one NATS node': async () => {
-    sh('kill', 'nats', '2');
+    await sh('kill', 'nats', '2');
     await sleep(2000);
-    sh('start', 'nats', '2');
+    await sh('start', 'nats', '2');
   },
   'restart every NATS node': async () => {
-    for (const n of ['1', '2', '3']) sh('restart', 'nats', n);
+    for (const n of ['1', '2', '3']) await sh('restart', 'nats', n);
   },
   'restart Postgres': async () => {
-    sh('restart', 'postgres', '1');
+    await sh('restart', 'postgres', '1');
   },
   'kill -9 manager': async () => {
-    sh('kill', 'manager', '1');
+    await sh('kill', 'manager', '1');
     await sleep(1000);
-    sh('start', 'manager', '1');
+    await sh('start', 'manager', '1');
   },
   'rolling SIGTERM restart': async () => {
-    for (const role of ['gateway', 'executor', 'manager']) for (const n of ['1', '2']) sh('restart', role, n);
+    for (const role of ['gateway', 'executor', 'manager']) for (const n of ['1', '2']) await sh('restart', role, n);
   },
 };
 
@@ -246,11 +257,12 @@ async function main() {
     const fault = FAULTS[name];
     if (!fault) throw new Error(`unknown fault ${name}; known: ${Object.keys(FAULTS).join(', ')}`);
     const phase = `p${p++}`;
+    phaseStart = now();
     const st = startLoad(phase);
     await sleep(phaseMs);
     const t0 = now();
     await fault();
-    const readyOk = await untilTrue('ready', 120000, async () => allReady());
+    const readyOk = await untilTrue('ready', 120000, allReady);
     const ready = now() - t0;
     await sleep(phaseMs);
     st.stop = true;
@@ -263,7 +275,7 @@ async function main() {
     const requests = st.sync + st.emitted + Object.values(st.asyncStatus).reduce((a, b) => a + b, 0);
     const problems = [];
     if (!readyOk) problems.push('not ready again within 120 s');
-    if (st.syncBad.length) problems.push(`unexpected statuses ${JSON.stringify(st.syncBad.slice(0, 5))}`);
+    if (st.syncBad.length) problems.push(`unexpected answers ${JSON.stringify(st.syncBad.slice(0, 5))}`);
     if (st.hangs) problems.push(`${st.hangs} sync calls past the deadline`);
     if (unfinished) problems.push(`${unfinished} accepted async calls never finished`);
     if (notOk) problems.push(`${notOk} async calls ended not ok`);
