@@ -288,7 +288,7 @@ async function main() {
       requests,
       sync: JSON.stringify(st.syncStatus),
       async: `${st.accepted.size} accepted (${JSON.stringify(st.asyncStatus)})`,
-      events: `${st.acked.size} acked / ${ev.n} counted`,
+      events: `${st.acked.size} acked / ${ev.n} counted (calls ${JSON.stringify(st.emitStatus)})`,
       lost: ev.lost + unfinished,
       duplicated: ev.dup,
       disruption: (disruption / 1000).toFixed(1),

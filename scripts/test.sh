@@ -119,6 +119,13 @@ PICLOUD_ADMIN_TOKEN=check PICLOUD_SECRETS_KEY=check docker-compose -f compose.ya
   { status=1; echo "checks: docker-compose config (compose.yaml) failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
+# The failure suite: the whole cluster as local processes (scripts/cluster.sh),
+# a mixed load through Caddy, one fault at a time (docs/RELIABILITY.md).
+reliability="failure suite: nothing lost or duplicated under every fault"
+scripts/failure-suite.sh 2>&1 | tee "$work/failure-suite.log" || {
+  status=1
+  reliability="failure suite: FAILED (see its table above; logs of every process kept)"
+}
 # The HTTP contract: schemathesis against a live `picloud up` (see the script).
 contract="schemathesis: every response matches the OpenAPI document"
 scripts/schemathesis.sh 2>&1 | tee "$work/schemathesis.log" || {
@@ -136,4 +143,5 @@ awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
            f += c
            printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$work/test.log"
 echo "$contract"
+echo "$reliability"
 exit "$status"
