@@ -34,6 +34,7 @@
 #                         base+11..13, Postgres base+40
 #   PICLOUD_BIN           the picloud binary (default: cargo build --release)
 #   PICLOUD_CLUSTER_EXECUTORS  executors started by `up` (default 2)
+#   PICLOUD_CLUSTER_PIN   set: executor N runs on CPU N-1 only (taskset)
 #   Other PICLOUD_* variables (workers, retry delays, …) reach every role.
 #
 # Every process runs in its own session (setsid), its pid in pids/NAME.pid
@@ -171,7 +172,12 @@ start_role() { # ROLE N
     env+=(PICLOUD_DATABASE_URL="$(database_url)" PICLOUD_ADMIN_TOKEN="$(token)"
       PICLOUD_SECRETS_KEY="$(secrets_key)")
   fi
-  env "${env[@]}" setsid "$(binary)" "$role" </dev/null >>"$run/logs/$name.log" 2>&1 &
+  local pin=()
+  if [ "$role" = executor ] && [ -n "${PICLOUD_CLUSTER_PIN:-}" ]; then
+    pin=(taskset -c $(((n - 1) % $(nproc))))
+  fi
+  echo "---- start $(date -u +%FT%T.%3NZ)" >>"$run/logs/$name.log"
+  env "${env[@]}" setsid "${pin[@]}" "$(binary)" "$role" </dev/null >>"$run/logs/$name.log" 2>&1 &
   echo $! >"$run/pids/$name.pid"
 }
 
