@@ -1,6 +1,9 @@
-//! Graceful stop of the role processes (issue #16): SIGTERM on a real
-//! `picloud gateway` or `picloud executor` process while work is in flight.
+//! Role processes in cluster mode (issue #16): a NATS URL list, and
+//! graceful stop: SIGTERM on a real `picloud gateway` or `picloud executor`
+//! process while work is in flight.
 //!
+//! - `PICLOUD_NATS_URL` may list several servers (a cluster's nodes): a role
+//!   starts while the first one is down.
 //! - A gateway first turns its `/readyz` to 503 "shutting down" and goes on
 //!   serving for `PICLOUD_DRAIN_MS` (a load balancer's health check takes it
 //!   out meanwhile), then closes its listener and finishes what is in
@@ -191,5 +194,20 @@ async fn an_executor_on_sigterm_finishes_its_call_and_its_job_once() {
     let runs = c.call("slow?read=1").await.text().await.unwrap();
     assert_eq!(runs, "2", "kv runs after one call and one job");
     drop(second);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_role_starts_on_a_nats_url_list_whose_first_server_is_down() {
+    let env = TestEnv::new().await;
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("gateway.log");
+    let list = format!(
+        "nats://127.0.0.1:{}, {}",
+        free_port(),
+        env.config.nats_url.as_deref().unwrap()
+    );
+    let (mut gateway, _) = spawn_role(&env, "gateway", &log, &[("PICLOUD_NATS_URL", &list)]).await;
+    gateway.kill();
     env.cleanup().await;
 }
