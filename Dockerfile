@@ -1,3 +1,4 @@
+# syntax=docker/dockerfile:1
 # The `picloud` binary in a Debian slim image; one image for every role
 # (the command picks it: manager, gateway, executor). compose.yaml builds
 # it. Build: docker build -t picloud .
