@@ -98,27 +98,23 @@ secrets_key() {
 pid_of() { cat "$run/pids/$1.pid" 2>/dev/null || true; }
 alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 
-# Waits up to $2 seconds for command "$3..." to succeed.
+# Waits up to $2 seconds for command "$3..." to succeed. With `watch=NAME`
+# set, gives up at once (with the end of its log) if process NAME exits.
 wait_for() {
   local what=$1 secs=$2 i
   shift 2
   for i in $(seq $((secs * 10))); do
     "$@" >/dev/null 2>&1 && return 0
+    if [ -n "${watch:-}" ] && ! alive "$watch"; then
+      echo "cluster: $what exited; the end of $run/logs/$watch.log:" >&2
+      tail -n 5 "$run/logs/$watch.log" >&2
+      exit 1
+    fi
     sleep 0.1
   done
   die "$what not ready after ${secs}s (logs in $run/logs)"
 }
 ready() { curl -fsS -m 2 "http://127.0.0.1:$(port_of "$1" "$2")/readyz"; }
-# ready, or the end of the script if the process exited (with its log's end).
-exec 4>&2
-role_ready() {
-  if ! alive "$1$2"; then
-    echo "cluster: $1 $2 exited; the end of $run/logs/$1$2.log:" >&4
-    tail -n 5 "$run/logs/$1$2.log" >&4
-    exit 1
-  fi
-  ready "$1" "$2"
-}
 nats_ready() { curl -fsS -m 2 "http://127.0.0.1:$(monitor_port "$1")/healthz?js-enabled-only=true"; }
 
 # Starts "$@" detached as process NAME ($1).
@@ -205,7 +201,7 @@ start_one() { # ROLE N, and waits until it is ready
   case $1 in
     nats) start_nats "$2"; wait_for "nats $2" 30 nats_ready "$2" ;;
     postgres) start_postgres ;;
-    manager | gateway | executor) start_role "$1" "$2"; wait_for "$1 $2" 60 role_ready "$1" "$2" ;;
+    manager | gateway | executor) start_role "$1" "$2"; watch="$1$2" wait_for "$1 $2" 60 ready "$1" "$2" ;;
     caddy) start_caddy; wait_for caddy 30 curl -fsS -m 2 "http://127.0.0.1:$((base + 80))/api/v1/openapi.json" ;;
     *) die "unknown role $1 (nats, postgres, manager, gateway, executor, caddy)" ;;
   esac
@@ -249,7 +245,7 @@ case $cmd in
     start_caddy
     for name in manager2 gateway1 gateway2 $(seq -f 'executor%g' "${PICLOUD_CLUSTER_EXECUTORS:-2}"); do
       role=${name%[0-9]}
-      wait_for "$name" 60 role_ready "$role" "${name#"$role"}"
+      watch=$name wait_for "$name" 60 ready "$role" "${name#"$role"}"
     done
     start_one caddy 1
     echo "cluster up in $run: http://127.0.0.1:$((base + 80)) (admin, /fn) and http://127.0.0.1:$((base + 81)) (/fn only)"

@@ -216,14 +216,17 @@ async function finalStates(st) {
   const pending = new Set(st.accepted.keys());
   const end = now() + 90000;
   while (pending.size && now() < end) {
-    for (const id of [...pending]) {
-      const r = await fetch(`${url}/status/${id}`, { signal: AbortSignal.timeout(10000) }).catch(() => null);
-      if (!r || r.status !== 200) continue;
-      const s = (await r.json()).status;
-      if (s !== 'queued' && s !== 'running') {
-        st.accepted.set(id, s);
-        pending.delete(id);
-      }
+    const ids = [...pending];
+    for (let i = 0; i < ids.length; i += 16) {
+      await Promise.all(ids.slice(i, i + 16).map(async (id) => {
+        const r = await fetch(`${url}/status/${id}`, { signal: AbortSignal.timeout(10000) }).catch(() => null);
+        if (!r || r.status !== 200) return;
+        const s = (await r.json()).status;
+        if (s !== 'queued' && s !== 'running') {
+          st.accepted.set(id, s);
+          pending.delete(id);
+        }
+      }));
     }
     if (pending.size) await sleep(500);
   }
