@@ -33,6 +33,14 @@ if ! command -v chromium >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_E2E:-}" != 1 ];
   apt_install chromium "for the dashboard's end-to-end run"
 fi
 
+# The cluster packaging is validated, not run, here (images cannot be pulled
+# in CI): caddy/Caddyfile with `caddy validate`, compose.yaml with
+# `docker-compose config` (Debian packages `caddy`, `docker-compose`).
+# scripts/cluster.sh runs the same topology as local processes.
+for tool in caddy docker-compose; do
+  command -v "$tool" >/dev/null 2>&1 || apt_install "$tool" "to validate the cluster packaging"
+done
+
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -115,8 +123,19 @@ scripts/dashboard.sh check 2>&1 | tee "$work/dashboard.log" || {
   dashboard="dashboard: FAILED (build, stale API types, svelte-check, vitest or bundle budget; see above)"
 }
 cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
+caddy validate --adapter caddyfile --config caddy/Caddyfile >/dev/null 2>"$work/caddy.log" ||
+  { status=1; cat "$work/caddy.log"; echo "checks: caddy validate caddy/Caddyfile failed"; }
+PICLOUD_ADMIN_TOKEN=check PICLOUD_SECRETS_KEY=check docker-compose -f compose.yaml config -q ||
+  { status=1; echo "checks: docker-compose config (compose.yaml) failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
+# The failure suite: the whole cluster as local processes (scripts/cluster.sh),
+# a mixed load through Caddy, one fault at a time (docs/RELIABILITY.md).
+reliability="failure suite: nothing lost or duplicated under every fault"
+scripts/failure-suite.sh 2>&1 | tee "$work/failure-suite.log" || {
+  status=1
+  reliability="failure suite: FAILED (see its table above; logs of every process kept)"
+}
 # The HTTP contract: schemathesis against a live `picloud up` (see the script).
 contract="schemathesis: every response matches the OpenAPI document"
 scripts/schemathesis.sh 2>&1 | tee "$work/schemathesis.log" || {
@@ -148,4 +167,5 @@ awk '/^test result:/ { p += $4; f += $6; i += $8; if ($3 == "FAILED.") r++ }
 echo "$contract"
 echo "$dashboard"
 echo "$e2e"
+echo "$reliability"
 exit "$status"

@@ -175,22 +175,31 @@ impl Bus {
     /// monitoring.
     pub async fn connect(url: &str, prefix: &str, role: &str) -> Result<Self, BusError> {
         // Credentials in the URL (`nats://user:password@host:port`) are
-        // passed as such, and never shown in an error.
-        let (address, credentials) = split_credentials(url);
+        // passed as such, and never shown in an error. A cluster is a
+        // comma-separated list of its nodes' URLs: the client connects to
+        // any one that answers and reconnects to the others (and to those
+        // the servers announce).
+        let mut addresses = Vec::new();
+        let mut credentials = None;
+        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let (address, creds) = split_credentials(one);
+            addresses.push(address);
+            credentials = credentials.or(creds);
+        }
+        let address = addresses.join(",");
         let mut options = async_nats::ConnectOptions::new()
             .name(format!("picloud-{role}"))
             .connection_timeout(Duration::from_secs(5));
         if let Some((user, password)) = credentials {
             options = options.user_and_password(user, password);
         }
-        let client =
-            options
-                .connect(address.as_str())
-                .await
-                .map_err(|source| BusError::Connect {
-                    url: address.clone(),
-                    source,
-                })?;
+        let client = options
+            .connect(addresses.as_slice())
+            .await
+            .map_err(|source| BusError::Connect {
+                url: address.clone(),
+                source,
+            })?;
         let js = jetstream::new(client.clone());
         let names = Names::new(prefix);
         let routes = ensure_bucket(&js, names.routes_bucket()).await?;

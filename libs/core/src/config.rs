@@ -58,6 +58,13 @@ pub struct Config {
     /// JetStream hands it to another executor (a dead executor's jobs come
     /// back after this).
     pub job_ack_wait_ms: u64,
+    /// On SIGTERM, how long a role behind a load balancer keeps serving
+    /// while its `/readyz` answers 503, before it closes its listener and
+    /// drains (`PICLOUD_DRAIN_MS`): the balancer's health check must see
+    /// it first, or it may still send a request on a connection the role
+    /// is closing. None: 2 s for a gateway or manager role alone, 0 for
+    /// `picloud up` and executors.
+    pub drain_ms: Option<u64>,
     /// How long invocation records are kept, in hours.
     pub invocation_retention_hours: u64,
     /// Every HTTP listener (gateway, manager, executor health, `up`): how long
@@ -125,6 +132,7 @@ impl Default for Config {
             retry_max_ms: 300_000,
             max_attempts: 5,
             job_ack_wait_ms: 30_000,
+            drain_ms: None,
             invocation_retention_hours: 7 * 24,
             // A public endpoint's usual bounds: headers in 10 s (slowloris),
             // a body in 30 s (512 KiB at 17 KiB/s), an idle keep-alive
@@ -246,6 +254,9 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_JOB_ACK_WAIT_MS") {
             self.job_ack_wait_ms = parse("PICLOUD_JOB_ACK_WAIT_MS", &v)?;
+        }
+        if let Some(v) = non_empty("PICLOUD_DRAIN_MS") {
+            self.drain_ms = Some(parse("PICLOUD_DRAIN_MS", &v)?);
         }
         if let Some(v) = non_empty("PICLOUD_INVOCATION_RETENTION_HOURS") {
             self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;

@@ -2,6 +2,7 @@
 //! role in this process answers).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -21,6 +22,17 @@ pub fn ready_when(what: &'static str, ok: impl Fn() -> bool + Send + Sync + 'sta
     })
 }
 
+/// Set once the process is stopping: `/readyz` then answers 503 "shutting
+/// down" while the role still serves, so a load balancer's health check
+/// takes it out before it closes its listener (`Config::drain_ms`).
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// Marks this process as stopping (see [`DRAINING`]); for the binary's
+/// signal handler.
+pub fn set_draining() {
+    DRAINING.store(true, Ordering::Relaxed);
+}
+
 pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
     let checks = Arc::new(checks);
     Router::new()
@@ -31,6 +43,9 @@ pub fn health_router(checks: Vec<ReadyCheck>) -> Router {
                 let checks = checks.clone();
                 async move {
                     let mut failing = Vec::new();
+                    if DRAINING.load(Ordering::Relaxed) {
+                        failing.push("shutting down".to_owned());
+                    }
                     for check in checks.iter() {
                         if let Err(what) = check().await {
                             failing.push(what);

@@ -30,7 +30,7 @@ use picloud_core::Shutdown;
 use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, ErrorBody, ErrorCode, TokenHash};
-pub use health::{ReadyCheck, health_router, ready_when};
+pub use health::{ReadyCheck, health_router, ready_when, set_draining};
 pub use metrics::metrics_router;
 pub use serve::ServeLimits;
 pub use tasks::Tasks;

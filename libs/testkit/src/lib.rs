@@ -393,6 +393,35 @@ pub fn free_port() -> u16 {
     picloud_supervise::free_port().expect("a free loopback port")
 }
 
+/// Waits until the role process `child` (named `name`, logging to `log`)
+/// answers `/readyz` with 200 on loopback `port`; fails the test with its
+/// log if it does not within a minute or exits.
+pub async fn wait_ready(
+    child: &mut servers::ChildProcess,
+    name: &str,
+    port: u16,
+    log: &std::path::Path,
+) {
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(60), || {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{port}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == reqwest::StatusCode::OK).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        ready.is_some() && child.is_running(),
+        "{name} did not become ready; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
 /// Polls `f` until it returns `Some`, for at most `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
 where

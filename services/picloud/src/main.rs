@@ -139,7 +139,11 @@ async fn run(role: Role) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }
     let shutdown = Shutdown::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let drain = std::time::Duration::from_millis(config.drain_ms.unwrap_or(match role {
+        Role::Manager | Role::Gateway => 2_000,
+        Role::Up | Role::Executor => 0,
+    }));
+    tokio::spawn(cancel_on_signal(shutdown.clone(), drain));
     match role {
         Role::Up => up::run(config, shutdown).await,
         Role::Manager => picloud_manager::run(config, shutdown).await,
@@ -148,8 +152,11 @@ async fn run(role: Role) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C or SIGTERM → graceful shutdown.
-async fn cancel_on_signal(shutdown: Shutdown) {
+/// Ctrl-C or SIGTERM → graceful shutdown: `/readyz` answers 503 at once,
+/// the role goes on serving for `drain` (so a load balancer stops sending
+/// to it first), then stops taking requests and finishes those in flight.
+/// A second signal skips the rest of the wait.
+async fn cancel_on_signal(shutdown: Shutdown, drain: std::time::Duration) {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -160,6 +167,18 @@ async fn cancel_on_signal(shutdown: Shutdown) {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    picloud_http::set_draining();
+    if !drain.is_zero() {
+        tracing::info!(
+            drain_ms = drain.as_millis(),
+            "shutting down: readiness off, draining"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(drain) => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     }
     tracing::info!("shutting down");
     shutdown.cancel();

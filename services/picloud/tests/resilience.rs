@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use picloud_testkit::servers::{ChildProcess, PrivateNats, PrivatePostgres};
 use picloud_testkit::{
-    Client, DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, TestEnv, eventually, free_port,
+    Client, DEFAULT_DATABASE_URL, DEFAULT_NATS_URL, TestEnv, eventually, free_port, wait_ready,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -182,24 +182,7 @@ async fn spawn_executor(env: &TestEnv, log: &std::path::Path) -> ChildProcess {
         .env("PICLOUD_RETRY_MAX_MS", env.config.retry_max_ms.to_string())
         .env("RUST_LOG", "info,async_nats=warn");
     let mut child = ChildProcess::spawn("picloud executor", cmd, Some(log));
-    let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(60), || {
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == StatusCode::OK).then_some(())
-        }
-    })
-    .await;
-    assert!(
-        ready.is_some() && child.is_running(),
-        "picloud executor did not become ready; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
+    wait_ready(&mut child, "picloud executor", port, log).await;
     child
 }
 

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The failure suite (docs/RELIABILITY.md): starts a private cluster with
+# scripts/cluster.sh (3 NATS nodes, its own Postgres, 2 managers, 2
+# gateways, 2 executors, Caddy), runs scripts/failure-suite.mjs against it
+# (steady mixed load, one fault at a time, checks after each), prints the
+# results table and stops the cluster. Exit status 0 when every check held.
+#
+#   scripts/failure-suite.sh                 CI size (every fault, 3 s of load around each)
+#   SUITE_PHASE_MS=30000 scripts/failure-suite.sh   the long form
+#   SUITE_FAULTS='kill -9 gateway,restart Postgres' scripts/failure-suite.sh
+#
+# PICLOUD_BIN: the binary to run (default: the debug build, built if missing).
+# SUITE_KEEP=1 keeps the run directory (logs of every process) on success.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+if [ -z "${PICLOUD_BIN:-}" ]; then
+  cargo build -q -p picloud
+  PICLOUD_BIN="${CARGO_TARGET_DIR:-$repo/target}/debug/picloud"
+fi
+export PICLOUD_BIN
+command -v node >/dev/null || { echo "failure suite: node (20+) is required" >&2; exit 1; }
+
+# A free block of 400 ports (cluster.sh uses base+11 .. base+302).
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for _ in $(seq 50); do
+  base=$(( $(shuf -i 200-590 -n 1) * 100 ))
+  ok=1
+  for off in 11 12 13 21 22 23 31 32 33 40 80 81 90 101 102 201 202 301 302; do
+    port_free $((base + off)) || { ok=0; break; }
+  done
+  [ "$ok" = 1 ] && break
+done
+export PICLOUD_CLUSTER_PORT=$base
+export PICLOUD_CLUSTER_DIR=$(mktemp -d /tmp/picloud-suite-XXXXXX)
+chmod 755 "$PICLOUD_CLUSTER_DIR"
+unset PICLOUD_CLUSTER_DATABASE_URL
+# Short enough that a killed executor's jobs come back within the phase,
+# retries quick, two workers per executor, no per-script cap in the way.
+export PICLOUD_JOB_ACK_WAIT_MS=${PICLOUD_JOB_ACK_WAIT_MS:-3000}
+export PICLOUD_RETRY_BASE_MS=${PICLOUD_RETRY_BASE_MS:-200}
+export PICLOUD_RETRY_MAX_MS=${PICLOUD_RETRY_MAX_MS:-2000}
+export PICLOUD_WORKERS=${PICLOUD_WORKERS:-2}
+export PICLOUD_SCRIPT_CONCURRENCY=${PICLOUD_SCRIPT_CONCURRENCY:-64}
+
+status=1
+cleanup() {
+  scripts/cluster.sh down >/dev/null 2>&1 || true
+  if [ "$status" = 0 ] && [ "${SUITE_KEEP:-}" != 1 ]; then
+    rm -rf "$PICLOUD_CLUSTER_DIR"
+  else
+    echo "failure suite: logs of every process in $PICLOUD_CLUSTER_DIR/logs" >&2
+  fi
+}
+trap cleanup EXIT
+started=$(date +%s)
+scripts/cluster.sh up >&2
+eval "$(scripts/cluster.sh env | sed 's/^/export /')"
+CLUSTER="$repo/scripts/cluster.sh" node scripts/failure-suite.mjs && status=0 || status=$?
+echo "failure suite: $(($(date +%s) - started)) s in all"
+exit "$status"
