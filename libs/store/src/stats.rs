@@ -37,10 +37,19 @@ pub struct FlowRow {
 
 impl Store {
     /// Adds `rows` to the stored roll-ups (histograms add element-wise).
+    ///
+    /// Rows are written in key order: managers flush at the same time and
+    /// share rows (every manager writes the all-scripts row of the current
+    /// minute), and two upserts that lock shared rows in different orders
+    /// deadlock.
     pub async fn add_stats(&self, rows: &[StatRow]) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
+        let mut rows: Vec<&StatRow> = rows.iter().collect();
+        rows.sort_unstable_by(|a, b| {
+            (a.step_s, &a.script, a.bucket).cmp(&(b.step_s, &b.script, b.bucket))
+        });
         let width = rows[0].hist.len();
         // Arrays of arrays must be rectangular: pass the histograms flat.
         let flat: Vec<i64> = rows
@@ -62,6 +71,7 @@ impl Store {
              SELECT step_s, bucket, script, requests, errors, dsum,
                     ($7::bigint[])[((n - 1) * $8 + 1):(n * $8)]
              FROM input
+             ORDER BY n
              ON CONFLICT (step_s, script, bucket) DO UPDATE SET
                  requests = s.requests + EXCLUDED.requests,
                  errors = s.errors + EXCLUDED.errors,
@@ -142,15 +152,21 @@ impl Store {
         Ok(out)
     }
 
-    /// Adds `flows` to the stored counts.
+    /// Adds `flows` to the stored counts, in key order (as [`Self::add_stats`]).
     pub async fn add_flows(&self, flows: &[FlowRow]) -> Result<(), StoreError> {
         if flows.is_empty() {
             return Ok(());
         }
+        let mut flows: Vec<&FlowRow> = flows.iter().collect();
+        flows.sort_unstable_by(|a, b| {
+            (&a.topic, a.direction, &a.script).cmp(&(&b.topic, b.direction, &b.script))
+        });
         sqlx::query(
             "INSERT INTO topic_flows AS f (topic, direction, script, count, last_at)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[],
-                                  $5::timestamptz[])
+             SELECT topic, direction, script, count, last_at
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[])
+                 WITH ORDINALITY AS t(topic, direction, script, count, last_at, n)
+             ORDER BY n
              ON CONFLICT (topic, direction, script) DO UPDATE SET
                  count = f.count + EXCLUDED.count,
                  last_at = greatest(f.last_at, EXCLUDED.last_at)",
