@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use async_nats::{ConnectErrorKind, ConnectOptions, ServerInfo};
+use async_nats::{ConnectError, ConnectErrorKind, ConnectOptions, ServerInfo};
 use picloud_core::config::{NatsCredentials, NatsSettings};
 
 use crate::BusError;
@@ -64,11 +64,15 @@ pub fn inbox_prefix(prefix: &str, role: &str) -> String {
     format!("_INBOX.{prefix}.{role}")
 }
 
-/// What to tell an operator after a failed connection, by its kind.
-pub(crate) fn hint(kind: ConnectErrorKind) -> &'static str {
-    match kind {
-        ConnectErrorKind::Tls => {
-            " (help: set PICLOUD_NATS_CA to the CA that signed the server's certificate, and PICLOUD_NATS_CERT/PICLOUD_NATS_KEY if the server verifies clients; see docs/operations.md)"
+/// What to tell an operator after a failed connection. A certificate the
+/// client does not trust is reported by async-nats as an I/O error, so the
+/// message is looked at too.
+pub(crate) fn hint(error: &ConnectError) -> &'static str {
+    let text = error.to_string();
+    let tls = text.contains("certificate") || text.contains("tls") || text.contains("TLS");
+    match error.kind() {
+        ConnectErrorKind::Tls | ConnectErrorKind::Io if tls => {
+            "; the TLS handshake failed (help: set PICLOUD_NATS_CA to the CA that signed the server's certificate, and PICLOUD_NATS_CERT/PICLOUD_NATS_KEY if the server verifies clients; see docs/operations.md)"
         }
         ConnectErrorKind::AuthorizationViolation => {
             " (help: check PICLOUD_NATS_USER and its password or token against the server's authorization block; `picloud nats-config` prints one)"

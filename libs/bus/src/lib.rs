@@ -57,7 +57,7 @@ pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 pub enum BusError {
     #[error("PICLOUD_NATS_URL is required for the {0} role")]
     NoUrl(String),
-    #[error("cannot connect to NATS at {url}: {source}{}", connect::hint(source.kind()))]
+    #[error("cannot connect to NATS at {url}: {source}{}", connect::hint(source))]
     Connect {
         url: String,
         source: async_nats::ConnectError,
