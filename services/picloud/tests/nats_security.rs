@@ -306,3 +306,14 @@ async fn a_manager_role_without_a_shared_secrets_key_refuses_to_start() {
     assert!(text.contains("PICLOUD_SINGLE_NODE"), "{text}");
     env.cleanup().await;
 }
+
+#[test]
+fn the_shipped_users_file_is_what_nats_config_prints() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../nats/picloud-users.conf");
+    let shipped = std::fs::read_to_string(path).expect("nats/picloud-users.conf");
+    assert_eq!(
+        shipped,
+        picloud_bus::permissions::authorization_block("picloud", "PICLOUD_NATS_ROLE_PASSWORD"),
+        "regenerate it: picloud nats-config --prefix picloud > nats/picloud-users.conf"
+    );
+}
