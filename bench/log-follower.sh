@@ -9,7 +9,10 @@
 # of its live log (`curl -N …/api/v1/scripts/hello-log/logs?follow=true`,
 # output counted and discarded). Prints every run's req/s and the CPU time
 # PiCloud (its process tree: picloud, NATS, Postgres) spent per request, and
-# the medians. CPU per request is the steadier figure on a shared machine:
+# the medians. Then the follower's own cost, without traffic to blur it: a
+# follower replays the last round's lines from the stream (Last-Event-ID)
+# while nothing else runs, and the CPU PiCloud spends per line it delivers
+# is set beside the CPU per request. CPU per request is the steadier figure on a shared machine:
 # other processes' load moves req/s by ±15 % between runs, but much less the
 # work PiCloud itself does for each request; at saturation req/s is cores
 # divided by it.
@@ -124,3 +127,24 @@ ma=$(median "${A[@]}") mb=$(median "${B[@]}")
 awk -v a="$ma" -v b="$mb" 'BEGIN { printf "medians: no follower %.0f req/s, one follower %.0f req/s: %+.1f%%\n", a, b, (b - a) * 100 / a }'
 mca=$(median "${CA[@]}") mcb=$(median "${CB[@]}")
 awk -v a="$mca" -v b="$mcb" 'BEGIN { printf "CPU per request (PiCloud, NATS, Postgres): no follower %.1f µs, one follower %.1f µs: %+.1f%%\n", a, b, (b - a) * 100 / a }'
+
+# The follower's cost per line, measured alone: replay the last round.
+first=$(awk '/^id: / {print $2; exit}' "$WORK/follow-$ROUNDS.sse")
+want=$(grep -c '^event: line' "$WORK/follow-$ROUNDS.sse" || true)
+wait_quiet
+t0=$(tree_ticks "$PICLOUD_PID")
+curl -sN -H "Authorization: Bearer $TOKEN" -H "Last-Event-ID: $first" \
+    "$BASE/api/v1/scripts/hello-log/logs?follow=true" >"$WORK/replay.sse" &
+REPLAY=$!
+PIDS+=("$REPLAY")
+for _ in $(seq 1 600); do
+    # The first event after $first is the line after it: want - 1 lines.
+    (($(grep -c '^event: line' "$WORK/replay.sse" || true) >= want - 1)) && break
+    sleep 0.1
+done
+t1=$(tree_ticks "$PICLOUD_PID")
+kill "$REPLAY" 2>/dev/null || true
+got=$(grep -c '^event: line' "$WORK/replay.sse" || true)
+awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$got" -v req="$mca" 'BEGIN {
+    us = t / hz * 1e6 / n
+    printf "a follower alone: %d lines replayed, %.2f µs CPU per line (PiCloud, NATS, Postgres) = %.2f%% of the %.1f µs a request costs\n", n, us, us * 100 / req, req }'

@@ -36,13 +36,18 @@ const CONSUMER_IDLE: Duration = Duration::from_secs(3600);
 const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const EVENTS_MAX_BYTES: i64 = 1 << 30;
 
-pub(crate) async fn ensure_streams(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
+pub(crate) async fn ensure_streams(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<(), BusError> {
     let stream = js
         .get_or_create_stream(stream::Config {
             name: names.jobs_stream(),
             subjects: vec![names.jobs_wildcard()],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
         })
@@ -61,6 +66,7 @@ pub(crate) async fn ensure_streams(js: &jetstream::Context, names: &Names) -> Re
         subjects: vec![names.events_wildcard()],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         max_age: EVENTS_MAX_AGE,
         max_bytes: EVENTS_MAX_BYTES,
         duplicate_window: Duration::from_secs(120),

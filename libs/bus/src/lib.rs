@@ -27,10 +27,12 @@
 
 #![forbid(unsafe_code)]
 
+mod connect;
 mod jobs;
 mod logs;
 pub mod names;
 pub mod nodes;
+pub mod permissions;
 mod queued;
 mod records;
 
@@ -40,6 +42,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use picloud_core::config::NatsSettings;
 use picloud_core::{InvocationReply, InvocationRequest, Limits};
 use serde::{Deserialize, Serialize};
 
@@ -54,11 +57,13 @@ pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 pub enum BusError {
     #[error("PICLOUD_NATS_URL is required for the {0} role")]
     NoUrl(String),
-    #[error("cannot connect to NATS at {url}: {source}")]
+    #[error("cannot connect to NATS at {url}: {source}{}", connect::hint(source))]
     Connect {
         url: String,
         source: async_nats::ConnectError,
     },
+    #[error("NATS settings: {0}")]
+    Settings(String),
     #[error("NATS JetStream {what}: {source}")]
     JetStream {
         what: &'static str,
@@ -174,39 +179,40 @@ impl Bus {
     /// any role may start first). `role` names the connection in NATS
     /// monitoring.
     pub async fn connect(url: &str, prefix: &str, role: &str) -> Result<Self, BusError> {
-        // Credentials in the URL (`nats://user:password@host:port`) are
-        // passed as such, and never shown in an error. A cluster is a
-        // comma-separated list of its nodes' URLs: the client connects to
-        // any one that answers and reconnects to the others (and to those
-        // the servers announce).
-        let mut addresses = Vec::new();
-        let mut credentials = None;
-        for one in url.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            let (address, creds) = split_credentials(one);
-            addresses.push(address);
-            credentials = credentials.or(creds);
-        }
-        let address = addresses.join(",");
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("picloud-{role}"))
-            .connection_timeout(Duration::from_secs(5));
-        if let Some((user, password)) = credentials {
-            options = options.user_and_password(user, password);
-        }
-        let client = options
-            .connect(addresses.as_slice())
-            .await
-            .map_err(|source| BusError::Connect {
-                url: address.clone(),
-                source,
-            })?;
+        Self::connect_with(url, prefix, role, &NatsSettings::default()).await
+    }
+
+    /// [`connect`](Self::connect) as the user, with the TLS files and the
+    /// stream replicas of `settings`. Replies come to an inbox of the
+    /// role's own (`_INBOX.{prefix}.{role}.…`), so NATS permissions can keep
+    /// one role from reading another's answers (a secret's value, say).
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        role: &str,
+        settings: &NatsSettings,
+    ) -> Result<Self, BusError> {
+        let (address, options) = connect::options(url, prefix, role, settings)?;
+        // A cluster is a comma-separated list of its nodes' URLs: the client
+        // connects to any one that answers and reconnects to the others
+        // (and to those the servers announce).
+        let nodes: Vec<String> = address.split(',').map(str::to_owned).collect();
+        let client =
+            options
+                .connect(nodes.as_slice())
+                .await
+                .map_err(|source| BusError::Connect {
+                    url: address.clone(),
+                    source,
+                })?;
+        let replicas = connect::replicas(settings.replicas, &client.server_info());
         let js = jetstream::new(client.clone());
         let names = Names::new(prefix);
-        let routes = ensure_bucket(&js, names.routes_bucket()).await?;
-        let versions = ensure_bucket(&js, names.versions_bucket()).await?;
-        records::ensure_stream(&js, &names).await?;
-        logs::ensure_stream(&js, &names).await?;
-        jobs::ensure_streams(&js, &names).await?;
+        let routes = ensure_bucket(&js, names.routes_bucket(), replicas).await?;
+        let versions = ensure_bucket(&js, names.versions_bucket(), replicas).await?;
+        records::ensure_stream(&js, &names, replicas).await?;
+        logs::ensure_stream(&js, &names, replicas).await?;
+        jobs::ensure_streams(&js, &names, replicas).await?;
         Ok(Self {
             client,
             js,
@@ -223,7 +229,7 @@ impl Bus {
             .nats_url
             .as_deref()
             .ok_or_else(|| BusError::NoUrl(role.to_owned()))?;
-        Self::connect(url, &config.prefix, role).await
+        Self::connect_with(url, &config.prefix, role, &config.nats).await
     }
 
     pub fn names(&self) -> &Names {
@@ -558,7 +564,7 @@ async fn kv_get<T: for<'de> Deserialize<'de>>(
 }
 
 /// `url` without its user and password, and those apart.
-fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+pub(crate) fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
     let Some((scheme, rest)) = url.split_once("://") else {
         return (url.to_owned(), None);
     };
@@ -581,7 +587,11 @@ fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
 /// parse from a 2.9 server (it expects fields 2.10 added); so the bucket's
 /// stream is created here by hand, with the KV conventions (`KV_` name,
 /// `$KV.<bucket>.>` subjects, rollups, direct get, one value per key).
-async fn ensure_bucket(js: &jetstream::Context, bucket: String) -> Result<kv::Store, BusError> {
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    bucket: String,
+    replicas: usize,
+) -> Result<kv::Store, BusError> {
     if let Ok(store) = js.get_key_value(&bucket).await {
         return Ok(store);
     }
@@ -594,6 +604,7 @@ async fn ensure_bucket(js: &jetstream::Context, bucket: String) -> Result<kv::St
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

@@ -27,7 +27,11 @@ const MAX_BYTES: i64 = 256 << 20;
 /// Messages one "recent lines" read may scan.
 const MAX_RECENT_SCAN: u64 = 20_000;
 
-pub(crate) async fn ensure_stream(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<(), BusError> {
     js.get_or_create_stream(stream::Config {
         name: names.logs_stream(),
         subjects: vec![names.logs_wildcard()],
@@ -37,6 +41,7 @@ pub(crate) async fn ensure_stream(js: &jetstream::Context, names: &Names) -> Res
         max_messages_per_subject: MAX_MSGS_PER_SCRIPT,
         max_bytes: MAX_BYTES,
         discard: stream::DiscardPolicy::Old,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

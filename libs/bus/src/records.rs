@@ -26,13 +26,18 @@ const CONSUMER: &str = "managers";
 /// manager-less installation must not grow without bound).
 const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub(crate) async fn ensure_stream(js: &jetstream::Context, names: &Names) -> Result<(), BusError> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    names: &Names,
+    replicas: usize,
+) -> Result<(), BusError> {
     js.get_or_create_stream(stream::Config {
         name: names.records_stream(),
         subjects: vec![names.records_subject()],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         max_age: MAX_AGE,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

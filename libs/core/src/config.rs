@@ -11,6 +11,10 @@ use serde::Deserialize;
 
 use crate::limits::{DEFAULT_MAX_SOURCE_BYTES, Limits};
 
+mod nats;
+
+pub use nats::{NatsCredentials, NatsSettings};
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -18,6 +22,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// NATS URL. Absent in `picloud up`: a private `nats-server -js` is started.
     pub nats_url: Option<String>,
+    /// The role's NATS user, TLS and stream replicas (`[nats]`,
+    /// `PICLOUD_NATS_*`); see [`NatsSettings`].
+    pub nats: NatsSettings,
     /// Where HTTP is served.
     pub listen: SocketAddr,
     /// The admin API's bearer token. Only its SHA-256 is kept in memory.
@@ -26,6 +33,11 @@ pub struct Config {
     /// manager generates one once into `data_dir/secrets.key` (single node;
     /// in cluster mode every manager must be given the same key).
     pub secrets_key: Option<String>,
+    /// `picloud manager` on its own refuses to start without
+    /// `secrets_key` (every manager of a cluster must share it) unless this
+    /// says the installation is one node (`PICLOUD_SINGLE_NODE=true`);
+    /// `picloud up` is always one node.
+    pub single_node: bool,
     /// Hosts, IPs or CIDRs scripts may call although the SSRF policy would
     /// deny them (comma-separated; `PICLOUD_HTTP_ALLOW`).
     pub http_allow: String,
@@ -113,9 +125,11 @@ impl Default for Config {
         Self {
             database_url: None,
             nats_url: None,
+            nats: NatsSettings::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_token: None,
             secrets_key: None,
+            single_node: false,
             http_allow: String::new(),
             http_deny: String::new(),
             http_ports: "80,443".into(),
@@ -209,6 +223,10 @@ impl Config {
         }
         if let Some(v) = non_empty("PICLOUD_NATS_URL") {
             self.nats_url = Some(v);
+        }
+        self.nats.apply_env(&get)?;
+        if let Some(v) = non_empty("PICLOUD_SINGLE_NODE") {
+            self.single_node = parse::<bool>("PICLOUD_SINGLE_NODE", &v)?;
         }
         if let Some(v) = non_empty("PICLOUD_LISTEN") {
             self.listen = parse("PICLOUD_LISTEN", &v)?;
@@ -327,6 +345,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats.validate()?;
         // The worker and compile stacks are sized (and tested) for these;
         // deeper nesting could overflow them, which aborts the process.
         let hard = Limits::default_maxima();

@@ -77,22 +77,45 @@ pub struct PrivateNats {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<ChildProcess>,
+    /// Extra config (authorization, tls) and the environment its `$VAR`s
+    /// are read from.
+    conf: Option<(PathBuf, Vec<(String, String)>)>,
 }
 
 impl PrivateNats {
     /// Starts a server and waits until it accepts connections.
     pub async fn new() -> Self {
+        Self::with_config("", &[]).await
+    }
+
+    /// A server that also reads `conf` (a nats-server config: an
+    /// `authorization` or `tls` block, say), with `env` in its environment.
+    pub async fn with_config(conf: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("picloud-nats-")
             .tempdir()
             .expect("temp dir");
+        let conf = (!conf.is_empty()).then(|| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, conf).expect("write nats.conf");
+            let env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            (path, env)
+        });
         let mut me = Self {
             port: crate::free_port(),
             dir,
             child: None,
+            conf,
         };
         me.start().await;
         me
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {
@@ -114,6 +137,9 @@ impl PrivateNats {
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.dir.path().join("store"));
+        if let Some((path, env)) = &self.conf {
+            cmd.arg("-c").arg(path).envs(env.iter().cloned());
+        }
         self.child = Some(ChildProcess::spawn("nats-server", cmd, Some(&self.log())));
         let port = self.port;
         picloud_supervise::wait_until(Duration::from_secs(30), "nats-server", || async move {

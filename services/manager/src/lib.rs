@@ -184,6 +184,7 @@ impl Manager {
 
 /// Runs the manager alone on `config.listen` until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    secrets::require_shared_key(&config)?;
     let bus = Bus::for_role(&config, "manager").await?;
     let manager = start(&config, bus, shutdown.clone()).await?;
     let router = picloud_http::json_method_errors(

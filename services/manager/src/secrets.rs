@@ -22,6 +22,23 @@ pub struct SecretBox {
     cipher: Aes256Gcm,
 }
 
+/// A manager run as a role of its own (`picloud manager`) is one of a
+/// cluster, whose managers must all encrypt with the same key: a key each
+/// generated into its own data directory would make one manager's secrets
+/// unreadable to the others. So the key must be configured, unless the
+/// operator says this installation is one node.
+pub fn require_shared_key(config: &Config) -> anyhow::Result<()> {
+    if config.secrets_key.is_some() || config.single_node {
+        return Ok(());
+    }
+    bail!(
+        "PICLOUD_SECRETS_KEY is required when the manager runs as a role of its own: every manager of a cluster must encrypt secrets with the same key\n\
+         help: make one with `head -c 32 /dev/urandom | base64` and give it to every manager; \
+         on a single node, set PICLOUD_SINGLE_NODE=true to keep a generated key in {}",
+        config.data_dir.join("secrets.key").display()
+    )
+}
+
 impl SecretBox {
     pub fn load(config: &Config) -> anyhow::Result<Self> {
         let key = match &config.secrets_key {

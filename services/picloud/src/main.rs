@@ -3,6 +3,9 @@
 //! - `picloud up`: everything in one process; starts a private NATS and
 //!   Postgres when no URLs are given (see [`embedded`]).
 //! - `picloud manager|gateway|executor`: one role each, for cluster mode.
+//! - `picloud nats-config`, `picloud dev-certs DIR`: a NATS authorization
+//!   block with a user per role, and development TLS certificates (see
+//!   docs/operations.md).
 //! - `picloud login|deploy|ls|invoke|…`: a client of a running PiCloud's
 //!   admin API (see [`cli`]).
 //!
@@ -12,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod devcerts;
 mod embedded;
 mod up;
 
@@ -36,6 +40,8 @@ enum Command {
     #[command(flatten)]
     Role(Role),
     #[command(flatten)]
+    Setup(Setup),
+    #[command(flatten)]
     Client(cli::ClientCommand),
 }
 
@@ -53,10 +59,51 @@ enum Role {
     Executor,
 }
 
+/// Files an operator sets a cluster up with.
+#[derive(Subcommand)]
+enum Setup {
+    /// Print a nats-server `authorization` block with one user per role
+    /// (gateway, executor, manager) and the subject permissions each needs.
+    NatsConfig {
+        /// The installation's prefix (default: PICLOUD_PREFIX, else "picloud").
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The environment variable the server reads each role's password
+        /// from; ROLE is replaced by GATEWAY, EXECUTOR or MANAGER.
+        #[arg(long, default_value = "PICLOUD_NATS_ROLE_PASSWORD")]
+        password_var: String,
+    },
+    /// Write a development CA, a NATS server certificate (localhost,
+    /// 127.0.0.1, n1, n2, n3) and a client certificate per role into DIR.
+    DevCerts { dir: std::path::PathBuf },
+}
+
+fn setup(command: Setup) -> std::process::ExitCode {
+    let result = match command {
+        Setup::NatsConfig {
+            prefix,
+            password_var,
+        } => Config::load().map_err(anyhow::Error::from).map(|config| {
+            let prefix = prefix.unwrap_or(config.prefix);
+            let block = picloud_bus::permissions::authorization_block(&prefix, &password_var);
+            cli::output::write_stdout(block.as_bytes());
+        }),
+        Setup::DevCerts { dir } => devcerts::write(&dir),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let Cli { command, target } = Cli::parse();
     let role = match command {
         Command::Role(role) => role,
+        Command::Setup(command) => return setup(command),
         Command::Client(cli::ClientCommand::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "picloud", &mut script);

@@ -15,6 +15,8 @@ fn manager_run(env: &[(&str, &str)]) -> Output {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("PICLOUD_NATS_URL", nats)
         .env("PICLOUD_PREFIX", "tlogformat000")
+        // No shared secrets key needed: the run is to stop at the database.
+        .env("PICLOUD_SINGLE_NODE", "true")
         .env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
