@@ -137,9 +137,7 @@ async fn measure(
             let js = js.clone();
             let subject = subject.to_owned();
             async move {
-                let ack = js
-                    .publish(subject, format!("{{\"n\":{i}}}").into())
-                    .await?;
+                let ack = js.publish(subject, format!("{{\"n\":{i}}}").into()).await?;
                 ack.await.map(|_| ())
             }
         })
