@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, stream};
 use clap::Parser;
 use futures::StreamExt;
-use picloud_bench::{RhaiPool, default_threads, unique_prefix};
+use picloud_bench::{RhaiPool, default_threads, unique_prefix, work_queue_consumer};
 use tokio::sync::Notify;
 
 #[derive(Parser)]
@@ -78,25 +78,7 @@ async fn measure(
     stream_name: &str,
     subject: &str,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let mut messages = jetstream::new(back.clone())
-        .get_stream(stream_name)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open stream: {e}"))?
-        .get_or_create_consumer(
-            "workers",
-            pull::Config {
-                durable_name: Some("workers".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 4096,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer: {e}"))?
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot consume: {e}"))?;
+    let mut messages = work_queue_consumer(back, stream_name).await?;
     let threads = default_threads();
     let pool = RhaiPool::start(&args.script, threads, 4096)?;
     let acked = Arc::new(AtomicUsize::new(0));
