@@ -1,5 +1,7 @@
 //! Async jobs: pulled from the scripts' shared durable consumers in turn
 //! (see [`crate::queue`]), run on the worker pool, committed, then settled.
+//! What happens next at each point is decided by the pure
+//! [`crate::lifecycle::next_step`]; this module carries the steps out.
 //!
 //! Every job ends in exactly one of:
 //! - **ack**: it succeeded and its record (and effects) are committed;
