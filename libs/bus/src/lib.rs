@@ -33,6 +33,7 @@ pub mod names;
 pub mod nodes;
 mod queued;
 mod records;
+mod retry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -49,6 +50,7 @@ pub use names::Names;
 pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
 pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
+pub use retry::pause_or_stop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -68,16 +68,6 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.step = 0;
     }
-
-    /// Sleeps the next pause, or less if `shutdown` comes first: `true`
-    /// then. The one wait of every retry loop.
-    pub async fn wait(&mut self, shutdown: &crate::Shutdown) -> bool {
-        let pause = self.next_pause();
-        tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = tokio::time::sleep(pause) => false,
-        }
-    }
 }
 
 /// `ceiling / 2` plus the part of the other half that `random` picks.
@@ -139,19 +129,6 @@ mod tests {
         let mut b = Backoff::new(c, c);
         let first = b.next_pause();
         assert!((0..20).any(|_| b.next_pause() != first));
-    }
-
-    #[tokio::test]
-    async fn wait_sleeps_the_pause_or_ends_at_shutdown() {
-        let shutdown = crate::Shutdown::new();
-        let mut b = Backoff::new(20 * MS, 20 * MS);
-        let before = tokio::time::Instant::now();
-        assert!(!b.wait(&shutdown).await);
-        assert!(before.elapsed() >= 10 * MS, "{:?}", before.elapsed());
-        assert_eq!(b.steps(), 1);
-        shutdown.cancel();
-        let mut long = Backoff::new(Duration::from_secs(3_600), Duration::from_secs(3_600));
-        assert!(long.wait(&shutdown).await);
     }
 
     #[test]

@@ -305,7 +305,7 @@ async fn listen(bus: Bus, rings: Arc<Rings>, shutdown: Shutdown) {
             Ok(s) => Box::pin(s),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "cannot hear job rings");
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
                 continue;

@@ -126,7 +126,7 @@ impl RouteTable {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot watch routes"),
             }
-            if backoff.wait(&shutdown).await {
+            if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                 return;
             }
         }

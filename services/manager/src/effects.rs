@@ -149,7 +149,7 @@ pub(crate) async fn serve_kind<Q, A, F, Fut>(
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, %subject, "cannot subscribe; retrying");
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
                 continue;

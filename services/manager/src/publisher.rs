@@ -127,7 +127,7 @@ impl Publisher {
                         tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "bus sync failed")
                     }
                 }
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
             }

@@ -26,7 +26,7 @@ pub async fn run(store: Store, bus: Bus, rollup: Rollup, retention: Duration, sh
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "invocation records consumer failed")
             }
         }
-        if backoff.wait(&shutdown).await {
+        if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
             return;
         }
     }

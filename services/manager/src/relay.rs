@@ -24,7 +24,7 @@ pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "outbox relay cannot listen");
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
                 continue;
@@ -59,7 +59,7 @@ async fn sweep(store: &Store, bus: &Bus, shutdown: &Shutdown) -> bool {
             Ok(_) => backoff.reset(),
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "outbox relay failed; retrying");
-                if backoff.wait(shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, shutdown).await {
                     return false;
                 }
             }

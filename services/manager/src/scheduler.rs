@@ -129,7 +129,7 @@ async fn listen(store: Store, wake: Arc<Notify>, shutdown: Shutdown) {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "scheduler cannot listen");
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
                 continue;

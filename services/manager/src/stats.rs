@@ -184,7 +184,7 @@ impl Rollup {
             }
             while let Err(e) = self.flush(&store).await {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "cannot store stats");
-                if backoff.wait(&shutdown).await {
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
             }
