@@ -19,7 +19,7 @@
 # builds, both with records: "a" runs $BIN/picloud (or A_BIN), "b" runs B_BIN.
 #
 # Assumes `cargo build --release -p picloud -p picloud-bench` (bench/run.sh
-# does it). Knobs: DURATION (10s), WARMUP (2s), ROUNDS (2), KEEP=1. Before
+# does it). Knobs: DURATION (10s), WARMUP (2s), ROUNDS (2), CONCS ("1 64"), KEEP=1. Before
 # each run it waits (up to 120 s) for other processes to use < 10% of the
 # machine, and reports what they used during the run ("other CPU"). Loopback only; every
 # wait bounded; everything started here is stopped on exit.
@@ -188,7 +188,7 @@ else
 fi
 # Both installations stay up (idle) the whole time; their runs alternate.
 for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
-    for conc in 1 64; do
+    for conc in ${CONCS:-1 64}; do
         for v in "${VARIANTS[@]}"; do measure "$round" "$v" "$conc"; done
     done
 done

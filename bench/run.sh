@@ -182,7 +182,7 @@ if [[ ${BUILD:-1} == 1 ]]; then
     log "building (release)"
     cargo build --release -p picloud -p picloud-bench
 fi
-[[ -x $BIN/picloud && -x $BIN/baseline-pipe ]] || die "no release binaries in $BIN"
+[[ -x $BIN/picloud && -x $BIN/baseline-pipe && -x $BIN/baseline-jobs ]] || die "no release binaries in $BIN"
 
 WORK=$(mktemp -d /tmp/picloud-bench.XXXXXX)
 # As root, `picloud up` runs Postgres as the postgres user, who must be
@@ -317,6 +317,31 @@ for ((round = 1; round <= ROUNDS; round++)); do
     done
 done
 
+# Peak RSS (VmHWM) of PiCloud's own process so far, and the current RSS of
+# its NATS and Postgres (children; Postgres's shared buffers are counted
+# once per process, so its sum is an upper bound), in MiB.
+rss_line() { # label
+    local hwm kids nats=0 pg=0 p comm rss
+    hwm=$(awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$PICLOUD_PID/status")
+    kids=$(ps -e -o pid=,ppid= | awk -v root="$PICLOUD_PID" '
+        { parent[$1] = $2; all[NR] = $1 }
+        END { keep[root] = 1; changed = 1
+              while (changed) { changed = 0
+                  for (i in all) { p = all[i]; if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
+              for (p in keep) if (p != root) print p }')
+    for p in $kids; do
+        comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+        case $comm in
+            nats-server) nats=$((nats + rss)) ;;
+            postgres*) pg=$((pg + rss)) ;;
+        esac
+    done
+    printf '%s: picloud peak RSS %s MiB (goal <= 200); NATS %s MiB, Postgres %s MiB (sum of processes)\n' \
+        "$1" "$hwm" $((nats / 1024)) $((pg / 1024)) | tee -a "$WORK/rss.txt" >&2
+}
+rss_line "after the sync runs"
+
 # ---- redeploy latency ----------------------------------------------------
 
 if [[ ${EXTRAS:-1} == 1 ]]; then
@@ -328,7 +353,14 @@ log "redeploy latency (n=$REDEPLOYS); load $(loadavg)"
 
 wait_quiet
 log "emit latency and async jobs (events-bench); load $(loadavg)"
-"$BIN/events-bench" --base "$BASE" --token "$TOKEN" | tee "$WORK/events.txt"
+"$BIN/events-bench" --base "$BASE" --token "$TOKEN" --jobs "${JOBS:-1000}" --concurrency 64 | tee "$WORK/events.txt"
+rss_line "after the events and async jobs"
+
+# ---- the minimal JetStream async pipe (the floor for async jobs) ----------
+
+wait_quiet
+log "minimal JetStream async pipe (baseline-jobs); load $(loadavg)"
+"$BIN/baseline-jobs" --nats "$NATS_URL" --jobs "${PIPE_JOBS:-20000}" --concurrency 64 | tee "$WORK/pipe-jobs.txt"
 fi
 REDEPLOY_LOAD=$(loadavg)
 
@@ -432,6 +464,18 @@ grep -v '^RESULT' "$WORK/redeploy.txt" | sed 's/^/  /'
 echo
 echo "Events and async jobs (events-bench):"
 sed 's/^/  /' "$WORK/events.txt"
+echo
+echo "Durable paths beside their floors (issue #17 targets):"
+pipe=$(awk '/^pipe-jobs:/ {print $(NF-4)}' "$WORK/pipe-jobs.txt")
+awk -v pipe="$pipe" '
+    function r(v) { return (pipe > 0) ? sprintf("%.2f", v / pipe) : "n/a" }
+    /^async jobs:/ { printf "  async jobs %s/s end to end; pipe-jobs %s/s (%sx; goal >= 0.5x and >= 5000/s)\n", $(NF-4), pipe, r($(NF-4)) }
+    /^event fan-out:/ { for (i = 1; i <= NF; i++) { if ($i == "subscriber" && $(i+1) == "runs/s;") runs = $(i-1); if ($i == "p50") p50 = $(i+1); if ($i == "p99") p99 = $(i+1) }
+        printf "  fan-out %s subscriber runs/s (goal >= 5000/s; floor pipe-jobs %s/s); emit -> start under load p50 %s ms (goal <= 2), p99 %s ms (goal <= 10)\n", runs, pipe, p50, p99 }
+    /^kv commits, distinct/ { for (i = 1; i <= NF; i++) if ($i == "committed") v = $(i-1); printf "  kv distinct keys %s commits/s (goal >= 5000/s; floor pipe-jobs %s/s)\n", v, pipe }
+    /^kv commits, one key/ { for (i = 1; i <= NF; i++) if ($i == "committed") v = $(i-1); sub(/.*; /, ""); printf "  kv one key %s commits/s (goal >= 2000/s, exact): %s\n", v, $0 }
+' "$WORK/events.txt"
+sed 's/^/  /' "$WORK/rss.txt"
 fi
 if [[ -n ${PROFILES:-} ]]; then
     echo

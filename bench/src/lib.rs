@@ -73,6 +73,35 @@ impl RhaiPool {
     }
 }
 
+/// The durable pull consumer "workers" of the work-queue stream
+/// `stream_name` (explicit acks, 30 s ack wait, 4096 pending), as a stream
+/// of messages.
+pub async fn work_queue_consumer(
+    client: &async_nats::Client,
+    stream_name: &str,
+) -> anyhow::Result<async_nats::jetstream::consumer::pull::Stream> {
+    use async_nats::jetstream::{self, consumer::pull};
+    jetstream::new(client.clone())
+        .get_stream(stream_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open stream {stream_name}: {e}"))?
+        .get_or_create_consumer(
+            "workers",
+            pull::Config {
+                durable_name: Some("workers".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 4096,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create consumer: {e}"))?
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot consume: {e}"))
+}
+
 /// Worker threads to start: one per core, like PiCloud's default.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())

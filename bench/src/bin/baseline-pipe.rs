@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, stream};
 use async_nats::{Client, RequestErrorKind, Subject};
 use axum::Router;
 use axum::extract::State;
@@ -35,7 +35,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use futures::StreamExt;
-use picloud_bench::{RhaiPool, Saturated, default_threads, shutdown_signal, unique_prefix};
+use picloud_bench::{
+    RhaiPool, Saturated, default_threads, shutdown_signal, unique_prefix, work_queue_consumer,
+};
 use tokio::sync::oneshot;
 
 const REPLY_HEADER: &str = "Bench-Reply-To";
@@ -269,25 +271,7 @@ async fn jetstream_mode(
     })
     .await
     .map_err(|e| anyhow::anyhow!("cannot create stream {stream_name}: {e}"))?;
-    let consumer: pull::Stream = jetstream::new(back.clone())
-        .get_stream(&stream_name)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open stream {stream_name}: {e}"))?
-        .get_or_create_consumer(
-            "workers",
-            pull::Config {
-                durable_name: Some("workers".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 4096,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer: {e}"))?
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot consume: {e}"))?;
+    let consumer = work_queue_consumer(back, &stream_name).await?;
 
     // Workers: take jobs from the stream, answer on the job's reply subject,
     // then ack (a work-queue stream deletes acked messages).

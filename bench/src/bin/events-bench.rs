@@ -11,6 +11,15 @@
 //! - **async jobs per second**: `--jobs` `Prefer: respond-async` calls to
 //!   `job-sink`, `--concurrency` at a time; the rate runs from the first
 //!   submission to the end of the last job (from the records).
+//! - **event fan-out**: `--fanout-events` async calls to `fan-src`, each
+//!   emitting one event that 10 scripts subscribe to: subscriber runs per
+//!   second (first submission → end of the last run), and emit → subscriber
+//!   start p50/p99 under that load (each run against its parent's end).
+//! - **kv commits, distinct keys**: `--jobs` async calls to one script, each
+//!   writing its own key: committed invocations per second.
+//! - **kv commits, one key**: `--jobs` async calls incrementing one counter
+//!   (read, then write: every pair conflicts): committed invocations per
+//!   second, and whether the final count is exact.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +50,10 @@ struct Args {
     jobs: usize,
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Events for the fan-out measurement (10 subscriber runs each; at
+    /// most 1000).
+    #[arg(long, default_value_t = 500)]
+    fanout_events: usize,
 }
 
 struct Api {
@@ -181,11 +194,153 @@ async fn main() -> anyhow::Result<()> {
 
     // ---- async jobs per second ----------------------------------------
     let started = Utc::now();
+    let submit = submit_async(&api, &jobs, args.jobs, args.concurrency, |_| String::new()).await?;
+    let records = finished(&api, &jobs, args.jobs).await?;
+    let span = span_of(started, &records)?;
+    println!(
+        "async jobs: {} accepted in {:.2} s ({:.0}/s), all done {:.2} s after the first submission: {:.0} jobs/s end to end",
+        args.jobs,
+        submit.as_secs_f64(),
+        args.jobs as f64 / submit.as_secs_f64(),
+        span.as_secs_f64(),
+        args.jobs as f64 / span.as_secs_f64(),
+    );
+
+    // ---- event fan-out -------------------------------------------------
+    anyhow::ensure!(
+        args.fanout_events <= 1000,
+        "--fanout-events may be at most 1000"
+    );
+    let fan_topic = format!("bench.fan{run}");
+    let fan_src = format!("fan-src-{run}");
+    api.deploy(&fan_src, &format!(r#"emit("{fan_topic}", #{{}}); "ok""#))
+        .await?;
+    let sinks: Vec<String> = (0..10).map(|i| format!("fan-sink{i}-{run}")).collect();
+    for sink in &sinks {
+        api.deploy(sink, "()").await?;
+        api.send(
+            reqwest::Method::POST,
+            "/subscriptions",
+            Some(json!({ "script": sink, "topic": fan_topic })),
+        )
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Utc::now();
+    let n = args.fanout_events;
+    submit_async(&api, &fan_src, n, args.concurrency, |_| String::new()).await?;
+    let parents = finished(&api, &fan_src, n).await?;
+    let ends: std::collections::HashMap<&str, DateTime<Utc>> = parents
+        .iter()
+        .filter_map(|p| Some((p["id"].as_str()?, end_of(p).ok()?)))
+        .collect();
+    let mut last = started;
+    let mut lat = Vec::with_capacity(n * sinks.len());
+    for sink in &sinks {
+        for r in finished(&api, sink, n).await? {
+            last = last.max(end_of(&r)?);
+            if let Some(end) = r["parent_id"].as_str().and_then(|id| ends.get(id)) {
+                lat.push(
+                    (time(&r, "started_at")? - *end)
+                        .to_std()
+                        .unwrap_or(Duration::ZERO),
+                );
+            }
+        }
+    }
+    lat.sort();
+    let span = (last - started)
+        .to_std()
+        .unwrap_or(Duration::from_millis(1));
+    println!(
+        "event fan-out: {n} emits x {} subscribers = {} runs in {:.2} s: {:.0} subscriber runs/s; emit -> subscriber start under this load: p50 {:.2} ms, p99 {:.2} ms",
+        sinks.len(),
+        n * sinks.len(),
+        span.as_secs_f64(),
+        (n * sinks.len()) as f64 / span.as_secs_f64(),
+        ms(percentile(&lat, 50.0)),
+        ms(percentile(&lat, 99.0)),
+    );
+
+    // ---- kv commits ----------------------------------------------------
+    let kv_many = format!("kv-many-{run}");
+    api.deploy(&kv_many, r#"kv::set(`k${request.query.i}`, 1); "ok""#)
+        .await?;
+    let kv_count = format!("kv-count-{run}");
+    api.deploy(
+        &kv_count,
+        r#"let n = kv::get("n"); if request.query.read == "1" { return #{ n: n }; } if n == () { n = 0; } kv::set("n", n + 1); "ok""#,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (label, script) in [
+        ("distinct keys", &kv_many),
+        ("one key (counter)", &kv_count),
+    ] {
+        let started = Utc::now();
+        submit_async(&api, script, args.jobs, args.concurrency, |i| {
+            format!("?i={i}")
+        })
+        .await?;
+        let records = finished(&api, script, args.jobs).await?;
+        let span = span_of(started, &records)?;
+        let exact = if script == &kv_count {
+            let v: Value = api
+                .http
+                .get(format!("{}/fn/{script}?read=1", api.base))
+                .send()
+                .await?
+                .json()
+                .await?;
+            format!(
+                "; final count {} of {} ({})",
+                v["n"],
+                args.jobs,
+                if v["n"].as_u64() == Some(args.jobs as u64) {
+                    "exact"
+                } else {
+                    "NOT EXACT"
+                }
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "kv commits, {label}: {} in {:.2} s: {:.0} committed invocations/s{exact}",
+            args.jobs,
+            span.as_secs_f64(),
+            args.jobs as f64 / span.as_secs_f64(),
+        );
+    }
+    for name in sinks.iter().chain([&fan_src, &kv_many, &kv_count]) {
+        let _ = api
+            .send(reqwest::Method::DELETE, &format!("/scripts/{name}"), None)
+            .await;
+    }
+    for name in [&src, &sink, &jobs] {
+        let _ = api
+            .send(reqwest::Method::DELETE, &format!("/scripts/{name}"), None)
+            .await;
+    }
+    Ok(())
+}
+
+/// `n` async calls to `script` (`query(i)` appended to the URL),
+/// `concurrency` at a time; the time until all were accepted.
+async fn submit_async(
+    api: &Api,
+    script: &str,
+    n: usize,
+    concurrency: usize,
+    query: impl Fn(usize) -> String,
+) -> anyhow::Result<Duration> {
     let clock = Instant::now();
-    let url = format!("{}/fn/{jobs}", api.base);
-    let accepted = futures::stream::iter(0..args.jobs)
-        .map(|_| {
-            let (http, url) = (api.http.clone(), url.clone());
+    let accepted = futures::stream::iter(0..n)
+        .map(|i| {
+            let (http, url) = (
+                api.http.clone(),
+                format!("{}/fn/{script}{}", api.base, query(i)),
+            );
             async move {
                 http.post(&url)
                     .header("prefer", "respond-async")
@@ -195,55 +350,49 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or(false)
             }
         })
-        .buffer_unordered(args.concurrency)
+        .buffer_unordered(concurrency)
         .filter(|ok| futures::future::ready(*ok))
         .count()
         .await;
-    let submit = clock.elapsed();
-    if accepted != args.jobs {
-        bail!("only {accepted} of {} async calls were accepted", args.jobs);
+    if accepted != n {
+        bail!("only {accepted} of {n} async calls to {script} were accepted");
     }
+    Ok(clock.elapsed())
+}
+
+/// Waits (up to 300 s) until `script` has `n` successful records (at most
+/// 1000, the API's page); returns them.
+async fn finished(api: &Api, script: &str, n: usize) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    let records = loop {
+    loop {
         let list = api
             .send(
                 reqwest::Method::GET,
-                &format!("/invocations?script={jobs}&status=ok&limit=1000"),
+                &format!("/invocations?script={script}&status=ok&limit=1000"),
                 None,
             )
             .await?;
         let list = list.as_array().cloned().unwrap_or_default();
-        if list.len() >= args.jobs {
-            break list;
+        if list.len() >= n {
+            return Ok(list);
         }
         if Instant::now() > deadline {
             bail!(
-                "only {} of {} jobs finished in 300 s",
-                list.len(),
-                args.jobs
+                "only {} of {n} runs of {script} finished in 300 s",
+                list.len()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+/// From `started` to the end of the last of `records`.
+fn span_of(started: DateTime<Utc>, records: &[Value]) -> anyhow::Result<Duration> {
     let mut last = started;
-    for r in &records {
+    for r in records {
         last = last.max(end_of(r)?);
     }
-    let span = (last - started)
+    Ok((last - started)
         .to_std()
-        .unwrap_or(Duration::from_millis(1));
-    println!(
-        "async jobs: {} accepted in {:.2} s ({:.0}/s), all done {:.2} s after the first submission: {:.0} jobs/s end to end",
-        args.jobs,
-        submit.as_secs_f64(),
-        args.jobs as f64 / submit.as_secs_f64(),
-        span.as_secs_f64(),
-        args.jobs as f64 / span.as_secs_f64(),
-    );
-    for name in [&src, &sink, &jobs] {
-        let _ = api
-            .send(reqwest::Method::DELETE, &format!("/scripts/{name}"), None)
-            .await;
-    }
-    Ok(())
+        .unwrap_or(Duration::from_millis(1)))
 }

@@ -35,6 +35,7 @@ pub mod nodes;
 pub mod permissions;
 mod queued;
 mod records;
+mod retry;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -52,6 +53,7 @@ pub use names::Names;
 pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
 pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
+pub use retry::pause_or_stop;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

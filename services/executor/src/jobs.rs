@@ -1,5 +1,7 @@
 //! Async jobs: pulled from the scripts' shared durable consumers in turn
 //! (see [`crate::queue`]), run on the worker pool, committed, then settled.
+//! What happens next at each point is decided by the pure
+//! [`crate::lifecycle::next_step`]; this module carries the steps out.
 //!
 //! Every job ends in exactly one of:
 //! - **ack**: it succeeded and its record (and effects) are committed;
@@ -32,6 +34,7 @@ use picloud_core::{
 use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{Semaphore, oneshot};
 
+use crate::lifecycle::{Event, JobState, Step, next_step};
 use crate::queue::Queue;
 use crate::run::{self, RecordBase, Settled, plain};
 use crate::serve::Server;
@@ -122,7 +125,12 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
             bound,
         );
         run::observe(&base, &result.outcome);
-        dead_letter(&server, &settings, &incoming, &base, result).await;
+        let step = next_step(
+            state(&settings, &incoming),
+            Event::ChainExceeded,
+            &settings.config,
+        );
+        carry_out(&server, &settings, &incoming, &base, result, step).await;
         return;
     }
     // A run that could not be committed (a manager, the database or the bus
@@ -131,7 +139,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
     // so its delivery count (its attempt) counts only the script's own
     // failures and real redeliveries. Only shutdown hands it back.
     let mut backoff = Backoff::from_config(&settings.config);
-    let settled = loop {
+    loop {
         let settled = match server.bus.get_route(&job.script).await {
             Ok(Some(route)) => {
                 base.version = route.version;
@@ -153,18 +161,85 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
                 e.to_string(),
             ),
         };
-        let Settled::NotCommitted(result, why) = settled else {
-            break settled;
+        // (what happened, the run's result, whether its record is still to
+        // be sent: a committed run's record went with its commit, a dead
+        // letter carries its own).
+        let (event, result, unrecorded) = match settled {
+            Settled::Committed(result) => {
+                run::observe(&base, &result.outcome);
+                server.live.invocation(&base.record(&result), &result.lines);
+                (Event::Committed, result, false)
+            }
+            Settled::Plain(result) => {
+                run::observe(&base, &result.outcome);
+                // Sync-only shape (no commit needed) cannot happen for
+                // jobs, but a successful run is never retried.
+                let event = match result.outcome {
+                    Outcome::Response(_) => Event::Committed,
+                    _ => Event::Failed,
+                };
+                (event, result, true)
+            }
+            Settled::NotCommitted(result, why) => {
+                // Recorded now: whether held or handed back, this run
+                // applied nothing.
+                let failed = uncommitted(result, &why);
+                server.record_run(&base, &failed);
+                let step = next_step(
+                    state(&settings, &incoming),
+                    Event::NotCommitted,
+                    &settings.config,
+                );
+                if step == Step::InProgress {
+                    let pause = backoff.next_pause();
+                    tracing::info!(job = %job.id, reason = %why, retry_in = ?pause, "job not committed; running it again");
+                    if hold(&settings, &incoming, pause).await {
+                        continue;
+                    }
+                }
+                // Shutting down: handed back for another executor.
+                (Event::NotCommitted, failed, false)
+            }
         };
-        let pause = backoff.next_pause();
-        tracing::info!(job = %job.id, reason = %why, retry_in = ?pause, "job not committed; running it again");
-        let failed = uncommitted(result, &why);
-        server.record_run(&base, &failed);
-        if !hold(&settings, &incoming, pause).await {
-            break Settled::NotCommitted(failed, why);
+        let step = next_step(state(&settings, &incoming), event, &settings.config);
+        if unrecorded && step != Step::DeadLetter {
+            server.record_run(&base, &result);
         }
-    };
-    settle(&server, &settings, &incoming, &base, settled).await;
+        carry_out(&server, &settings, &incoming, &base, result, step).await;
+        return;
+    }
+}
+
+/// The job's place in its lifecycle now.
+fn state(settings: &JobSettings, incoming: &IncomingJob) -> JobState {
+    JobState {
+        attempt: incoming.attempt,
+        max_attempts: incoming.job.max_attempts,
+        shutting_down: settings.shutdown.is_cancelled(),
+    }
+}
+
+/// Performs `step` (the record of the run is already sent, except for a
+/// dead letter, which carries it).
+async fn carry_out(
+    server: &Server,
+    settings: &JobSettings,
+    incoming: &IncomingJob,
+    base: &RecordBase,
+    result: RunResult,
+    step: Step,
+) {
+    match step {
+        Step::Ack => log_settle(incoming.ack().await, "ack"),
+        Step::Nak(delay) => {
+            tracing::debug!(job = %incoming.job.id, attempt = incoming.attempt, error = ?result.error, ?delay, "handing the job back for a retry");
+            log_settle(incoming.retry(delay).await, "nak");
+        }
+        Step::Term => log_settle(incoming.terminate().await, "term"),
+        Step::DeadLetter => dead_letter(server, settings, incoming, base, result).await,
+        // Only `handle` holds a job (it runs it again after).
+        Step::InProgress => log_settle(incoming.progress().await, "progress-ack"),
+    }
 }
 
 /// Waits `pause` holding the job (progress acks keep it ours). `false` when
@@ -293,7 +368,7 @@ async fn run_on_pool(
             }
         }
     };
-    let mut wait = Duration::from_millis(2);
+    let mut wait = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     loop {
         match server.pool.submit_or_return(work) {
             Ok(()) => break,
@@ -301,9 +376,8 @@ async fn run_on_pool(
                 work = back;
                 tokio::select! {
                     _ = tick.tick() => { let _ = incoming.progress().await; }
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep(wait.next_pause()) => {}
                 }
-                wait = (wait * 2).min(Duration::from_millis(100));
             }
         }
     }
@@ -321,49 +395,6 @@ async fn run_on_pool(
                 }
             }
         }
-    }
-}
-
-async fn settle(
-    server: &Server,
-    settings: &JobSettings,
-    incoming: &IncomingJob,
-    base: &RecordBase,
-    settled: Settled,
-) {
-    let job = &incoming.job;
-    let attempt = incoming.attempt;
-    let outcome = match settled {
-        Settled::Committed(result) => {
-            run::observe(base, &result.outcome);
-            server.live.invocation(&base.record(&result), &result.lines);
-            log_settle(incoming.ack().await, "ack");
-            return;
-        }
-        Settled::NotCommitted(..) => {
-            // Shutting down while the job could not be committed: hand it
-            // back (recorded already) for another executor.
-            let delay = settings.config.retry_delay(1);
-            log_settle(incoming.retry(delay).await, "nak");
-            return;
-        }
-        Settled::Plain(result) => result,
-    };
-    run::observe(base, &outcome.outcome);
-    if matches!(outcome.outcome, Outcome::Response(_)) {
-        // Sync-only shape (no commit needed) cannot happen for jobs, but a
-        // successful run is never retried.
-        server.record_run(base, &outcome);
-        log_settle(incoming.ack().await, "ack");
-        return;
-    }
-    if attempt >= job.max_attempts.max(1) {
-        dead_letter(server, settings, incoming, base, outcome).await;
-    } else {
-        tracing::debug!(job = %job.id, attempt, error = ?outcome.error, "job failed; handing it back for a retry");
-        server.record_run(base, &outcome);
-        let delay = settings.config.retry_delay(attempt);
-        log_settle(incoming.retry(delay).await, "nak");
     }
 }
 
@@ -392,18 +423,23 @@ async fn dead_letter(
             DEAD_LETTER_TIMEOUT,
         )
         .await;
-    match stored {
+    let event = match stored {
         Ok(reply @ (CommitReply::Committed | CommitReply::AlreadyCommitted)) => {
             if reply == CommitReply::Committed {
                 picloud_metrics::global().dead_letter();
             }
-            log_settle(incoming.terminate().await, "term");
+            Event::DeadLetterStored
         }
         other => {
             tracing::warn!(job = %incoming.job.id, answer = ?other.map_err(|e| e.to_string()), "cannot store the dead letter; retrying the job");
             server.recorder.record(letter.record);
-            log_settle(incoming.retry(settings.config.retry_delay(1)).await, "nak");
+            Event::DeadLetterNotStored
         }
+    };
+    match next_step(state(settings, incoming), event, &settings.config) {
+        Step::Term => log_settle(incoming.terminate().await, "term"),
+        Step::Nak(delay) => log_settle(incoming.retry(delay).await, "nak"),
+        other => tracing::error!(?other, "no such step after a dead letter"),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod cache;
 pub mod fair;
 pub mod host;
 pub mod jobs;
+pub mod lifecycle;
 pub mod live;
 pub mod pool;
 pub mod queue;

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use picloud_bus::{Bus, IncomingJob, JobConsumer};
-use picloud_core::Shutdown;
+use picloud_core::{Backoff, Shutdown};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -299,17 +299,15 @@ impl Queue {
 
 /// Records every ring until `shutdown`.
 async fn listen(bus: Bus, rings: Arc<Rings>, shutdown: Shutdown) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let mut stream = match bus.job_rings().await {
             Ok(s) => Box::pin(s),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot hear job rings");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "cannot hear job rings");
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };
@@ -319,6 +317,7 @@ async fn listen(bus: Bus, rings: Arc<Rings>, shutdown: Shutdown) {
                 s = stream.next() => s,
             };
             let Some(script) = script else { break };
+            backoff.reset();
             lock(&rings.scripts).insert(script);
             rings.notify.notify_one();
         }

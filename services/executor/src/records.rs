@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use picloud_bus::{Bus, RecordBatchBuf};
-use picloud_core::{InvocationRecord, Shutdown};
+use picloud_core::{Backoff, InvocationRecord, Shutdown};
 
 use crate::batch::{Batcher, Closer};
 
@@ -102,7 +102,7 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
     }
     let n = batch.len();
     let payload = batch.finish();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     for attempt in 1.. {
         match bus.publish_records(payload.clone()).await {
             Ok(()) => break,
@@ -114,9 +114,9 @@ async fn publish(bus: &Bus, batch: &mut RecordBatchBuf, shutdown: &Shutdown) {
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot publish invocation records");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let pause = backoff.next_pause();
+                tracing::warn!(error = %e, retry_in = ?pause, "cannot publish invocation records");
+                tokio::time::sleep(pause).await;
             }
         }
     }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
 use picloud_bus::{Bus, BusError, Route, RouteChange};
-use picloud_core::Shutdown;
 use picloud_core::routes::{RouteMatch, RouteMatcher};
+use picloud_core::{Backoff, Shutdown};
 
 #[derive(Clone, Default)]
 pub struct RouteTable {
@@ -88,7 +88,7 @@ impl RouteTable {
     /// Follows the route bucket until shutdown, re-opening the watch if it
     /// fails.
     pub async fn follow(self, bus: Bus, shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match bus.watch_routes().await {
                 Ok(changes) => {
@@ -110,7 +110,7 @@ impl RouteTable {
                         };
                         match next {
                             Some(Ok(change)) => {
-                                backoff = Duration::from_millis(100);
+                                backoff.reset();
                                 dirty |= self.apply(change);
                             }
                             Some(Err(e)) => {
@@ -126,11 +126,9 @@ impl RouteTable {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot watch routes"),
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+            if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -16,7 +16,7 @@ use picloud_bus::{Bus, Incoming};
 use picloud_core::effects::{KvAnswer, KvGet, KvList};
 use picloud_core::job::{emitted_event_id, event_job_id, topic_matches};
 use picloud_core::{
-    AsyncAnswer, AsyncSubmit, Commit, CommitReply, DeadLetter, EventInput, EventMessage,
+    AsyncAnswer, AsyncSubmit, Backoff, Commit, CommitReply, DeadLetter, EventInput, EventMessage,
     InvocationRecord, InvocationStatus, Job, Shutdown, Trigger,
 };
 use picloud_store::{Committed, OutboxRow, Store, StoreError, Submitted, SubscriptionRow};
@@ -143,17 +143,15 @@ pub(crate) async fn serve_kind<Q, A, F, Fut>(
 {
     let handle = Arc::new(handle);
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let requests = match bus.serve::<Q>(subject.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, %subject, "cannot subscribe; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 continue;
             }
         };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use picloud_bus::{Bus, BusError, ModuleDoc, Route, VersionDoc};
-use picloud_core::Shutdown;
+use picloud_core::{Backoff, Shutdown};
 use picloud_store::{ModuleVersionRow, Store, VersionRow};
 use tokio::sync::{Mutex, Notify};
 
@@ -116,20 +116,20 @@ impl Publisher {
                 _ = shutdown.cancelled() => return,
                 _ = self.wake.notified() => {}
             }
-            let mut backoff = Duration::from_millis(200);
+            let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
             loop {
                 match self.sync_all().await {
                     Ok(n) => {
                         tracing::info!(scripts = n, "bus in sync with the database");
                         break;
                     }
-                    Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "bus sync failed"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "bus sync failed")
+                    }
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use picloud_bus::Bus;
-use picloud_core::Shutdown;
+use picloud_core::{Backoff, Shutdown};
 use picloud_store::Store;
 
 use crate::stats::Rollup;
@@ -18,19 +18,17 @@ use crate::stats::Rollup;
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 pub async fn run(store: Store, bus: Bus, rollup: Rollup, retention: Duration, shutdown: Shutdown) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match drain(&store, &bus, &rollup, retention, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "invocation records consumer failed")
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "invocation records consumer failed")
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -11,26 +11,26 @@
 use std::time::Duration;
 
 use picloud_bus::Bus;
-use picloud_core::Shutdown;
+use picloud_core::{Backoff, Shutdown};
 use picloud_store::{OutboxKind, OutboxRow, Store};
 
 /// Rows claimed (and published concurrently) per round.
 const BATCH: u32 = 256;
 
 pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = retry_timing();
     loop {
         let mut listener = match store.outbox_listener().await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay cannot listen");
-                if sleep_or_stop(&shutdown, &mut backoff).await {
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "outbox relay cannot listen");
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             // Publish everything pending (on start, after a reconnect, after
             // a notification).
@@ -52,14 +52,14 @@ pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
 
 /// Publishes until the outbox is empty. `false` on shutdown.
 async fn sweep(store: &Store, bus: &Bus, shutdown: &Shutdown) -> bool {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = retry_timing();
     loop {
         match relay_batch(store, bus).await {
             Ok(n) if n < BATCH as usize => return true,
-            Ok(_) => backoff = Duration::from_millis(100),
+            Ok(_) => backoff.reset(),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "outbox relay failed; retrying");
-                if sleep_or_stop(shutdown, &mut backoff).await {
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "outbox relay failed; retrying");
+                if picloud_bus::pause_or_stop(&mut backoff, shutdown).await {
                     return false;
                 }
             }
@@ -120,12 +120,7 @@ fn payload(row: &OutboxRow) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(&row.payload).expect("JSON values serialise"))
 }
 
-/// Sleeps `backoff` (doubling it, up to 10 s). `true` on shutdown.
-async fn sleep_or_stop(shutdown: &Shutdown, backoff: &mut Duration) -> bool {
-    let stop = tokio::select! {
-        _ = shutdown.cancelled() => true,
-        _ = tokio::time::sleep(*backoff) => false,
-    };
-    *backoff = (*backoff * 2).min(Duration::from_secs(10));
-    stop
+/// 100 ms, doubling up to 10 s (with jitter).
+fn retry_timing() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }

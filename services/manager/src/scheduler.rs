@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use picloud_core::Shutdown;
 use picloud_core::schedule::PlanReason;
+use picloud_core::{Backoff, Shutdown};
 use picloud_store::Store;
 use picloud_store::schedules::{Action, Handled, Sweep};
 use tokio::sync::Notify;
@@ -34,7 +34,7 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 pub async fn run(store: Store, shutdown: Shutdown) {
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(store.clone(), wake.clone(), shutdown.clone()));
-    let mut backoff = Backoff::default();
+    let mut backoff = retry_timing();
     // The listener's first connection wakes the first sweep, so no change
     // can fall between a sweep and the start of listening.
     let mut until: Option<DateTime<Utc>> = None;
@@ -50,7 +50,7 @@ pub async fn run(store: Store, shutdown: Shutdown) {
                 next
             }
             Err(e) => {
-                let retry = backoff.next();
+                let retry = backoff.next_pause();
                 tracing::warn!(error = %e, retry_in = ?retry, "scheduler sweep failed");
                 Some(Utc::now() + retry)
             }
@@ -123,17 +123,16 @@ fn log(h: &Handled, now: DateTime<Utc>) {
 /// Wakes the scheduler on every notification, and once after every
 /// (re)connection.
 async fn listen(store: Store, wake: Arc<Notify>, shutdown: Shutdown) {
-    let mut backoff = Backoff::default();
+    let mut backoff = retry_timing();
     loop {
         let mut listener = match store.schedule_listener().await {
             Ok(l) => l,
             Err(e) => {
-                let retry = backoff.next();
-                tracing::warn!(error = %e, retry_in = ?retry, "scheduler cannot listen");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(retry) => continue,
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "scheduler cannot listen");
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
         backoff.reset();
@@ -172,36 +171,14 @@ async fn sleep_until(until: Option<DateTime<Utc>>) {
     }
 }
 
-/// 200 ms, doubling, at most 10 s.
-#[derive(Default)]
-struct Backoff(Option<Duration>);
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let d = self.0.map_or(Duration::from_millis(200), |d| {
-            (d * 2).min(Duration::from_secs(10))
-        });
-        self.0 = Some(d);
-        d
-    }
-
-    fn reset(&mut self) {
-        self.0 = None;
-    }
+/// 200 ms, doubling up to 10 s (with jitter).
+fn retry_timing() -> Backoff {
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_ten_seconds_and_resets() {
-        let mut b = Backoff::default();
-        let seq: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
-        assert_eq!(seq, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
-        b.reset();
-        assert_eq!(b.next(), Duration::from_millis(200));
-    }
 
     #[tokio::test(start_paused = true)]
     async fn sleep_until_waits_for_the_wall_clock() {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, Utc};
-use picloud_core::{InvocationRecord, InvocationStatus, Shutdown};
+use picloud_core::{Backoff, InvocationRecord, InvocationStatus, Shutdown};
 use picloud_store::{FlowRow, StatRow, Store};
 use tokio::sync::Notify;
 
@@ -172,7 +172,7 @@ impl Rollup {
 
     /// Writes what gathers until shutdown (and once more then).
     pub async fn run(self, store: Store, shutdown: Shutdown) {
-        let mut backoff = FLUSH_AFTER;
+        let mut backoff = Backoff::new(FLUSH_AFTER, Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -183,14 +183,12 @@ impl Rollup {
                 _ = tokio::time::sleep(FLUSH_AFTER) => {}
             }
             while let Err(e) = self.flush(&store).await {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot store stats");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "cannot store stats");
+                if picloud_bus::pause_or_stop(&mut backoff, &shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(60));
             }
-            backoff = FLUSH_AFTER;
+            backoff.reset();
         }
         if let Err(e) = self.flush(&store).await {
             tracing::warn!(error = %e, "stats lost at shutdown");

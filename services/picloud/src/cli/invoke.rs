@@ -141,7 +141,7 @@ async fn wait_for(client: &Client, name: &str, status_url: &str) -> Result<(), C
         .strip_prefix(client.base())
         .unwrap_or(status_url)
         .to_owned();
-    let mut pause = Duration::from_millis(50);
+    let mut pause = picloud_core::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let resp = client
             .raw(Method::GET, &path)
@@ -180,8 +180,7 @@ async fn wait_for(client: &Client, name: &str, status_url: &str) -> Result<(), C
             };
         }
         spinner.set_message(format!("invocation {}", text(&v["status"])));
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(1));
+        tokio::time::sleep(pause.next_pause()).await;
     }
 }
 

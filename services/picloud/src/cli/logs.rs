@@ -69,7 +69,7 @@ async fn follow(
     mut cursor: Option<String>,
 ) -> Result<(), CliError> {
     let path = format!("/api/v1/scripts/{}/logs?follow=true", seg(name));
-    let mut pause = Duration::from_millis(100);
+    let mut pause = picloud_core::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let mut req = client.authed(Method::GET, &path);
         if let Some(c) = &cursor {
@@ -80,7 +80,7 @@ async fn follow(
                 match read_stream(resp, out, &mut cursor).await {
                     Ended::Overflow(message) => {
                         eprintln!("note: {message}; resuming");
-                        pause = Duration::from_millis(100);
+                        pause.reset();
                         continue;
                     }
                     Ended::Closed(why) => why,
@@ -99,8 +99,7 @@ async fn follow(
         };
         let first = why.lines().next().unwrap_or_default();
         eprintln!("note: the live log was interrupted ({first}); reconnecting");
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_secs(5));
+        tokio::time::sleep(pause.next_pause()).await;
     }
 }
 
