@@ -23,6 +23,7 @@ use picloud_bus::{BusError, LogBatch, LogCursor};
 use picloud_core::{LogEvent, ScriptName};
 use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonPath, JsonQuery};
 use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use utoipa::IntoParams;
@@ -133,7 +134,7 @@ pub async fn script_logs(
         .await
         .map_err(bus_unavailable)?;
     let cursor = events.last().map_or(end, |(c, _)| *c);
-    let events: Vec<Value> = events.iter().map(|(c, e)| with_id(*c, e)).collect();
+    let events: Vec<Shown> = events.iter().map(|(c, e)| with_id(*c, e)).collect();
     Ok(Json(json!({ "events": events, "cursor": cursor.to_string() })).into_response())
 }
 
@@ -142,13 +143,21 @@ fn bus_unavailable(e: BusError) -> ApiError {
     ApiError::unavailable("the live log is unavailable (message bus); retry")
 }
 
-/// An event as the API shows it: its own fields and its `id`.
-fn with_id(cursor: LogCursor, event: &LogEvent) -> Value {
-    let mut v = serde_json::to_value(event).expect("log events serialise");
-    if let Value::Object(map) = &mut v {
-        map.insert("id".into(), cursor.to_string().into());
+/// An event as the API shows it: its `id` and its own fields (serialised
+/// straight from the event: a follower does this for every line, so no
+/// intermediate JSON value is built).
+#[derive(Serialize)]
+struct Shown<'a> {
+    id: String,
+    #[serde(flatten)]
+    event: &'a LogEvent,
+}
+
+fn with_id(cursor: LogCursor, event: &LogEvent) -> Shown<'_> {
+    Shown {
+        id: cursor.to_string(),
+        event,
     }
-    v
 }
 
 async fn follow_logs(
@@ -239,14 +248,14 @@ async fn pump(
             if after.is_some_and(|c| !c.is_before(batch.seq, i)) {
                 continue;
             }
-            let id = LogCursor::at(batch.seq, i);
+            let shown = with_id(LogCursor::at(batch.seq, i), event);
             let sse = Event::default()
-                .id(id.to_string())
+                .id(&shown.id)
                 .event(match event {
                     LogEvent::Line { .. } => "line",
                     LogEvent::End { .. } => "end",
                 })
-                .json_data(with_id(id, event))
+                .json_data(&shown)
                 .expect("log events serialise");
             let full = match tx.try_send(sse) {
                 Ok(()) => continue,
