@@ -360,11 +360,15 @@ impl Config {
             && self
                 .prefix
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !ok {
+            // Lower case only: stream and bucket names are the prefix
+            // upper-cased, so `Ab` and `ab` would share them.
             return Err(ConfigError::Env {
                 var: "PICLOUD_PREFIX",
-                reason: "use 1-32 ASCII letters, digits, '-' or '_'".into(),
+                reason: "use 1-32 lower-case ASCII letters, digits, '-' or '_' \
+                    (streams use it upper-cased, so case cannot tell two apart)"
+                    .into(),
             });
         }
         Ok(())
@@ -451,5 +455,22 @@ mod tests {
             .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| "a.b".into()))
             .unwrap_err();
         assert!(err.to_string().contains("PICLOUD_PREFIX"), "{err}");
+    }
+
+    /// Streams are named after the prefix upper-cased: `Ab` would share
+    /// `ab`'s streams, so upper case is refused (issue #18).
+    #[test]
+    fn upper_case_prefix_is_refused() {
+        for bad in ["Ab", "PICLOUD"] {
+            let err = Config::default()
+                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| bad.into()))
+                .unwrap_err();
+            assert!(err.to_string().contains("lower-case"), "{err}");
+        }
+        for good in ["a-b", "a_b", "t0123456789ab"] {
+            Config::default()
+                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| good.into()))
+                .unwrap();
+        }
     }
 }

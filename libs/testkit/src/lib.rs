@@ -175,12 +175,8 @@ impl TestEnv {
             && let Ok(client) = async_nats::connect(url).await
         {
             let js = async_nats::jetstream::new(client);
-            let upper = self.config.prefix.to_ascii_uppercase();
-            for s in ["RECORDS", "JOBS", "EVENTS", "LOGS"] {
-                let _ = js.delete_stream(format!("{upper}_{s}")).await;
-            }
-            for b in ["ROUTES", "VERSIONS"] {
-                let _ = js.delete_stream(format!("KV_{upper}_{b}")).await;
+            for stream in picloud_bus::Names::new(&self.config.prefix).all_streams() {
+                let _ = js.delete_stream(stream).await;
             }
         }
     }
