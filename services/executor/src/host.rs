@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use picloud_bus::Bus;
+use picloud_bus::wire::{KvGetCall, KvListCall, Rpc};
 use picloud_core::Limits;
 use picloud_core::effects::{KvAnswer, KvEntry, KvGet, KvList, KvVersion};
 use picloud_egress::{CallLimits, Egress, OutboundRequest};
@@ -27,21 +28,18 @@ pub struct BusHost {
 
 impl BusHost {
     /// Asks a manager a kv question, by `deadline`.
-    fn kv_call<Q: serde::Serialize, T: for<'de> serde::Deserialize<'de>>(
+    fn kv_call<T, R: Rpc<Reply = KvAnswer<T>>>(
         &self,
-        subject: String,
-        question: &Q,
+        question: &R::Request,
         deadline: Instant,
     ) -> Result<T, String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err("the invocation's deadline has passed".into());
         }
-        let answer = self.runtime.block_on(self.bus.call::<_, KvAnswer<T>>(
-            subject,
-            question,
-            left.min(KV_TIMEOUT),
-        ));
+        let answer = self
+            .runtime
+            .block_on(self.bus.request::<R>(question, left.min(KV_TIMEOUT)));
         match answer {
             Ok(KvAnswer::Ok(v)) => Ok(v),
             Ok(KvAnswer::Err(e)) => Err(e),
@@ -61,7 +59,7 @@ impl Host for BusHost {
             script: script.to_owned(),
             key: key.to_owned(),
         };
-        self.kv_call(self.bus.names().kv_get_subject(), &q, deadline)
+        self.kv_call::<_, KvGetCall>(&q, deadline)
     }
 
     fn kv_list(
@@ -74,7 +72,7 @@ impl Host for BusHost {
             script: script.to_owned(),
             prefix: prefix.to_owned(),
         };
-        self.kv_call(self.bus.names().kv_list_subject(), &q, deadline)
+        self.kv_call::<_, KvListCall>(&q, deadline)
     }
 
     fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {

@@ -386,11 +386,7 @@ async fn dead_letter(
     server.live.invocation(&letter.record, &result.lines);
     let stored = server
         .bus
-        .call::<_, CommitReply>(
-            server.bus.names().dead_letter_subject(),
-            &letter,
-            DEAD_LETTER_TIMEOUT,
-        )
+        .request::<picloud_bus::wire::DeadLetterCall>(&letter, DEAD_LETTER_TIMEOUT)
         .await;
     match stored {
         Ok(reply @ (CommitReply::Committed | CommitReply::AlreadyCommitted)) => {

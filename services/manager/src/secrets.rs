@@ -14,7 +14,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use picloud_bus::{Bus, SecretAnswer, SecretAsk};
+use picloud_bus::{Bus, SecretAnswer};
 use picloud_core::{Config, Shutdown};
 use picloud_store::{SealedSecret, Store};
 
@@ -121,8 +121,7 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Answers executors' secret requests until shutdown (concurrently but
 /// boundedly: one slow lookup does not hold up every other script's secret).
 pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, shutdown: Shutdown) {
-    let subject = bus.names().secrets_subject();
-    crate::effects::serve_kind(bus, subject, shutdown, move |ask: SecretAsk| {
+    crate::effects::serve_kind::<picloud_bus::wire::SecretCall, _, _>(bus, shutdown, move |ask| {
         let (store, secrets) = (store.clone(), secrets.clone());
         async move {
             match answer(&store, &secrets, &ask.name).await {
