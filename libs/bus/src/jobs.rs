@@ -265,7 +265,9 @@ impl crate::Bus {
             if let Some((client, subject)) = ring {
                 // Best effort: a missed ring is found by the executors'
                 // scan of the stream.
-                let _ = client.publish(subject, Bytes::new()).await;
+                let _ = client
+                    .publish_with_headers(subject, wire::headers(), Bytes::new())
+                    .await;
             }
             Ok(())
         })
