@@ -201,8 +201,7 @@ impl Bus {
     /// the configured prefix.
     pub async fn for_role(config: &picloud_core::Config, role: &str) -> Result<Self, BusError> {
         let url = config
-            .nats_url
-            .as_deref()
+            .nats_url()
             .ok_or_else(|| BusError::NoUrl(role.to_owned()))?;
         Self::connect(url, &config.prefix, role).await
     }

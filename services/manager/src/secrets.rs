@@ -24,7 +24,7 @@ pub struct SecretBox {
 
 impl SecretBox {
     pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let key = match &config.secrets_key {
+        let key = match config.secrets_key() {
             Some(k) => decode_key(k).context("invalid PICLOUD_SECRETS_KEY")?,
             None => key_file(&config.data_dir.join("secrets.key"))?,
         };
@@ -156,7 +156,7 @@ mod tests {
 
     fn sbox() -> SecretBox {
         let config = Config {
-            secrets_key: Some(B64.encode([7u8; 32])),
+            secrets_key: Some(B64.encode([7u8; 32]).into()),
             ..Config::default()
         };
         SecretBox::load(&config).unwrap()
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let config = Config {
-            secrets_key: Some(B64.encode([1u8; 16])),
+            secrets_key: Some(B64.encode([1u8; 16]).into()),
             ..Config::default()
         };
         assert!(SecretBox::load(&config).is_err());

@@ -31,17 +31,11 @@ impl ManagerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_picloud"))
             .arg("manager")
             .env_remove("PICLOUD_CONFIG")
-            .env(
-                "PICLOUD_DATABASE_URL",
-                config.database_url.as_deref().unwrap(),
-            )
-            .env("PICLOUD_NATS_URL", config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_DATABASE_URL", config.database_url().unwrap())
+            .env("PICLOUD_NATS_URL", config.nats_url().unwrap())
             .env("PICLOUD_ADMIN_TOKEN", &env.token)
             .env("PICLOUD_PREFIX", &config.prefix)
-            .env(
-                "PICLOUD_SECRETS_KEY",
-                config.secrets_key.as_deref().unwrap(),
-            )
+            .env("PICLOUD_SECRETS_KEY", config.secrets_key().unwrap())
             .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn,picloud_manager::scheduler=info")
             .env("NO_COLOR", "1")

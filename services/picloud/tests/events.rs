@@ -507,7 +507,7 @@ async fn subscriptions_api_validates() {
 #[tokio::test]
 async fn invocation_records_past_retention_are_pruned() {
     let env = TestEnv::new().await;
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let record = |age_hours: i64| picloud_core::InvocationRecord {

@@ -275,7 +275,7 @@ async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
 async fn record_batches_are_stored_exactly_once_whatever_their_text() {
     use picloud_core::{InvocationRecord, InvocationStatus, Trigger};
     let env = TestEnv::new().await;
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let record = |log: &str, error: Option<&str>| InvocationRecord {
@@ -375,7 +375,7 @@ async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once(
         .await;
     executor.stop().await;
 
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let stored = eventually(Duration::from_secs(30), || async {

@@ -163,7 +163,7 @@ async fn spawn_executor(env: &TestEnv, log: &std::path::Path) -> ChildProcess {
     cmd.arg("executor")
         .env_remove("PICLOUD_CONFIG")
         .env_remove("PICLOUD_DATABASE_URL")
-        .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+        .env("PICLOUD_NATS_URL", env.config.nats_url().unwrap())
         .env("PICLOUD_PREFIX", &env.config.prefix)
         .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
         .env("PICLOUD_WORKERS", env.config.workers.to_string())

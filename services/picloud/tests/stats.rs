@@ -181,7 +181,7 @@ async fn stats_over_many_records_come_from_the_rollup() {
     let mut env = TestEnv::new().await;
     let front = env.start_front().await;
     let c = Client::new(&front.base, &env.token);
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .expect("store");
     let now = chrono::Utc::now();

@@ -235,7 +235,7 @@ async fn executor_processes_share_the_work() {
             .arg("executor")
             .env_remove("PICLOUD_DATABASE_URL")
             .env_remove("PICLOUD_CONFIG")
-            .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_NATS_URL", env.config.nats_url().unwrap())
             .env("PICLOUD_PREFIX", &env.config.prefix)
             .env("PICLOUD_LISTEN", "127.0.0.1:0")
             .env("PICLOUD_WORKERS", "1")
