@@ -32,18 +32,20 @@ impl BusHost {
         &self,
         question: &R::Request,
         deadline: Instant,
-    ) -> Result<T, String> {
+    ) -> Result<T, HostError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the invocation's deadline has passed".into());
+            return Err(HostError::Failed(
+                "the invocation's deadline has passed".into(),
+            ));
         }
         let answer = self
             .runtime
             .block_on(self.bus.request::<R>(question, left.min(KV_TIMEOUT)));
         match answer {
             Ok(KvAnswer::Ok(v)) => Ok(v),
-            Ok(KvAnswer::Err(e)) => Err(e),
-            Err(e) => Err(format!("kv is unavailable: {e}")),
+            Ok(KvAnswer::Err(e)) => Err(HostError::Failed(e)),
+            Err(e) => Err(HostError::Failed(format!("kv is unavailable: {e}"))),
         }
     }
 }
@@ -54,7 +56,7 @@ impl Host for BusHost {
         script: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<KvEntry>, String> {
+    ) -> Result<Option<KvEntry>, HostError> {
         let q = KvGet {
             script: script.to_owned(),
             key: key.to_owned(),
@@ -67,7 +69,7 @@ impl Host for BusHost {
         script: &str,
         prefix: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, KvVersion)>, String> {
+    ) -> Result<Vec<(String, KvVersion)>, HostError> {
         let q = KvList {
             script: script.to_owned(),
             prefix: prefix.to_owned(),
@@ -75,13 +77,16 @@ impl Host for BusHost {
         self.kv_call::<_, KvListCall>(&q, deadline)
     }
 
-    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, HostError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the invocation's deadline has passed".into());
+            return Err(HostError::Failed(
+                "the invocation's deadline has passed".into(),
+            ));
         }
         self.runtime
             .block_on(self.bus.get_secret(name, left.min(SECRET_TIMEOUT)))
+            .map_err(HostError::Failed)
     }
 
     fn http(

@@ -415,7 +415,7 @@ struct JobHost {
 }
 
 impl JobHost {
-    fn note<T>(&self, r: Result<T, String>) -> Result<T, String> {
+    fn note<T>(&self, r: Result<T, HostError>) -> Result<T, HostError> {
         if r.is_err() {
             self.kv_failed.store(true, Ordering::Relaxed);
         }
@@ -424,7 +424,7 @@ impl JobHost {
 }
 
 impl Host for JobHost {
-    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, HostError> {
         self.inner.secret(name, deadline)
     }
 
@@ -442,7 +442,7 @@ impl Host for JobHost {
         script: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<KvEntry>, String> {
+    ) -> Result<Option<KvEntry>, HostError> {
         self.note(self.inner.kv_get(script, key, deadline))
     }
 
@@ -451,7 +451,7 @@ impl Host for JobHost {
         script: &str,
         prefix: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, KvVersion)>, String> {
+    ) -> Result<Vec<(String, KvVersion)>, HostError> {
         self.note(self.inner.kv_list(script, prefix, deadline))
     }
 }
