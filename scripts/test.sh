@@ -21,6 +21,11 @@ if ! command -v promtool >/dev/null 2>&1 && [ "${PICLOUD_TEST_NO_PROMTOOL:-}" !=
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
+# cargo-machete finds dependencies that nothing uses (issue #18).
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  echo "installing: cargo-machete"
+  cargo install --locked cargo-machete >/dev/null
+fi
 
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
 chmod 755 "$work"
@@ -99,6 +104,7 @@ fi
 status=0
 cargo fmt --all --check || { status=1; echo "checks: cargo fmt --check failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
+cargo machete || { status=1; echo "checks: cargo machete found unused dependencies"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
 # The HTTP contract: schemathesis against a live `picloud up` (see the script).
 contract="schemathesis: every response matches the OpenAPI document"

@@ -127,8 +127,14 @@ async fn assert_counted_once(
             last.lock().unwrap()
         );
     }
-    // Nothing arrives later and applies an event a second time.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing arrives later and applies an event a second time: once no
+    // job is queued (every one acked), none can be delivered again.
+    eventually(Duration::from_secs(60), || async {
+        let v = c.get_json("/jobs").await;
+        v.as_array()?.is_empty().then_some(())
+    })
+    .await
+    .expect("every queued job is done");
     let (n, seen) = eventually(Duration::from_secs(20), || counter_state(c))
         .await
         .expect("the counter answers");

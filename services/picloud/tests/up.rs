@@ -247,7 +247,7 @@ async fn executor_processes_share_the_work() {
     let pids: Vec<String> = executors.iter().map(|c| format!("-{}-", c.id())).collect();
 
     let c = Client::new(&front.base, &env.token);
-    c.deploy("shared", r#""ok""#).await;
+    c.deploy_ok("shared", r#""ok""#).await;
     c.wait_for_body("shared", "ok").await;
     // Keep calling until both processes have answered (each joins the
     // queue group when it is up; bounded).
