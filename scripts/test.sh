@@ -41,6 +41,12 @@ for tool in caddy docker-compose; do
   command -v "$tool" >/dev/null 2>&1 || apt_install "$tool" "to validate the cluster packaging"
 done
 
+# cargo-machete finds dependencies that nothing uses (issue #18).
+if ! command -v cargo-machete >/dev/null 2>&1; then
+  echo "installing: cargo-machete"
+  cargo install --locked cargo-machete >/dev/null
+fi
+
 work=$(mktemp -d /tmp/picloud-test-XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -128,6 +134,7 @@ caddy validate --adapter caddyfile --config caddy/Caddyfile >/dev/null 2>"$work/
 PICLOUD_ADMIN_TOKEN=check PICLOUD_SECRETS_KEY=check docker-compose -f compose.yaml config -q ||
   { status=1; echo "checks: docker-compose config (compose.yaml) failed"; }
 cargo clippy --workspace --all-targets -- -D warnings || { status=1; echo "checks: clippy failed"; }
+cargo machete || { status=1; echo "checks: cargo machete found unused dependencies"; }
 cargo test --workspace --no-fail-fast 2>&1 | tee "$work/test.log" || status=1
 # The failure suite: the whole cluster as local processes (scripts/cluster.sh),
 # a mixed load through Caddy, one fault at a time (docs/RELIABILITY.md).

@@ -5,7 +5,8 @@
 //! → a Rhai AST compiled once at start, evaluated on a fixed pool of
 //! dedicated OS threads → reply over NATS → HTTP response.
 //!
-//! - `core`: core NATS request/reply on `{prefix}.invoke.hello`, answered by
+//! - `core`: core NATS request/reply on `{prefix}.invoke.hello` (names
+//!   from `picloud_bus::Names`, as PiCloud's own), answered by
 //!   a queue-group subscriber (what PiCloud does for sync HTTP).
 //! - `jetstream`: the job is published to a work-queue stream (publish ack
 //!   awaited, so the job is durable before we wait for the answer), taken
@@ -38,6 +39,7 @@ use futures::StreamExt;
 use picloud_bench::{
     RhaiPool, Saturated, default_threads, shutdown_signal, unique_prefix, work_queue_consumer,
 };
+use picloud_bus::Names;
 use tokio::sync::oneshot;
 
 const REPLY_HEADER: &str = "Bench-Reply-To";
@@ -193,9 +195,10 @@ async fn core_mode(
     prefix: &str,
     pool: RhaiPool,
 ) -> anyhow::Result<Router> {
-    let subject = Subject::from(format!("{prefix}.invoke.hello"));
+    let names = Names::new(prefix);
+    let subject = Subject::from(names.invoke_subject("hello"));
     let mut sub = back
-        .queue_subscribe(format!("{prefix}.invoke.*"), format!("{prefix}.workers"))
+        .queue_subscribe(names.invoke_wildcard(), names.executor_group())
         .await?;
     let c = back.clone();
     tokio::spawn(async move {
@@ -255,8 +258,9 @@ async fn jetstream_mode(
     storage: Storage,
 ) -> anyhow::Result<(Router, String)> {
     let js = jetstream::new(client.clone());
-    let stream_name = format!("{}_JOBS", prefix.to_ascii_uppercase());
-    let subject = format!("{prefix}.jobs");
+    let names = Names::new(prefix);
+    let stream_name = names.jobs_stream();
+    let subject = names.job_subject("hello");
     js.get_or_create_stream(stream::Config {
         name: stream_name.clone(),
         subjects: vec![subject.clone()],

@@ -22,8 +22,8 @@ use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use picloud_core::Job;
-use serde::{Deserialize, Serialize};
 
+use crate::wire::{self, Rpc};
 use crate::{BusError, Names, decode, encode};
 
 /// The one unfiltered consumer of releases before per-script consumers; a
@@ -184,6 +184,12 @@ impl JobConsumer {
                 .info()
                 .map(|i| i.delivered.clamp(1, u32::MAX as i64) as u32)
                 .unwrap_or(1);
+            if !wire::readable(message.headers.as_ref()) {
+                // Left unacked: it comes back after the ack wait, for an
+                // executor of the release that wrote it.
+                tracing::warn!(subject = %message.subject, "skipping a job of a newer wire version");
+                return None;
+            }
             match decode::<Job>(&message.subject, &message.payload) {
                 Ok(job) => Some(Ok(IncomingJob {
                     job,
@@ -247,7 +253,7 @@ impl crate::Bus {
         msg_id: &str,
         payload: Bytes,
     ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
-        let mut headers = async_nats::HeaderMap::new();
+        let mut headers = wire::headers();
         headers.insert("Nats-Msg-Id", msg_id);
         // A job, once stored, rings its script's doorbell.
         let ring = self
@@ -265,7 +271,9 @@ impl crate::Bus {
             if let Some((client, subject)) = ring {
                 // Best effort: a missed ring is found by the executors'
                 // scan of the stream.
-                let _ = client.publish(subject, Bytes::new()).await;
+                let _ = client
+                    .publish_with_headers(subject, wire::headers(), Bytes::new())
+                    .await;
             }
             Ok(())
         })
@@ -340,21 +348,21 @@ impl crate::Bus {
         }))
     }
 
-    /// Asks whoever serves `subject` (a manager, or an executor for
-    /// invocations) and decodes the answer. No responders is an immediate
-    /// error, not a timeout.
-    pub async fn call<Q: Serialize, A: for<'de> Deserialize<'de>>(
+    /// Sends an [`Rpc`] request and decodes its typed reply. No responders
+    /// is an immediate error, not a timeout.
+    pub async fn request<R: Rpc>(
         &self,
-        subject: String,
-        question: &Q,
+        request: &R::Request,
         timeout: Duration,
-    ) -> Result<A, CallError> {
-        let payload = encode(question);
+    ) -> Result<R::Reply, CallError> {
+        let subject = R::subject(&self.names, request);
+        let payload = encode(request);
         if payload.len() > self.max_payload() {
             return Err(CallError::TooLarge(payload.len()));
         }
         let request = async_nats::Request::new()
             .payload(payload)
+            .headers(wire::headers())
             .timeout(Some(timeout));
         match self.client.send_request(subject.clone(), request).await {
             Ok(msg) => Ok(decode(&subject, &msg.payload)?),
@@ -369,38 +377,40 @@ impl crate::Bus {
         }
     }
 
-    /// Joins the managers' queue group on `subject`. Malformed requests are
-    /// logged and dropped (their caller times out).
-    pub async fn serve<T: for<'de> Deserialize<'de> + Send + 'static>(
+    /// Joins the queue group serving `R`. Malformed requests, and requests
+    /// of a newer wire version, are logged and dropped (their caller times
+    /// out).
+    pub async fn serve_rpc<R: Rpc>(
         &self,
-        subject: String,
-    ) -> Result<impl Stream<Item = Incoming<T>> + use<T>, BusError> {
-        let requests = self
-            .queue_decoded::<T>(subject, self.names.manager_group())
-            .await?;
+    ) -> Result<impl Stream<Item = Incoming<R::Request>> + use<R>, BusError> {
+        let requests = self.queue_decoded::<R>().await?;
         Ok(requests.map(|(body, reply_to)| Incoming {
             body: Some(body),
             reply_to,
         }))
     }
 
-    /// Joins queue group `group` on `subject`, decoding each message as `T`
-    /// (with its reply subject); malformed messages are logged and skipped.
-    pub(crate) async fn queue_decoded<T: for<'de> Deserialize<'de> + Send + 'static>(
+    /// Joins `R`'s queue group, decoding each message as its request (with
+    /// its reply subject); malformed or too new messages are logged and
+    /// skipped.
+    pub(crate) async fn queue_decoded<R: Rpc>(
         &self,
-        subject: String,
-        group: String,
-    ) -> Result<impl Stream<Item = (T, Option<async_nats::Subject>)> + use<T>, BusError> {
+    ) -> Result<impl Stream<Item = (R::Request, Option<async_nats::Subject>)> + use<R>, BusError>
+    {
         let sub = self
             .client
-            .queue_subscribe(subject, group)
+            .queue_subscribe(R::serve_subject(&self.names), R::group(&self.names))
             .await
             .map_err(|e| BusError::Nats {
                 what: "subscribe",
                 source: e.into(),
             })?;
         Ok(sub.filter_map(|msg| async move {
-            match serde_json::from_slice::<T>(&msg.payload) {
+            if !wire::readable(msg.headers.as_ref()) {
+                tracing::warn!(subject = %msg.subject, "dropping a message of a newer wire version");
+                return None;
+            }
+            match serde_json::from_slice::<R::Request>(&msg.payload) {
                 Ok(body) => Some((body, msg.reply)),
                 Err(e) => {
                     tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed message");
@@ -411,10 +421,10 @@ impl crate::Bus {
     }
 
     /// Answers a request served by [`serve`](Self::serve).
-    pub async fn answer<T, A: Serialize>(
+    pub async fn answer<R: Rpc>(
         &self,
-        req: &Incoming<T>,
-        answer: &A,
+        req: &Incoming<R::Request>,
+        answer: &R::Reply,
     ) -> Result<(), BusError> {
         self.reply_to(req.reply_to.as_ref(), encode(answer)).await
     }

@@ -24,6 +24,9 @@
 //!   [`jobs`].
 //! - **Nodes** (`{p}.nodes.ping`, `{p}.nodes.announce`): who is running,
 //!   asked on demand; see [`nodes`].
+//!
+//! Every message and its subject, payload and reply types, with the wire
+//! version: [`wire`].
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +39,7 @@ pub mod permissions;
 mod queued;
 mod records;
 mod retry;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,6 +58,7 @@ pub use nodes::{NodeAnnouncement, NodeInfo, NodeSpec, WorkerCounts};
 pub use queued::QueuedJob;
 pub use records::{RecordBatch, RecordBatchBuf, RecordConsumer};
 pub use retry::pause_or_stop;
+pub use wire::{Rpc, SecretAnswer, SecretAsk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -146,21 +151,6 @@ pub enum RouteChange {
     Deleted(String),
 }
 
-/// Executor → manager, on [`Names::secrets_subject`]: a secret's value.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SecretAsk {
-    pub name: String,
-}
-
-/// The answer: the value, `None` (no such secret), or an error safe to show
-/// the script.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SecretAnswer {
-    pub value: Option<String>,
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
 /// An invocation an executor has received, with where to reply.
 pub struct IncomingInvocation {
     pub request: InvocationRequest,
@@ -228,8 +218,7 @@ impl Bus {
     /// the configured prefix.
     pub async fn for_role(config: &picloud_core::Config, role: &str) -> Result<Self, BusError> {
         let url = config
-            .nats_url
-            .as_deref()
+            .nats_url()
             .ok_or_else(|| BusError::NoUrl(role.to_owned()))?;
         Self::connect_with(url, &config.prefix, role, &config.nats).await
     }
@@ -391,13 +380,14 @@ impl Bus {
         req: &InvocationRequest,
         timeout: Duration,
     ) -> Result<InvocationReply, InvokeError> {
-        let subject = self.names.invoke_subject(&req.script);
-        self.call(subject, req, timeout).await.map_err(|e| match e {
-            CallError::NoResponders => InvokeError::NoExecutor,
-            CallError::TimedOut => InvokeError::TimedOut,
-            CallError::TooLarge(n) => InvokeError::TooLarge(n),
-            CallError::Bus(e) => InvokeError::Bus(e),
-        })
+        self.request::<wire::InvokeCall>(req, timeout)
+            .await
+            .map_err(|e| match e {
+                CallError::NoResponders => InvokeError::NoExecutor,
+                CallError::TimedOut => InvokeError::TimedOut,
+                CallError::TooLarge(n) => InvokeError::TooLarge(n),
+                CallError::Bus(e) => InvokeError::Bus(e),
+            })
     }
 
     /// Joins the executors' queue group: each invocation reaches exactly one
@@ -405,12 +395,7 @@ impl Bus {
     pub async fn serve_invocations(
         &self,
     ) -> Result<impl Stream<Item = IncomingInvocation> + use<>, BusError> {
-        let invocations = self
-            .queue_decoded::<InvocationRequest>(
-                self.names.invoke_wildcard(),
-                self.names.executor_group(),
-            )
-            .await?;
+        let invocations = self.queue_decoded::<wire::InvokeCall>().await?;
         Ok(invocations.map(|(request, reply_to)| IncomingInvocation { request, reply_to }))
     }
 
@@ -441,7 +426,7 @@ impl Bus {
     ) -> Result<(), BusError> {
         let Some(to) = to else { return Ok(()) };
         self.client
-            .publish(to.clone(), payload)
+            .publish_with_headers(to.clone(), wire::headers(), payload)
             .await
             .map_err(|e| BusError::Nats {
                 what: "reply",
@@ -460,8 +445,8 @@ impl Bus {
         let ask = SecretAsk {
             name: name.to_owned(),
         };
-        let answer: SecretAnswer = self
-            .call(self.names.secrets_subject(), &ask, timeout)
+        let answer = self
+            .request::<wire::SecretCall>(&ask, timeout)
             .await
             .map_err(|e| match e {
                 CallError::NoResponders => "no manager is available to serve secrets".to_string(),

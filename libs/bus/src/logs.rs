@@ -117,7 +117,7 @@ pub(crate) async fn publish(
     batch: Bytes,
 ) -> Result<(), BusError> {
     let ack = js
-        .publish(names.logs_subject(script), batch)
+        .publish_with_headers(names.logs_subject(script), crate::wire::headers(), batch)
         .await
         .map_err(|e| BusError::js("logs publish")(e.into()))?;
     ack.await

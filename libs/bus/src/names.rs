@@ -3,7 +3,10 @@
 //!
 //! Subjects use the prefix as given (`picloud.invoke.hello`); streams and
 //! buckets, which may not contain dots, use it upper-cased
-//! (`PICLOUD_RECORDS`).
+//! (`PICLOUD_RECORDS`). The mapping is one-to-one over the prefixes the
+//! configuration accepts (lower-case letters, digits, `-`, `_`): `-` stays
+//! `-` (allowed in stream and bucket names) and `_` stays `_`, so `a-b` and
+//! `a_b` never share a stream (`A-B_RECORDS`, `A_B_RECORDS`).
 
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -12,21 +15,27 @@ pub struct Names {
 }
 
 impl Names {
+    /// The names under `prefix`, which the configuration has checked
+    /// ([`picloud_core::Config::validate`]): 1-32 lower-case ASCII letters,
+    /// digits, `-` or `_`.
     pub fn new(prefix: &str) -> Self {
-        let stream = prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         Self {
             subject: prefix.to_owned(),
-            stream,
+            stream: prefix.to_ascii_uppercase(),
         }
+    }
+
+    /// Every JetStream stream of this prefix, key-value buckets included
+    /// (as their `KV_` streams): what a test or a bench deletes when done.
+    pub fn all_streams(&self) -> Vec<String> {
+        vec![
+            self.records_stream(),
+            self.jobs_stream(),
+            self.events_stream(),
+            self.logs_stream(),
+            format!("KV_{}", self.routes_bucket()),
+            format!("KV_{}", self.versions_bucket()),
+        ]
     }
 
     pub fn invoke_subject(&self, script: &str) -> String {
@@ -215,8 +224,9 @@ mod tests {
     fn names_are_prefixed() {
         let n = Names::new("t-1a");
         assert_eq!(n.invoke_subject("hello"), "t-1a.invoke.hello");
-        assert_eq!(n.records_stream(), "T_1A_RECORDS");
-        assert_eq!(n.routes_bucket(), "T_1A_ROUTES");
+        assert_eq!(n.records_stream(), "T-1A_RECORDS");
+        assert_eq!(n.routes_bucket(), "T-1A_ROUTES");
+        assert!(n.all_streams().contains(&"KV_T-1A_VERSIONS".to_owned()));
         assert_eq!(Names::script_of_route_key(&Names::route_key("x")), "x");
         assert_eq!(
             Names::parse_version_key(&Names::version_key("a-b", 12)),
@@ -229,5 +239,16 @@ mod tests {
             Some("a-b")
         );
         assert_eq!(n.script_of_job_subject("t-1b.jobs.x"), None);
+    }
+
+    /// Issue #18: `a-b` and `a_b` used to share every stream and bucket.
+    #[test]
+    fn prefixes_differing_in_dash_or_underscore_share_no_stream() {
+        let (dash, under) = (Names::new("a-b"), Names::new("a_b"));
+        for (d, u) in dash.all_streams().iter().zip(under.all_streams().iter()) {
+            assert_ne!(d, u);
+        }
+        assert_ne!(dash.records_stream(), under.records_stream());
+        assert_ne!(dash.jobs_stream(), under.jobs_stream());
     }
 }

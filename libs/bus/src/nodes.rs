@@ -131,7 +131,10 @@ impl crate::Bus {
                 };
                 let Some(ping) = ping else { break };
                 if let Some(reply) = ping.reply {
-                    let _ = bus.client.publish(reply, encode(&info())).await;
+                    let _ = bus
+                        .client
+                        .publish_with_headers(reply, crate::wire::headers(), encode(&info()))
+                        .await;
                 }
             }
             bus.announce("down", info()).await;
@@ -146,7 +149,11 @@ impl crate::Bus {
         };
         let _ = self
             .client
-            .publish(self.names.nodes_announce_subject(), encode(&a))
+            .publish_with_headers(
+                self.names.nodes_announce_subject(),
+                crate::wire::headers(),
+                encode(&a),
+            )
             .await;
     }
 
@@ -160,7 +167,12 @@ impl crate::Bus {
             .await
             .map_err(|e| nats("subscribe")(e.into()))?;
         self.client
-            .publish_with_reply(self.names.nodes_ping_subject(), inbox, Default::default())
+            .publish_with_reply_and_headers(
+                self.names.nodes_ping_subject(),
+                inbox,
+                crate::wire::headers(),
+                Default::default(),
+            )
             .await
             .map_err(|e| nats("publish")(e.into()))?;
         let mut nodes = BTreeMap::new();

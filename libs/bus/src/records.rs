@@ -97,7 +97,7 @@ pub(crate) async fn publish(
     batch: Bytes,
 ) -> Result<(), BusError> {
     let ack = js
-        .publish(names.records_subject(), batch)
+        .publish_with_headers(names.records_subject(), crate::wire::headers(), batch)
         .await
         .map_err(|e| BusError::js("records publish")(e.into()))?;
     ack.await

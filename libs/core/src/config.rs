@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::Secret;
 use crate::limits::{DEFAULT_MAX_SOURCE_BYTES, Limits};
 
 mod nats;
@@ -18,21 +19,24 @@ pub use nats::{NatsCredentials, NatsSettings};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Postgres URL. Absent in `picloud up`: a private cluster is started.
-    pub database_url: Option<String>,
-    /// NATS URL. Absent in `picloud up`: a private `nats-server -js` is started.
-    pub nats_url: Option<String>,
+    /// Postgres URL (it may hold a password: a [`Secret`]). Absent in
+    /// `picloud up`: a private cluster is started.
+    pub database_url: Option<Secret>,
+    /// NATS URL (it may hold a user and password). Absent in `picloud up`:
+    /// a private `nats-server -js` is started.
+    pub nats_url: Option<Secret>,
     /// The role's NATS user, TLS and stream replicas (`[nats]`,
     /// `PICLOUD_NATS_*`); see [`NatsSettings`].
     pub nats: NatsSettings,
     /// Where HTTP is served.
     pub listen: SocketAddr,
-    /// The admin API's bearer token. Only its SHA-256 is kept in memory.
-    pub admin_token: Option<String>,
+    /// The admin API's bearer token. The manager's auth check keeps only
+    /// its SHA-256; this copy stays in the configuration, never printed.
+    pub admin_token: Option<Secret>,
     /// The key that encrypts secrets at rest: 32 bytes, base64. Absent: the
     /// manager generates one once into `data_dir/secrets.key` (single node;
     /// in cluster mode every manager must be given the same key).
-    pub secrets_key: Option<String>,
+    pub secrets_key: Option<Secret>,
     /// `picloud manager` on its own refuses to start without
     /// `secrets_key` (every manager of a cluster must share it) unless this
     /// says the installation is one node (`PICLOUD_SINGLE_NODE=true`);
@@ -113,7 +117,7 @@ pub struct Config {
     pub log_keepalive_ms: u64,
     /// `GET /metrics` asks for this bearer token when set
     /// (`PICLOUD_METRICS_TOKEN`); otherwise it is open like `/healthz`.
-    pub metrics_token: Option<String>,
+    pub metrics_token: Option<Secret>,
     /// Distinct script names with a `script` label of their own in the
     /// metrics; later ones share `script="_other"`
     /// (`PICLOUD_METRICS_MAX_SCRIPTS`).
@@ -219,10 +223,10 @@ impl Config {
         }
         let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
         if let Some(v) = non_empty("PICLOUD_DATABASE_URL") {
-            self.database_url = Some(v);
+            self.database_url = Some(v.into());
         }
         if let Some(v) = non_empty("PICLOUD_NATS_URL") {
-            self.nats_url = Some(v);
+            self.nats_url = Some(v.into());
         }
         self.nats.apply_env(&get)?;
         if let Some(v) = non_empty("PICLOUD_SINGLE_NODE") {
@@ -232,7 +236,7 @@ impl Config {
             self.listen = parse("PICLOUD_LISTEN", &v)?;
         }
         if let Some(v) = non_empty("PICLOUD_ADMIN_TOKEN") {
-            self.admin_token = Some(v);
+            self.admin_token = Some(v.into());
         }
         if let Some(v) = get("PICLOUD_HTTP_ALLOW") {
             self.http_allow = v;
@@ -244,7 +248,7 @@ impl Config {
             self.http_ports = v;
         }
         if let Some(v) = non_empty("PICLOUD_SECRETS_KEY") {
-            self.secrets_key = Some(v);
+            self.secrets_key = Some(v.into());
         }
         if let Some(v) = non_empty("PICLOUD_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -296,7 +300,7 @@ impl Config {
             self.script_concurrency = parse("PICLOUD_SCRIPT_CONCURRENCY", &v)?;
         }
         if let Some(v) = non_empty("PICLOUD_METRICS_TOKEN") {
-            self.metrics_token = Some(v);
+            self.metrics_token = Some(v.into());
         }
         if let Some(v) = non_empty("PICLOUD_METRICS_MAX_SCRIPTS") {
             self.metrics_max_scripts = parse("PICLOUD_METRICS_MAX_SCRIPTS", &v)?;
@@ -390,14 +394,43 @@ impl Config {
             && self
                 .prefix
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !ok {
+            // Lower case only: stream and bucket names are the prefix
+            // upper-cased, so `Ab` and `ab` would share them.
             return Err(ConfigError::Env {
                 var: "PICLOUD_PREFIX",
-                reason: "use 1-32 ASCII letters, digits, '-' or '_'".into(),
+                reason: "use 1-32 lower-case ASCII letters, digits, '-' or '_' \
+                    (streams use it upper-cased, so case cannot tell two apart)"
+                    .into(),
             });
         }
         Ok(())
+    }
+
+    /// The Postgres URL, when set.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(Secret::expose)
+    }
+
+    /// The NATS URL, when set.
+    pub fn nats_url(&self) -> Option<&str> {
+        self.nats_url.as_ref().map(Secret::expose)
+    }
+
+    /// The admin token, when set.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin_token.as_ref().map(Secret::expose)
+    }
+
+    /// The secrets key (base64), when set.
+    pub fn secrets_key(&self) -> Option<&str> {
+        self.secrets_key.as_ref().map(Secret::expose)
+    }
+
+    /// The metrics token, when set.
+    pub fn metrics_token(&self) -> Option<&str> {
+        self.metrics_token.as_ref().map(Secret::expose)
     }
 
     /// Worker threads to start: the configured number, or one per core.
@@ -481,5 +514,49 @@ mod tests {
             .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| "a.b".into()))
             .unwrap_err();
         assert!(err.to_string().contains("PICLOUD_PREFIX"), "{err}");
+    }
+
+    /// Issue #18: printing the configuration (a `{config:?}` in a log line or
+    /// a panic) shows none of its secrets.
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut c: Config =
+            toml::from_str("admin_token = \"tok-file-1\"\nsecrets_key = \"key-file-2\"\n").unwrap();
+        c.apply_env(|k| match k {
+            "PICLOUD_DATABASE_URL" => Some("postgres://u:pg-pass-3@db/x".into()),
+            "PICLOUD_NATS_URL" => Some("nats://n:nats-pass-4@bus:4222".into()),
+            "PICLOUD_METRICS_TOKEN" => Some("metrics-5".into()),
+            _ => None,
+        })
+        .unwrap();
+        let shown = format!("{c:?} {c:#?}");
+        for secret in [
+            "tok-file-1",
+            "key-file-2",
+            "pg-pass-3",
+            "nats-pass-4",
+            "metrics-5",
+        ] {
+            assert!(!shown.contains(secret), "{secret} printed in {shown}");
+        }
+        assert_eq!(c.admin_token(), Some("tok-file-1"));
+        assert_eq!(c.database_url(), Some("postgres://u:pg-pass-3@db/x"));
+    }
+
+    /// Streams are named after the prefix upper-cased: `Ab` would share
+    /// `ab`'s streams, so upper case is refused (issue #18).
+    #[test]
+    fn upper_case_prefix_is_refused() {
+        for bad in ["Ab", "PICLOUD"] {
+            let err = Config::default()
+                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| bad.into()))
+                .unwrap_err();
+            assert!(err.to_string().contains("lower-case"), "{err}");
+        }
+        for good in ["a-b", "a_b", "t0123456789ab"] {
+            Config::default()
+                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| good.into()))
+                .unwrap();
+        }
     }
 }

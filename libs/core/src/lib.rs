@@ -38,6 +38,7 @@ pub mod logs;
 pub mod name;
 pub mod routes;
 pub mod schedule;
+pub mod secret;
 pub mod time;
 pub mod whole;
 
@@ -53,6 +54,7 @@ pub use job::{AsyncAnswer, AsyncSubmit, CREDENTIAL_HEADERS, EventMessage, Job};
 pub use limits::{LimitOverrides, Limits};
 pub use logs::{LogEvent, LogLevel};
 pub use name::{NameError, ScriptName};
+pub use secret::Secret;
 pub use uuid::Uuid;
 
 /// `s` in double quotes, escaped as in JSON: a name or value as a user

@@ -11,7 +11,7 @@ use std::time::Instant;
 use std::collections::BTreeMap;
 
 use crate::Host;
-use crate::http::{HostError, HttpCall, HttpReply};
+use crate::hostcall::{HostError, HttpCall, HttpReply};
 use picloud_core::effects::{Effects, Emit, KvVersion, ListRead};
 use picloud_core::{Limits, LogLevel};
 
@@ -191,9 +191,7 @@ impl Capture {
         let (Some(host), Some(deadline)) = (host, deadline) else {
             return Err(HostError::Failed("kv is not available here".into()));
         };
-        let entry = host
-            .kv_get(&script, key, deadline)
-            .map_err(HostError::Failed)?;
+        let entry = host.kv_get(&script, key, deadline)?;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (value, version) = match entry {
             Some(e) => (Some(e.value), e.version),
@@ -227,9 +225,7 @@ impl Capture {
         let (Some(host), Some(deadline)) = (host, deadline) else {
             return Err(HostError::Failed("kv is not available here".into()));
         };
-        let entries: Vec<(String, KvVersion)> = host
-            .kv_list(&script, prefix, deadline)
-            .map_err(HostError::Failed)?;
+        let entries: Vec<(String, KvVersion)> = host.kv_list(&script, prefix, deadline)?;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: std::collections::BTreeSet<String> =
             entries.iter().map(|(k, _)| k.clone()).collect();
@@ -330,7 +326,7 @@ impl Capture {
         let (Some(host), Some(deadline)) = (host, deadline) else {
             return Err("secrets are not available here".into());
         };
-        let value = host.secret(name, deadline)?;
+        let value = host.secret(name, deadline).map_err(|e| e.to_string())?;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.fetched.push((name.to_owned(), value.clone()));
         if let Some(v) = &value

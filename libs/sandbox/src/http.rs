@@ -21,48 +21,7 @@ use std::time::Duration;
 use rhai::{Dynamic, Engine, EvalAltResult, Map, Module, Position};
 
 use crate::capture::Capture;
-
-/// One outbound request, as the script described it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpCall {
-    pub method: String,
-    pub url: String,
-    pub headers: Vec<(String, String)>,
-    pub query: Vec<(String, String)>,
-    pub body: Option<HttpBody>,
-    /// What the script asked for; the host bounds it further.
-    pub timeout: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum HttpBody {
-    Text(String),
-    Json(serde_json::Value),
-}
-
-/// The answer to an [`HttpCall`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpReply {
-    pub status: u16,
-    /// Lower-case names; a name may repeat.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// The body was cut at the response-size limit.
-    pub truncated: bool,
-}
-
-/// Why a host call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostError {
-    /// A catchable error (denied by policy, timed out, refused, …).
-    Failed(String),
-    /// A limit was broken: the invocation ends, naming it.
-    Limit(String),
-}
-
-/// Prefix of the termination token a broken host-call limit raises; the
-/// rest of the token is the limit's public message.
-pub(crate) const LIMIT_TOKEN: &str = "picloud:limit:";
+use crate::hostcall::{HostError, HttpBody, HttpCall, HttpReply, LIMIT_TOKEN};
 
 pub(crate) fn register(engine: &mut Engine, capture: &Arc<Capture>) {
     let mut m = Module::new();

@@ -17,7 +17,7 @@ use picloud_core::effects::MAX_KV_KEY_BYTES;
 use rhai::{Array, Dynamic, Engine, EvalAltResult, Module, Position};
 
 use crate::capture::Capture;
-use crate::http::{HostError, LIMIT_TOKEN};
+use crate::hostcall::{HostError, LIMIT_TOKEN};
 
 pub(crate) fn register(engine: &mut Engine, capture: &Arc<Capture>) {
     let mut m = Module::new();

@@ -20,6 +20,7 @@
 mod capture;
 mod higher_order;
 pub mod host;
+pub mod hostcall;
 pub mod http;
 mod kv;
 pub mod memory;
@@ -36,7 +37,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Scope};
 
 use capture::Capture;
 pub use capture::{LogLine, log_lines};
-pub use http::{HostError, HttpBody, HttpCall, HttpReply};
+pub use hostcall::{HostError, HttpBody, HttpCall, HttpReply};
 use modules::Resolver;
 pub use modules::{ModuleCache, ModuleSet};
 
@@ -105,7 +106,7 @@ impl Inputs {
 pub trait Host: Send + Sync {
     /// The value of secret `name`; `Ok(None)` when there is no such secret;
     /// `Err` (safe to show the script) when it cannot be fetched.
-    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String>;
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, HostError>;
 
     /// Sends an outbound HTTP call under `limits` (response size, timeout),
     /// by `deadline`.
@@ -128,9 +129,9 @@ pub trait Host: Send + Sync {
         script: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<KvEntry>, String> {
+    ) -> Result<Option<KvEntry>, HostError> {
         let _ = (script, key, deadline);
-        Err("kv is not available here".into())
+        Err(HostError::Failed("kv is not available here".into()))
     }
 
     /// `script`'s keys starting with `prefix`, sorted, with their versions.
@@ -139,9 +140,9 @@ pub trait Host: Send + Sync {
         script: &str,
         prefix: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, KvVersion)>, String> {
+    ) -> Result<Vec<(String, KvVersion)>, HostError> {
         let _ = (script, prefix, deadline);
-        Err("kv is not available here".into())
+        Err(HostError::Failed("kv is not available here".into()))
     }
 }
 
@@ -149,8 +150,8 @@ pub trait Host: Send + Sync {
 pub struct NoHost;
 
 impl Host for NoHost {
-    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, String> {
-        Err("secrets are not available here".into())
+    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, HostError> {
+        Err(HostError::Failed("secrets are not available here".into()))
     }
 }
 
@@ -277,7 +278,7 @@ impl Sandbox {
                 if let Some(limit) = c.memory_exceeded() {
                     let token = format!(
                         "{}memory limit of {} MiB exceeded",
-                        http::LIMIT_TOKEN,
+                        hostcall::LIMIT_TOKEN,
                         limit >> 20
                     );
                     return Some(c.stop(token).into());
@@ -572,10 +573,12 @@ fn classify(err: EvalAltResult, limits: &Limits, caller_first: bool) -> Failure 
             if token
                 .clone()
                 .into_immutable_string()
-                .is_ok_and(|s| s.starts_with(http::LIMIT_TOKEN)) =>
+                .is_ok_and(|s| s.starts_with(hostcall::LIMIT_TOKEN)) =>
         {
             let token = token.into_immutable_string().unwrap_or_default();
-            let message = token.strip_prefix(http::LIMIT_TOKEN).unwrap_or_default();
+            let message = token
+                .strip_prefix(hostcall::LIMIT_TOKEN)
+                .unwrap_or_default();
             Failure::limit(message, detail)
         }
         EvalAltResult::ErrorTerminated(token, _)

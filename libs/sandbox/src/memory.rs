@@ -17,8 +17,12 @@
 //! tokio thread and dropped by a script worker), where glibc's malloc spent
 //! about a tenth of PiCloud's CPU (docs/PERFORMANCE.md).
 //!
-//! The tally is per thread: memory freed on another thread is not
-//! subtracted, so it can only over-count. Without the allocator installed
+//! The tally is per thread, so it is off both ways when memory crosses
+//! threads: what a script's thread allocates and another thread frees stays
+//! counted here (over-count), and what another thread allocated and the
+//! script's thread frees (a request built by tokio, dropped by the worker) is
+//! subtracted here (under-count: the script may hold that much more than its
+//! limit before the ceiling trips). Without the allocator installed
 //! (unit tests, or a binary that does not opt in) the tally stays zero and
 //! the limit is inert; every other limit still applies.
 

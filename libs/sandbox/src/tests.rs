@@ -517,7 +517,7 @@ fn unpinned_and_cyclic_imports_fail_cleanly() {
 struct OneSecret;
 
 impl Host for OneSecret {
-    fn secret(&self, name: &str, _: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, name: &str, _: Instant) -> Result<Option<String>, HostError> {
         Ok((name == "api_key").then(|| "s3cr3t-v4lue".to_owned()))
     }
 }
@@ -572,7 +572,7 @@ fn secrets_are_masked_in_log_and_errors_but_not_in_the_response() {
 struct EchoHttp;
 
 impl Host for EchoHttp {
-    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, _: &str, _: Instant) -> Result<Option<String>, HostError> {
         Ok(None)
     }
 

@@ -78,13 +78,13 @@ impl TestEnv {
         gc_stale_streams(&nats_url).await;
         let token = format!("test-token-{}", &id[16..]);
         let config = Config {
-            database_url: Some(replace_db(&admin_url, &db_name)),
-            nats_url: Some(nats_url),
+            database_url: Some(replace_db(&admin_url, &db_name).into()),
+            nats_url: Some(nats_url.into()),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin_token: Some(token.clone()),
+            admin_token: Some(token.clone().into()),
             prefix: format!("t{}", &id[..12]),
             // A key of its own: nothing is written to the data directory.
-            secrets_key: Some(test_key(&id)),
+            secrets_key: Some(test_key(&id).into()),
             workers: 2,
             // Failed jobs come back quickly in tests.
             retry_base_ms: 50,
@@ -171,16 +171,12 @@ impl TestEnv {
             .await;
             admin.close().await;
         }
-        if let Some(url) = &self.config.nats_url
+        if let Some(url) = self.config.nats_url()
             && let Ok(client) = async_nats::connect(url).await
         {
             let js = async_nats::jetstream::new(client);
-            let upper = self.config.prefix.to_ascii_uppercase();
-            for s in ["RECORDS", "JOBS", "EVENTS", "LOGS"] {
-                let _ = js.delete_stream(format!("{upper}_{s}")).await;
-            }
-            for b in ["ROUTES", "VERSIONS"] {
-                let _ = js.delete_stream(format!("KV_{upper}_{b}")).await;
+            for stream in picloud_bus::Names::new(&self.config.prefix).all_streams() {
+                let _ = js.delete_stream(stream).await;
             }
         }
     }

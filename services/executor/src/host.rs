@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use picloud_bus::Bus;
+use picloud_bus::wire::{KvGetCall, KvListCall, Rpc};
 use picloud_core::Limits;
 use picloud_core::effects::{KvAnswer, KvEntry, KvGet, KvList, KvVersion};
 use picloud_egress::{CallLimits, Egress, OutboundRequest};
@@ -27,25 +28,24 @@ pub struct BusHost {
 
 impl BusHost {
     /// Asks a manager a kv question, by `deadline`.
-    fn kv_call<Q: serde::Serialize, T: for<'de> serde::Deserialize<'de>>(
+    fn kv_call<T, R: Rpc<Reply = KvAnswer<T>>>(
         &self,
-        subject: String,
-        question: &Q,
+        question: &R::Request,
         deadline: Instant,
-    ) -> Result<T, String> {
+    ) -> Result<T, HostError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the invocation's deadline has passed".into());
+            return Err(HostError::Failed(
+                "the invocation's deadline has passed".into(),
+            ));
         }
-        let answer = self.runtime.block_on(self.bus.call::<_, KvAnswer<T>>(
-            subject,
-            question,
-            left.min(KV_TIMEOUT),
-        ));
+        let answer = self
+            .runtime
+            .block_on(self.bus.request::<R>(question, left.min(KV_TIMEOUT)));
         match answer {
             Ok(KvAnswer::Ok(v)) => Ok(v),
-            Ok(KvAnswer::Err(e)) => Err(e),
-            Err(e) => Err(format!("kv is unavailable: {e}")),
+            Ok(KvAnswer::Err(e)) => Err(HostError::Failed(e)),
+            Err(e) => Err(HostError::Failed(format!("kv is unavailable: {e}"))),
         }
     }
 }
@@ -56,12 +56,12 @@ impl Host for BusHost {
         script: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<KvEntry>, String> {
+    ) -> Result<Option<KvEntry>, HostError> {
         let q = KvGet {
             script: script.to_owned(),
             key: key.to_owned(),
         };
-        self.kv_call(self.bus.names().kv_get_subject(), &q, deadline)
+        self.kv_call::<_, KvGetCall>(&q, deadline)
     }
 
     fn kv_list(
@@ -69,21 +69,24 @@ impl Host for BusHost {
         script: &str,
         prefix: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, KvVersion)>, String> {
+    ) -> Result<Vec<(String, KvVersion)>, HostError> {
         let q = KvList {
             script: script.to_owned(),
             prefix: prefix.to_owned(),
         };
-        self.kv_call(self.bus.names().kv_list_subject(), &q, deadline)
+        self.kv_call::<_, KvListCall>(&q, deadline)
     }
 
-    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, HostError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err("the invocation's deadline has passed".into());
+            return Err(HostError::Failed(
+                "the invocation's deadline has passed".into(),
+            ));
         }
         self.runtime
             .block_on(self.bus.get_secret(name, left.min(SECRET_TIMEOUT)))
+            .map_err(HostError::Failed)
     }
 
     fn http(

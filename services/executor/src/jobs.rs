@@ -417,11 +417,7 @@ async fn dead_letter(
     server.live.invocation(&letter.record, &result.lines);
     let stored = server
         .bus
-        .call::<_, CommitReply>(
-            server.bus.names().dead_letter_subject(),
-            &letter,
-            DEAD_LETTER_TIMEOUT,
-        )
+        .request::<picloud_bus::wire::DeadLetterCall>(&letter, DEAD_LETTER_TIMEOUT)
         .await;
     let event = match stored {
         Ok(reply @ (CommitReply::Committed | CommitReply::AlreadyCommitted)) => {
@@ -455,7 +451,7 @@ struct JobHost {
 }
 
 impl JobHost {
-    fn note<T>(&self, r: Result<T, String>) -> Result<T, String> {
+    fn note<T>(&self, r: Result<T, HostError>) -> Result<T, HostError> {
         if r.is_err() {
             self.kv_failed.store(true, Ordering::Relaxed);
         }
@@ -464,7 +460,7 @@ impl JobHost {
 }
 
 impl Host for JobHost {
-    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, String> {
+    fn secret(&self, name: &str, deadline: Instant) -> Result<Option<String>, HostError> {
         self.inner.secret(name, deadline)
     }
 
@@ -482,7 +478,7 @@ impl Host for JobHost {
         script: &str,
         key: &str,
         deadline: Instant,
-    ) -> Result<Option<KvEntry>, String> {
+    ) -> Result<Option<KvEntry>, HostError> {
         self.note(self.inner.kv_get(script, key, deadline))
     }
 
@@ -491,7 +487,7 @@ impl Host for JobHost {
         script: &str,
         prefix: &str,
         deadline: Instant,
-    ) -> Result<Vec<(String, KvVersion)>, String> {
+    ) -> Result<Vec<(String, KvVersion)>, HostError> {
         self.note(self.inner.kv_list(script, prefix, deadline))
     }
 }

@@ -150,9 +150,8 @@ impl Executor {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "executor").await?;
     let executor = start(&config, bus, shutdown.clone()).await?;
-    let health = picloud_http::health_router(vec![executor.ready.clone()]).merge(
-        picloud_http::metrics_router(config.metrics_token.as_deref()),
-    );
+    let health = picloud_http::health_router(vec![executor.ready.clone()])
+        .merge(picloud_http::metrics_router(config.metrics_token()));
     picloud_http::serve(
         config.listen,
         health,

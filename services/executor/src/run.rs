@@ -306,11 +306,8 @@ pub fn run_committed(
                 compiled.limits.max_commit_bytes,
             ));
         }
-        let reply = runtime.block_on(bus.call::<_, CommitReply>(
-            bus.names().commit_subject(),
-            &commit,
-            COMMIT_TIMEOUT,
-        ));
+        let reply =
+            runtime.block_on(bus.request::<picloud_bus::wire::CommitCall>(&commit, COMMIT_TIMEOUT));
         match reply {
             Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
                 return Settled::Committed(result);

@@ -188,11 +188,7 @@ async fn submit_async(
     };
     let answer = state
         .bus
-        .call::<_, AsyncAnswer>(
-            state.bus.names().async_submit_subject(),
-            &submit,
-            Duration::from_secs(10),
-        )
+        .request::<picloud_bus::wire::AsyncSubmitCall>(&submit, Duration::from_secs(10))
         .await;
     let (id, existing) = match answer {
         Ok(AsyncAnswer::Accepted {

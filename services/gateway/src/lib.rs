@@ -87,9 +87,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .router
             .clone()
             .merge(picloud_http::health_router(vec![gateway.ready.clone()]))
-            .merge(picloud_http::metrics_router(
-                config.metrics_token.as_deref(),
-            )),
+            .merge(picloud_http::metrics_router(config.metrics_token())),
     );
     picloud_http::serve(
         config.listen,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::stats::Rollup;
 use futures::{Stream, StreamExt};
+use picloud_bus::wire::{AsyncSubmitCall, CommitCall, DeadLetterCall, KvGetCall, KvListCall, Rpc};
 use picloud_bus::{Bus, Incoming};
 use picloud_core::effects::{KvAnswer, KvGet, KvList};
 use picloud_core::job::{emitted_event_id, event_job_id, topic_matches};
@@ -20,7 +21,6 @@ use picloud_core::{
     InvocationRecord, InvocationStatus, Job, Shutdown, Trigger,
 };
 use picloud_store::{Committed, OutboxRow, Store, StoreError, Submitted, SubscriptionRow};
-use serde::Serialize;
 use tokio::sync::Semaphore;
 
 /// Requests served at once per kind (each holds a database connection for
@@ -38,114 +38,85 @@ pub async fn serve(
 ) {
     let kv_get = {
         let store = store.clone();
-        serve_kind(
-            bus.clone(),
-            bus.names().kv_get_subject(),
-            shutdown.clone(),
-            move |q: KvGet| {
-                let store = store.clone();
-                async move {
-                    match store.kv_get(&q.script, &q.key).await {
-                        Ok(entry) => KvAnswer::Ok(entry),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "kv read failed");
-                            KvAnswer::Err("kv is unavailable right now".into())
-                        }
+        serve_kind::<KvGetCall, _, _>(bus.clone(), shutdown.clone(), move |q: KvGet| {
+            let store = store.clone();
+            async move {
+                match store.kv_get(&q.script, &q.key).await {
+                    Ok(entry) => KvAnswer::Ok(entry),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kv read failed");
+                        KvAnswer::Err("kv is unavailable right now".into())
                     }
                 }
-            },
-        )
+            }
+        })
     };
     let kv_list = {
         let store = store.clone();
-        serve_kind(
-            bus.clone(),
-            bus.names().kv_list_subject(),
-            shutdown.clone(),
-            move |q: KvList| {
-                let store = store.clone();
-                async move {
-                    match store.kv_list(&q.script, &q.prefix).await {
-                        Ok(entries) => KvAnswer::Ok(entries),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "kv list failed");
-                            KvAnswer::Err("kv is unavailable right now".into())
-                        }
+        serve_kind::<KvListCall, _, _>(bus.clone(), shutdown.clone(), move |q: KvList| {
+            let store = store.clone();
+            async move {
+                match store.kv_list(&q.script, &q.prefix).await {
+                    Ok(entries) => KvAnswer::Ok(entries),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kv list failed");
+                        KvAnswer::Err("kv is unavailable right now".into())
                     }
                 }
-            },
-        )
+            }
+        })
     };
     let commits = {
         let (store, rollup) = (store.clone(), rollup.clone());
-        serve_kind(
-            bus.clone(),
-            bus.names().commit_subject(),
-            shutdown.clone(),
-            move |c: Commit| {
-                let (store, rollup) = (store.clone(), rollup.clone());
-                async move { commit(&store, &rollup, c, max_trace_invocations).await }
-            },
-        )
+        serve_kind::<CommitCall, _, _>(bus.clone(), shutdown.clone(), move |c: Commit| {
+            let (store, rollup) = (store.clone(), rollup.clone());
+            async move { commit(&store, &rollup, c, max_trace_invocations).await }
+        })
     };
     let dead_letters = {
         let store = store.clone();
         let rollup = rollup.clone();
-        serve_kind(
-            bus.clone(),
-            bus.names().dead_letter_subject(),
-            shutdown.clone(),
-            move |d: DeadLetter| {
-                let (store, rollup) = (store.clone(), rollup.clone());
-                async move {
-                    match store.insert_dead_letter(&d.record, &d.job, &d.error).await {
-                        Ok(()) => {
-                            rollup.add_records([&d.record]);
-                            tracing::info!(job = %d.job.id, script = %d.job.script, "job dead-lettered");
-                            CommitReply::Committed
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, job = %d.job.id, "cannot store a dead letter");
-                            not_applied(&e)
-                        }
+        serve_kind::<DeadLetterCall, _, _>(bus.clone(), shutdown.clone(), move |d: DeadLetter| {
+            let (store, rollup) = (store.clone(), rollup.clone());
+            async move {
+                match store.insert_dead_letter(&d.record, &d.job, &d.error).await {
+                    Ok(()) => {
+                        rollup.add_records([&d.record]);
+                        tracing::info!(job = %d.job.id, script = %d.job.script, "job dead-lettered");
+                        CommitReply::Committed
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, job = %d.job.id, "cannot store a dead letter");
+                        not_applied(&e)
                     }
                 }
-            },
-        )
+            }
+        })
     };
     let submits = {
         let (store, b) = (store.clone(), bus.clone());
-        serve_kind(
-            bus.clone(),
-            bus.names().async_submit_subject(),
-            shutdown.clone(),
-            move |s: AsyncSubmit| {
-                let (store, bus) = (store.clone(), b.clone());
-                async move { submit(&store, &bus, s).await }
-            },
-        )
+        serve_kind::<AsyncSubmitCall, _, _>(bus.clone(), shutdown.clone(), move |s: AsyncSubmit| {
+            let (store, bus) = (store.clone(), b.clone());
+            async move { submit(&store, &bus, s).await }
+        })
     };
     tokio::join!(kv_get, kv_list, commits, dead_letters, submits);
 }
 
 /// Subscribes to `subject` (resubscribing after errors) and answers each
 /// request with `handle`, up to [`CONCURRENCY`] at once.
-pub(crate) async fn serve_kind<Q, A, F, Fut>(
-    bus: Bus,
-    subject: String,
-    shutdown: Shutdown,
-    handle: F,
-) where
-    Q: for<'de> serde::Deserialize<'de> + Send + Sync + 'static,
-    A: Serialize + Send + Sync + 'static,
-    F: Fn(Q) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = A> + Send + 'static,
+pub(crate) async fn serve_kind<R, F, Fut>(bus: Bus, shutdown: Shutdown, handle: F)
+where
+    R: Rpc,
+    F: Fn(R::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R::Reply> + Send + 'static,
 {
+    let subject = R::serve_subject(bus.names());
     let handle = Arc::new(handle);
     let limit = Arc::new(Semaphore::new(CONCURRENCY));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        let requests = match bus.serve::<Q>(subject.clone()).await {
+        let requests = match bus.serve_rpc::<R>().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, %subject, "cannot subscribe; retrying");
@@ -155,25 +126,24 @@ pub(crate) async fn serve_kind<Q, A, F, Fut>(
                 continue;
             }
         };
-        if answer_all(&bus, requests, &shutdown, &handle, &limit).await {
+        if answer_all::<R, _, _>(&bus, requests, &shutdown, &handle, &limit).await {
             return;
         }
     }
 }
 
 /// `true` on shutdown, `false` when the subscription ended.
-async fn answer_all<Q, A, F, Fut>(
+async fn answer_all<R, F, Fut>(
     bus: &Bus,
-    requests: impl Stream<Item = Incoming<Q>>,
+    requests: impl Stream<Item = Incoming<R::Request>>,
     shutdown: &Shutdown,
     handle: &Arc<F>,
     limit: &Arc<Semaphore>,
 ) -> bool
 where
-    Q: Send + Sync + 'static,
-    A: Serialize + Send + Sync + 'static,
-    F: Fn(Q) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = A> + Send + 'static,
+    R: Rpc,
+    F: Fn(R::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R::Reply> + Send + 'static,
 {
     let mut requests = std::pin::pin!(requests);
     loop {
@@ -187,7 +157,7 @@ where
         tokio::spawn(async move {
             let body = req.take_body();
             let answer = handle(body).await;
-            if let Err(e) = bus.answer(&req, &answer).await {
+            if let Err(e) = bus.answer::<R>(&req, &answer).await {
                 tracing::warn!(error = %e, "cannot answer a request");
             }
             drop(permit);

@@ -60,12 +60,10 @@ pub struct Manager {
 /// between the roles).
 pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Result<Manager> {
     let db_url = config
-        .database_url
-        .as_deref()
+        .database_url()
         .context("PICLOUD_DATABASE_URL is required for the manager role")?;
     let token = config
-        .admin_token
-        .as_deref()
+        .admin_token()
         .filter(|t| !t.trim().is_empty())
         .context("PICLOUD_ADMIN_TOKEN is required for the manager role")?;
 
@@ -192,9 +190,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
             .router
             .clone()
             .merge(picloud_http::health_router(vec![manager.ready.clone()]))
-            .merge(picloud_http::metrics_router(
-                config.metrics_token.as_deref(),
-            ))
+            .merge(picloud_http::metrics_router(config.metrics_token()))
             .fallback(picloud_http::no_route),
     );
     picloud_http::serve(

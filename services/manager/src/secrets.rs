@@ -14,7 +14,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use picloud_bus::{Bus, SecretAnswer, SecretAsk};
+use picloud_bus::{Bus, SecretAnswer};
 use picloud_core::{Config, Shutdown};
 use picloud_store::{SealedSecret, Store};
 
@@ -41,7 +41,7 @@ pub fn require_shared_key(config: &Config) -> anyhow::Result<()> {
 
 impl SecretBox {
     pub fn load(config: &Config) -> anyhow::Result<Self> {
-        let key = match &config.secrets_key {
+        let key = match config.secrets_key() {
             Some(k) => decode_key(k).context("invalid PICLOUD_SECRETS_KEY")?,
             None => key_file(&config.data_dir.join("secrets.key"))?,
         };
@@ -138,8 +138,7 @@ fn key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Answers executors' secret requests until shutdown (concurrently but
 /// boundedly: one slow lookup does not hold up every other script's secret).
 pub async fn serve(store: Store, bus: Bus, secrets: std::sync::Arc<SecretBox>, shutdown: Shutdown) {
-    let subject = bus.names().secrets_subject();
-    crate::effects::serve_kind(bus, subject, shutdown, move |ask: SecretAsk| {
+    crate::effects::serve_kind::<picloud_bus::wire::SecretCall, _, _>(bus, shutdown, move |ask| {
         let (store, secrets) = (store.clone(), secrets.clone());
         async move {
             match answer(&store, &secrets, &ask.name).await {
@@ -174,7 +173,7 @@ mod tests {
 
     fn sbox() -> SecretBox {
         let config = Config {
-            secrets_key: Some(B64.encode([7u8; 32])),
+            secrets_key: Some(B64.encode([7u8; 32]).into()),
             ..Config::default()
         };
         SecretBox::load(&config).unwrap()
@@ -192,7 +191,7 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         let config = Config {
-            secrets_key: Some(B64.encode([1u8; 16])),
+            secrets_key: Some(B64.encode([1u8; 16]).into()),
             ..Config::default()
         };
         assert!(SecretBox::load(&config).is_err());

@@ -36,7 +36,7 @@ impl Embedded {
     pub async fn start(config: &mut Config, shutdown: &Shutdown) -> anyhow::Result<Self> {
         let mut me = Self::default();
         if config.admin_token.is_none() {
-            config.admin_token = Some(admin_token(&config.data_dir)?);
+            config.admin_token = Some(admin_token(&config.data_dir)?.into());
         }
         if config.nats_url.is_none() || config.database_url.is_none() {
             prepare_data_dir(&config.data_dir)?;
@@ -45,12 +45,12 @@ impl Embedded {
             if config.nats_url.is_none() {
                 let (child, url) = start_nats(&config.data_dir).await?;
                 me.nats = Some(child);
-                config.nats_url = Some(url);
+                config.nats_url = Some(url.into());
             }
             if config.database_url.is_none() {
                 let (child, url) = start_postgres(&config.data_dir, shutdown).await?;
                 me.postgres = Some(child);
-                config.database_url = Some(url);
+                config.database_url = Some(url.into());
             }
             anyhow::Ok(())
         }

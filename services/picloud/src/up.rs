@@ -9,7 +9,7 @@ use crate::embedded::Embedded;
 pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let token_from_env = config.admin_token.is_some();
     let mut embedded = Embedded::start(&mut config, &shutdown).await?;
-    let token = config.admin_token.clone().unwrap_or_default();
+    let token = config.admin_token().unwrap_or_default().to_owned();
 
     let shown = if token_from_env {
         // The operator chose it; do not echo a credential into logs.
@@ -60,9 +60,7 @@ async fn serve(
                 gateway.ready.clone(),
                 executor.ready.clone(),
             ]))
-            .merge(picloud_http::metrics_router(
-                config.metrics_token.as_deref(),
-            )),
+            .merge(picloud_http::metrics_router(config.metrics_token())),
     );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -55,6 +55,16 @@ async fn status_until(c: &Client, location: &str, done: impl Fn(&Value) -> bool)
         .unwrap_or_else(|| panic!("{location} never reached the expected state"))
 }
 
+/// Waits until the jobs stream holds no job (every job acked).
+async fn no_jobs_queued(c: &Client, limit: Duration) {
+    eventually(limit, || async {
+        let v = c.get_json("/jobs").await;
+        v.as_array()?.is_empty().then_some(())
+    })
+    .await
+    .expect("every queued job is done");
+}
+
 async fn records(c: &Client, script: &str) -> Vec<Value> {
     c.get_json(&format!("/invocations?script={script}&limit=1000"))
         .await
@@ -182,8 +192,9 @@ async fn concurrent_read_modify_write_is_exact() {
         Duration::from_secs(120),
     )
     .await;
-    // And it stays there: nothing is applied twice later.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // And it stays there: once no job is queued (every one acked, so none
+    // can be delivered again), the count is still 1000.
+    no_jobs_queued(&c, Duration::from_secs(30)).await;
     wait_json(&c, "counter", json!({ "n": 1000 }), Duration::from_secs(5)).await;
     env.cleanup().await;
 }
@@ -231,9 +242,22 @@ async fn a_failing_script_changes_nothing() {
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let resp = c.call("oops?read=1").await;
     assert_eq!(resp.json::<Value>().await.unwrap(), json!({ "k": null }));
-    // The emit was discarded: the listener never ran.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(records(&c, "listener").await.is_empty());
+    // The emit was discarded: the listener never ran for it. A marker
+    // emitted after the failure reaches the listener; by then an emit of
+    // the failed call, committed before it, would have too.
+    deploy(&c, "marker", r#"emit("oops.marker", #{}); ()"#).await;
+    assert_eq!(c.call("marker").await.status(), StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(30), || async {
+        (!records(&c, "listener").await.is_empty()).then_some(())
+    })
+    .await
+    .expect("the listener runs for the marker");
+    no_jobs_queued(&c, Duration::from_secs(30)).await;
+    assert_eq!(
+        records(&c, "listener").await.len(),
+        1,
+        "the listener ran for the failed call's emit too"
+    );
     env.cleanup().await;
 }
 
@@ -507,7 +531,7 @@ async fn subscriptions_api_validates() {
 #[tokio::test]
 async fn invocation_records_past_retention_are_pruned() {
     let env = TestEnv::new().await;
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let record = |age_hours: i64| picloud_core::InvocationRecord {

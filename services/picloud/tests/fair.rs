@@ -219,7 +219,7 @@ async fn jobs_queued_under_the_old_single_consumer_run_after_an_upgrade() {
     let mut env = TestEnv::new().await;
     let names = picloud_bus::Names::new(&env.config.prefix);
     let js = jetstream::new(
-        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+        async_nats::connect(env.config.nats_url().unwrap())
             .await
             .unwrap(),
     );
@@ -296,7 +296,7 @@ async fn a_job_without_a_ring_is_found_by_the_scan_behind_a_flood() {
 
     // Published without the bus: nothing rings.
     let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+        async_nats::connect(env.config.nats_url().unwrap())
             .await
             .unwrap(),
     );
@@ -350,7 +350,7 @@ async fn a_scripts_consumer_removed_under_the_executor_is_made_again() {
     c.wait_for_body("again", "1").await;
 
     let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url.as_deref().unwrap())
+        async_nats::connect(env.config.nats_url().unwrap())
             .await
             .unwrap(),
     );

@@ -45,7 +45,7 @@ async fn spawn_role(
         .env_remove("PICLOUD_CONFIG")
         .env_remove("PICLOUD_DATABASE_URL")
         .env_remove("PICLOUD_DRAIN_MS")
-        .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+        .env("PICLOUD_NATS_URL", env.config.nats_url().unwrap())
         .env("PICLOUD_PREFIX", &env.config.prefix)
         .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
         .env("PICLOUD_WORKERS", env.config.workers.to_string())
@@ -205,7 +205,7 @@ async fn a_role_starts_on_a_nats_url_list_whose_first_server_is_down() {
     let list = format!(
         "nats://127.0.0.1:{}, {}",
         free_port(),
-        env.config.nats_url.as_deref().unwrap()
+        env.config.nats_url().unwrap()
     );
     let (mut gateway, _) = spawn_role(&env, "gateway", &log, &[("PICLOUD_NATS_URL", &list)]).await;
     gateway.kill();

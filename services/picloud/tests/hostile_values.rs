@@ -206,7 +206,7 @@ async fn a_commit_over_max_commit_bytes_is_the_scripts_failure() {
 #[tokio::test]
 async fn a_commit_the_database_refuses_is_the_jobs_failure() {
     let (env, c) = one_of_each().await;
-    let db = sqlx::PgPool::connect(env.config.database_url.as_deref().unwrap())
+    let db = sqlx::PgPool::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     sqlx::query("ALTER TABLE kv ADD CONSTRAINT test_refuse CHECK (key <> 'refused')")

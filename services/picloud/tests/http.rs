@@ -55,7 +55,7 @@ async fn scripts_call_allowed_hosts_and_are_denied_private_ones() {
            let missing = http::get("{upstream}/missing?status=404");
            #{{ status: r.status, echo: r.json, missing: missing.status, ct: r.headers["content-type"] }}"#
     );
-    c.deploy("caller", &source).await;
+    c.deploy_ok("caller", &source).await;
     let resp = picloud_testkit::eventually(std::time::Duration::from_secs(10), || async {
         let r = c.call("caller").await;
         (r.status() == StatusCode::OK).then_some(r)
@@ -73,7 +73,7 @@ async fn scripts_call_allowed_hosts_and_are_denied_private_ones() {
     assert_eq!(v["echo"]["content-type"], "application/json");
     assert_eq!(v["echo"]["body"], r#"{"n":41}"#);
 
-    c.deploy(
+    c.deploy_ok(
         "prober",
         r#"let out = [];
            for url in ["http://10.0.0.1/", "http://169.254.169.254/latest/meta-data/", "http://[::ffff:10.1.2.3]/", "file:///etc/passwd"] {

@@ -23,14 +23,9 @@ async fn one_of_each() -> (TestEnv, Client) {
 }
 
 async fn store(env: &TestEnv) -> Store {
-    Store::connect(
-        env.config
-            .database_url
-            .as_deref()
-            .expect("test database url"),
-    )
-    .await
-    .expect("test database")
+    Store::connect(env.config.database_url().expect("test database url"))
+        .await
+        .expect("test database")
 }
 
 /// An async call of `/fn/{path}`.
@@ -160,7 +155,7 @@ async fn a_key_stored_without_a_fingerprint_matches_no_request() {
     c.deploy_ok("legacy", "1").await;
     // A key taken before fingerprints were stored.
     let old = Uuid::new_v4();
-    let pool = sqlx::PgPool::connect(env.config.database_url.as_deref().expect("url"))
+    let pool = sqlx::PgPool::connect(env.config.database_url().expect("url"))
         .await
         .expect("db");
     sqlx::query("INSERT INTO idempotency_keys (script, key, invocation_id) VALUES ($1, $2, $3)")

@@ -23,7 +23,7 @@ async fn no_executor_is_an_immediate_503() {
     let mut env = TestEnv::new().await;
     let front = env.start_front().await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy("lonely", r#""hi""#).await;
+    c.deploy_ok("lonely", r#""hi""#).await;
     // The route is known (the deploy answered), but nobody runs scripts.
     let started = Instant::now();
     let resp = c.call("lonely").await;
@@ -50,7 +50,7 @@ async fn two_executors_both_take_work() {
     let a = env.start_executor().await;
     let b = env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy("work", r#""done""#).await;
+    c.deploy_ok("work", r#""done""#).await;
     c.wait_for_body("work", "done").await;
     let calls = 60;
     for _ in 0..calls {
@@ -81,9 +81,9 @@ async fn invocations_are_recorded_with_log_and_operator_only_errors() {
     let front = env.start_front().await;
     env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy("chatty", r#"log("one"); print("two"); "ok""#)
+    c.deploy_ok("chatty", r#"log("one"); print("two"); "ok""#)
         .await;
-    c.deploy(
+    c.deploy_ok(
         "broken",
         r#"log("before"); throw "the db password is hunter2";"#,
     )
@@ -164,7 +164,7 @@ async fn a_broken_limit_ends_only_that_invocation() {
         json!({ "source": "loop {}", "limits": { "wall_time_ms": 300, "max_operations": 1_000_000_000u64 } }),
     )
     .await;
-    c.deploy("fine", r#""fine""#).await;
+    c.deploy_ok("fine", r#""fine""#).await;
     c.wait_for_body("fine", "fine").await;
 
     let resp = c.call("spin").await;
@@ -185,7 +185,7 @@ async fn an_oversized_request_body_is_a_413() {
     let front = env.start_front().await;
     env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy("sink", "request.body.len()").await;
+    c.deploy_ok("sink", "request.body.len()").await;
     c.wait_for_body("sink", "0").await;
     let resp = c
         .http
@@ -225,7 +225,7 @@ async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
         )
         .await;
     }
-    c.deploy("quick", r#""quick""#).await;
+    c.deploy_ok("quick", r#""quick""#).await;
     c.wait_for_body("quick", "quick").await;
 
     // One runs, one waits in the queue, the rest are turned away at once.
@@ -275,7 +275,7 @@ async fn a_saturated_executor_answers_503_instead_of_queueing_without_bound() {
 async fn record_batches_are_stored_exactly_once_whatever_their_text() {
     use picloud_core::{InvocationRecord, InvocationStatus, Trigger};
     let env = TestEnv::new().await;
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let record = |log: &str, error: Option<&str>| InvocationRecord {
@@ -356,7 +356,7 @@ async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once(
     let executor = env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
     // Names neither `event` nor `request`: neither is built for it.
-    c.deploy("burst", r#""ok""#).await;
+    c.deploy_ok("burst", r#""ok""#).await;
     c.wait_for_body("burst", "ok").await;
 
     let calls = 2_500;
@@ -375,7 +375,7 @@ async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once(
         .await;
     executor.stop().await;
 
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let stored = eventually(Duration::from_secs(30), || async {

@@ -374,7 +374,7 @@ async fn recent_lines_and_one_invocations_lines_as_json() {
 /// The follower streams of the test's logs stream (one ephemeral consumer
 /// each).
 async fn followers(env: &Env) -> usize {
-    let nats = async_nats::connect(env.config.nats_url.as_deref().unwrap())
+    let nats = async_nats::connect(env.config.nats_url().unwrap())
         .await
         .unwrap();
     let js = async_nats::jetstream::new(nats);

@@ -32,17 +32,11 @@ impl Role {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_picloud"));
         cmd.arg(role)
             .env_remove("PICLOUD_CONFIG")
-            .env(
-                "PICLOUD_DATABASE_URL",
-                config.database_url.as_deref().unwrap(),
-            )
-            .env("PICLOUD_NATS_URL", config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_DATABASE_URL", config.database_url().unwrap())
+            .env("PICLOUD_NATS_URL", config.nats_url().unwrap())
             .env("PICLOUD_ADMIN_TOKEN", &env.token)
             .env("PICLOUD_PREFIX", &config.prefix)
-            .env(
-                "PICLOUD_SECRETS_KEY",
-                config.secrets_key.as_deref().unwrap(),
-            )
+            .env("PICLOUD_SECRETS_KEY", config.secrets_key().unwrap())
             .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
             .env("PICLOUD_WORKERS", "2")
             .env("PICLOUD_RETRY_BASE_MS", "50")

@@ -45,7 +45,7 @@ async fn scripts_import_the_module_versions_they_were_deployed_with() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(c.call("hello").await.text().await.unwrap(), "hi ann!");
     // ...until it is redeployed.
-    c.deploy("hello", r#"import "greet" as g; g::hi("ann")"#)
+    c.deploy_ok("hello", r#"import "greet" as g; g::hi("ann")"#)
         .await;
     c.wait_for_body("hello", "hello ann").await;
 
@@ -113,7 +113,7 @@ async fn a_failing_module_does_not_leak_to_the_caller() {
     env.start_executor().await;
     let c = Client::new(&front.base, &env.token);
     put_module(&c, "boom", r#"throw "module internals: 10.0.0.7";"#).await;
-    c.deploy("uses", r#"import "boom" as b; "unreachable""#)
+    c.deploy_ok("uses", r#"import "boom" as b; "unreachable""#)
         .await;
     let resp = picloud_testkit::eventually(std::time::Duration::from_secs(10), || async {
         let r = c.call("uses").await;

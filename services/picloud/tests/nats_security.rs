@@ -106,7 +106,7 @@ async fn each_role_does_its_work_and_nothing_else() {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let nats = PrivateNats::with_config(&block, &env_vars).await;
-    env.config.nats_url = Some(nats.url());
+    env.config.nats_url = Some(nats.url().into());
     let password = |role: &str| {
         passwords[picloud_bus::permissions::ROLES
             .iter()

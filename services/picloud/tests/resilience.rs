@@ -127,8 +127,14 @@ async fn assert_counted_once(
             last.lock().unwrap()
         );
     }
-    // Nothing arrives later and applies an event a second time.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing arrives later and applies an event a second time: once no
+    // job is queued (every one acked), none can be delivered again.
+    eventually(Duration::from_secs(60), || async {
+        let v = c.get_json("/jobs").await;
+        v.as_array()?.is_empty().then_some(())
+    })
+    .await
+    .expect("every queued job is done");
     let (n, seen) = eventually(Duration::from_secs(20), || counter_state(c))
         .await
         .expect("the counter answers");
@@ -163,7 +169,7 @@ async fn spawn_executor(env: &TestEnv, log: &std::path::Path) -> ChildProcess {
     cmd.arg("executor")
         .env_remove("PICLOUD_CONFIG")
         .env_remove("PICLOUD_DATABASE_URL")
-        .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+        .env("PICLOUD_NATS_URL", env.config.nats_url().unwrap())
         .env("PICLOUD_PREFIX", &env.config.prefix)
         .env("PICLOUD_LISTEN", format!("127.0.0.1:{port}"))
         .env("PICLOUD_WORKERS", env.config.workers.to_string())

@@ -210,7 +210,7 @@ fn secs(n: i64) -> TimeDelta {
 }
 
 async fn store(env: &TestEnv) -> Store {
-    Store::connect(env.config.database_url.as_deref().unwrap())
+    Store::connect(env.config.database_url().unwrap())
         .await
         .expect("test database")
 }

@@ -81,7 +81,7 @@ async fn each_result_kind_maps_to_its_http_answer() {
 #[tokio::test]
 async fn request_is_visible_to_the_script() {
     let (env, c) = setup().await;
-    c.deploy(
+    c.deploy_ok(
         "echo",
         r#"#{ method: request.method, path: request.path, q: request.query.q,
               h: request.headers["x-test"], n: request.json.n, kind: event.kind }"#,
@@ -107,7 +107,7 @@ async fn request_is_visible_to_the_script() {
 #[tokio::test]
 async fn a_redeploy_is_served_without_restart() {
     let (env, c) = setup().await;
-    c.deploy("app", r#""v1""#).await;
+    c.deploy_ok("app", r#""v1""#).await;
     c.wait_for_body("app", "v1").await;
     let resp = c.deploy("app", r#""v2""#).await;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -120,8 +120,8 @@ async fn a_redeploy_is_served_without_restart() {
 #[tokio::test]
 async fn rollback_serves_the_older_version() {
     let (env, c) = setup().await;
-    c.deploy("app", r#""one""#).await;
-    c.deploy("app", r#""two""#).await;
+    c.deploy_ok("app", r#""one""#).await;
+    c.deploy_ok("app", r#""two""#).await;
     c.wait_for_body("app", "two").await;
 
     let resp = c
@@ -165,7 +165,7 @@ async fn rollback_serves_the_older_version() {
 #[tokio::test]
 async fn a_compile_error_is_a_400_and_the_running_version_stays() {
     let (env, c) = setup().await;
-    c.deploy("app", r#""good""#).await;
+    c.deploy_ok("app", r#""good""#).await;
     c.wait_for_body("app", "good").await;
 
     let resp = c.deploy("app", "let x = 1;\nlet y = ;").await;
@@ -262,7 +262,7 @@ async fn unknown_scripts_and_bad_input_get_clear_errors() {
 #[tokio::test]
 async fn deleting_a_script_removes_its_endpoint() {
     let (env, c) = setup().await;
-    c.deploy("gone", r#""here""#).await;
+    c.deploy_ok("gone", r#""here""#).await;
     c.wait_for_body("gone", "here").await;
     let resp = c.api(Method::DELETE, "/scripts/gone", None).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);

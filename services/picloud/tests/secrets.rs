@@ -64,7 +64,7 @@ async fn a_secret_never_leaves_the_script_except_by_its_own_response() {
     assert_eq!(list[0]["name"], "api_key");
     answers.push(list.to_string());
 
-    c.deploy(
+    c.deploy_ok(
         "leaky",
         r#"let k = secret("api_key");
            log(k); print(`key=${k}`); debug(k);

@@ -55,7 +55,7 @@ fn fresh_client(front: &Front, token: &str) -> Client {
 async fn two_thousand_slowloris_connections_neither_block_others_nor_stay() {
     let (env, front) = front_with(|c| c.http_header_timeout_ms = 3_000).await;
     let c = fresh_client(&front, &env.token);
-    c.deploy("hello", r#""hi""#).await;
+    c.deploy_ok("hello", r#""hi""#).await;
     c.wait_for_body("hello", "hi").await;
 
     let mut slow = Vec::with_capacity(2_000);
@@ -92,7 +92,7 @@ async fn two_thousand_slowloris_connections_neither_block_others_nor_stay() {
 async fn a_trickling_body_gets_408() {
     let (env, front) = front_with(|c| c.http_body_timeout_ms = 500).await;
     let c = fresh_client(&front, &env.token);
-    c.deploy("echo", "request.body").await;
+    c.deploy_ok("echo", "request.body").await;
     c.wait_for_body("echo", "").await;
 
     for path in ["/fn/echo", "/api/v1/scripts/other"] {
@@ -156,9 +156,9 @@ async fn connections_past_the_cap_get_503_and_a_freed_slot_is_reused() {
 async fn every_answer_says_nosniff() {
     let (env, front) = front_with(|_| {}).await;
     let c = Client::new(&front.base, &env.token);
-    c.deploy("page", r#"response(200, "<script>alert(1)</script>")"#)
+    c.deploy_ok("page", r#"response(200, "<script>alert(1)</script>")"#)
         .await;
-    c.deploy("broken", r#"throw "no""#).await;
+    c.deploy_ok("broken", r#"throw "no""#).await;
     c.wait_for_body("page", "<script>alert(1)</script>").await;
     let status = c
         .http

@@ -181,7 +181,7 @@ async fn stats_over_many_records_come_from_the_rollup() {
     let mut env = TestEnv::new().await;
     let front = env.start_front().await;
     let c = Client::new(&front.base, &env.token);
-    let store = picloud_store::Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
         .await
         .expect("store");
     let now = chrono::Utc::now();
@@ -287,7 +287,7 @@ async fn concurrent_flushes_of_shared_rows_neither_deadlock_nor_lose_counts() {
     use picloud_store::{FlowRow, StatRow, Store};
 
     let env = TestEnv::new().await;
-    let store = Store::connect(env.config.database_url.as_deref().unwrap())
+    let store = Store::connect(env.config.database_url().unwrap())
         .await
         .unwrap();
     let bucket = Utc::now()

@@ -191,13 +191,9 @@ async fn bad_ids_and_unreadable_jobs_get_clear_answers() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body, json!([]));
 
-    let bus = picloud_bus::Bus::connect(
-        env.config.nats_url.as_deref().unwrap(),
-        &env.config.prefix,
-        "test",
-    )
-    .await
-    .expect("bus");
+    let bus = picloud_bus::Bus::connect(env.config.nats_url().unwrap(), &env.config.prefix, "test")
+        .await
+        .expect("bus");
     let subject = bus.names().job_subject("ghost");
     bus.publish_durable(subject, "garbage-1", "\u{0}not json".into())
         .await

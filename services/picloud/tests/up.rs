@@ -241,7 +241,7 @@ async fn executor_processes_share_the_work() {
             .arg("executor")
             .env_remove("PICLOUD_DATABASE_URL")
             .env_remove("PICLOUD_CONFIG")
-            .env("PICLOUD_NATS_URL", env.config.nats_url.as_deref().unwrap())
+            .env("PICLOUD_NATS_URL", env.config.nats_url().unwrap())
             .env("PICLOUD_PREFIX", &env.config.prefix)
             .env("PICLOUD_LISTEN", "127.0.0.1:0")
             .env("PICLOUD_WORKERS", "1")
@@ -253,7 +253,7 @@ async fn executor_processes_share_the_work() {
     let pids: Vec<String> = executors.iter().map(|c| format!("-{}-", c.id())).collect();
 
     let c = Client::new(&front.base, &env.token);
-    c.deploy("shared", r#""ok""#).await;
+    c.deploy_ok("shared", r#""ok""#).await;
     c.wait_for_body("shared", "ok").await;
     // Keep calling until both processes have answered (each joins the
     // queue group when it is up; bounded).
