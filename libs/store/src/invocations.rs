@@ -12,6 +12,11 @@ use crate::{Store, StoreError};
 pub struct InvocationFilter {
     pub script: Option<String>,
     pub status: Option<InvocationStatus>,
+    pub trigger: Option<picloud_core::Trigger>,
+    /// Started at or after.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Started before.
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     pub limit: u32,
 }
 
@@ -203,11 +208,17 @@ impl Store {
         sqlx::query(&format!(
             "SELECT {COLS} FROM invocations
              WHERE ($1::text IS NULL OR script = $1) AND ($2::text IS NULL OR status = $2)
+               AND ($4::text IS NULL OR trigger = $4)
+               AND ($5::timestamptz IS NULL OR started_at >= $5)
+               AND ($6::timestamptz IS NULL OR started_at < $6)
              ORDER BY started_at DESC, id LIMIT $3"
         ))
         .bind(filter.script.as_deref())
         .bind(filter.status.map(|s| s.as_str()))
         .bind(i64::from(filter.limit))
+        .bind(filter.trigger.map(|t| t.as_str()))
+        .bind(filter.since)
+        .bind(filter.until)
         .fetch_all(&self.pool)
         .await?
         .iter()

@@ -319,8 +319,8 @@ async fn record_batches_are_stored_exactly_once_whatever_their_text() {
     let listed = store
         .list_invocations(&picloud_store::InvocationFilter {
             script: Some("copy-me".into()),
-            status: None,
             limit: 100,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -382,8 +382,8 @@ async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once(
         let list = store
             .list_invocations(&picloud_store::InvocationFilter {
                 script: Some("burst".into()),
-                status: None,
                 limit: 10_000,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -398,4 +398,75 @@ async fn every_call_of_a_burst_is_recorded_even_when_its_executor_stops_at_once(
     );
     store.close().await;
     env.cleanup().await;
+}
+
+/// `GET /invocations` filters by trigger and start time on the server, so a
+/// filter finds matches older than the newest page; bad values are 400s.
+#[tokio::test]
+async fn invocations_filter_by_trigger_and_time() {
+    use picloud_core::{InvocationRecord, InvocationStatus, Trigger};
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    let store = picloud_store::Store::connect(env.config.database_url().unwrap())
+        .await
+        .unwrap();
+    let at = |minute: i64| {
+        chrono::DateTime::from_timestamp(1_790_000_000, 0).unwrap()
+            + chrono::Duration::minutes(minute)
+    };
+    let record = |trigger: Trigger, minute: i64| InvocationRecord {
+        id: uuid::Uuid::now_v7(),
+        script: "mixed".into(),
+        version: 1,
+        trigger,
+        status: InvocationStatus::Ok,
+        http_status: None,
+        started_at: at(minute),
+        duration_us: 5,
+        log: String::new(),
+        error: None,
+        executor: "test".into(),
+        trace_id: uuid::Uuid::new_v4(),
+        attempt: 1,
+        parent_id: None,
+        response: None,
+        public: false,
+    };
+    // One cron run at minute 0, then 30 newer HTTP calls.
+    let mut records = vec![record(Trigger::Cron, 0)];
+    records.extend((1..=30).map(|m| record(Trigger::Http, m)));
+    store.insert_invocations(&records).await.unwrap();
+    let ids = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r["trigger"].as_str().unwrap().to_owned() + "@" + r["started_at"].as_str().unwrap()
+            })
+            .collect()
+    };
+    // Past the newest 10 (all HTTP), the cron run is still found.
+    let cron = c.get_json("/invocations?trigger=cron&limit=10").await;
+    assert_eq!(ids(cron), ["cron@2026-09-21T14:13:20Z"]);
+    let window = c
+        .get_json("/invocations?since=2026-09-21T14:15:20Z&until=2026-09-21T14:17:20%2B00:00")
+        .await;
+    assert_eq!(
+        ids(window),
+        ["http@2026-09-21T14:16:20Z", "http@2026-09-21T14:15:20Z"],
+        "since is inclusive, until exclusive, newest first"
+    );
+    for bad in [
+        "trigger=timer",
+        "since=yesterday",
+        "until=2026-13-01T00:00:00Z",
+    ] {
+        let resp = c
+            .api(Method::GET, &format!("/invocations?{bad}"), None)
+            .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_request", "{bad}: {body}");
+    }
 }

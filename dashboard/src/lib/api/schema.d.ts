@@ -69,7 +69,10 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** `GET /invocations[?script=&status=&limit=]`: the newest first. */
+        /**
+         * `GET /invocations[?script=&status=&trigger=&since=&until=&limit=]`: the
+         *     newest first.
+         */
         get: operations["get_invocations"];
         put?: never;
         post?: never;
@@ -1561,6 +1564,12 @@ export interface operations {
                 script?: string;
                 /** @description Only those with this status. */
                 status?: components["schemas"]["InvocationStatus"];
+                /** @description Only those this started. */
+                trigger?: components["schemas"]["Trigger"];
+                /** @description Only those started at or after this time (RFC 3339). */
+                since?: string;
+                /** @description Only those started before this time (RFC 3339). */
+                until?: string;
                 /** @description Most shown (default 50). */
                 limit?: number;
             };

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use picloud_core::{InvocationRecord, InvocationStatus, Uuid, quote};
+use picloud_core::{InvocationRecord, InvocationStatus, Trigger, Uuid, quote};
 use picloud_http::{ApiError, ErrorBody, JsonPath, JsonQuery};
 use picloud_store::{AttemptRow, InvocationFilter};
 use serde::{Deserialize, Serialize};
@@ -23,12 +23,22 @@ pub struct ListQuery {
     /// Only those with this status.
     #[param(value_type = Option<InvocationStatus>)]
     status: Option<String>,
+    /// Only those this started.
+    #[param(value_type = Option<Trigger>)]
+    trigger: Option<String>,
+    /// Only those started at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Only those started before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
     /// Most shown (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
-/// `GET /invocations[?script=&status=&limit=]`: the newest first.
+/// `GET /invocations[?script=&status=&trigger=&since=&until=&limit=]`: the
+/// newest first.
 #[utoipa::path(get, path = "/api/v1/invocations", tag = "invocations",
     params(ListQuery),
     responses(
@@ -64,9 +74,32 @@ pub async fn list(
                 ApiError::bad_request(format!("invalid limit {}: use 1 to {MAX_LIMIT}", quote(l)))
             })?,
     };
+    let trigger = q
+        .trigger
+        .as_deref()
+        .map(|t| {
+            Trigger::parse(t).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid trigger {}: use http, cron, event or manual",
+                    quote(t)
+                ))
+            })
+        })
+        .transpose()?;
     let filter = InvocationFilter {
         script: script.map(|s| s.as_str().to_owned()),
         status,
+        trigger,
+        since: q
+            .since
+            .as_deref()
+            .map(|t| instant("since", t))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|t| instant("until", t))
+            .transpose()?,
         limit,
     };
     Ok(Json(
@@ -91,6 +124,18 @@ pub struct InvocationTree {
     /// The invocations this one's emits caused.
     #[schema(no_recursion)]
     children: Vec<InvocationTree>,
+}
+
+/// A time in a query: RFC 3339 (`2026-12-02T10:00:00Z`).
+fn instant(param: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.to_utc())
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid {param} {}: use an RFC 3339 time such as 2026-12-02T10:00:00Z",
+                quote(text)
+            ))
+        })
 }
 
 /// Deepest chain shown (a chain of emits can be as long as its scripts make
