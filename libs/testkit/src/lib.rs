@@ -399,16 +399,9 @@ pub async fn wait_ready(
     log: &std::path::Path,
 ) {
     let http = reqwest::Client::new();
-    let ready = eventually(Duration::from_secs(60), || {
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == reqwest::StatusCode::OK).then_some(())
-        }
+    let ready = eventually(Duration::from_secs(60), || async {
+        let (status, _) = readyz(&http, port).await?;
+        (status == reqwest::StatusCode::OK).then_some(())
     })
     .await;
     assert!(
@@ -416,6 +409,18 @@ pub async fn wait_ready(
         "{name} did not become ready; log:\n{}",
         std::fs::read_to_string(log).unwrap_or_default()
     );
+}
+
+/// `GET /readyz` of a process on a loopback port: its status and body, or
+/// `None` while nothing answers.
+pub async fn readyz(http: &reqwest::Client, port: u16) -> Option<(reqwest::StatusCode, String)> {
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .ok()?;
+    let status = r.status();
+    Some((status, r.text().await.ok()?))
 }
 
 /// Polls `f` until it returns `Some`, for at most `limit`.

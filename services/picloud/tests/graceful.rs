@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use picloud_supervise::Signal;
 use picloud_testkit::servers::ChildProcess;
-use picloud_testkit::{Client, TestEnv, eventually, free_port, wait_ready};
+use picloud_testkit::{Client, TestEnv, eventually, free_port, readyz, wait_ready};
 use reqwest::StatusCode;
 
 /// Busy work of about a second in a debug build, then a kv bump; `?read`
@@ -102,18 +102,9 @@ async fn a_gateway_on_sigterm_leaves_readiness_then_answers_what_is_in_flight() 
     gateway.signal(Signal::SIGTERM);
 
     let http = reqwest::Client::new();
-    let not_ready = eventually(Duration::from_secs(5), || {
-        let http = http.clone();
-        async move {
-            let r = http
-                .get(format!("http://127.0.0.1:{port}/readyz"))
-                .send()
-                .await
-                .ok()?;
-            let status = r.status();
-            let body = r.text().await.ok()?;
-            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
-        }
+    let not_ready = eventually(Duration::from_secs(5), || async {
+        let (status, body) = readyz(&http, port).await?;
+        (status == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
     })
     .await;
     assert!(
