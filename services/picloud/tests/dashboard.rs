@@ -97,6 +97,12 @@ async fn a_built_app_is_served_with_its_fallback_types_and_cache() {
         let (_, _, _, body) = get(&format!("{base}{path}")).await;
         assert!(!body.contains("not for you"), "{path}");
     }
+    // A NUL or a very long name is no file: the app's page, never a 5xx.
+    let long = format!("/dashboard/{}", "a/".repeat(2000));
+    for path in ["/dashboard/%00", "/dashboard/_app/%00.js", &long] {
+        let (status, _, _, _) = get(&format!("{base}{path}")).await;
+        assert!(!status.is_server_error(), "{path:.40}: {status}");
+    }
 }
 
 #[tokio::test]
@@ -161,6 +167,8 @@ async fn the_manager_serves_the_dashboard_and_previews_schedules() {
             "invalid_timezone",
         ),
         ("timezone=UTC", "bad_request"),
+        ("cron=*%20*%20*%20*%20*%00", "invalid_cron"),
+        ("cron=*%20*%20*%20*%20*&timezone=UTC%00", "invalid_timezone"),
     ] {
         let resp = preview(&c, q).await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{q}");

@@ -457,16 +457,21 @@ async fn invocations_filter_by_trigger_and_time() {
         ["http@2026-09-21T14:16:20Z", "http@2026-09-21T14:15:20Z"],
         "since is inclusive, until exclusive, newest first"
     );
+    // A stranger's text: unknown words, impossible dates, NUL, 4 KB.
+    let long = format!("since=2026-12-02T10:00:00{}Z", "0".repeat(4096));
     for bad in [
         "trigger=timer",
+        "trigger=%00",
         "since=yesterday",
+        "since=2026-12-02T10:00:00Z%00",
         "until=2026-13-01T00:00:00Z",
+        &long,
     ] {
         let resp = c
             .api(Method::GET, &format!("/invocations?{bad}"), None)
             .await;
-        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:.60}");
         let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "bad_request", "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "bad_request", "{bad:.60}: {body}");
     }
 }
