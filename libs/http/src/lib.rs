@@ -132,6 +132,25 @@ pub async fn serve(
     serve_on(listener, router, shutdown, limits).await
 }
 
+/// Serves one role alone on `config.listen` until `shutdown`: its own
+/// `routes` with `/healthz`, `/readyz` (from `ready`) and `/metrics`, every
+/// unknown method answered with the JSON 405. The caller then stops the
+/// role's tasks.
+pub async fn serve_role(
+    config: &picloud_core::Config,
+    routes: Router,
+    ready: ReadyCheck,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let router = json_method_errors(
+        routes
+            .merge(health_router(vec![ready]))
+            .merge(metrics_router(config.metrics_token())),
+    );
+    let limits = ServeLimits::from_config(config);
+    serve(config.listen, router, shutdown, limits).await
+}
+
 /// Serves on an already-bound listener (tests bind port 0 first).
 pub async fn serve_on(
     listener: tokio::net::TcpListener,

@@ -150,16 +150,11 @@ impl Executor {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "executor").await?;
     let executor = start(&config, bus, shutdown.clone()).await?;
-    let health = picloud_http::health_router(vec![executor.ready.clone()])
-        .merge(picloud_http::metrics_router(config.metrics_token()));
-    picloud_http::serve(
-        config.listen,
-        health,
-        shutdown.clone(),
-        picloud_http::ServeLimits::from_config(&config),
-    )
-    .await
-    .with_context(|| format!("cannot serve on {}", config.listen))?;
+    // No routes of its own: health and metrics only.
+    let routes = Default::default();
+    picloud_http::serve_role(&config, routes, executor.ready.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
     shutdown.cancel();
     executor.join().await;
     Ok(())

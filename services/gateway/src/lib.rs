@@ -82,21 +82,10 @@ impl Gateway {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let bus = Bus::for_role(&config, "gateway").await?;
     let gateway = start(&config, bus, shutdown.clone()).await?;
-    let router = picloud_http::json_method_errors(
-        gateway
-            .router
-            .clone()
-            .merge(picloud_http::health_router(vec![gateway.ready.clone()]))
-            .merge(picloud_http::metrics_router(config.metrics_token())),
-    );
-    picloud_http::serve(
-        config.listen,
-        router,
-        shutdown.clone(),
-        picloud_http::ServeLimits::from_config(&config),
-    )
-    .await
-    .with_context(|| format!("cannot serve on {}", config.listen))?;
+    let routes = gateway.router.clone();
+    picloud_http::serve_role(&config, routes, gateway.ready.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
     shutdown.cancel();
     gateway.join().await;
     Ok(())

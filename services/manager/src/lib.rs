@@ -185,22 +185,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     secrets::require_shared_key(&config)?;
     let bus = Bus::for_role(&config, "manager").await?;
     let manager = start(&config, bus, shutdown.clone()).await?;
-    let router = picloud_http::json_method_errors(
-        manager
-            .router
-            .clone()
-            .merge(picloud_http::health_router(vec![manager.ready.clone()]))
-            .merge(picloud_http::metrics_router(config.metrics_token()))
-            .fallback(picloud_http::no_route),
-    );
-    picloud_http::serve(
-        config.listen,
-        router,
-        shutdown.clone(),
-        picloud_http::ServeLimits::from_config(&config),
-    )
-    .await
-    .with_context(|| format!("cannot serve on {}", config.listen))?;
+    let routes = manager.router.clone().fallback(picloud_http::no_route);
+    picloud_http::serve_role(&config, routes, manager.ready.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))?;
     shutdown.cancel();
     manager.join().await;
     Ok(())
