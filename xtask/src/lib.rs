@@ -11,6 +11,8 @@
 //! - [`unsafe_code`]: every crate root forbids `unsafe`, except the two
 //!   that need it (the sandbox's counting allocator, the supervisor's
 //!   `pre_exec`), which deny it and allow it only where it is used;
+//! - [`sqlx_outside_the_store`]: no crate but the store names `sqlx::` in
+//!   its sources (the store's API hands out no sqlx type, so none needs to);
 //! - [`unexplained_unwraps`]: no `.unwrap()` in shipped code without a
 //!   comment saying why it cannot fail (`.expect("…")` carries its reason);
 //! - [`long_files`]: no source file longer than [`MAX_FILE_LINES`].
@@ -242,6 +244,39 @@ pub fn unsafe_code(packages: &[Package]) -> Vec<String> {
                     file.display(),
                     UNSAFE_ALLOWED
                 ));
+            }
+        }
+    }
+    bad
+}
+
+/// Crates whose sources may name `sqlx::`: the store, which owns the SQL;
+/// the test kit, which creates and drops test databases; the bench; and
+/// this crate, whose rules spell the name.
+pub const SQLX_ALLOWED: &[&str] = &["picloud-store", "picloud-testkit", "picloud-bench", "xtask"];
+
+/// Lines of code under a crate's `src/` that name `sqlx::` outside the
+/// crates of [`SQLX_ALLOWED`]. A dependency edge is not enough to catch
+/// it: a crate reaches sqlx's types through the store's API, without
+/// depending on sqlx, when the store hands one out. Tests (`tests/`) may.
+pub fn sqlx_outside_the_store(packages: &[Package]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for p in packages
+        .iter()
+        .filter(|p| !SQLX_ALLOWED.contains(&p.name.as_str()))
+    {
+        for file in rust_files(&p.dir.join("src")) {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            for (i, line) in text.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                if code.contains("sqlx::") {
+                    bad.push(format!(
+                        "{}:{}: names `sqlx::`: only the store speaks to Postgres; \
+                         add what you need to picloud-store's API, in its own types",
+                        file.display(),
+                        i + 1
+                    ));
+                }
             }
         }
     }

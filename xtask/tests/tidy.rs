@@ -1,7 +1,10 @@
 //! The architecture invariants of `docs/ARCHITECTURE.md`, checked against
 //! the workspace as it is. Each test prints what to fix.
 
-use xtask::{dependency_edges, long_files, packages, unexplained_unwraps, unsafe_code};
+use xtask::{
+    dependency_edges, long_files, packages, sqlx_outside_the_store, unexplained_unwraps,
+    unsafe_code,
+};
 
 fn assert_none(what: &str, bad: Vec<String>) {
     assert!(bad.is_empty(), "{what}:\n  {}", bad.join("\n  "));
@@ -18,6 +21,14 @@ fn crates_depend_only_on_what_the_code_map_allows() {
 #[test]
 fn unsafe_code_is_forbidden_outside_its_two_places() {
     assert_none("unsafe code", unsafe_code(&packages()));
+}
+
+#[test]
+fn only_the_store_names_sqlx() {
+    assert_none(
+        "sqlx named outside the store",
+        sqlx_outside_the_store(&packages()),
+    );
 }
 
 #[test]
@@ -56,6 +67,10 @@ fn the_checks_catch_what_they_forbid() {
     let root = dir.join("src/lib.rs");
     let body = "pub fn f() -> u8 { Some(1).unwrap() }\n".repeat(801);
     std::fs::write(&root, body).unwrap();
+    // A comment may name it; code may not.
+    let listener = "// sqlx::postgres::PgListener is the store's\n\
+                    pub fn l(_: sqlx::postgres::PgListener) {}\n";
+    std::fs::write(dir.join("src/listen.rs"), listener).unwrap();
     let bad = xtask::Package {
         name: "picloud-gateway".into(),
         dir: dir.clone(),
@@ -72,5 +87,8 @@ fn the_checks_catch_what_they_forbid() {
     assert_eq!(unsafe_code(&p).len(), 1);
     assert_eq!(unexplained_unwraps(&p).len(), 801);
     assert_eq!(long_files(&p).len(), 1);
+    let named = sqlx_outside_the_store(&p);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(named[0].contains("listen.rs:2:"), "{named:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }

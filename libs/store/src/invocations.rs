@@ -1,12 +1,11 @@
 //! The invocation log. Records arrive in batches and are inserted with one
 //! statement per batch; a record seen twice (redelivery) is ignored.
 
+use chrono::{DateTime, Utc};
 use picloud_core::{InvocationRecord, InvocationStatus, Trigger};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, rows};
 
 #[derive(Debug, Clone, Default)]
 pub struct InvocationFilter {
@@ -50,63 +49,89 @@ impl AttemptRow {
     }
 }
 
-const COLS: &str = "id, script, version, trigger, status, http_status, started_at, duration_us, log, error, executor, trace_id, attempt, parent_id, response, public";
-
-/// What a newer report of an invocation overwrites: anything but a
-/// committed (`ok`) record, and only with the same or a later attempt
-/// (batched failure records may arrive after a later attempt's commit).
-const UPSERT: &str = "ON CONFLICT (id) DO UPDATE SET
-        script = EXCLUDED.script, version = EXCLUDED.version, trigger = EXCLUDED.trigger,
-        status = EXCLUDED.status, http_status = EXCLUDED.http_status,
-        started_at = EXCLUDED.started_at, duration_us = EXCLUDED.duration_us,
-        log = EXCLUDED.log, error = EXCLUDED.error, executor = EXCLUDED.executor,
-        trace_id = EXCLUDED.trace_id, attempt = EXCLUDED.attempt,
-        parent_id = COALESCE(EXCLUDED.parent_id, invocations.parent_id),
-        response = EXCLUDED.response, public = invocations.public OR EXCLUDED.public
-    WHERE invocations.status <> 'ok' AND invocations.attempt <= EXCLUDED.attempt";
-
-fn record(r: &PgRow) -> Result<InvocationRecord, StoreError> {
-    let trigger: String = r.try_get("trigger")?;
-    let report = attempt_row(r)?;
-    Ok(InvocationRecord {
-        id: r.try_get("id")?,
-        script: r.try_get("script")?,
-        version: r.try_get::<i32, _>("version")? as u32,
-        trigger: Trigger::parse(&trigger)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown trigger {trigger:?}")))?,
-        status: report.status,
-        http_status: report.http_status,
-        started_at: report.started_at,
-        duration_us: report.duration_us,
-        log: r.try_get("log")?,
-        error: report.error,
-        executor: report.executor,
-        trace_id: r.try_get("trace_id")?,
-        attempt: report.attempt,
-        parent_id: r.try_get("parent_id")?,
-        response: r
-            .try_get::<Option<Vec<u8>>, _>("response")?
-            .map(|b| crate::json_bytes::decode(b, "invocation response"))
-            .transpose()?,
-        public: r.try_get("public")?,
-    })
+/// The columns of a [`StoredInvocation`], in the order `copy` writes them.
+macro_rules! invocation_cols {
+    () => {
+        "id, script, version, trigger, status, http_status, started_at, duration_us, log, error, \
+         executor, trace_id, attempt, parent_id, response, public"
+    };
 }
 
 /// The columns `invocations` and `invocation_attempts` share.
-fn attempt_row(r: &PgRow) -> Result<AttemptRow, StoreError> {
-    let status: String = r.try_get("status")?;
-    Ok(AttemptRow {
-        attempt: r.try_get::<i32, _>("attempt")? as u32,
-        status: InvocationStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
-        http_status: r
-            .try_get::<Option<i32>, _>("http_status")?
-            .map(|s| s as u16),
-        started_at: r.try_get("started_at")?,
-        duration_us: r.try_get::<i64, _>("duration_us")? as u64,
-        error: r.try_get("error")?,
-        executor: r.try_get("executor")?,
-    })
+#[derive(sqlx::FromRow)]
+struct AttemptRecord {
+    attempt: i32,
+    status: String,
+    http_status: Option<i32>,
+    started_at: DateTime<Utc>,
+    duration_us: i64,
+    error: Option<String>,
+    executor: String,
+}
+
+impl TryFrom<AttemptRecord> for AttemptRow {
+    type Error = StoreError;
+
+    fn try_from(r: AttemptRecord) -> Result<Self, StoreError> {
+        Ok(AttemptRow {
+            attempt: rows::int(r.attempt, "invocation attempt")?,
+            status: rows::named(&r.status, InvocationStatus::parse, "invocation status")?,
+            http_status: r
+                .http_status
+                .map(|s| rows::int(s, "invocation http_status"))
+                .transpose()?,
+            started_at: r.started_at,
+            duration_us: rows::int(r.duration_us, "invocation duration_us")?,
+            error: r.error,
+            executor: r.executor,
+        })
+    }
+}
+
+/// An `invocations` row.
+#[derive(sqlx::FromRow)]
+struct StoredInvocation {
+    id: Uuid,
+    script: String,
+    version: i32,
+    trigger: String,
+    #[sqlx(flatten)]
+    report: AttemptRecord,
+    log: String,
+    trace_id: Uuid,
+    parent_id: Option<Uuid>,
+    /// The response's JSON bytes (see `json_bytes`).
+    response: Option<Vec<u8>>,
+    public: bool,
+}
+
+impl TryFrom<StoredInvocation> for InvocationRecord {
+    type Error = StoreError;
+
+    fn try_from(r: StoredInvocation) -> Result<Self, StoreError> {
+        let report = AttemptRow::try_from(r.report)?;
+        Ok(InvocationRecord {
+            id: r.id,
+            script: r.script,
+            version: rows::int(r.version, "invocation version")?,
+            trigger: rows::named(&r.trigger, Trigger::parse, "invocation trigger")?,
+            status: report.status,
+            http_status: report.http_status,
+            started_at: report.started_at,
+            duration_us: report.duration_us,
+            log: r.log,
+            error: report.error,
+            executor: report.executor,
+            trace_id: r.trace_id,
+            attempt: report.attempt,
+            parent_id: r.parent_id,
+            response: r
+                .response
+                .map(|b| crate::json_bytes::decode(b, "invocation response"))
+                .transpose()?,
+            public: r.public,
+        })
+    }
 }
 
 fn no_nul(s: String) -> String {
@@ -119,7 +144,7 @@ fn no_nul(s: String) -> String {
 
 impl Store {
     /// Stores a batch of records. A record of an invocation already stored
-    /// replaces it only as [`UPSERT`] allows (so a redelivered batch writes
+    /// replaces it only as `upsert` allows (so a redelivered batch writes
     /// nothing twice).
     pub async fn insert_invocations(
         &self,
@@ -167,14 +192,16 @@ impl Store {
         &self,
         parent: Uuid,
     ) -> Result<Vec<InvocationRecord>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {COLS} FROM invocations WHERE parent_id = $1 ORDER BY started_at, id LIMIT 1000"
+        sqlx::query_as::<_, StoredInvocation>(concat!(
+            "SELECT ",
+            invocation_cols!(),
+            " FROM invocations WHERE parent_id = $1 ORDER BY started_at, id LIMIT 1000"
         ))
         .bind(parent)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(record)
+        .into_iter()
+        .map(InvocationRecord::try_from)
         .collect()
     }
 
@@ -205,8 +232,10 @@ impl Store {
         &self,
         filter: &InvocationFilter,
     ) -> Result<Vec<InvocationRecord>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {COLS} FROM invocations
+        sqlx::query_as::<_, StoredInvocation>(concat!(
+            "SELECT ",
+            invocation_cols!(),
+            " FROM invocations
              WHERE ($1::text IS NULL OR script = $1) AND ($2::text IS NULL OR status = $2)
                AND ($4::text IS NULL OR trigger = $4)
                AND ($5::timestamptz IS NULL OR started_at >= $5)
@@ -221,47 +250,52 @@ impl Store {
         .bind(filter.until)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(record)
+        .into_iter()
+        .map(InvocationRecord::try_from)
         .collect()
     }
 
     /// Every report of invocation `id` that a later one replaced, oldest
     /// first (at most 1,000): its earlier attempts.
     pub async fn earlier_attempts(&self, id: Uuid) -> Result<Vec<AttemptRow>, StoreError> {
-        sqlx::query(
+        sqlx::query_as::<_, AttemptRecord>(
             "SELECT attempt, status, http_status, started_at, duration_us, error, executor
              FROM invocation_attempts WHERE invocation_id = $1 ORDER BY seq LIMIT 1000",
         )
         .bind(id)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(attempt_row)
+        .into_iter()
+        .map(AttemptRow::try_from)
         .collect()
     }
 
     /// The records of `ids` that exist, in no particular order.
     pub async fn get_invocations(&self, ids: &[Uuid]) -> Result<Vec<InvocationRecord>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {COLS} FROM invocations WHERE id = ANY($1)"
+        sqlx::query_as::<_, StoredInvocation>(concat!(
+            "SELECT ",
+            invocation_cols!(),
+            " FROM invocations WHERE id = ANY($1)"
         ))
         .bind(ids)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(record)
+        .into_iter()
+        .map(InvocationRecord::try_from)
         .collect()
     }
 
     pub async fn get_invocation(&self, id: Uuid) -> Result<Option<InvocationRecord>, StoreError> {
-        sqlx::query(&format!("SELECT {COLS} FROM invocations WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(record)
-            .transpose()
+        sqlx::query_as::<_, StoredInvocation>(concat!(
+            "SELECT ",
+            invocation_cols!(),
+            " FROM invocations WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(InvocationRecord::try_from)
+        .transpose()
     }
 }
 
@@ -316,7 +350,11 @@ async fn copy(
         rows.push('\n');
     }
     let mut copy = conn
-        .copy_in_raw(&format!("COPY invocations ({COLS}) FROM STDIN"))
+        .copy_in_raw(concat!(
+            "COPY invocations (",
+            invocation_cols!(),
+            ") FROM STDIN"
+        ))
         .await?;
     if let Err(e) = copy.send(rows.into_bytes()).await {
         let _ = copy.abort("could not send the rows").await;
@@ -376,7 +414,10 @@ async fn upsert(
         .map(|r| r.response.as_ref().map(crate::json_bytes::encode))
         .collect();
     let public: Vec<bool> = records.iter().map(|r| r.public).collect();
-    let done = sqlx::query(&format!(
+    // What a newer report of an invocation overwrites: anything but a
+    // committed (`ok`) record, and only with the same or a later attempt
+    // (batched failure records may arrive after a later attempt's commit).
+    let done = sqlx::query(
         "INSERT INTO invocations (id, script, version, trigger, status, http_status,
                                   started_at, duration_us, log, error, executor, trace_id,
                                   attempt, parent_id, response, public)
@@ -384,8 +425,16 @@ async fn upsert(
                               $6::int[], $7::timestamptz[], $8::bigint[], $9::text[],
                               $10::text[], $11::text[], $12::uuid[], $13::int[], $14::uuid[],
                               $15::bytea[], $16::bool[])
-         {UPSERT}"
-    ))
+         ON CONFLICT (id) DO UPDATE SET
+             script = EXCLUDED.script, version = EXCLUDED.version, trigger = EXCLUDED.trigger,
+             status = EXCLUDED.status, http_status = EXCLUDED.http_status,
+             started_at = EXCLUDED.started_at, duration_us = EXCLUDED.duration_us,
+             log = EXCLUDED.log, error = EXCLUDED.error, executor = EXCLUDED.executor,
+             trace_id = EXCLUDED.trace_id, attempt = EXCLUDED.attempt,
+             parent_id = COALESCE(EXCLUDED.parent_id, invocations.parent_id),
+             response = EXCLUDED.response, public = invocations.public OR EXCLUDED.public
+         WHERE invocations.status <> 'ok' AND invocations.attempt <= EXCLUDED.attempt",
+    )
     .bind(ids)
     .bind(col(|r| r.script.clone()))
     .bind(versions)

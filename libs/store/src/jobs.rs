@@ -3,12 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use picloud_core::{InvocationRecord, Job};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::outbox::{self, OutboxRow};
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, rows};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRow {
@@ -49,33 +47,76 @@ pub enum Submitted {
     InFlight,
 }
 
-fn subscription(r: &PgRow) -> Result<SubscriptionRow, StoreError> {
-    Ok(SubscriptionRow {
-        id: r.try_get("id")?,
-        script: r.try_get("script")?,
-        topic: r.try_get("topic")?,
-        max_attempts: r.try_get::<i32, _>("max_attempts")? as u32,
-        created_at: r.try_get("created_at")?,
-    })
+/// A `subscriptions` row.
+#[derive(sqlx::FromRow)]
+struct SubscriptionRecord {
+    id: Uuid,
+    script: String,
+    topic: String,
+    max_attempts: i32,
+    created_at: DateTime<Utc>,
 }
 
-fn dead_letter(r: &PgRow) -> Result<DeadLetterRow, StoreError> {
-    Ok(DeadLetterRow {
-        id: r.try_get("id")?,
-        invocation_id: r.try_get("invocation_id")?,
-        script: r.try_get("script")?,
-        subscription_id: r.try_get("subscription_id")?,
-        job: crate::json_bytes::decode(r.try_get("job")?, "dead letter job")?,
-        error: r.try_get("error")?,
-        attempts: r.try_get::<i32, _>("attempts")? as u32,
-        created_at: r.try_get("created_at")?,
-        replayed_at: r.try_get("replayed_at")?,
-    })
+impl TryFrom<SubscriptionRecord> for SubscriptionRow {
+    type Error = StoreError;
+
+    fn try_from(r: SubscriptionRecord) -> Result<Self, StoreError> {
+        Ok(SubscriptionRow {
+            id: r.id,
+            script: r.script,
+            topic: r.topic,
+            max_attempts: rows::int(r.max_attempts, "subscription max_attempts")?,
+            created_at: r.created_at,
+        })
+    }
 }
 
-const SUB_COLS: &str = "id, script, topic, max_attempts, created_at";
-const DL_COLS: &str =
-    "id, invocation_id, script, subscription_id, job, error, attempts, created_at, replayed_at";
+/// A `dead_letters` row.
+#[derive(sqlx::FromRow)]
+struct DeadLetterRecord {
+    id: Uuid,
+    invocation_id: Uuid,
+    script: String,
+    subscription_id: Option<Uuid>,
+    /// The job's JSON bytes (see `json_bytes`).
+    job: Vec<u8>,
+    error: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    replayed_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<DeadLetterRecord> for DeadLetterRow {
+    type Error = StoreError;
+
+    fn try_from(r: DeadLetterRecord) -> Result<Self, StoreError> {
+        Ok(DeadLetterRow {
+            id: r.id,
+            invocation_id: r.invocation_id,
+            script: r.script,
+            subscription_id: r.subscription_id,
+            job: crate::json_bytes::decode(r.job, "dead letter job")?,
+            error: r.error,
+            attempts: rows::int(r.attempts, "dead letter attempts")?,
+            created_at: r.created_at,
+            replayed_at: r.replayed_at,
+        })
+    }
+}
+
+/// The columns of a [`SubscriptionRecord`].
+macro_rules! subscription_cols {
+    () => {
+        "id, script, topic, max_attempts, created_at"
+    };
+}
+
+/// The columns of a [`DeadLetterRecord`].
+macro_rules! dead_letter_cols {
+    () => {
+        "id, invocation_id, script, subscription_id, job, error, attempts, created_at, replayed_at"
+    };
+}
 
 impl Store {
     pub async fn create_subscription(
@@ -84,9 +125,10 @@ impl Store {
         topic: &str,
         max_attempts: u32,
     ) -> Result<SubscriptionRow, StoreError> {
-        let row = sqlx::query(&format!(
+        let row: SubscriptionRecord = sqlx::query_as(concat!(
             "INSERT INTO subscriptions (id, script, topic, max_attempts)
-             VALUES ($1, $2, $3, $4) RETURNING {SUB_COLS}"
+             VALUES ($1, $2, $3, $4) RETURNING ",
+            subscription_cols!()
         ))
         .bind(Uuid::new_v4())
         .bind(script)
@@ -94,7 +136,7 @@ impl Store {
         .bind(max_attempts as i32)
         .fetch_one(&self.pool)
         .await?;
-        subscription(&row)
+        row.try_into()
     }
 
     /// Every subscription, or those of one script; oldest first.
@@ -102,15 +144,17 @@ impl Store {
         &self,
         script: Option<&str>,
     ) -> Result<Vec<SubscriptionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {SUB_COLS} FROM subscriptions WHERE ($1::text IS NULL OR script = $1)
+        sqlx::query_as::<_, SubscriptionRecord>(concat!(
+            "SELECT ",
+            subscription_cols!(),
+            " FROM subscriptions WHERE ($1::text IS NULL OR script = $1)
              ORDER BY created_at, id"
         ))
         .bind(script)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(subscription)
+        .into_iter()
+        .map(SubscriptionRow::try_from)
         .collect()
     }
 
@@ -128,8 +172,12 @@ impl Store {
     /// under the same name starts with none of them).
     pub async fn forget_script(&self, script: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for table in ["subscriptions", "schedules", "kv"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE script = $1"))
+        for statement in [
+            "DELETE FROM subscriptions WHERE script = $1",
+            "DELETE FROM schedules WHERE script = $1",
+            "DELETE FROM kv WHERE script = $1",
+        ] {
+            sqlx::query(statement)
                 .bind(script)
                 .execute(&mut *tx)
                 .await?;
@@ -182,28 +230,33 @@ impl Store {
         script: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetterRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {DL_COLS} FROM dead_letters WHERE ($1::text IS NULL OR script = $1)
+        sqlx::query_as::<_, DeadLetterRecord>(concat!(
+            "SELECT ",
+            dead_letter_cols!(),
+            " FROM dead_letters WHERE ($1::text IS NULL OR script = $1)
              ORDER BY created_at DESC, id LIMIT $2"
         ))
         .bind(script)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(dead_letter)
+        .into_iter()
+        .map(DeadLetterRow::try_from)
         .collect()
     }
 
     /// One dead letter, replayed or not.
     pub async fn get_dead_letter(&self, id: Uuid) -> Result<Option<DeadLetterRow>, StoreError> {
-        sqlx::query(&format!("SELECT {DL_COLS} FROM dead_letters WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(dead_letter)
-            .transpose()
+        sqlx::query_as::<_, DeadLetterRecord>(concat!(
+            "SELECT ",
+            dead_letter_cols!(),
+            " FROM dead_letters WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(DeadLetterRow::try_from)
+        .transpose()
     }
 
     /// Queues a dead letter's job again under a fresh message id (so the
@@ -212,8 +265,10 @@ impl Store {
     /// replayed before.
     pub async fn replay_dead_letter(&self, id: Uuid) -> Result<Option<bool>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query(&format!(
-            "SELECT {DL_COLS} FROM dead_letters WHERE id = $1 FOR UPDATE"
+        let Some(row) = sqlx::query_as::<_, DeadLetterRecord>(concat!(
+            "SELECT ",
+            dead_letter_cols!(),
+            " FROM dead_letters WHERE id = $1 FOR UPDATE"
         ))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -221,7 +276,7 @@ impl Store {
         else {
             return Ok(None);
         };
-        let dl = dead_letter(&row)?;
+        let dl = DeadLetterRow::try_from(row)?;
         if dl.replayed_at.is_some() {
             return Ok(Some(false));
         }
@@ -303,7 +358,7 @@ impl Store {
             }
             // Takes the key, or finds who holds it (an expired key is taken
             // over, with this request's fingerprint).
-            let row = sqlx::query(
+            let (claimed, stored): (Uuid, Option<String>) = sqlx::query_as(
                 "INSERT INTO idempotency_keys (script, key, invocation_id, fingerprint) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (script, key) DO UPDATE
                    SET invocation_id = CASE WHEN idempotency_keys.created_at < now() - interval '24 hours'
@@ -320,9 +375,7 @@ impl Store {
             .bind(fingerprint)
             .fetch_one(&mut *tx)
             .await?;
-            let claimed: Uuid = row.try_get("invocation_id")?;
             if claimed != queued.id {
-                let stored: Option<String> = row.try_get("fingerprint")?;
                 // Ended now, not when the pool gets to it: the lock is
                 // released before the caller can retry.
                 tx.rollback().await?;

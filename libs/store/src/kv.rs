@@ -10,7 +10,7 @@
 
 use picloud_core::effects::MAX_KV_LIST;
 use picloud_core::{Effects, InvocationRecord, KvEntry, KvVersion};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 
 use crate::outbox::{self, OutboxRow};
 use crate::{Store, StoreError};
@@ -27,15 +27,16 @@ pub enum Committed {
 
 impl Store {
     pub async fn kv_get(&self, script: &str, key: &str) -> Result<Option<KvEntry>, StoreError> {
-        let row = sqlx::query("SELECT value, version FROM kv WHERE script = $1 AND key = $2")
-            .bind(script)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
+        let row: Option<(Vec<u8>, KvVersion)> =
+            sqlx::query_as("SELECT value, version FROM kv WHERE script = $1 AND key = $2")
+                .bind(script)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|(value, version)| {
             Ok(KvEntry {
-                value: crate::json_bytes::decode(r.try_get("value")?, "kv value")?,
-                version: r.try_get("version")?,
+                value: crate::json_bytes::decode(value, "kv value")?,
+                version,
             })
         })
         .transpose()
@@ -81,21 +82,20 @@ impl Store {
         Ok(Committed::Applied)
     }
 
-    /// The whole kv of `script` (tests and the admin view), in key order.
+    /// The whole kv of `script`, in key order.
     pub async fn kv_dump(
         &self,
         script: &str,
     ) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
-        sqlx::query("SELECT key, value FROM kv WHERE script = $1 ORDER BY key")
-            .bind(script)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let value = crate::json_bytes::decode(r.try_get("value")?, "kv value")?;
-                Ok((r.try_get("key")?, value))
-            })
-            .collect()
+        sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT key, value FROM kv WHERE script = $1 ORDER BY key",
+        )
+        .bind(script)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(key, value)| Ok((key, crate::json_bytes::decode(value, "kv value")?)))
+        .collect()
     }
 }
 
@@ -105,7 +105,7 @@ async fn list(
     prefix: &str,
 ) -> Result<Vec<(String, KvVersion)>, StoreError> {
     // `key` has the C collation, so byte order and `starts_with` agree.
-    sqlx::query(
+    Ok(sqlx::query_as(
         "SELECT key, version FROM kv WHERE script = $1 AND starts_with(key, $2)
          ORDER BY key LIMIT $3",
     )
@@ -113,10 +113,7 @@ async fn list(
     .bind(prefix)
     .bind(MAX_KV_LIST as i64)
     .fetch_all(conn)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("key")?, r.try_get("version")?)))
-    .collect()
+    .await?)
 }
 
 async fn reads_current(
@@ -127,14 +124,15 @@ async fn reads_current(
     if !effects.reads.is_empty() {
         let keys: Vec<&str> = effects.reads.keys().map(String::as_str).collect();
         let now: std::collections::HashMap<String, KvVersion> =
-            sqlx::query("SELECT key, version FROM kv WHERE script = $1 AND key = ANY($2)")
-                .bind(script)
-                .bind(&keys)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("key")?, r.try_get("version")?)))
-                .collect::<Result<_, StoreError>>()?;
+            sqlx::query_as::<_, (String, KvVersion)>(
+                "SELECT key, version FROM kv WHERE script = $1 AND key = ANY($2)",
+            )
+            .bind(script)
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
         let changed = effects
             .reads
             .iter()

@@ -1,6 +1,7 @@
 //! The store: PiCloud's Postgres.
 //!
-//! Only this crate writes SQL, and only the manager role links it. Migrations
+//! Only this crate writes SQL, and only the manager role (and `picloud
+//! up`'s bootstrap, through [`Store::ensure_database`]) links it. Migrations
 //! live in the workspace's `migrations/` folder and are embedded at build
 //! time; [`Store::connect`] applies them (under sqlx's advisory lock, so
 //! several managers may start at once).
@@ -14,6 +15,16 @@
 //! - [`outbox`]: messages a committed transaction owes NATS.
 //! - [`schedules`]: cron schedules, and the claim that fires them exactly
 //!   once across managers.
+//! - [`stats`]: per-minute and per-hour roll-ups, and event flows.
+//! - [`notify`]: `LISTEN` for the outbox relay and the schedulers.
+//!
+//! No sqlx type crosses this crate's API: rows come back as the public
+//! `*Row` types (read through private `sqlx::FromRow` records, see `rows`),
+//! notifications as [`Notifications`], errors as [`StoreError`] (whose
+//! database causes are opaque: callers ask [`StoreError::is_permanent`]).
+//! Every statement is a string literal, column lists shared through
+//! `concat!` of literal macros, so it can be read, and grepped, as SQL; the
+//! one exception is `CREATE DATABASE`, whose name cannot be bound.
 
 #![forbid(unsafe_code)]
 
@@ -22,7 +33,9 @@ pub mod jobs;
 mod json_bytes;
 pub mod kv;
 pub mod modules;
+pub mod notify;
 pub mod outbox;
+mod rows;
 pub mod schedules;
 pub mod scripts;
 pub mod secrets;
@@ -36,6 +49,7 @@ pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
+pub use notify::{Notice, Notifications};
 pub use outbox::{OutboxKind, OutboxRow};
 pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
 pub use scripts::{NewVersion, ScriptRow, VersionRow};
@@ -45,14 +59,37 @@ pub use stats::{FlowRow, StatRow};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(DbError),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(MigrateError),
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
     /// A route of the version overlaps one another script holds.
     #[error(transparent)]
     RouteConflict(picloud_core::routes::RouteConflict),
+}
+
+/// What the database (or the driver) said, opaque so that no sqlx type
+/// crosses the store's API; it displays as the driver's message.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DbError(sqlx::Error);
+
+/// Why the embedded migrations could not be applied.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct MigrateError(sqlx::migrate::MigrateError);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Db(DbError(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(MigrateError(e))
+    }
 }
 
 impl StoreError {
@@ -66,7 +103,7 @@ impl StoreError {
         match self {
             StoreError::Corrupt(_) | StoreError::RouteConflict(_) => true,
             StoreError::Migrate(_) => false,
-            StoreError::Db(e) => match e {
+            StoreError::Db(DbError(e)) => match e {
                 sqlx::Error::Database(db) => {
                     // SQLSTATE classes: 22 data exception, 23 integrity
                     // constraint, 42 syntax or access rule, 54 program
@@ -132,7 +169,8 @@ impl Store {
                 .fetch_one(&pool)
                 .await?;
         if !exists {
-            // Identifiers cannot be bound; `name` is quoted as one.
+            // Identifiers cannot be bound; `name` is quoted as one. The only
+            // SQL of this crate built with `format!`.
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
             sqlx::query(&format!("CREATE DATABASE {quoted}"))
                 .execute(&pool)

@@ -1,10 +1,8 @@
 //! Shared modules: versioned like scripts, never changed once stored.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, rows};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleRow {
@@ -24,18 +22,59 @@ pub struct ModuleVersionRow {
     pub created_at: DateTime<Utc>,
 }
 
-const VERSION_COLS: &str = "module, version, source, sha256, imports, created_at";
+/// A `modules` row.
+#[derive(sqlx::FromRow)]
+struct ModuleRecord {
+    name: String,
+    latest_version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
 
-fn version_row(r: &PgRow) -> Result<ModuleVersionRow, StoreError> {
-    let imports: serde_json::Value = r.try_get("imports")?;
-    Ok(ModuleVersionRow {
-        module: r.try_get("module")?,
-        version: r.try_get::<i32, _>("version")? as u32,
-        source: r.try_get("source")?,
-        sha256: r.try_get("sha256")?,
-        imports: serde_json::from_value(imports).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        created_at: r.try_get("created_at")?,
-    })
+impl TryFrom<ModuleRecord> for ModuleRow {
+    type Error = StoreError;
+
+    fn try_from(r: ModuleRecord) -> Result<Self, StoreError> {
+        Ok(ModuleRow {
+            name: r.name,
+            latest_version: rows::int(r.latest_version, "module latest_version")?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+/// A `module_versions` row.
+#[derive(sqlx::FromRow)]
+struct VersionRecord {
+    module: String,
+    version: i32,
+    source: String,
+    sha256: String,
+    imports: serde_json::Value,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<VersionRecord> for ModuleVersionRow {
+    type Error = StoreError;
+
+    fn try_from(r: VersionRecord) -> Result<Self, StoreError> {
+        Ok(ModuleVersionRow {
+            module: r.module,
+            version: rows::int(r.version, "module version")?,
+            source: r.source,
+            sha256: r.sha256,
+            imports: rows::json(r.imports, "module version imports")?,
+            created_at: r.created_at,
+        })
+    }
+}
+
+/// The columns of a [`VersionRecord`].
+macro_rules! version_cols {
+    () => {
+        "module, version, source, sha256, imports, created_at"
+    };
 }
 
 impl Store {
@@ -57,38 +96,30 @@ impl Store {
         .bind(name)
         .fetch_one(&mut *tx)
         .await?;
-        let imports =
-            serde_json::to_value(imports).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let row = sqlx::query(&format!(
+        let row: VersionRecord = sqlx::query_as(concat!(
             "INSERT INTO module_versions (module, version, source, sha256, imports)
-             VALUES ($1, $2, $3, $4, $5) RETURNING {VERSION_COLS}"
+             VALUES ($1, $2, $3, $4, $5) RETURNING ",
+            version_cols!()
         ))
         .bind(name)
         .bind(version)
         .bind(source)
         .bind(sha256)
-        .bind(imports)
+        .bind(rows::to_json(imports))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        version_row(&row)
+        row.try_into()
     }
 
     pub async fn list_modules(&self) -> Result<Vec<ModuleRow>, StoreError> {
-        sqlx::query(
+        sqlx::query_as::<_, ModuleRecord>(
             "SELECT name, latest_version, created_at, updated_at FROM modules ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(|r| {
-            Ok(ModuleRow {
-                name: r.try_get("name")?,
-                latest_version: r.try_get::<i32, _>("latest_version")? as u32,
-                created_at: r.try_get("created_at")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
+        .into_iter()
+        .map(ModuleRow::try_from)
         .collect()
     }
 
@@ -97,15 +128,16 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<ModuleVersionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM module_versions v
+        sqlx::query_as::<_, VersionRecord>(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM module_versions
              WHERE module = $1 AND version = (SELECT latest_version FROM modules WHERE name = $1)"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .as_ref()
-        .map(version_row)
+        .map(ModuleVersionRow::try_from)
         .transpose()
     }
 
@@ -114,15 +146,16 @@ impl Store {
         name: &str,
         version: u32,
     ) -> Result<Option<ModuleVersionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM module_versions WHERE module = $1 AND version = $2"
+        sqlx::query_as::<_, VersionRecord>(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM module_versions WHERE module = $1 AND version = $2"
         ))
         .bind(name)
         .bind(version as i32)
         .fetch_optional(&self.pool)
         .await?
-        .as_ref()
-        .map(version_row)
+        .map(ModuleVersionRow::try_from)
         .transpose()
     }
 }

@@ -6,10 +6,10 @@
 //! `NOTIFY picloud_outbox` when the inserting transaction commits.
 
 use picloud_core::{EventMessage, Job};
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Notifications, Store, StoreError};
 
 /// The channel relays `LISTEN` on.
 pub const CHANNEL: &str = "picloud_outbox";
@@ -67,6 +67,33 @@ impl OutboxRow {
     }
 }
 
+/// An `outbox` row.
+#[derive(sqlx::FromRow)]
+struct OutboxRecord {
+    id: Uuid,
+    kind: String,
+    target: String,
+    /// The payload's JSON bytes (see `json_bytes`).
+    payload: Vec<u8>,
+}
+
+impl TryFrom<OutboxRecord> for OutboxRow {
+    type Error = StoreError;
+
+    fn try_from(r: OutboxRecord) -> Result<Self, StoreError> {
+        Ok(OutboxRow {
+            id: r.id,
+            kind: match r.kind.as_str() {
+                "job" => OutboxKind::Job,
+                "event" => OutboxKind::Event,
+                other => return Err(StoreError::Corrupt(format!("outbox kind {other:?}"))),
+            },
+            target: r.target,
+            payload: crate::json_bytes::decode(r.payload, "outbox payload")?,
+        })
+    }
+}
+
 /// Inserts `rows` on `conn` (normally inside the caller's transaction). A
 /// row whose id is already queued is skipped.
 pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
@@ -120,32 +147,20 @@ impl Store {
     /// Claims up to `limit` of the oldest unclaimed rows.
     pub async fn claim_outbox(&self, limit: u32) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(
+        let rows = sqlx::query_as::<_, OutboxRecord>(
             "SELECT id, kind, target, payload FROM outbox
              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await?
-        .iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(OutboxRow {
-                id: r.try_get("id")?,
-                kind: match kind.as_str() {
-                    "job" => OutboxKind::Job,
-                    "event" => OutboxKind::Event,
-                    other => return Err(StoreError::Corrupt(format!("outbox kind {other:?}"))),
-                },
-                target: r.try_get("target")?,
-                payload: crate::json_bytes::decode(r.try_get("payload")?, "outbox payload")?,
-            })
-        })
+        .into_iter()
+        .map(OutboxRow::try_from)
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Claim { tx, rows })
     }
 
-    /// Rows waiting to be published (for tests and metrics).
+    /// Rows waiting to be published.
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
@@ -163,10 +178,8 @@ impl Store {
         Ok((rows, age.unwrap_or(0.0).max(0.0)))
     }
 
-    /// A listener for outbox notifications, already listening.
-    pub async fn outbox_listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-        l.listen(CHANNEL).await?;
-        Ok(l)
+    /// Notifications of inserted outbox rows, already listening.
+    pub async fn outbox_notifications(&self) -> Result<Notifications, StoreError> {
+        Notifications::listen(&self.pool, CHANNEL).await
     }
 }

@@ -16,12 +16,10 @@ use picloud_core::schedule::{
     CatchUp, CronSchedule, Overlap, Plan, PlanReason, RUNNING_GRACE, ScheduleError, firing_job,
 };
 use picloud_core::{InvocationStatus, Limits};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::outbox::{self, OutboxRow};
-use crate::{Store, StoreError};
+use crate::{Notifications, Store, StoreError, rows};
 
 /// The channel schedulers `LISTEN` on.
 pub const CHANNEL: &str = "picloud_schedules";
@@ -110,38 +108,71 @@ pub struct Sweep {
     pub next_due: Option<DateTime<Utc>>,
 }
 
-const COLS: &str = "id, script, cron, timezone, catch_up, overlap, enabled, max_attempts, \
-                    next_fire_at, last_fired_at, last_invocation_id, busy_until, \
-                    created_at, updated_at";
-
-fn text<T>(r: &PgRow, col: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
-    let s: String = r.try_get(col)?;
-    parse(&s).ok_or_else(|| StoreError::Corrupt(format!("schedule {col} {s:?}")))
+/// A `schedules` row.
+#[derive(sqlx::FromRow)]
+struct ScheduleRecord {
+    id: Uuid,
+    script: String,
+    cron: String,
+    timezone: String,
+    catch_up: String,
+    overlap: String,
+    enabled: bool,
+    max_attempts: i32,
+    next_fire_at: Option<DateTime<Utc>>,
+    last_fired_at: Option<DateTime<Utc>>,
+    last_invocation_id: Option<Uuid>,
+    busy_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
-fn spec(r: &PgRow) -> Result<ScheduleSpec, StoreError> {
-    Ok(ScheduleSpec {
-        script: r.try_get("script")?,
-        cron: r.try_get("cron")?,
-        timezone: r.try_get("timezone")?,
-        catch_up: text(r, "catch_up", CatchUp::parse)?,
-        overlap: text(r, "overlap", Overlap::parse)?,
-        enabled: r.try_get("enabled")?,
-        max_attempts: r.try_get::<i32, _>("max_attempts")?.max(1) as u32,
-    })
+impl TryFrom<ScheduleRecord> for ScheduleRow {
+    type Error = StoreError;
+
+    fn try_from(r: ScheduleRecord) -> Result<Self, StoreError> {
+        Ok(ScheduleRow {
+            id: r.id,
+            spec: ScheduleSpec {
+                script: r.script,
+                cron: r.cron,
+                timezone: r.timezone,
+                catch_up: rows::named(&r.catch_up, CatchUp::parse, "schedule catch_up")?,
+                overlap: rows::named(&r.overlap, Overlap::parse, "schedule overlap")?,
+                enabled: r.enabled,
+                // The column's CHECK keeps it at 1 or more.
+                max_attempts: rows::int(r.max_attempts, "schedule max_attempts")?,
+            },
+            next_fire_at: r.next_fire_at,
+            last_fired_at: r.last_fired_at,
+            last_invocation_id: r.last_invocation_id,
+            busy_until: r.busy_until,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
 }
 
-fn schedule_row(r: &PgRow) -> Result<ScheduleRow, StoreError> {
-    Ok(ScheduleRow {
-        id: r.try_get("id")?,
-        spec: spec(r)?,
-        next_fire_at: r.try_get("next_fire_at")?,
-        last_fired_at: r.try_get("last_fired_at")?,
-        last_invocation_id: r.try_get("last_invocation_id")?,
-        busy_until: r.try_get("busy_until")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-    })
+/// A due schedule as [`Store::fire_due_schedules`] claims it: its row and
+/// what the joins add.
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    #[sqlx(flatten)]
+    schedule: ScheduleRecord,
+    /// The script exists and is not deleted.
+    script_live: bool,
+    /// The script's active version's limits (NULL without one).
+    limits: Option<serde_json::Value>,
+    /// The status of the last firing's invocation (NULL without a record).
+    last_status: Option<String>,
+}
+
+/// The columns of a [`ScheduleRecord`].
+macro_rules! schedule_cols {
+    () => {
+        "id, script, cron, timezone, catch_up, overlap, enabled, max_attempts, \
+         next_fire_at, last_fired_at, last_invocation_id, busy_until, created_at, updated_at"
+    };
 }
 
 fn attempts(spec: &ScheduleSpec) -> i32 {
@@ -154,10 +185,11 @@ impl Store {
         spec: &ScheduleSpec,
         next_fire_at: Option<DateTime<Utc>>,
     ) -> Result<ScheduleRow, StoreError> {
-        let row = sqlx::query(&format!(
+        let row: ScheduleRecord = sqlx::query_as(concat!(
             "INSERT INTO schedules (id, script, cron, timezone, catch_up, overlap, enabled,
                                     max_attempts, next_fire_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+            schedule_cols!()
         ))
         .bind(Uuid::now_v7())
         .bind(&spec.script)
@@ -170,7 +202,7 @@ impl Store {
         .bind(next_fire_at)
         .fetch_one(&self.pool)
         .await?;
-        schedule_row(&row)
+        row.try_into()
     }
 
     /// Oldest first; only `script`'s when given.
@@ -178,26 +210,31 @@ impl Store {
         &self,
         script: Option<&str>,
     ) -> Result<Vec<ScheduleRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {COLS} FROM schedules WHERE $1::text IS NULL OR script = $1
+        sqlx::query_as::<_, ScheduleRecord>(concat!(
+            "SELECT ",
+            schedule_cols!(),
+            " FROM schedules WHERE $1::text IS NULL OR script = $1
              ORDER BY created_at, id"
         ))
         .bind(script)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(schedule_row)
+        .into_iter()
+        .map(ScheduleRow::try_from)
         .collect()
     }
 
     pub async fn get_schedule(&self, id: Uuid) -> Result<Option<ScheduleRow>, StoreError> {
-        sqlx::query(&format!("SELECT {COLS} FROM schedules WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(schedule_row)
-            .transpose()
+        sqlx::query_as::<_, ScheduleRecord>(concat!(
+            "SELECT ",
+            schedule_cols!(),
+            " FROM schedules WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(ScheduleRow::try_from)
+        .transpose()
     }
 
     /// Changes schedule `id` to what `change` makes of its current row.
@@ -209,8 +246,10 @@ impl Store {
         change: impl FnOnce(&ScheduleRow) -> Result<ScheduleChange, E>,
     ) -> Result<Update<E>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(current) = sqlx::query(&format!(
-            "SELECT {COLS} FROM schedules WHERE id = $1 FOR UPDATE"
+        let Some(current) = sqlx::query_as::<_, ScheduleRecord>(concat!(
+            "SELECT ",
+            schedule_cols!(),
+            " FROM schedules WHERE id = $1 FOR UPDATE"
         ))
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -218,15 +257,16 @@ impl Store {
         else {
             return Ok(Update::Missing);
         };
-        let new = match change(&schedule_row(&current)?) {
+        let new = match change(&current.try_into()?) {
             Ok(new) => new,
             Err(e) => return Ok(Update::Refused(e)),
         };
-        let row = sqlx::query(&format!(
+        let row: ScheduleRecord = sqlx::query_as(concat!(
             "UPDATE schedules SET script = $2, cron = $3, timezone = $4, catch_up = $5,
                     overlap = $6, enabled = $7, max_attempts = $8, next_fire_at = $9,
                     updated_at = now()
-             WHERE id = $1 RETURNING {COLS}"
+             WHERE id = $1 RETURNING ",
+            schedule_cols!()
         ))
         .bind(id)
         .bind(&new.spec.script)
@@ -240,7 +280,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(Update::Updated(schedule_row(&row)?))
+        Ok(Update::Updated(row.try_into()?))
     }
 
     /// True when the schedule existed. A firing that holds the row commits
@@ -264,8 +304,11 @@ impl Store {
         // Locks only the schedule rows (OF s); the joins read the script's
         // active version for its wall-time limit, and the last firing's
         // status for overlap checks.
-        let claimed = sqlx::query(
-            "SELECT s.*, NOT COALESCE(sc.deleted, true) AS script_live, v.limits,
+        let claimed = sqlx::query_as::<_, Claimed>(
+            "SELECT s.id, s.script, s.cron, s.timezone, s.catch_up, s.overlap, s.enabled,
+                    s.max_attempts, s.next_fire_at, s.last_fired_at, s.last_invocation_id,
+                    s.busy_until, s.created_at, s.updated_at,
+                    NOT COALESCE(sc.deleted, true) AS script_live, v.limits,
                     (SELECT i.status FROM invocations i WHERE i.id = s.last_invocation_id)
                         AS last_status
              FROM schedules s
@@ -282,17 +325,17 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
 
-        let mut handled = Vec::with_capacity(claimed.len());
+        let claimed_count = claimed.len();
+        let mut handled = Vec::with_capacity(claimed_count);
         let mut jobs = Vec::new();
         let mut updates = Updates::default();
-        for r in &claimed {
-            let row = schedule_row(r)?;
+        for r in claimed {
+            let row = ScheduleRow::try_from(r.schedule)?;
             let (action, next, fired) =
                 match CronSchedule::parse(&row.spec.cron, &row.spec.timezone) {
                     Err(error) => (Action::Broken { error }, None, None),
                     Ok(schedule) => {
-                        let plan = plan(&schedule, &row, r, now)?;
-                        let script_live: bool = r.try_get("script_live")?;
+                        let plan = plan(&schedule, &row, r.last_status.as_deref(), now)?;
                         match plan.fire {
                             None => (
                                 Action::Passed {
@@ -301,7 +344,7 @@ impl Store {
                                 plan.next,
                                 None,
                             ),
-                            Some(instant) if !script_live => {
+                            Some(instant) if !r.script_live => {
                                 (Action::ScriptMissing { instant }, plan.next, None)
                             }
                             Some(instant) => {
@@ -312,7 +355,7 @@ impl Store {
                                     row.spec.max_attempts,
                                 );
                                 jobs.push(OutboxRow::job(&job));
-                                let busy_until = now + wall_time(r)? + RUNNING_GRACE;
+                                let busy_until = now + wall_time(r.limits) + RUNNING_GRACE;
                                 let action = Action::Fired {
                                     instant,
                                     invocation_id: job.id,
@@ -340,7 +383,7 @@ impl Store {
                 .await?;
         tx.commit().await?;
 
-        let again = claimed.len() as u64 >= u64::from(limit)
+        let again = claimed_count as u64 >= u64::from(limit)
             || handled
                 .iter()
                 .any(|h| h.next_fire_at.is_some_and(|n| n <= now));
@@ -351,44 +394,39 @@ impl Store {
         })
     }
 
-    /// A listener for schedule changes, already listening.
-    pub async fn schedule_listener(&self) -> Result<sqlx::postgres::PgListener, StoreError> {
-        let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
-        l.listen(CHANNEL).await?;
-        Ok(l)
+    /// Notifications of schedule changes, already listening.
+    pub async fn schedule_notifications(&self) -> Result<Notifications, StoreError> {
+        Notifications::listen(&self.pool, CHANNEL).await
     }
 }
 
-/// The plan for a claimed row (`r` also holds the last firing's status).
+/// The plan for a claimed row; `last_status` is the last firing's status.
 fn plan(
     schedule: &CronSchedule,
     row: &ScheduleRow,
-    r: &PgRow,
+    last_status: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Plan, StoreError> {
     let pending = row
         .next_fire_at
         .ok_or_else(|| StoreError::Corrupt("due schedule without next_fire_at".into()))?;
-    let last_status: Option<String> = r.try_get("last_status")?;
     // Still running: no final record yet, and not past its deadline.
     let running = row.spec.overlap == Overlap::Skip
         && row.last_invocation_id.is_some()
         && row.busy_until.is_some_and(|b| now < b)
-        && last_status
-            .as_deref()
-            .is_none_or(|s| s == InvocationStatus::Queued.as_str());
+        && last_status.is_none_or(|s| s == InvocationStatus::Queued.as_str());
     Ok(schedule.plan(pending, now, row.spec.catch_up, running))
 }
 
-/// The wall-time limit of the script's active version (`r.limits`).
-fn wall_time(r: &PgRow) -> Result<TimeDelta, StoreError> {
-    let limits: Option<serde_json::Value> = r.try_get("limits")?;
+/// The wall-time limit of the script's active version (the default when
+/// it has none, or limits this version cannot read).
+fn wall_time(limits: Option<serde_json::Value>) -> TimeDelta {
     let ms = limits
         .and_then(|l| serde_json::from_value::<Limits>(l).ok())
         .unwrap_or_default()
         .wall_time_ms;
     // Stored limits are clamped far below a day; the cap keeps the sum sane.
-    Ok(TimeDelta::milliseconds(ms.min(86_400_000) as i64))
+    TimeDelta::milliseconds(ms.min(86_400_000) as i64)
 }
 
 /// The claimed rows' new bookkeeping, written with one statement.

@@ -5,10 +5,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use picloud_core::Limits;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, rows};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScriptRow {
@@ -50,49 +48,87 @@ pub struct NewVersion<'a> {
     pub routes: &'a [String],
 }
 
-fn script_row(r: &PgRow) -> Result<ScriptRow, StoreError> {
-    Ok(ScriptRow {
-        name: r.try_get("name")?,
-        active_version: r.try_get::<i32, _>("active_version")? as u32,
-        latest_version: r.try_get::<i32, _>("latest_version")? as u32,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        routes: routes_of(r)?,
-    })
+/// A `scripts` row joined with its active version's routes.
+#[derive(sqlx::FromRow)]
+struct ScriptRecord {
+    name: String,
+    active_version: i32,
+    latest_version: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// NULL when the active version is missing (the join found none).
+    routes: Option<serde_json::Value>,
 }
 
-fn version_row(r: &PgRow) -> Result<VersionRow, StoreError> {
-    let limits: serde_json::Value = r.try_get("limits")?;
-    let modules: serde_json::Value = r.try_get("modules")?;
-    Ok(VersionRow {
-        script: r.try_get("script")?,
-        version: r.try_get::<i32, _>("version")? as u32,
-        source: r.try_get("source")?,
-        sha256: r.try_get("sha256")?,
-        limits: serde_json::from_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        modules: serde_json::from_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        keep_credentials: r.try_get("keep_credentials")?,
-        routes: routes_of(r)?,
-        created_at: r.try_get("created_at")?,
-    })
+impl TryFrom<ScriptRecord> for ScriptRow {
+    type Error = StoreError;
+
+    fn try_from(r: ScriptRecord) -> Result<Self, StoreError> {
+        Ok(ScriptRow {
+            name: r.name,
+            active_version: rows::int(r.active_version, "script active_version")?,
+            latest_version: rows::int(r.latest_version, "script latest_version")?,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            routes: routes_of(r.routes)?,
+        })
+    }
 }
 
-fn routes_of(r: &PgRow) -> Result<Vec<String>, StoreError> {
-    let routes: Option<serde_json::Value> = r.try_get("routes")?;
+/// A `script_versions` row.
+#[derive(sqlx::FromRow)]
+struct VersionRecord {
+    script: String,
+    version: i32,
+    source: String,
+    sha256: String,
+    limits: serde_json::Value,
+    modules: serde_json::Value,
+    keep_credentials: bool,
+    routes: Option<serde_json::Value>,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<VersionRecord> for VersionRow {
+    type Error = StoreError;
+
+    fn try_from(r: VersionRecord) -> Result<Self, StoreError> {
+        Ok(VersionRow {
+            script: r.script,
+            version: rows::int(r.version, "script version")?,
+            source: r.source,
+            sha256: r.sha256,
+            limits: rows::json(r.limits, "script version limits")?,
+            modules: rows::json(r.modules, "script version modules")?,
+            keep_credentials: r.keep_credentials,
+            routes: routes_of(r.routes)?,
+            created_at: r.created_at,
+        })
+    }
+}
+
+fn routes_of(routes: Option<serde_json::Value>) -> Result<Vec<String>, StoreError> {
     routes
-        .map(serde_json::from_value)
+        .map(|r| rows::json(r, "script version routes"))
         .transpose()
         .map(Option::unwrap_or_default)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// A script with its active version's routes (`s` scripts, `v` versions).
-const SCRIPT_FROM: &str =
-    "SELECT s.name, s.active_version, s.latest_version, s.created_at, s.updated_at, v.routes
-     FROM scripts s LEFT JOIN script_versions v
-       ON v.script = s.name AND v.version = s.active_version";
-const VERSION_COLS: &str =
-    "script, version, source, sha256, limits, modules, keep_credentials, routes, created_at";
+macro_rules! script_from {
+    () => {
+        "SELECT s.name, s.active_version, s.latest_version, s.created_at, s.updated_at, v.routes
+         FROM scripts s LEFT JOIN script_versions v
+           ON v.script = s.name AND v.version = s.active_version"
+    };
+}
+
+/// The columns of a [`VersionRecord`].
+macro_rules! version_cols {
+    () => {
+        "script, version, source, sha256, limits, modules, keep_credentials, routes, created_at"
+    };
+}
 
 /// Serialises every change of who holds which route (one lock for the
 /// whole table: deploys with routes are rare next to invocations).
@@ -122,9 +158,8 @@ async fn check_routes(
     .await?;
     let held: Vec<(String, Vec<String>)> = held
         .into_iter()
-        .map(|(s, r)| serde_json::from_value(r).map(|r| (s, r)))
-        .collect::<Result<_, _>>()
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        .map(|(s, r)| Ok((s, rows::json(r, "script version routes")?)))
+        .collect::<Result<_, StoreError>>()?;
     picloud_core::routes::check_conflicts(
         held.iter().map(|(s, r)| (s.as_str(), r.as_slice())),
         script,
@@ -188,46 +223,46 @@ impl Store {
         .bind(name)
         .fetch_one(&mut *tx)
         .await?;
-        let limits =
-            serde_json::to_value(limits).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let row = sqlx::query(&format!(
+        let row: VersionRecord = sqlx::query_as(concat!(
             "INSERT INTO script_versions (script, version, source, sha256, limits, modules, keep_credentials, routes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {VERSION_COLS}"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+            version_cols!()
         ))
         .bind(name)
         .bind(version)
         .bind(source)
         .bind(sha256)
-        .bind(limits)
-        .bind(serde_json::to_value(modules).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(rows::to_json(limits))
+        .bind(rows::to_json(modules))
         .bind(keep_credentials)
-        .bind(serde_json::to_value(routes).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(rows::to_json(routes))
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        version_row(&row)
+        row.try_into()
     }
 
     pub async fn list_scripts(&self) -> Result<Vec<ScriptRow>, StoreError> {
-        sqlx::query(&format!(
-            "{SCRIPT_FROM} WHERE NOT s.deleted ORDER BY s.name"
+        sqlx::query_as::<_, ScriptRecord>(concat!(
+            script_from!(),
+            " WHERE NOT s.deleted ORDER BY s.name"
         ))
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(script_row)
+        .into_iter()
+        .map(ScriptRow::try_from)
         .collect()
     }
 
     pub async fn get_script(&self, name: &str) -> Result<Option<ScriptRow>, StoreError> {
-        sqlx::query(&format!(
-            "{SCRIPT_FROM} WHERE s.name = $1 AND NOT s.deleted"
+        sqlx::query_as::<_, ScriptRecord>(concat!(
+            script_from!(),
+            " WHERE s.name = $1 AND NOT s.deleted"
         ))
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .as_ref()
-        .map(script_row)
+        .map(ScriptRow::try_from)
         .transpose()
     }
 
@@ -237,10 +272,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         // Lock the script first, so a concurrent deploy cannot add a version
         // between listing and deleting.
-        let found = sqlx::query("SELECT 1 FROM scripts WHERE name = $1 AND NOT deleted FOR UPDATE")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM scripts WHERE name = $1 AND NOT deleted FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
         if found.is_none() {
             return Ok(None);
         }
@@ -260,19 +296,25 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(Some(versions.into_iter().map(|v| v as u32).collect()))
+        versions
+            .into_iter()
+            .map(|v| rows::int(v, "script version"))
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 
     /// All versions of a script, newest first.
     pub async fn list_versions(&self, name: &str) -> Result<Vec<VersionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 ORDER BY version DESC"
+        sqlx::query_as::<_, VersionRecord>(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM script_versions WHERE script = $1 ORDER BY version DESC"
         ))
         .bind(name)
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(version_row)
+        .into_iter()
+        .map(VersionRow::try_from)
         .collect()
     }
 
@@ -281,15 +323,16 @@ impl Store {
         name: &str,
         version: u32,
     ) -> Result<Option<VersionRow>, StoreError> {
-        sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 AND version = $2"
+        sqlx::query_as::<_, VersionRecord>(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM script_versions WHERE script = $1 AND version = $2"
         ))
         .bind(name)
         .bind(version as i32)
         .fetch_optional(&self.pool)
         .await?
-        .as_ref()
-        .map(version_row)
+        .map(VersionRow::try_from)
         .transpose()
     }
 
@@ -310,8 +353,7 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(routes) = routes {
-            let routes: Vec<String> =
-                serde_json::from_value(routes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let routes: Vec<String> = rows::json(routes, "script version routes")?;
             check_routes(&mut tx, name, &routes).await?;
         }
         let updated = sqlx::query(
@@ -327,20 +369,22 @@ impl Store {
         if updated == 0 {
             return Ok(None);
         }
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLS} FROM script_versions WHERE script = $1 AND version = $2"
+        let row: VersionRecord = sqlx::query_as(concat!(
+            "SELECT ",
+            version_cols!(),
+            " FROM script_versions WHERE script = $1 AND version = $2"
         ))
         .bind(name)
         .bind(version as i32)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        version_row(&row).map(Some)
+        row.try_into().map(Some)
     }
 
     /// The active version of one script, `None` when it does not exist.
     pub async fn active_version(&self, name: &str) -> Result<Option<VersionRow>, StoreError> {
-        sqlx::query(
+        sqlx::query_as::<_, VersionRecord>(
             "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.keep_credentials, v.routes, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
@@ -349,14 +393,13 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?
-        .as_ref()
-        .map(version_row)
+        .map(VersionRow::try_from)
         .transpose()
     }
 
     /// The active version of every script (to rebuild the bus's route table).
     pub async fn active_versions(&self) -> Result<Vec<VersionRow>, StoreError> {
-        sqlx::query(
+        sqlx::query_as::<_, VersionRecord>(
             "SELECT v.script, v.version, v.source, v.sha256, v.limits, v.modules, v.keep_credentials, v.routes, v.created_at
              FROM scripts s JOIN script_versions v
                ON v.script = s.name AND v.version = s.active_version
@@ -365,8 +408,8 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(version_row)
+        .into_iter()
+        .map(VersionRow::try_from)
         .collect()
     }
 }

@@ -1,11 +1,10 @@
 //! Secrets: only ciphertext is stored; this crate never sees a key or a value.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use crate::{Store, StoreError};
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct SecretRow {
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -13,6 +12,7 @@ pub struct SecretRow {
 }
 
 /// A stored secret, still encrypted.
+#[derive(sqlx::FromRow)]
 pub struct SealedSecret {
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
@@ -34,17 +34,12 @@ impl Store {
     }
 
     pub async fn get_secret(&self, name: &str) -> Result<Option<SealedSecret>, StoreError> {
-        let row = sqlx::query("SELECT nonce, ciphertext FROM secrets WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(SealedSecret {
-                nonce: r.try_get("nonce")?,
-                ciphertext: r.try_get("ciphertext")?,
-            })
-        })
-        .transpose()
+        Ok(
+            sqlx::query_as("SELECT nonce, ciphertext FROM secrets WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// `true` when it existed.
@@ -58,17 +53,10 @@ impl Store {
 
     /// Names and timestamps only.
     pub async fn list_secrets(&self) -> Result<Vec<SecretRow>, StoreError> {
-        sqlx::query("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(SecretRow {
-                    name: r.try_get("name")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
+        Ok(
+            sqlx::query_as("SELECT name, created_at, updated_at FROM secrets ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }

@@ -3,7 +3,6 @@
 //! and read by `GET /api/v1/stats` and `GET /api/v1/topology`.
 
 use chrono::{DateTime, Utc};
-use sqlx::Row;
 
 use crate::{Store, StoreError};
 
@@ -12,7 +11,7 @@ pub const MINUTE_ROWS_KEPT: chrono::Duration = chrono::Duration::hours(48);
 pub const HOUR_ROWS_KEPT: chrono::Duration = chrono::Duration::days(30);
 
 /// One roll-up row: `step_s` seconds of one script ('' = all) from `bucket`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StatRow {
     pub step_s: i32,
     pub bucket: DateTime<Utc>,
@@ -102,7 +101,7 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StatRow>, StoreError> {
-        sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT step_s, bucket, script, requests, errors, duration_us_sum, hist
              FROM invocation_stats
              WHERE step_s = $1 AND script = $2 AND bucket >= $3 AND bucket < $4
@@ -113,10 +112,7 @@ impl Store {
         .bind(from)
         .bind(to)
         .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(stat_row)
-        .collect()
+        .await?)
     }
 
     /// Every script's rows ('' excluded) at `step_s` in `[from, to)`, each
@@ -127,7 +123,7 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<StatRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<StatRow> = sqlx::query_as(
             "SELECT step_s, bucket, script, requests, errors, duration_us_sum, hist
              FROM invocation_stats
              WHERE step_s = $1 AND script <> '' AND bucket >= $2 AND bucket < $3
@@ -139,8 +135,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<StatRow> = Vec::new();
-        for r in &rows {
-            let row = stat_row(r)?;
+        for row in rows {
             match out.last_mut() {
                 Some(last) if last.script == row.script => last.merge(&row),
                 _ => out.push(StatRow {
@@ -183,28 +178,15 @@ impl Store {
 
     /// Every flow, by topic (at most 10,000).
     pub async fn flows(&self) -> Result<Vec<FlowRow>, StoreError> {
-        sqlx::query(
+        Ok(sqlx::query_as::<_, FlowRecord>(
             "SELECT topic, direction, script, count, last_at FROM topic_flows
              ORDER BY topic, direction, script LIMIT 10000",
         )
         .fetch_all(&self.pool)
         .await?
-        .iter()
-        .map(|r| {
-            let direction: String = r.try_get("direction")?;
-            Ok(FlowRow {
-                topic: r.try_get("topic")?,
-                direction: if direction == "emit" {
-                    "emit"
-                } else {
-                    "deliver"
-                },
-                script: r.try_get("script")?,
-                count: r.try_get("count")?,
-                last_at: r.try_get("last_at")?,
-            })
-        })
-        .collect()
+        .into_iter()
+        .map(FlowRow::from)
+        .collect())
     }
 
     /// Deletes roll-ups past their keep time.
@@ -237,14 +219,29 @@ impl StatRow {
     }
 }
 
-fn stat_row(r: &sqlx::postgres::PgRow) -> Result<StatRow, StoreError> {
-    Ok(StatRow {
-        step_s: r.try_get("step_s")?,
-        bucket: r.try_get("bucket")?,
-        script: r.try_get("script")?,
-        requests: r.try_get("requests")?,
-        errors: r.try_get("errors")?,
-        duration_us_sum: r.try_get("duration_us_sum")?,
-        hist: r.try_get("hist")?,
-    })
+/// A `topic_flows` row.
+#[derive(sqlx::FromRow)]
+struct FlowRecord {
+    topic: String,
+    direction: String,
+    script: String,
+    count: i64,
+    last_at: DateTime<Utc>,
+}
+
+impl From<FlowRecord> for FlowRow {
+    fn from(r: FlowRecord) -> Self {
+        FlowRow {
+            topic: r.topic,
+            // A CHECK constraint allows only these two.
+            direction: if r.direction == "emit" {
+                "emit"
+            } else {
+                "deliver"
+            },
+            script: r.script,
+            count: r.count,
+            last_at: r.last_at,
+        }
+    }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use picloud_bus::Bus;
 use picloud_core::{Backoff, Shutdown};
-use picloud_store::{OutboxKind, OutboxRow, Store};
+use picloud_store::{Notice, OutboxKind, OutboxRow, Store};
 
 /// Rows claimed (and published concurrently) per round.
 const BATCH: u32 = 256;
@@ -20,7 +20,7 @@ const BATCH: u32 = 256;
 pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
     let mut backoff = retry_timing();
     loop {
-        let mut listener = match store.outbox_listener().await {
+        let mut notifications = match store.outbox_notifications().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "outbox relay cannot listen");
@@ -39,12 +39,12 @@ pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
             }
             let woke = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                n = listener.try_recv() => n,
+                n = notifications.recv() => n,
             };
             match woke {
-                Ok(Some(_)) => {}
+                Ok(Notice::Notified) => {}
                 // The connection dropped: listen again, then sweep.
-                Ok(None) | Err(_) => break,
+                Ok(Notice::Lost) | Err(_) => break,
             }
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use picloud_core::schedule::PlanReason;
 use picloud_core::{Backoff, Shutdown};
-use picloud_store::Store;
+use picloud_store::{Notice, Store};
 use picloud_store::schedules::{Action, Handled, Sweep};
 use tokio::sync::Notify;
 
@@ -125,7 +125,7 @@ fn log(h: &Handled, now: DateTime<Utc>) {
 async fn listen(store: Store, wake: Arc<Notify>, shutdown: Shutdown) {
     let mut backoff = retry_timing();
     loop {
-        let mut listener = match store.schedule_listener().await {
+        let mut notifications = match store.schedule_notifications().await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff.ceiling(), "scheduler cannot listen");
@@ -140,12 +140,13 @@ async fn listen(store: Store, wake: Arc<Notify>, shutdown: Shutdown) {
         loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = listener.try_recv() => r,
+                r = notifications.recv() => r,
             };
             match received {
-                Ok(Some(_)) => wake.notify_one(),
-                // Lost and reconnected (sqlx listens again): sweep.
-                Ok(None) => wake.notify_one(),
+                Ok(Notice::Notified) => wake.notify_one(),
+                // Lost: the next `recv` reconnects and listens again; what
+                // was sent meanwhile is gone, so sweep.
+                Ok(Notice::Lost) => wake.notify_one(),
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduler listener lost; reconnecting");
                     break;
