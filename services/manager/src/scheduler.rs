@@ -13,8 +13,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use picloud_core::schedule::PlanReason;
 use picloud_core::{Backoff, Shutdown};
-use picloud_store::{Notice, Store};
 use picloud_store::schedules::{Action, Handled, Sweep};
+use picloud_store::{Notice, Store};
 use tokio::sync::Notify;
 
 /// Schedules claimed per transaction.
