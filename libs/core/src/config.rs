@@ -29,7 +29,6 @@ pub use args::{ConfigArgs, OTHER_VARIABLES};
 pub use nats::{NatsCredentials, NatsSettings};
 use settings::settings;
 
-
 settings! {
     heading = "Settings (flag > variable > file > default)";
     /// Every role's configuration; each role reads the fields it needs.
@@ -40,8 +39,6 @@ settings! {
         /// NATS URL (every role); it may hold a user and password. [default
         /// in `picloud up`: a private nats-server -js]
         nats_url: Option<Secret> = None => secret("PICLOUD_NATS_URL");
-        /// The role's NATS user, TLS and stream replicas (`[nats]`).
-        nats: NatsSettings = NatsSettings::default() => nested;
         /// Where HTTP is served (an executor serves only its health and
         /// metrics there).
         listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080))
@@ -174,6 +171,8 @@ settings! {
         /// metrics; later ones share script="_other".
         metrics_max_scripts: usize = 200
             => arg("PICLOUD_METRICS_MAX_SCRIPTS", "metrics-max-scripts", "N");
+        /// The role's NATS user, TLS and stream replicas (`[nats]`).
+        nats: NatsSettings = NatsSettings::default() => nested;
     }
 }
 
@@ -384,7 +383,18 @@ mod tests {
             "prefix = \"a\"\nworkers = 3\nhttp_allow = \"10.0.0.1\"\n[limits]\nwall_time_ms = 10\n",
         );
         let path = path.to_str().unwrap();
-        let c = load(&["--config", path, "--prefix", "b", "--listen", "0.0.0.0:9000"], &[]).unwrap();
+        let c = load(
+            &[
+                "--config",
+                path,
+                "--prefix",
+                "b",
+                "--listen",
+                "0.0.0.0:9000",
+            ],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.limits.wall_time_ms, 10);
         assert_eq!(c.prefix, "b");
         assert_eq!(c.workers, 3);
@@ -392,7 +402,11 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.queue_depth, Config::default().queue_depth);
         // An empty allow list clears the file's; an empty number is unset.
-        let c = load(&["--config", path, "--http-allow", "", "--workers", " "], &[]).unwrap();
+        let c = load(
+            &["--config", path, "--http-allow", "", "--workers", " "],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.http_allow, "");
         assert_eq!(c.workers, 3);
     }
@@ -453,7 +467,10 @@ mod tests {
             "--metrics-token",
         ] {
             let err = load(&[flag, "x"], &[]).unwrap_err();
-            assert!(err.to_string().contains("unexpected argument"), "{flag}: {err}");
+            assert!(
+                err.to_string().contains("unexpected argument"),
+                "{flag}: {err}"
+            );
         }
     }
 

@@ -94,11 +94,13 @@ fn setup(command: Setup) -> std::process::ExitCode {
         Setup::NatsConfig {
             prefix,
             password_var,
-        } => Config::from_env().map_err(anyhow::Error::from).map(|config| {
-            let prefix = prefix.unwrap_or(config.prefix);
-            let block = picloud_bus::permissions::authorization_block(&prefix, &password_var);
-            cli::output::write_stdout(block.as_bytes());
-        }),
+        } => Config::from_env()
+            .map_err(anyhow::Error::from)
+            .map(|config| {
+                let prefix = prefix.unwrap_or(config.prefix);
+                let block = picloud_bus::permissions::authorization_block(&prefix, &password_var);
+                cli::output::write_stdout(block.as_bytes());
+            }),
         Setup::DevCerts { dir } => devcerts::write(&dir),
     };
     match result {

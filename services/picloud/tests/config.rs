@@ -97,14 +97,24 @@ fn secrets_are_never_printed_nor_taken_as_flags() {
         ("PICLOUD_NATS_PASSWORD", "s3cr3t-natspw"),
         ("PICLOUD_METRICS_TOKEN", "s3cr3t-metrics"),
     ];
-    for args in [&["up", "--help"][..], &["gateway", "-h"], &["up", "--check-config"]] {
+    for args in [
+        &["up", "--help"][..],
+        &["gateway", "-h"],
+        &["up", "--check-config"],
+    ] {
         let out = picloud(args, &env);
         assert!(out.status.success(), "{args:?}: {out:?}");
         let text = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-        assert!(!text.contains("s3cr3t"), "{args:?} printed a secret: {text}");
+        assert!(
+            !text.contains("s3cr3t"),
+            "{args:?} printed a secret: {text}"
+        );
     }
     let shown = stdout(&picloud(&["up", "--check-config"], &env));
-    assert!(shown.contains("admin_token: Some(\n        [redacted]"), "{shown}");
+    assert!(
+        shown.contains("admin_token: Some(\n        [redacted]"),
+        "{shown}"
+    );
     assert!(shown.contains("\"picloud-gateway\""), "{shown}");
 
     for flag in [
@@ -140,10 +150,7 @@ fn flag_beats_variable_beats_file_beats_default() {
         // Empty is unset: the file's value stays.
         ("PICLOUD_MAX_ATTEMPTS", ""),
     ];
-    let out = picloud(
-        &["executor", "--queue-depth", "11", "--check-config"],
-        &env,
-    );
+    let out = picloud(&["executor", "--queue-depth", "11", "--check-config"], &env);
     assert!(out.status.success(), "{out:?}");
     let shown = stdout(&out);
     for line in [
@@ -166,7 +173,10 @@ fn flag_beats_variable_beats_file_beats_default() {
     assert!(stdout(&out).contains("prefix: \"fromfile\","), "{out:?}");
 
     // A bad value names where it came from.
-    let out = picloud(&["manager", "--check-config"], &[("PICLOUD_LISTEN", "nope")]);
+    let out = picloud(
+        &["manager", "--check-config"],
+        &[("PICLOUD_LISTEN", "nope")],
+    );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("invalid PICLOUD_LISTEN"), "{stderr}");

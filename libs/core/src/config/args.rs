@@ -69,7 +69,9 @@ impl clap::Args for ConfigArgs {
                 Arg::new(CHECK)
                     .long("check-config")
                     .action(ArgAction::SetTrue)
-                    .help("Print the configuration this would run with (secrets redacted), then exit"),
+                    .help(
+                        "Print the configuration this would run with (secrets redacted), then exit",
+                    ),
             );
         Config::add_args(cmd).after_help(env_only_help())
     }
@@ -117,7 +119,10 @@ impl Config {
     }
 }
 
-fn resolve(m: &ArgMatches, secret_env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+fn resolve(
+    m: &ArgMatches,
+    secret_env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let file = m.get_one::<OsString>(CONFIG).filter(|p| !p.is_empty());
     let mut config = match file {
         Some(path) => Config::from_file(Path::new(path))?,
