@@ -358,7 +358,7 @@ mod tests {
     use super::*;
 
     /// `args` after `picloud`; `secrets`, the secrets' variables.
-    fn load(args: &[&str], secrets: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn load(args: &[&str], secrets: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let argv = std::iter::once("picloud").chain(args.iter().copied());
         let get = |k: &str| {
             secrets

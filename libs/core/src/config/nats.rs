@@ -167,18 +167,10 @@ fn read_first_line(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Config;
 
     /// `flags` on the command line; `secrets`, the secrets' variables.
     fn load(flags: &[&str], secrets: &[(&str, &str)]) -> Result<NatsSettings, ConfigError> {
-        let argv = std::iter::once("picloud").chain(flags.iter().copied());
-        let get = |k: &str| {
-            secrets
-                .iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-        };
-        Config::from_args(argv, &get).map(|c| c.nats)
+        crate::config::tests::load(flags, secrets).map(|c| c.nats)
     }
 
     #[test]
