@@ -1,5 +1,14 @@
-//! Process configuration: an optional TOML file (`PICLOUD_CONFIG`), then
-//! environment variables, which win.
+//! Process configuration, one source of truth: every setting is declared
+//! once in the table below ([`settings!`]: its name, variable, flag, default
+//! and doc), and read from, in order of precedence, the command line
+//! (`--listen`), the environment (`PICLOUD_LISTEN`), the TOML file named by
+//! `--config` or `PICLOUD_CONFIG`, and its default. `picloud <role> --help`
+//! lists them all with their defaults.
+//!
+//! Secrets (the database and NATS URLs, the admin, metrics and NATS tokens,
+//! the NATS password, the secrets key) come from the environment or the
+//! file only, never from a flag (every user sees a process's arguments in
+//! `ps`); they are [`Secret`]s, which `Debug` prints as `[redacted]`.
 //!
 //! One struct serves every role; each role reads the fields it needs.
 //! (Reading the file and the environment is the only I/O in this crate.)
@@ -7,168 +16,163 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use crate::Secret;
 use crate::limits::{DEFAULT_MAX_SOURCE_BYTES, Limits};
 
+mod args;
 mod nats;
+pub(crate) mod settings;
 
+pub use args::{ConfigArgs, OTHER_VARIABLES};
 pub use nats::{NatsCredentials, NatsSettings};
+use settings::settings;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Postgres URL (it may hold a password: a [`Secret`]). Absent in
-    /// `picloud up`: a private cluster is started.
-    pub database_url: Option<Secret>,
-    /// NATS URL (it may hold a user and password). Absent in `picloud up`:
-    /// a private `nats-server -js` is started.
-    pub nats_url: Option<Secret>,
-    /// The role's NATS user, TLS and stream replicas (`[nats]`,
-    /// `PICLOUD_NATS_*`); see [`NatsSettings`].
-    pub nats: NatsSettings,
-    /// Where HTTP is served.
-    pub listen: SocketAddr,
-    /// The admin API's bearer token. The manager's auth check keeps only
-    /// its SHA-256; this copy stays in the configuration, never printed.
-    pub admin_token: Option<Secret>,
-    /// The key that encrypts secrets at rest: 32 bytes, base64. Absent: the
-    /// manager generates one once into `data_dir/secrets.key` (single node;
-    /// in cluster mode every manager must be given the same key).
-    pub secrets_key: Option<Secret>,
-    /// `picloud manager` on its own refuses to start without
-    /// `secrets_key` (every manager of a cluster must share it) unless this
-    /// says the installation is one node (`PICLOUD_SINGLE_NODE=true`);
-    /// `picloud up` is always one node.
-    pub single_node: bool,
-    /// Hosts, IPs or CIDRs scripts may call although the SSRF policy would
-    /// deny them (comma-separated; `PICLOUD_HTTP_ALLOW`).
-    pub http_allow: String,
-    /// More to deny (`PICLOUD_HTTP_DENY`); wins over `http_allow`.
-    pub http_deny: String,
-    /// Ports scripts may call (`PICLOUD_HTTP_PORTS`, e.g. "80,443"; "*" for any).
-    pub http_ports: String,
-    /// Where `picloud up` keeps its private servers' data.
-    pub data_dir: PathBuf,
-    /// Namespace for every NATS subject, stream and bucket name: several
-    /// installations (or tests) can share one NATS server.
-    pub prefix: String,
-    /// Executor worker threads (0 = one per core).
-    pub workers: usize,
-    /// Invocations an executor accepts beyond busy workers before it rejects.
-    pub queue_depth: usize,
-    /// Largest HTTP request body the gateway accepts, in bytes.
-    pub max_request_bytes: usize,
-    /// Largest script source a deploy accepts, in bytes.
-    pub max_source_bytes: usize,
-    /// Extra time the gateway waits past a script's wall-time limit.
-    pub deadline_grace_ms: u64,
-    /// First retry delay of a failed async job; each further attempt doubles
-    /// it, up to `retry_max_ms`.
-    pub retry_base_ms: u64,
-    pub retry_max_ms: u64,
-    /// Attempts of an async HTTP job (subscriptions and schedules set their own).
-    pub max_attempts: u32,
-    /// How long a job may go without an ack or a progress signal before
-    /// JetStream hands it to another executor (a dead executor's jobs come
-    /// back after this).
-    pub job_ack_wait_ms: u64,
-    /// On SIGTERM, how long a role behind a load balancer keeps serving
-    /// while its `/readyz` answers 503, before it closes its listener and
-    /// drains (`PICLOUD_DRAIN_MS`): the balancer's health check must see
-    /// it first, or it may still send a request on a connection the role
-    /// is closing. None: 2 s for a gateway or manager role alone, 0 for
-    /// `picloud up` and executors.
-    pub drain_ms: Option<u64>,
-    /// How long invocation records are kept, in hours.
-    pub invocation_retention_hours: u64,
-    /// Every HTTP listener (gateway, manager, executor health, `up`): how long
-    /// a client may take to send a request's headers (`PICLOUD_HTTP_HEADER_TIMEOUT_MS`).
-    pub http_header_timeout_ms: u64,
-    /// ... and its body, counted from the end of the headers
-    /// (`PICLOUD_HTTP_BODY_TIMEOUT_MS`); past it the caller gets 408.
-    pub http_body_timeout_ms: u64,
-    /// How long a keep-alive connection may wait for its next request
-    /// (`PICLOUD_HTTP_IDLE_TIMEOUT_MS`; the header timeout also bounds it).
-    pub http_idle_timeout_ms: u64,
-    /// Open connections per listener (`PICLOUD_HTTP_MAX_CONNECTIONS`); one
-    /// more is answered 503 and closed.
-    pub http_max_connections: usize,
-    /// Defaults for every script.
-    pub limits: Limits,
-    /// Ceilings for per-script overrides.
-    pub max_limits: Limits,
-    /// Hops an event chain may take before its next job becomes a dead
-    /// letter (see [`crate::chain`]).
-    pub max_chain_depth: u32,
-    /// Invocations one trace (a root and everything its emits cause) may run.
-    pub max_trace_invocations: u32,
-    /// Invocations of one script an executor runs at once (sync and async);
-    /// 0 = one less than its workers, so another script always has one.
-    pub script_concurrency: usize,
-    /// Live-log events queued for one follower of `GET
-    /// /api/v1/scripts/{name}/logs?follow=true` (`PICLOUD_LOG_FOLLOW_BUFFER`);
-    /// a follower that falls this far behind is disconnected with a final
-    /// event that says how many events it missed.
-    pub log_follow_buffer: usize,
-    /// Keepalive comment interval on an idle follower's stream
-    /// (`PICLOUD_LOG_KEEPALIVE_MS`).
-    pub log_keepalive_ms: u64,
-    /// `GET /metrics` asks for this bearer token when set
-    /// (`PICLOUD_METRICS_TOKEN`); otherwise it is open like `/healthz`.
-    pub metrics_token: Option<Secret>,
-    /// Distinct script names with a `script` label of their own in the
-    /// metrics; later ones share `script="_other"`
-    /// (`PICLOUD_METRICS_MAX_SCRIPTS`).
-    pub metrics_max_scripts: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            database_url: None,
-            nats_url: None,
-            nats: NatsSettings::default(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            admin_token: None,
-            secrets_key: None,
-            single_node: false,
-            http_allow: String::new(),
-            http_deny: String::new(),
-            http_ports: "80,443".into(),
-            data_dir: default_data_dir(),
-            prefix: "picloud".into(),
-            workers: 0,
-            queue_depth: 256,
-            // Stays under NATS's default 1 MB message limit with the
-            // invocation's envelope.
-            max_request_bytes: 512 << 10,
-            max_source_bytes: DEFAULT_MAX_SOURCE_BYTES,
-            deadline_grace_ms: 1_000,
-            retry_base_ms: 1_000,
-            retry_max_ms: 300_000,
-            max_attempts: 5,
-            job_ack_wait_ms: 30_000,
-            drain_ms: None,
-            invocation_retention_hours: 7 * 24,
-            // A public endpoint's usual bounds: headers in 10 s (slowloris),
-            // a body in 30 s (512 KiB at 17 KiB/s), an idle keep-alive
-            // connection closed after 5 s (Node's default).
-            http_header_timeout_ms: 10_000,
-            http_body_timeout_ms: 30_000,
-            http_idle_timeout_ms: 5_000,
-            http_max_connections: 10_000,
-            limits: Limits::default(),
-            max_limits: Limits::default_maxima(),
-            max_chain_depth: crate::chain::DEFAULT_MAX_CHAIN_DEPTH,
-            max_trace_invocations: crate::chain::DEFAULT_MAX_TRACE_INVOCATIONS,
-            script_concurrency: 0,
-            log_follow_buffer: 4_096,
-            log_keepalive_ms: 15_000,
-            metrics_token: None,
-            metrics_max_scripts: 200,
-        }
+settings! {
+    heading = "Settings (flag > variable > file > default)";
+    /// Every role's configuration; each role reads the fields it needs.
+    pub struct Config {
+        /// Postgres URL (manager); it may hold a password. [default in
+        /// `picloud up`: a private cluster]
+        database_url: Option<Secret> = None => secret("PICLOUD_DATABASE_URL");
+        /// NATS URL (every role); it may hold a user and password. [default
+        /// in `picloud up`: a private nats-server -js]
+        nats_url: Option<Secret> = None => secret("PICLOUD_NATS_URL");
+        /// Where HTTP is served (an executor serves only its health and
+        /// metrics there).
+        listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080))
+            => arg("PICLOUD_LISTEN", "listen", "ADDR");
+        /// The admin API's bearer token. [default in `picloud up`: generated
+        /// into the data directory]
+        ///
+        /// The manager's auth check keeps only its SHA-256; `picloud up`
+        /// also prints it at start when it generated it.
+        admin_token: Option<Secret> = None => secret("PICLOUD_ADMIN_TOKEN");
+        /// The key that encrypts secrets at rest: 32 bytes, base64 (every
+        /// manager of a cluster must have the same). [default on one node:
+        /// generated into the data directory]
+        secrets_key: Option<Secret> = None => secret("PICLOUD_SECRETS_KEY");
+        /// This installation is one node: `picloud manager` may then
+        /// generate its secrets key (`picloud up` always is one node).
+        ///
+        /// Without it a manager refuses to start without a secrets key,
+        /// since every manager of a cluster must share it.
+        single_node: bool = false => arg("PICLOUD_SINGLE_NODE", "single-node", "BOOL");
+        /// Hosts, IPs or CIDRs scripts may call although the SSRF policy
+        /// would deny them (comma-separated).
+        http_allow: String = String::new()
+            => arg("PICLOUD_HTTP_ALLOW", "http-allow", "LIST", keep_empty);
+        /// More hosts, IPs or CIDRs to deny scripts (wins over the allow
+        /// list).
+        http_deny: String = String::new()
+            => arg("PICLOUD_HTTP_DENY", "http-deny", "LIST", keep_empty);
+        /// Ports scripts may call ("*" for any).
+        http_ports: String = "80,443".into() => arg("PICLOUD_HTTP_PORTS", "http-ports", "LIST");
+        /// Where `picloud up` keeps its private servers' data (and the
+        /// generated admin token and secrets key).
+        data_dir: PathBuf = default_data_dir() => arg("PICLOUD_DATA_DIR", "data-dir", "DIR");
+        /// Namespace for every NATS subject, stream and bucket: 1-32
+        /// lower-case letters, digits, '-' or '_'.
+        ///
+        /// Several installations (or tests) can share one NATS server.
+        prefix: String = "picloud".into() => arg("PICLOUD_PREFIX", "prefix", "NAME");
+        /// Executor worker threads (0 = one per core).
+        workers: usize = 0 => arg("PICLOUD_WORKERS", "workers", "N");
+        /// Invocations an executor accepts beyond busy workers before it
+        /// answers 503.
+        queue_depth: usize = 256 => arg("PICLOUD_QUEUE_DEPTH", "queue-depth", "N");
+        /// Largest /fn request body the gateway accepts, in bytes (past it:
+        /// 413).
+        ///
+        /// The default stays under NATS's default 1 MB message limit with the
+        /// invocation's envelope.
+        max_request_bytes: usize = 512 << 10
+            => arg("PICLOUD_MAX_REQUEST_BYTES", "max-request-bytes", "BYTES");
+        /// Largest script source a deploy accepts, in bytes.
+        max_source_bytes: usize = DEFAULT_MAX_SOURCE_BYTES
+            => arg("PICLOUD_MAX_SOURCE_BYTES", "max-source-bytes", "BYTES");
+        /// Extra time the gateway waits past a script's wall-time limit.
+        deadline_grace_ms: u64 = 1_000
+            => arg("PICLOUD_DEADLINE_GRACE_MS", "deadline-grace-ms", "MS");
+        /// First retry delay of a failed async job; each further attempt
+        /// doubles it, up to the maximum.
+        retry_base_ms: u64 = 1_000 => arg("PICLOUD_RETRY_BASE_MS", "retry-base-ms", "MS");
+        /// Longest retry delay of a failed async job.
+        retry_max_ms: u64 = 300_000 => arg("PICLOUD_RETRY_MAX_MS", "retry-max-ms", "MS");
+        /// Attempts of an async HTTP call before it becomes a dead letter
+        /// (subscriptions and schedules set their own).
+        max_attempts: u32 = 5 => arg("PICLOUD_MAX_ATTEMPTS", "max-attempts", "N");
+        /// How long a job may go without an ack or a progress signal before
+        /// another executor gets it (a dead executor's jobs come back after
+        /// this).
+        job_ack_wait_ms: u64 = 30_000 => arg("PICLOUD_JOB_ACK_WAIT_MS", "job-ack-wait-ms", "MS");
+        /// On SIGTERM, how long a role keeps serving with /readyz at 503
+        /// before it stops taking requests. [default: 2000 for a gateway or
+        /// manager alone, 0 for `picloud up` and executors]
+        ///
+        /// A load balancer's health check must see the 503 first, or it may
+        /// still send a request on a connection the role is closing.
+        drain_ms: Option<u64> = None => arg("PICLOUD_DRAIN_MS", "drain-ms", "MS");
+        /// How long invocation records are kept, in hours.
+        invocation_retention_hours: u64 = 7 * 24 => arg(
+            "PICLOUD_INVOCATION_RETENTION_HOURS",
+            "invocation-retention-hours",
+            "HOURS"
+        );
+        /// Every HTTP listener: how long a client may take to send a
+        /// request's headers (slowloris).
+        http_header_timeout_ms: u64 = 10_000
+            => arg("PICLOUD_HTTP_HEADER_TIMEOUT_MS", "http-header-timeout-ms", "MS");
+        /// ... and its body, counted from the end of the headers; past it the
+        /// caller gets 408.
+        ///
+        /// The default takes 512 KiB at 17 KiB/s.
+        http_body_timeout_ms: u64 = 30_000
+            => arg("PICLOUD_HTTP_BODY_TIMEOUT_MS", "http-body-timeout-ms", "MS");
+        /// How long a keep-alive connection may wait for its next request
+        /// (the header timeout also bounds it).
+        http_idle_timeout_ms: u64 = 5_000
+            => arg("PICLOUD_HTTP_IDLE_TIMEOUT_MS", "http-idle-timeout-ms", "MS");
+        /// Open connections per listener; one more is answered 503 and
+        /// closed.
+        http_max_connections: usize = 10_000
+            => arg("PICLOUD_HTTP_MAX_CONNECTIONS", "http-max-connections", "N");
+        /// Defaults for every script (the file's `[limits]` table only).
+        limits: Limits = Limits::default() => file;
+        /// Ceilings for per-script overrides (the file's `[max_limits]`
+        /// table only).
+        max_limits: Limits = Limits::default_maxima() => file;
+        /// Hops an event chain may take before its next job becomes a dead
+        /// letter.
+        max_chain_depth: u32 = crate::chain::DEFAULT_MAX_CHAIN_DEPTH
+            => arg("PICLOUD_MAX_CHAIN_DEPTH", "max-chain-depth", "N");
+        /// Invocations one trace (a root and everything its emits cause) may
+        /// run.
+        max_trace_invocations: u32 = crate::chain::DEFAULT_MAX_TRACE_INVOCATIONS
+            => arg("PICLOUD_MAX_TRACE_INVOCATIONS", "max-trace-invocations", "N");
+        /// Invocations of one script an executor runs at once (0 = one less
+        /// than its workers, so another script always has one).
+        script_concurrency: usize = 0
+            => arg("PICLOUD_SCRIPT_CONCURRENCY", "script-concurrency", "N");
+        /// Live-log events queued for one follower of a script's logs; one
+        /// that falls this far behind is disconnected.
+        ///
+        /// Its final event says how many events it missed.
+        log_follow_buffer: usize = 4_096
+            => arg("PICLOUD_LOG_FOLLOW_BUFFER", "log-follow-buffer", "N");
+        /// Keepalive comment interval on an idle log follower's stream.
+        log_keepalive_ms: u64 = 15_000
+            => arg("PICLOUD_LOG_KEEPALIVE_MS", "log-keepalive-ms", "MS");
+        /// The bearer token GET /metrics asks for. [default: none, /metrics
+        /// is open like /healthz]
+        metrics_token: Option<Secret> = None => secret("PICLOUD_METRICS_TOKEN");
+        /// Distinct script names with a `script` label of their own in the
+        /// metrics; later ones share script="_other".
+        metrics_max_scripts: usize = 200
+            => arg("PICLOUD_METRICS_MAX_SCRIPTS", "metrics-max-scripts", "N");
+        /// The role's NATS user, TLS and stream replicas (`[nats]`).
+        nats: NatsSettings = NatsSettings::default() => nested;
     }
 }
 
@@ -184,21 +188,16 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    /// A setting's value is wrong: `var` names the variable, the flag or
+    /// the file's table it came from.
     #[error("invalid {var}: {reason}")]
     Env { var: &'static str, reason: String },
+    #[error("{0}")]
+    Args(String),
 }
 
 impl Config {
-    /// Reads `PICLOUD_CONFIG` (if set) and then the `PICLOUD_*` variables.
-    pub fn load() -> Result<Self, ConfigError> {
-        let mut config = match std::env::var_os("PICLOUD_CONFIG") {
-            Some(path) => Self::from_file(Path::new(&path))?,
-            None => Self::default(),
-        };
-        config.apply_env(|k| std::env::var(k).ok())?;
-        Ok(config)
-    }
-
+    /// The TOML file alone (over the defaults).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -208,133 +207,6 @@ impl Config {
             path: path.into(),
             source: Box::new(source),
         })
-    }
-
-    /// Applies environment overrides; `get` is injectable for tests.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
-                var,
-                reason: e.to_string(),
-            })
-        }
-        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        if let Some(v) = non_empty("PICLOUD_DATABASE_URL") {
-            self.database_url = Some(v.into());
-        }
-        if let Some(v) = non_empty("PICLOUD_NATS_URL") {
-            self.nats_url = Some(v.into());
-        }
-        self.nats.apply_env(&get)?;
-        if let Some(v) = non_empty("PICLOUD_SINGLE_NODE") {
-            self.single_node = parse::<bool>("PICLOUD_SINGLE_NODE", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_LISTEN") {
-            self.listen = parse("PICLOUD_LISTEN", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_ADMIN_TOKEN") {
-            self.admin_token = Some(v.into());
-        }
-        if let Some(v) = get("PICLOUD_HTTP_ALLOW") {
-            self.http_allow = v;
-        }
-        if let Some(v) = get("PICLOUD_HTTP_DENY") {
-            self.http_deny = v;
-        }
-        if let Some(v) = non_empty("PICLOUD_HTTP_PORTS") {
-            self.http_ports = v;
-        }
-        if let Some(v) = non_empty("PICLOUD_SECRETS_KEY") {
-            self.secrets_key = Some(v.into());
-        }
-        if let Some(v) = non_empty("PICLOUD_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = non_empty("PICLOUD_PREFIX") {
-            self.prefix = v;
-        }
-        if let Some(v) = non_empty("PICLOUD_WORKERS") {
-            self.workers = parse("PICLOUD_WORKERS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_QUEUE_DEPTH") {
-            self.queue_depth = parse("PICLOUD_QUEUE_DEPTH", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_MAX_REQUEST_BYTES") {
-            self.max_request_bytes = parse("PICLOUD_MAX_REQUEST_BYTES", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_RETRY_BASE_MS") {
-            self.retry_base_ms = parse("PICLOUD_RETRY_BASE_MS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_RETRY_MAX_MS") {
-            self.retry_max_ms = parse("PICLOUD_RETRY_MAX_MS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_MAX_ATTEMPTS") {
-            self.max_attempts = parse("PICLOUD_MAX_ATTEMPTS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_JOB_ACK_WAIT_MS") {
-            self.job_ack_wait_ms = parse("PICLOUD_JOB_ACK_WAIT_MS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_DRAIN_MS") {
-            self.drain_ms = Some(parse("PICLOUD_DRAIN_MS", &v)?);
-        }
-        if let Some(v) = non_empty("PICLOUD_INVOCATION_RETENTION_HOURS") {
-            self.invocation_retention_hours = parse("PICLOUD_INVOCATION_RETENTION_HOURS", &v)?;
-        }
-        self.apply_http_env(&get)?;
-        if let Some(v) = non_empty("PICLOUD_LOG_FOLLOW_BUFFER") {
-            self.log_follow_buffer = parse("PICLOUD_LOG_FOLLOW_BUFFER", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_LOG_KEEPALIVE_MS") {
-            self.log_keepalive_ms = parse("PICLOUD_LOG_KEEPALIVE_MS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_MAX_CHAIN_DEPTH") {
-            self.max_chain_depth = parse("PICLOUD_MAX_CHAIN_DEPTH", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_MAX_TRACE_INVOCATIONS") {
-            self.max_trace_invocations = parse("PICLOUD_MAX_TRACE_INVOCATIONS", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_SCRIPT_CONCURRENCY") {
-            self.script_concurrency = parse("PICLOUD_SCRIPT_CONCURRENCY", &v)?;
-        }
-        if let Some(v) = non_empty("PICLOUD_METRICS_TOKEN") {
-            self.metrics_token = Some(v.into());
-        }
-        if let Some(v) = non_empty("PICLOUD_METRICS_MAX_SCRIPTS") {
-            self.metrics_max_scripts = parse("PICLOUD_METRICS_MAX_SCRIPTS", &v)?;
-        }
-        self.validate()
-    }
-
-    fn apply_http_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
-            get(var)
-                .filter(|v| !v.trim().is_empty())
-                .map(|v| {
-                    v.trim()
-                        .parse()
-                        .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                            var,
-                            reason: e.to_string(),
-                        })
-                })
-                .transpose()
-        };
-        if let Some(v) = num("PICLOUD_HTTP_HEADER_TIMEOUT_MS")? {
-            self.http_header_timeout_ms = v;
-        }
-        if let Some(v) = num("PICLOUD_HTTP_BODY_TIMEOUT_MS")? {
-            self.http_body_timeout_ms = v;
-        }
-        if let Some(v) = num("PICLOUD_HTTP_IDLE_TIMEOUT_MS")? {
-            self.http_idle_timeout_ms = v;
-        }
-        if let Some(v) = num("PICLOUD_HTTP_MAX_CONNECTIONS")? {
-            self.http_max_connections = usize::try_from(v).unwrap_or(usize::MAX);
-        }
-        Ok(())
     }
 
     /// The delay before attempt `attempt + 1` of a job that failed attempt
@@ -485,49 +357,88 @@ pub fn is_root() -> bool {
 mod tests {
     use super::*;
 
+    /// `args` after `picloud`; `secrets`, the secrets' variables.
+    pub(super) fn load(args: &[&str], secrets: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let argv = std::iter::once("picloud").chain(args.iter().copied());
+        let get = |k: &str| {
+            secrets
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        Config::from_args(argv, &get)
+    }
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("picloud-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Flag > file > default, and a default never hides the file's value.
     #[test]
-    fn env_overrides_file_values() {
-        let mut c: Config =
-            toml::from_str("prefix = \"a\"\nworkers = 3\n[limits]\nwall_time_ms = 10\n").unwrap();
-        assert_eq!(c.limits.wall_time_ms, 10);
-        c.apply_env(|k| match k {
-            "PICLOUD_PREFIX" => Some("b".into()),
-            "PICLOUD_LISTEN" => Some("0.0.0.0:9000".into()),
-            _ => None,
-        })
+    fn flags_override_file_values_and_defaults_do_not() {
+        let path = file(
+            "layers",
+            "prefix = \"a\"\nworkers = 3\nhttp_allow = \"10.0.0.1\"\n[limits]\nwall_time_ms = 10\n",
+        );
+        let path = path.to_str().unwrap();
+        let c = load(
+            &[
+                "--config",
+                path,
+                "--prefix",
+                "b",
+                "--listen",
+                "0.0.0.0:9000",
+            ],
+            &[],
+        )
         .unwrap();
+        assert_eq!(c.limits.wall_time_ms, 10);
         assert_eq!(c.prefix, "b");
         assert_eq!(c.workers, 3);
+        assert_eq!(c.http_allow, "10.0.0.1");
         assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.queue_depth, Config::default().queue_depth);
+        // An empty allow list clears the file's; an empty number is unset.
+        let c = load(
+            &["--config", path, "--http-allow", "", "--workers", " "],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.http_allow, "");
+        assert_eq!(c.workers, 3);
     }
 
     #[test]
-    fn bad_env_is_named() {
-        let err = Config::default()
-            .apply_env(|k| (k == "PICLOUD_LISTEN").then(|| "nope".into()))
-            .unwrap_err();
-        assert!(
-            err.to_string().starts_with("invalid PICLOUD_LISTEN"),
-            "{err}"
-        );
-        let err = Config::default()
-            .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| "a.b".into()))
-            .unwrap_err();
+    fn bad_values_are_named() {
+        let err = load(&["--listen", "nope"], &[]).unwrap_err();
+        assert!(err.to_string().starts_with("invalid --listen"), "{err}");
+        let err = load(&["--prefix", "a.b"], &[]).unwrap_err();
         assert!(err.to_string().contains("PICLOUD_PREFIX"), "{err}");
+        let err = load(&["--single-node", "maybe"], &[]).unwrap_err();
+        assert!(err.to_string().contains("--single-node"), "{err}");
+        assert!(load(&["--single-node"], &[]).unwrap().single_node);
     }
 
     /// Issue #18: printing the configuration (a `{config:?}` in a log line or
     /// a panic) shows none of its secrets.
     #[test]
     fn debug_shows_no_secret() {
-        let mut c: Config =
-            toml::from_str("admin_token = \"tok-file-1\"\nsecrets_key = \"key-file-2\"\n").unwrap();
-        c.apply_env(|k| match k {
-            "PICLOUD_DATABASE_URL" => Some("postgres://u:pg-pass-3@db/x".into()),
-            "PICLOUD_NATS_URL" => Some("nats://n:nats-pass-4@bus:4222".into()),
-            "PICLOUD_METRICS_TOKEN" => Some("metrics-5".into()),
-            _ => None,
-        })
+        let path = file(
+            "secrets",
+            "admin_token = \"tok-file-1\"\nsecrets_key = \"key-file-2\"\n",
+        );
+        let c = load(
+            &["--config", path.to_str().unwrap()],
+            &[
+                ("PICLOUD_DATABASE_URL", "postgres://u:pg-pass-3@db/x"),
+                ("PICLOUD_NATS_URL", "nats://n:nats-pass-4@bus:4222"),
+                ("PICLOUD_METRICS_TOKEN", "metrics-5"),
+                ("PICLOUD_SECRETS_KEY", "   "),
+            ],
+        )
         .unwrap();
         let shown = format!("{c:?} {c:#?}");
         for secret in [
@@ -540,7 +451,27 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} printed in {shown}");
         }
         assert_eq!(c.admin_token(), Some("tok-file-1"));
+        // A blank variable is unset: the file's key stays.
+        assert_eq!(c.secrets_key(), Some("key-file-2"));
         assert_eq!(c.database_url(), Some("postgres://u:pg-pass-3@db/x"));
+    }
+
+    /// The secrets are not flags: every user sees a process's arguments.
+    #[test]
+    fn secrets_are_not_flags() {
+        for flag in [
+            "--admin-token",
+            "--secrets-key",
+            "--database-url",
+            "--nats-url",
+            "--metrics-token",
+        ] {
+            let err = load(&[flag, "x"], &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("unexpected argument"),
+                "{flag}: {err}"
+            );
+        }
     }
 
     /// Streams are named after the prefix upper-cased: `Ab` would share
@@ -548,15 +479,11 @@ mod tests {
     #[test]
     fn upper_case_prefix_is_refused() {
         for bad in ["Ab", "PICLOUD"] {
-            let err = Config::default()
-                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| bad.into()))
-                .unwrap_err();
+            let err = load(&["--prefix", bad], &[]).unwrap_err();
             assert!(err.to_string().contains("lower-case"), "{err}");
         }
         for good in ["a-b", "a_b", "t0123456789ab"] {
-            Config::default()
-                .apply_env(|k| (k == "PICLOUD_PREFIX").then(|| good.into()))
-                .unwrap();
+            load(&["--prefix", good], &[]).unwrap();
         }
     }
 }

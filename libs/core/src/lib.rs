@@ -44,7 +44,7 @@ pub mod whole;
 
 pub use backoff::Backoff;
 pub use chain::Chain;
-pub use config::{Config, is_root};
+pub use config::{Config, ConfigArgs, is_root};
 pub use effects::{Commit, CommitReply, DeadLetter, Effects, Emit, KvEntry, KvVersion, ListRead};
 pub use invocation::{
     EventInput, HttpRequestInput, InvocationRecord, InvocationReply, InvocationRequest,

@@ -1,6 +1,7 @@
 //! A configuration value that must not be printed: the admin and metrics
-//! tokens, the secrets key, and the database and NATS URLs (which may hold
-//! a password). `Debug` shows `[redacted]`; the value is wiped when dropped
+//! tokens, the secrets key, the NATS password and token, and the database
+//! and NATS URLs (which may hold a password). None of them is ever a
+//! command-line flag (see [`crate::config`]). `Debug` shows `[redacted]`; the value is wiped when dropped
 //! ([`secrecy`]); reading it is an explicit [`Secret::expose`].
 
 use secrecy::{ExposeSecret, SecretString};

@@ -9,8 +9,10 @@
 //! - `picloud login|deploy|ls|invoke|…`: a client of a running PiCloud's
 //!   admin API (see [`cli`]).
 //!
-//! Configuration comes from `PICLOUD_*` variables and an optional TOML file
-//! (`PICLOUD_CONFIG`); see `picloud_core::Config`.
+//! A role's configuration comes from its flags, the `PICLOUD_*` variables
+//! and an optional TOML file (`--config` or `PICLOUD_CONFIG`), in that
+//! order; `picloud up --help` lists every setting with its default. See
+//! `picloud_core::Config`.
 
 #![forbid(unsafe_code)]
 
@@ -20,7 +22,7 @@ mod embedded;
 mod up;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use picloud_core::{Config, Shutdown};
+use picloud_core::{Config, ConfigArgs, Shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -45,18 +47,27 @@ enum Command {
     Client(cli::ClientCommand),
 }
 
-/// The server roles.
+/// The server roles. Each takes every setting as a flag, a `PICLOUD_*`
+/// variable or a line of the `--config` file (see `picloud_core::Config`).
 #[derive(Subcommand)]
 enum Role {
     /// Run everything in one process (starts private NATS and Postgres
     /// when PICLOUD_NATS_URL / PICLOUD_DATABASE_URL are not set).
-    Up,
+    Up(ConfigArgs),
     /// Run the manager role (admin API, database owner).
-    Manager,
+    Manager(ConfigArgs),
     /// Run the gateway role (HTTP ingress for /fn).
-    Gateway,
+    Gateway(ConfigArgs),
     /// Run the executor role (runs scripts).
-    Executor,
+    Executor(ConfigArgs),
+}
+
+impl Role {
+    fn args(&self) -> &ConfigArgs {
+        match self {
+            Self::Up(a) | Self::Manager(a) | Self::Gateway(a) | Self::Executor(a) => a,
+        }
+    }
 }
 
 /// Files an operator sets a cluster up with.
@@ -83,11 +94,13 @@ fn setup(command: Setup) -> std::process::ExitCode {
         Setup::NatsConfig {
             prefix,
             password_var,
-        } => Config::load().map_err(anyhow::Error::from).map(|config| {
-            let prefix = prefix.unwrap_or(config.prefix);
-            let block = picloud_bus::permissions::authorization_block(&prefix, &password_var);
-            cli::output::write_stdout(block.as_bytes());
-        }),
+        } => Config::from_env()
+            .map_err(anyhow::Error::from)
+            .map(|config| {
+                let prefix = prefix.unwrap_or(config.prefix);
+                let block = picloud_bus::permissions::authorization_block(&prefix, &password_var);
+                cli::output::write_stdout(block.as_bytes());
+            }),
         Setup::DevCerts { dir } => devcerts::write(&dir),
     };
     match result {
@@ -123,6 +136,17 @@ fn main() -> std::process::ExitCode {
             };
         }
     };
+    let config = match role.args().load() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if role.args().check_only() {
+        cli::output::write_stdout(format!("{config:#?}\n").as_bytes());
+        return std::process::ExitCode::SUCCESS;
+    }
     if let Err(e) = init_logging() {
         eprintln!("error: {e}");
         return std::process::ExitCode::from(2);
@@ -134,7 +158,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(role)) {
+    match runtime.block_on(run(role, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -177,8 +201,7 @@ fn init_logging() -> Result<(), String> {
     Ok(())
 }
 
-async fn run(role: Role) -> anyhow::Result<()> {
-    let config = Config::load()?;
+async fn run(role: Role, config: Config) -> anyhow::Result<()> {
     // Every connection is a descriptor: a public listener needs the hard
     // limit, not the (often 1024) soft one.
     match picloud_supervise::raise_nofile_limit() {
@@ -187,15 +210,15 @@ async fn run(role: Role) -> anyhow::Result<()> {
     }
     let shutdown = Shutdown::new();
     let drain = std::time::Duration::from_millis(config.drain_ms.unwrap_or(match role {
-        Role::Manager | Role::Gateway => 2_000,
-        Role::Up | Role::Executor => 0,
+        Role::Manager(_) | Role::Gateway(_) => 2_000,
+        Role::Up(_) | Role::Executor(_) => 0,
     }));
     tokio::spawn(cancel_on_signal(shutdown.clone(), drain));
     match role {
-        Role::Up => up::run(config, shutdown).await,
-        Role::Manager => picloud_manager::run(config, shutdown).await,
-        Role::Gateway => picloud_gateway::run(config, shutdown).await,
-        Role::Executor => picloud_executor::run(config, shutdown).await,
+        Role::Up(_) => up::run(config, shutdown).await,
+        Role::Manager(_) => picloud_manager::run(config, shutdown).await,
+        Role::Gateway(_) => picloud_gateway::run(config, shutdown).await,
+        Role::Executor(_) => picloud_executor::run(config, shutdown).await,
     }
 }
 

@@ -7,17 +7,18 @@ use picloud_core::{Config, Shutdown};
 use crate::embedded::Embedded;
 
 pub async fn run(mut config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let token_from_env = config.admin_token.is_some();
+    // Configured (a variable or the config file) rather than generated.
+    let token_configured = config.admin_token.is_some();
     let mut embedded = Embedded::start(&mut config, &shutdown).await?;
     let token = config.admin_token().unwrap_or_default().to_owned();
 
-    let shown = if token_from_env {
+    let shown = if token_configured {
         // The operator chose it; do not echo a credential into logs.
-        "(the one in PICLOUD_ADMIN_TOKEN)".to_owned()
+        "(the configured one: PICLOUD_ADMIN_TOKEN or the config file)".to_owned()
     } else {
         token
     };
-    let serving = serve(&config, shutdown.clone(), &shown, !token_from_env);
+    let serving = serve(&config, shutdown.clone(), &shown, !token_configured);
     tokio::pin!(serving);
     // A private server that dies takes PiCloud down with a clear error,
     // rather than leaving it up and unable to serve.

@@ -32,7 +32,7 @@ fn picloud(args: &[&str]) -> std::process::Output {
 fn as_role(config: &Config, role: &str, password: &str) -> Config {
     let mut c = config.clone();
     c.nats.user = Some(format!("{}-{role}", config.prefix));
-    c.nats.password = Some(password.to_owned());
+    c.nats.password = Some(password.into());
     c
 }
 

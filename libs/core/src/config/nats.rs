@@ -2,42 +2,51 @@
 //! boundary), TLS, and how many replicas the streams it creates get.
 //!
 //! The `[nats]` table of the TOML file, or the `PICLOUD_NATS_*` variables
-//! (which win). Credentials come from here or from files named here, never
-//! from the command line. Passwords and tokens never appear in `Debug`.
+//! and flags (which win). The password and the token come from the file or
+//! a variable (or a file they name), never from the command line, and are
+//! [`Secret`]s: `Debug` never shows them.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 use super::ConfigError;
+use super::settings::settings;
+use crate::Secret;
 
-#[derive(Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NatsSettings {
-    /// The role's NATS user (`PICLOUD_NATS_USER`), with `password`
-    /// (`PICLOUD_NATS_PASSWORD`) or `password_file`
-    /// (`PICLOUD_NATS_PASSWORD_FILE`: the first line of that file).
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub password_file: Option<PathBuf>,
-    /// A token instead of a user (`PICLOUD_NATS_TOKEN`,
-    /// `PICLOUD_NATS_TOKEN_FILE`).
-    pub token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    /// PEM file of the CA that signed the server's certificate
-    /// (`PICLOUD_NATS_CA`); setting it turns TLS on.
-    pub ca_file: Option<PathBuf>,
-    /// The client's certificate and key, PEM (`PICLOUD_NATS_CERT`,
-    /// `PICLOUD_NATS_KEY`), for servers that verify clients.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Refuse a connection that is not TLS (`PICLOUD_NATS_TLS=true`);
-    /// implied by `ca_file` or `cert_file`.
-    pub tls: bool,
-    /// Replicas of every stream and bucket PiCloud creates
-    /// (`PICLOUD_STREAM_REPLICAS`). Absent: 3 when the server reports a
-    /// cluster of 3 or more nodes, else 1.
-    pub replicas: Option<usize>,
+settings! {
+    heading = "NATS (flag > variable > file's [nats] > default)";
+    /// How the role connects to NATS: the `[nats]` table of the file, or
+    /// the `PICLOUD_NATS_*` variables and flags (which win).
+    pub struct NatsSettings {
+        /// The role's NATS user (with a password or a password file).
+        user: Option<String> = None => arg("PICLOUD_NATS_USER", "nats-user", "USER");
+        /// The NATS user's password.
+        password: Option<Secret> = None => secret("PICLOUD_NATS_PASSWORD");
+        /// A file whose first line is the NATS user's password (read at
+        /// start).
+        password_file: Option<PathBuf> = None
+            => arg("PICLOUD_NATS_PASSWORD_FILE", "nats-password-file", "FILE");
+        /// A NATS token instead of a user.
+        token: Option<Secret> = None => secret("PICLOUD_NATS_TOKEN");
+        /// A file whose first line is the NATS token (read at start).
+        token_file: Option<PathBuf> = None
+            => arg("PICLOUD_NATS_TOKEN_FILE", "nats-token-file", "FILE");
+        /// PEM file of the CA that signed the NATS server's certificate;
+        /// setting it turns TLS on.
+        ca_file: Option<PathBuf> = None => arg("PICLOUD_NATS_CA", "nats-ca", "FILE");
+        /// The client's certificate, PEM, for NATS servers that verify
+        /// clients (with its key).
+        cert_file: Option<PathBuf> = None => arg("PICLOUD_NATS_CERT", "nats-cert", "FILE");
+        /// The client certificate's key, PEM.
+        key_file: Option<PathBuf> = None => arg("PICLOUD_NATS_KEY", "nats-key", "FILE");
+        /// Refuse a NATS connection that is not TLS (implied by a CA or a
+        /// client certificate).
+        tls: bool = false => arg("PICLOUD_NATS_TLS", "nats-tls", "BOOL");
+        /// Replicas of every stream and bucket PiCloud creates, 1-5.
+        /// [default: 3 when the server reports a cluster of 3 or more
+        /// nodes, else 1]
+        replicas: Option<usize> = None
+            => arg("PICLOUD_STREAM_REPLICAS", "stream-replicas", "N");
+    }
 }
 
 /// What the role presents to the server.
@@ -58,82 +67,7 @@ impl std::fmt::Debug for NatsCredentials {
     }
 }
 
-impl std::fmt::Debug for NatsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
-        f.debug_struct("NatsSettings")
-            .field("user", &self.user)
-            .field("password", &redacted(&self.password))
-            .field("password_file", &self.password_file)
-            .field("token", &redacted(&self.token))
-            .field("token_file", &self.token_file)
-            .field("ca_file", &self.ca_file)
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
-            .field("tls", &self.tls)
-            .field("replicas", &self.replicas)
-            .finish()
-    }
-}
-
 impl NatsSettings {
-    /// Applies the `PICLOUD_NATS_*` and `PICLOUD_STREAM_REPLICAS` variables.
-    pub(super) fn apply_env(
-        &mut self,
-        get: &impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        let non_empty = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let path = |k: &str| non_empty(k).map(PathBuf::from);
-        if let Some(v) = non_empty("PICLOUD_NATS_USER") {
-            self.user = Some(v);
-        }
-        if let Some(v) = non_empty("PICLOUD_NATS_PASSWORD") {
-            self.password = Some(v);
-        }
-        if let Some(v) = path("PICLOUD_NATS_PASSWORD_FILE") {
-            self.password_file = Some(v);
-        }
-        if let Some(v) = non_empty("PICLOUD_NATS_TOKEN") {
-            self.token = Some(v);
-        }
-        if let Some(v) = path("PICLOUD_NATS_TOKEN_FILE") {
-            self.token_file = Some(v);
-        }
-        if let Some(v) = path("PICLOUD_NATS_CA") {
-            self.ca_file = Some(v);
-        }
-        if let Some(v) = path("PICLOUD_NATS_CERT") {
-            self.cert_file = Some(v);
-        }
-        if let Some(v) = path("PICLOUD_NATS_KEY") {
-            self.key_file = Some(v);
-        }
-        if let Some(v) = non_empty("PICLOUD_NATS_TLS") {
-            self.tls = match v.trim() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "PICLOUD_NATS_TLS",
-                        reason: "use true or false".into(),
-                    });
-                }
-            };
-        }
-        if let Some(v) = non_empty("PICLOUD_STREAM_REPLICAS") {
-            self.replicas =
-                Some(
-                    v.trim()
-                        .parse()
-                        .map_err(|e: std::num::ParseIntError| ConfigError::Env {
-                            var: "PICLOUD_STREAM_REPLICAS",
-                            reason: e.to_string(),
-                        })?,
-                );
-        }
-        self.validate()
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let err = |var, reason: &str| {
             Err(ConfigError::Env {
@@ -209,12 +143,12 @@ impl NatsSettings {
 
 /// The inline value, or the first line of the file.
 fn secret(
-    inline: &Option<String>,
+    inline: &Option<Secret>,
     file: &Option<PathBuf>,
     var: &'static str,
 ) -> Result<Option<String>, ConfigError> {
     if let Some(v) = inline {
-        return Ok(Some(v.clone()));
+        return Ok(Some(v.expose().to_owned()));
     }
     let Some(path) = file else { return Ok(None) };
     read_first_line(path)
@@ -234,24 +168,24 @@ fn read_first_line(path: &Path) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
-    fn from_env(vars: &[(&str, &str)]) -> Result<NatsSettings, ConfigError> {
-        let mut s = NatsSettings::default();
-        s.apply_env(&|k: &str| {
-            vars.iter()
-                .find(|(name, _)| *name == k)
-                .map(|(_, v)| (*v).to_owned())
-        })?;
-        Ok(s)
+    /// `flags` on the command line; `secrets`, the secrets' variables.
+    fn load(flags: &[&str], secrets: &[(&str, &str)]) -> Result<NatsSettings, ConfigError> {
+        crate::config::tests::load(flags, secrets).map(|c| c.nats)
     }
 
     #[test]
     fn password_file_is_read_and_never_shown() {
         let file = std::env::temp_dir().join(format!("picloud-pw-{}", std::process::id()));
         std::fs::write(&file, "s3cret\n").unwrap();
-        let s = from_env(&[
-            ("PICLOUD_NATS_USER", "gateway"),
-            ("PICLOUD_NATS_PASSWORD_FILE", file.to_str().unwrap()),
-        ])
+        let s = load(
+            &[
+                "--nats-user",
+                "gateway",
+                "--nats-password-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
         .unwrap();
         assert_eq!(
             s.credentials().unwrap(),
@@ -260,10 +194,10 @@ mod tests {
                 password: "s3cret".into()
             }
         );
-        let inline = from_env(&[
-            ("PICLOUD_NATS_USER", "gateway"),
-            ("PICLOUD_NATS_PASSWORD", "s3cret"),
-        ])
+        let inline = load(
+            &["--nats-user", "gateway"],
+            &[("PICLOUD_NATS_PASSWORD", "s3cret")],
+        )
         .unwrap();
         for shown in [
             format!("{inline:?}"),
@@ -275,16 +209,26 @@ mod tests {
 
     #[test]
     fn contradictions_are_refused() {
-        for vars in [
-            &[("PICLOUD_NATS_PASSWORD", "x")][..],
-            &[("PICLOUD_NATS_USER", "u"), ("PICLOUD_NATS_TOKEN", "t")],
-            &[("PICLOUD_NATS_CERT", "/c.pem")],
-            &[("PICLOUD_STREAM_REPLICAS", "7")],
-            &[("PICLOUD_NATS_TLS", "maybe")],
+        for (flags, secrets) in [
+            (&[][..], &[("PICLOUD_NATS_PASSWORD", "x")][..]),
+            (&["--nats-user", "u"], &[("PICLOUD_NATS_TOKEN", "t")]),
+            (&["--nats-cert", "/c.pem"], &[]),
+            (&["--stream-replicas", "7"], &[]),
+            (&["--nats-tls", "maybe"], &[]),
         ] {
-            assert!(from_env(vars).is_err(), "{vars:?}");
+            assert!(load(flags, secrets).is_err(), "{flags:?} {secrets:?}");
         }
-        let s = from_env(&[("PICLOUD_NATS_CA", "/ca.pem")]).unwrap();
+        let s = load(&["--nats-ca", "/ca.pem"], &[]).unwrap();
         assert!(s.tls_required());
+        assert!(load(&["--nats-tls"], &[]).unwrap().tls_required());
+    }
+
+    /// The password and the token are not flags: they would show in `ps`.
+    #[test]
+    fn secrets_are_not_flags() {
+        for flag in ["--nats-password", "--nats-token"] {
+            let err = load(&[flag, "x"], &[]).unwrap_err();
+            assert!(err.to_string().contains("unexpected argument"), "{err}");
+        }
     }
 }

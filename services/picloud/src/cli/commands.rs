@@ -406,7 +406,7 @@ async fn login(
 /// The URL and admin token of the `picloud up` on this machine, found the
 /// way `up` finds them (PICLOUD_CONFIG, PICLOUD_LISTEN, PICLOUD_DATA_DIR).
 fn local_instance() -> Result<(String, String), CliError> {
-    let config = picloud_core::Config::load()
+    let config = picloud_core::Config::from_env()
         .map_err(|e| CliError::local(format!("cannot read the local configuration: {e}")))?;
     let path = config.data_dir.join("admin-token");
     let token = std::fs::read_to_string(&path).map_err(|e| {
