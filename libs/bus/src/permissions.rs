@@ -250,6 +250,42 @@ mod tests {
         }
         assert!(!role("gateway").publish.contains(&names.commit_subject()));
         assert!(for_role(&names, "p", "up").is_none());
+
+        // The least JetStream API each use needs.
+        let routes = format!("KV_{}", names.routes_bucket());
+        let versions = format!("KV_{}", names.versions_bucket());
+        let has = |r: &'static str, s: String| role(r).publish.contains(&s);
+        assert!(has("executor", format!("$JS.API.DIRECT.GET.{versions}.>")));
+        assert!(!has(
+            "executor",
+            format!("$JS.API.CONSUMER.CREATE.{routes}")
+        ));
+        assert!(!has(
+            "executor",
+            format!("$JS.API.CONSUMER.CREATE.{versions}.>")
+        ));
+        assert!(has(
+            "gateway",
+            format!("$JS.API.CONSUMER.CREATE.{routes}.>")
+        ));
+        assert!(!has("gateway", format!("$JS.ACK.{routes}.>")));
+        assert!(has(
+            "executor",
+            format!("$JS.ACK.{}.>", names.jobs_stream())
+        ));
+        assert!(has(
+            "manager",
+            format!("$JS.API.STREAM.MSG.DELETE.{}", names.jobs_stream())
+        ));
+        assert!(
+            !role("manager")
+                .publish
+                .iter()
+                .any(|s| ["*", "DELETE.", "PURGE.", "UPDATE."]
+                    .iter()
+                    .any(|verb| s.starts_with(&format!("$JS.API.STREAM.{verb}")))),
+            "a manager may not delete or purge a stream"
+        );
         let block = authorization_block("p", "PICLOUD_NATS_ROLE_PASSWORD");
         assert!(
             block.contains("password: $PICLOUD_NATS_GATEWAY_PASSWORD"),
