@@ -18,7 +18,9 @@ if [ -z "${PICLOUD_BIN:-}" ]; then
 fi
 [ "$(nproc)" -ge 2 ] || { echo "scale-out needs at least 2 cores" >&2; exit 1; }
 export PICLOUD_BIN PICLOUD_CLUSTER_PIN=1 PICLOUD_CLUSTER_EXECUTORS=1 PICLOUD_WORKERS=1
-export PICLOUD_CLUSTER_PORT=${PICLOUD_CLUSTER_PORT:-47000}
+# Below the usual ephemeral range (32768-60999), so that no outgoing
+# connection holds a port the cluster binds later (executor 2's).
+export PICLOUD_CLUSTER_PORT=${PICLOUD_CLUSTER_PORT:-21000}
 export PICLOUD_CLUSTER_DIR=$(mktemp -d /tmp/picloud-scale-XXXXXX)
 chmod 755 "$PICLOUD_CLUSTER_DIR"
 trap 'scripts/cluster.sh down >/dev/null 2>&1 || true; rm -rf "$PICLOUD_CLUSTER_DIR"' EXIT

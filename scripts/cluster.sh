@@ -12,6 +12,9 @@
 #   scripts/cluster.sh start ROLE N       start one process (no-op if running)
 #   scripts/cluster.sh restart ROLE N     stop, then start
 #   scripts/cluster.sh env                the variables a client needs
+#   scripts/cluster.sh secrets DIR        write NATS credentials and a
+#                                         development CA into DIR (compose.yaml
+#                                         reads ./secrets; `up` uses its own)
 #
 # ROLE: nats (N 1-3), postgres (N 1), manager, gateway, executor (N 1-2),
 # caddy (N 1). Processes:
@@ -39,6 +42,13 @@
 #
 # Every process runs in its own session (setsid), its pid in pids/NAME.pid
 # and its output in logs/NAME.log (appended across restarts).
+#
+# NATS is secured as in production (docs/operations.md): client and route
+# connections are TLS with a development CA (`picloud dev-certs`, in
+# secrets/), and each role connects as its own NATS user (picloud-ROLE, the
+# permissions of nats/picloud-users.conf) with a random password that `up`
+# writes to secrets/nats-ROLE-password (mode 0600) and hands over as
+# PICLOUD_NATS_PASSWORD_FILE: no credential is on a command line.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 run=${PICLOUD_CLUSTER_DIR:-${TMPDIR:-/tmp}/picloud-cluster}
@@ -90,6 +100,22 @@ token() {
   [ -s "$run/admin-token" ] || (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$run/admin-token")
   cat "$run/admin-token"
 }
+# Writes what a secured cluster needs into $1, keeping what is there: the
+# development CA and certificates (picloud dev-certs) and one random NATS
+# password per role, every secret mode 0600.
+write_secrets() {
+  local dir=$1 role
+  mkdir -p "$dir"
+  chmod 700 "$dir"
+  [ -s "$dir/certs/ca.pem" ] || "$(binary)" dev-certs "$dir/certs" 2>/dev/null ||
+    die "picloud dev-certs $dir/certs failed"
+  for role in gateway executor manager; do
+    # A leading letter: nats-server parses an unquoted value it reads from
+    # the environment, and an all-digit one would become a number.
+    [ -s "$dir/nats-$role-password" ] ||
+      (umask 077; echo "pw$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$dir/nats-$role-password")
+  done
+}
 secrets_key() {
   [ -s "$run/secrets-key" ] || (umask 077; head -c 32 /dev/urandom | base64 >"$run/secrets-key")
   cat "$run/secrets-key"
@@ -135,7 +161,10 @@ start_nats() {
     NATS_ROUTE_1="nats-route://127.0.0.1:$(route_port 1)" \
     NATS_ROUTE_2="nats-route://127.0.0.1:$(route_port 2)" \
     NATS_ROUTE_3="nats-route://127.0.0.1:$(route_port 3)" \
-    spawn "nats$n" "$(command -v nats-server || echo /usr/sbin/nats-server)" -c "$repo/nats/cluster/n$n.conf"
+    NATS_TLS_CERT="$run/secrets/certs/server.pem" NATS_TLS_KEY="$run/secrets/certs/server-key.pem" \
+    NATS_TLS_CA="$run/secrets/certs/ca.pem" NATS_SECRETS_DIR="$run/secrets" \
+    NATS_SERVER="$(command -v nats-server || echo /usr/sbin/nats-server)" \
+    spawn "nats$n" sh "$repo/nats/cluster/start.sh" -c "$repo/nats/cluster/n$n.conf"
 }
 
 start_postgres() {
@@ -171,9 +200,13 @@ start_role() { # ROLE N
   local role=$1 n=$2 name="$1$2"
   alive "$name" && return 0
   mkdir -p "$run/data/$name"
+  local certs="$run/secrets/certs"
   local env=(PICLOUD_LISTEN="127.0.0.1:$(port_of "$role" "$n")"
     PICLOUD_NATS_URL="$(nats_urls $(((n + ${#role}) % 3 + 1)))"
-    PICLOUD_DATA_DIR="$run/data/$name")
+    PICLOUD_DATA_DIR="$run/data/$name"
+    PICLOUD_NATS_USER="picloud-$role" PICLOUD_NATS_PASSWORD_FILE="$run/secrets/nats-$role-password"
+    PICLOUD_NATS_CA="$certs/ca.pem" PICLOUD_NATS_CERT="$certs/$role.pem" PICLOUD_NATS_KEY="$certs/$role-key.pem"
+    PICLOUD_NATS_TLS=true)
   if [ "$role" = manager ]; then
     env+=(PICLOUD_DATABASE_URL="$(database_url)" PICLOUD_ADMIN_TOKEN="$(token)"
       PICLOUD_SECRETS_KEY="$(secrets_key)")
@@ -182,8 +215,12 @@ start_role() { # ROLE N
   if [ "$role" = executor ] && [ -n "${PICLOUD_CLUSTER_PIN:-}" ]; then
     pin=(taskset -c $(((n - 1) % $(nproc))))
   fi
+  local bin
+  bin=$(binary)
   echo "---- start $(date -u +%FT%T.%3NZ)" >>"$run/logs/$name.log"
-  env "${env[@]}" setsid "${pin[@]}" "$(binary)" "$role" </dev/null >>"$run/logs/$name.log" 2>&1 &
+  # Exported in a subshell, not passed to env(1): the admin token and the
+  # secrets key stay off every command line.
+  (export "${env[@]}"; exec setsid "${pin[@]}" "$bin" "$role") </dev/null >>"$run/logs/$name.log" 2>&1 &
   echo $! >"$run/pids/$name.pid"
 }
 
@@ -233,6 +270,9 @@ names() { # every process, in start order
 cmd=${1:-}
 case $cmd in
   up)
+    [ "${PICLOUD_PREFIX:-picloud}" = picloud ] ||
+      die "PICLOUD_PREFIX must be picloud here: nats/picloud-users.conf names the users picloud-ROLE"
+    write_secrets "$run/secrets"
     for n in 1 2 3; do start_nats "$n"; done
     for n in 1 2 3; do wait_for "nats $n" 30 nats_ready "$n"; done
     start_postgres
@@ -305,6 +345,12 @@ case $cmd in
     echo "PICLOUD_TOKEN=$(token)"
     echo "PICLOUD_DATABASE_URL=$(database_url)"
     echo "PICLOUD_NATS_URL=$(nats_urls 1)"
+    echo "PICLOUD_NATS_CA=$run/secrets/certs/ca.pem"
+    ;;
+  secrets)
+    [ $# -eq 2 ] || die "usage: $0 secrets DIR"
+    write_secrets "$2"
+    echo "wrote the NATS passwords and a development CA into $2 (keep it private)"
     ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'

@@ -2,16 +2,21 @@
 //! boundary), derived from the same [`Names`] the code uses, so they cannot
 //! drift from the subjects the roles really use.
 //!
-//! - A **gateway** routes (reads the route bucket), sends sync invocations
-//!   and async submissions, and answers node pings. It cannot ask for
-//!   secrets, commit effects, write scripts or serve anything.
-//! - An **executor** serves invocations, takes jobs, reads script versions
-//!   and routes, asks managers for kv, secrets and commits, and publishes
-//!   records and live logs. It cannot write the route or version buckets
-//!   (change scripts), publish jobs or events, or answer the control plane.
-//! - A **manager** owns every stream and bucket of the prefix and answers
-//!   the control plane (commits, kv, secrets, dead letters, async
-//!   submissions).
+//! - A **gateway** routes (reads single routes and watches the route
+//!   bucket with an ordered consumer), sends sync invocations and async
+//!   submissions, and answers node pings. It cannot ask for secrets, commit
+//!   effects, write scripts or serve anything, nor take durable consumers or
+//!   acknowledge anything on the routes.
+//! - An **executor** serves invocations, takes jobs, reads single routes,
+//!   script versions and modules, asks managers for kv, secrets and
+//!   commits, and publishes records and live logs. It cannot write the
+//!   route or version buckets (change scripts), watch or list them, publish
+//!   jobs or events, or answer the control plane.
+//! - A **manager** uses every stream and bucket of the prefix (reads,
+//!   consumers, KV writes, deleting a queued job) and answers the control
+//!   plane (commits, kv, secrets, dead letters, async submissions). It
+//!   cannot delete, purge or reconfigure a stream: that is an operator's
+//!   job, with an account of its own.
 //!
 //! Every role may look up and create (if missing) the prefix's streams,
 //! since any role may start first. Replies reach each role on its own inbox
@@ -36,9 +41,15 @@ pub struct Permissions {
 enum Use {
     /// Look it up and create it if missing (at connect).
     Ensure,
-    /// ... and read it: consumers, direct and message gets, acks.
+    /// ... and get single messages (a KV `get`).
+    Get,
+    /// ... and watch it with an ordered push consumer (a KV `watch`: no
+    /// durable consumer, no pull, no acks).
+    Watch,
+    /// ... and read it with any consumer: durable ones, pulls, acks.
     Read,
-    /// Everything (update, purge, delete messages and consumers).
+    /// ... and delete single messages (a queued job). Never delete, purge
+    /// or update the stream itself.
     Own,
 }
 
@@ -49,31 +60,35 @@ fn js_api(stream: &str, how: Use) -> Vec<String> {
         // At connect, a role checks the jobs stream for a legacy consumer.
         format!("$JS.API.CONSUMER.INFO.{stream}.>"),
     ];
-    match how {
-        Use::Ensure => {}
-        Use::Read => out.extend([
-            format!("$JS.API.DIRECT.GET.{stream}"),
-            format!("$JS.API.DIRECT.GET.{stream}.>"),
-            format!("$JS.API.STREAM.MSG.GET.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}"),
-            format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
-            format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-            format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
-            format!("$JS.ACK.{stream}.>"),
-            format!("$JS.FC.{stream}.>"),
-        ]),
-        Use::Own => out.extend([
-            format!("$JS.API.STREAM.*.{stream}"),
-            format!("$JS.API.STREAM.MSG.*.{stream}"),
-            format!("$JS.API.DIRECT.GET.{stream}"),
-            format!("$JS.API.DIRECT.GET.{stream}.>"),
-            format!("$JS.API.CONSUMER.*.{stream}"),
-            format!("$JS.API.CONSUMER.*.{stream}.>"),
-            format!("$JS.API.CONSUMER.*.*.{stream}.>"),
-            format!("$JS.ACK.{stream}.>"),
-            format!("$JS.FC.{stream}.>"),
-        ]),
+    if how == Use::Ensure {
+        return out;
+    }
+    out.extend([
+        format!("$JS.API.DIRECT.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+    ]);
+    if how == Use::Get {
+        return out;
+    }
+    // An ordered consumer is created (again after a gap), deleted when
+    // dropped, and answers the server's flow control.
+    out.extend([
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]);
+    if how == Use::Watch {
+        return out;
+    }
+    out.extend([
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
+        format!("$JS.ACK.{stream}.>"),
+    ]);
+    if how == Use::Own {
+        out.push(format!("$JS.API.STREAM.MSG.DELETE.{stream}"));
     }
     out
 }
@@ -111,11 +126,17 @@ impl Streams {
         ]
     }
 
-    /// Every stream's API, `read` ones readable, the rest only ensured.
-    fn api(&self, read: &[&str], how: Use) -> Vec<String> {
+    /// Every stream's API: those in `uses` as given, the rest only ensured.
+    fn api(&self, uses: &[(&str, Use)]) -> Vec<String> {
         self.all()
             .iter()
-            .flat_map(|s| js_api(s, if read.contains(s) { how } else { Use::Ensure }))
+            .flat_map(|s| {
+                let how = uses
+                    .iter()
+                    .find(|(name, _)| name == s)
+                    .map_or(Use::Ensure, |(_, how)| *how);
+                js_api(s, how)
+            })
             .collect()
     }
 }
@@ -130,7 +151,7 @@ pub fn for_role(names: &Names, prefix: &str, role: &str) -> Option<Permissions> 
     match role {
         "gateway" => {
             publish.extend([names.invoke_wildcard(), names.async_submit_subject()]);
-            publish.extend(s.api(&[&s.routes], Use::Read));
+            publish.extend(s.api(&[(&s.routes, Use::Watch)]));
         }
         "executor" => {
             publish.extend([
@@ -142,7 +163,11 @@ pub fn for_role(names: &Names, prefix: &str, role: &str) -> Option<Permissions> 
                 names.records_subject(),
                 names.logs_wildcard(),
             ]);
-            publish.extend(s.api(&[&s.routes, &s.versions, &s.jobs], Use::Read));
+            publish.extend(s.api(&[
+                (&s.routes, Use::Get),
+                (&s.versions, Use::Get),
+                (&s.jobs, Use::Read),
+            ]));
             subscribe.extend([names.invoke_wildcard(), names.jobs_ready_wildcard()]);
         }
         "manager" => {
@@ -154,7 +179,8 @@ pub fn for_role(names: &Names, prefix: &str, role: &str) -> Option<Permissions> 
                 kv(names.routes_bucket()),
                 kv(names.versions_bucket()),
             ]);
-            publish.extend(s.api(&s.all(), Use::Own));
+            let own: Vec<(&str, Use)> = s.all().into_iter().map(|n| (n, Use::Own)).collect();
+            publish.extend(s.api(&own));
             subscribe.extend([
                 names.commit_subject(),
                 names.kv_get_subject(),
@@ -224,6 +250,42 @@ mod tests {
         }
         assert!(!role("gateway").publish.contains(&names.commit_subject()));
         assert!(for_role(&names, "p", "up").is_none());
+
+        // The least JetStream API each use needs.
+        let routes = format!("KV_{}", names.routes_bucket());
+        let versions = format!("KV_{}", names.versions_bucket());
+        let has = |r: &'static str, s: String| role(r).publish.contains(&s);
+        assert!(has("executor", format!("$JS.API.DIRECT.GET.{versions}.>")));
+        assert!(!has(
+            "executor",
+            format!("$JS.API.CONSUMER.CREATE.{routes}")
+        ));
+        assert!(!has(
+            "executor",
+            format!("$JS.API.CONSUMER.CREATE.{versions}.>")
+        ));
+        assert!(has(
+            "gateway",
+            format!("$JS.API.CONSUMER.CREATE.{routes}.>")
+        ));
+        assert!(!has("gateway", format!("$JS.ACK.{routes}.>")));
+        assert!(has(
+            "executor",
+            format!("$JS.ACK.{}.>", names.jobs_stream())
+        ));
+        assert!(has(
+            "manager",
+            format!("$JS.API.STREAM.MSG.DELETE.{}", names.jobs_stream())
+        ));
+        assert!(
+            !role("manager")
+                .publish
+                .iter()
+                .any(|s| ["*", "DELETE.", "PURGE.", "UPDATE."]
+                    .iter()
+                    .any(|verb| s.starts_with(&format!("$JS.API.STREAM.{verb}")))),
+            "a manager may not delete or purge a stream"
+        );
         let block = authorization_block("p", "PICLOUD_NATS_ROLE_PASSWORD");
         assert!(
             block.contains("password: $PICLOUD_NATS_GATEWAY_PASSWORD"),

@@ -4,8 +4,9 @@
 //! - `ca.pem` / `ca-key.pem`: the CA (give `ca.pem` to every server and
 //!   client; keep `ca-key.pem` away from them);
 //! - `server.pem` / `server-key.pem`: for every NATS node, valid for
-//!   `localhost`, `127.0.0.1`, `n1`, `n2`, `n3` (server and client auth, so
-//!   routes between nodes can verify each other with it too);
+//!   `localhost`, `127.0.0.1`, `n1`, `n2`, `n3` and `nats1`, `nats2`,
+//!   `nats3` (compose.yaml's host names) (server and client auth, so routes
+//!   between nodes can verify each other with it too);
 //! - `{gateway,executor,manager}.pem` / `-key.pem`: client certificates,
 //!   one per role, for servers that verify clients.
 //!
@@ -19,7 +20,16 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 
-const SERVER_NAMES: [&str; 5] = ["localhost", "127.0.0.1", "n1", "n2", "n3"];
+const SERVER_NAMES: [&str; 8] = [
+    "localhost",
+    "127.0.0.1",
+    "n1",
+    "n2",
+    "n3",
+    "nats1",
+    "nats2",
+    "nats3",
+];
 
 pub fn write(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -13,6 +13,9 @@
 //!   the job back): the call gets its answer, and the job is applied exactly
 //!   once (a kv counter the script bumps ends at exactly the number of
 //!   runs that were acknowledged).
+//! - A manager stops its outbox relay between batches: SIGTERM in the middle
+//!   of relaying a large outbox loses no row and publishes none twice (the
+//!   next manager relays the rest; the stream holds each row once).
 
 use std::path::Path;
 use std::time::Duration;
@@ -200,5 +203,121 @@ async fn a_role_starts_on_a_nats_url_list_whose_first_server_is_down() {
     );
     let (mut gateway, _) = spawn_role(&env, "gateway", &log, &[("PICLOUD_NATS_URL", &list)]).await;
     gateway.kill();
+    env.cleanup().await;
+}
+
+/// SIGTERM on a `picloud manager` process while its relay publishes a large
+/// outbox: the batch in hand is finished (or rolled back and left for the
+/// next relay), the rest stays in the outbox, and a second manager relays
+/// it. The event stream ends with every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_on_sigterm_mid_relay_loses_and_duplicates_no_outbox_row() {
+    use futures::StreamExt;
+    use sqlx::Connection;
+
+    const ROWS: usize = 20_000;
+    let mut env = TestEnv::new().await;
+    let db = env.config.database_url().unwrap().to_owned();
+    let key = env.config.secrets_key().unwrap().to_owned();
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("manager.log");
+    let extra = [
+        ("PICLOUD_DATABASE_URL", db.as_str()),
+        ("PICLOUD_ADMIN_TOKEN", env.token.as_str()),
+        ("PICLOUD_SECRETS_KEY", key.as_str()),
+        // Stop at once: a drain would let the relay finish the outbox.
+        ("PICLOUD_DRAIN_MS", "0"),
+    ];
+    let (mut first, _) = spawn_role(&env, "manager", &log, &extra).await;
+
+    // One transaction of events on a topic nobody subscribes to: the relay
+    // is woken once and publishes batch after batch.
+    let topic = "relay.drain";
+    let rows: Vec<picloud_store::OutboxRow> = (0..ROWS)
+        .map(|i| {
+            picloud_store::OutboxRow::event(&picloud_core::EventMessage {
+                id: uuid::Uuid::new_v4(),
+                topic: topic.into(),
+                payload: serde_json::json!({ "i": i }),
+                trace_id: uuid::Uuid::new_v4(),
+                source: uuid::Uuid::new_v4(),
+                emitted_at: chrono::Utc::now(),
+                hop: 1,
+            })
+        })
+        .collect();
+    let ids: std::collections::HashSet<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
+    let mut tx = conn.begin().await.unwrap();
+    picloud_store::outbox::insert(&mut tx, &rows).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // SIGTERM once the relay is under way.
+    let store = picloud_store::Store::connect(&db).await.unwrap();
+    let left_at_signal = eventually(Duration::from_secs(60), || async {
+        let n = store.outbox_len().await.ok()?;
+        (n < ROWS as i64).then_some(n)
+    })
+    .await
+    .expect("the relay never started");
+    first.signal(Signal::SIGTERM);
+    assert!(
+        exits(&mut first, Duration::from_secs(60)).await,
+        "the manager did not exit; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let left = store.outbox_len().await.unwrap();
+    eprintln!("outbox rows left: {left_at_signal} at SIGTERM, {left} at the manager's exit");
+    assert!(
+        left_at_signal > 0 && left > 0,
+        "the relay was done before SIGTERM ({left_at_signal} rows left at the signal, {left} at exit): \
+         the test needs more rows"
+    );
+
+    // A second manager relays the rest.
+    let _front = env.start_front().await;
+    let emptied = eventually(Duration::from_secs(120), || async {
+        (store.outbox_len().await.ok()? == 0).then_some(())
+    })
+    .await;
+    assert!(emptied.is_some(), "the outbox was not relayed to the end");
+
+    // The stream holds each row once, under its own message id.
+    let client = async_nats::connect(env.config.nats_url().unwrap())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    let mut stream = js.get_stream(names.events_stream()).await.unwrap();
+    let stored = stream.info().await.unwrap().state.messages;
+    assert_eq!(
+        stored, ROWS as u64,
+        "{left_at_signal} rows were left at SIGTERM, {left} at exit"
+    );
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            filter_subject: names.event_subject(topic),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < ROWS {
+        let m = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("the stream's messages")
+            .unwrap()
+            .unwrap();
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Msg-Id"))
+            .map(|v| v.as_str().to_owned())
+            .expect("a message id");
+        assert!(ids.contains(&id), "a message that is no outbox row: {id}");
+        assert!(seen.insert(id.clone()), "published twice: {id}");
+    }
     env.cleanup().await;
 }

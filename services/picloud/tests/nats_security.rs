@@ -87,6 +87,18 @@ async fn refused(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &s
     );
 }
 
+/// Publishes to each of `subjects` and waits for the server to refuse it.
+async fn publishes_refused(
+    client: &async_nats::Client,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    subjects: &[String],
+) {
+    for subject in subjects {
+        client.publish(subject.clone(), "{}".into()).await.unwrap();
+        refused(rx, "publish", subject).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_does_its_work_and_nothing_else() {
     let mut env = TestEnv::new().await;
@@ -185,17 +197,36 @@ async fn each_role_does_its_work_and_nothing_else() {
     let p = &prefix;
     let upper = picloud_bus::Names::new(p).routes_bucket();
     let (gw, mut gw_errors) = raw_client(&url, p, "gateway", &password("gateway")).await;
-    for subject in [format!("{p}.secrets.get"), format!("{p}.commit")] {
-        gw.publish(subject.clone(), "{}".into()).await.unwrap();
-        refused(&mut gw_errors, "publish", &subject).await;
-    }
+    publishes_refused(
+        &gw,
+        &mut gw_errors,
+        &[format!("{p}.secrets.get"), format!("{p}.commit")],
+    )
+    .await;
     let _sub = gw.subscribe(format!("{p}.secrets.get")).await.unwrap();
     refused(&mut gw_errors, "subscription", &format!("{p}.secrets.get")).await;
 
+    // A gateway watches and reads the routes: no durable consumer, no
+    // pull, no ack on them.
+    let routes = format!("KV_{upper}");
+    let subjects = [
+        format!("$JS.API.CONSUMER.DURABLE.CREATE.{routes}.x"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{routes}.x"),
+        format!("$JS.ACK.{routes}.x.1.1.1.1.1"),
+    ];
+    publishes_refused(&gw, &mut gw_errors, &subjects).await;
+
     let (ex, mut ex_errors) = raw_client(&url, p, "executor", &password("executor")).await;
-    let route = format!("$KV.{upper}.route.guarded");
-    ex.publish(route.clone(), "{}".into()).await.unwrap();
-    refused(&mut ex_errors, "publish", &route).await;
+    // An executor gets single routes and versions: it cannot change,
+    // watch or list them (no consumer on either bucket).
+    let versions = format!("KV_{}", picloud_bus::Names::new(p).versions_bucket());
+    let subjects = [
+        format!("$KV.{upper}.route.guarded"),
+        format!("$JS.API.CONSUMER.CREATE.{routes}"),
+        format!("$JS.API.CONSUMER.CREATE.{versions}.x.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{versions}.x"),
+    ];
+    publishes_refused(&ex, &mut ex_errors, &subjects).await;
     for subject in [
         format!("{p}.commit"),
         format!("{p}.secrets.get"),
@@ -206,12 +237,18 @@ async fn each_role_does_its_work_and_nothing_else() {
     }
 
     let (mg, mut mg_errors) = raw_client(&url, p, "manager", &password("manager")).await;
-    mg.publish(format!("{p}.secrets.get"), "{}".into())
-        .await
-        .unwrap();
-    refused(&mut mg_errors, "publish", &format!("{p}.secrets.get")).await;
     let _sub = mg.subscribe(format!("{p}.invoke.*")).await.unwrap();
     refused(&mut mg_errors, "subscription", &format!("{p}.invoke.*")).await;
+    // A manager uses its streams; it cannot delete, purge or reconfigure
+    // them (nor the buckets under them).
+    let names = picloud_bus::Names::new(p);
+    let subjects = [
+        format!("{p}.secrets.get"),
+        format!("$JS.API.STREAM.DELETE.{}", names.jobs_stream()),
+        format!("$JS.API.STREAM.PURGE.{}", names.records_stream()),
+        format!("$JS.API.STREAM.UPDATE.{routes}"),
+    ];
+    publishes_refused(&mg, &mut mg_errors, &subjects).await;
 
     // The script still works: nothing above got through.
     let resp = c.call("guarded").await;
