@@ -128,6 +128,12 @@ impl Store {
     /// under the same name starts with none of them).
     pub async fn forget_script(&self, script: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The script's kv lock, exclusive: no commit of its kv is between
+        // its read check and its end while the rows go (see `commit`).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('picloud.kv.' || $1, 0))")
+            .bind(script)
+            .execute(&mut *tx)
+            .await?;
         for table in ["subscriptions", "schedules", "kv"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE script = $1"))
                 .bind(script)
