@@ -159,7 +159,10 @@ impl Store {
                 latest.insert(r.id, r);
             }
         }
-        let records: Vec<&InvocationRecord> = latest.into_values().collect();
+        // In id order, the order a commit batch takes its records' rows in
+        // (`crate::commit`), so the two never wait for each other in a cycle.
+        let mut records: Vec<&InvocationRecord> = latest.into_values().collect();
+        records.sort_unstable_by_key(|r| r.id);
         if records.is_empty() {
             return Ok(0);
         }

@@ -49,12 +49,12 @@ pub enum Submitted {
 
 /// A `subscriptions` row.
 #[derive(sqlx::FromRow)]
-struct SubscriptionRecord {
-    id: Uuid,
-    script: String,
-    topic: String,
-    max_attempts: i32,
-    created_at: DateTime<Utc>,
+pub(crate) struct SubscriptionRecord {
+    pub(crate) id: Uuid,
+    pub(crate) script: String,
+    pub(crate) topic: String,
+    pub(crate) max_attempts: i32,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 impl TryFrom<SubscriptionRecord> for SubscriptionRow {
@@ -172,6 +172,12 @@ impl Store {
     /// under the same name starts with none of them).
     pub async fn forget_script(&self, script: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The script's kv lock, exclusive: no commit of its kv is between
+        // its read check and its end while the rows go (see `commit`).
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('picloud.kv.' || $1, 0))")
+            .bind(script)
+            .execute(&mut *tx)
+            .await?;
         for statement in [
             "DELETE FROM subscriptions WHERE script = $1",
             "DELETE FROM schedules WHERE script = $1",

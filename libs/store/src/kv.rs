@@ -1,29 +1,11 @@
-//! Per-script kv state and the commit that applies an invocation's effects.
-//!
-//! A commit is one transaction: the invocation record (whose row is the
-//! "already applied" marker: a record stored as `ok` is never overwritten),
-//! the check that every key and prefix the invocation read is unchanged,
-//! the writes, and the outbox rows of its emits. Commits of one script's kv
-//! are serialised by a transaction-scoped advisory lock on the script, which
-//! makes the read check and the writes atomic (absent keys and listed
-//! prefixes included, which row locks alone would not cover).
+//! Per-script kv state: reads, and the read check and writes a commit
+//! ([`crate::commit`]) runs under its locks.
 
 use picloud_core::effects::MAX_KV_LIST;
-use picloud_core::{Effects, InvocationRecord, KvEntry, KvVersion};
+use picloud_core::{Effects, KvEntry, KvVersion};
 use sqlx::PgConnection;
 
-use crate::outbox::{self, OutboxRow};
 use crate::{Store, StoreError};
-
-/// What a commit did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Committed {
-    Applied,
-    /// The invocation was committed before: nothing was changed.
-    AlreadyApplied,
-    /// A key it read changed since: nothing was changed; re-run it.
-    Conflict,
-}
 
 impl Store {
     pub async fn kv_get(&self, script: &str, key: &str) -> Result<Option<KvEntry>, StoreError> {
@@ -51,35 +33,6 @@ impl Store {
     ) -> Result<Vec<(String, KvVersion)>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         list(&mut conn, script, prefix).await
-    }
-
-    /// Applies a successful invocation: its record, kv writes and `outbox`
-    /// rows (its emits), if what it read is still current.
-    pub async fn commit(
-        &self,
-        record: &InvocationRecord,
-        effects: &Effects,
-        outbox_rows: &[OutboxRow],
-    ) -> Result<Committed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        if !Store::upsert_one(&mut tx, record).await? {
-            return Ok(Committed::AlreadyApplied);
-        }
-        let touches_kv =
-            !(effects.reads.is_empty() && effects.lists.is_empty() && effects.writes.is_empty());
-        if touches_kv {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('picloud.kv.' || $1, 0))")
-                .bind(&record.script)
-                .execute(&mut *tx)
-                .await?;
-            if !reads_current(&mut tx, &record.script, effects).await? {
-                return Ok(Committed::Conflict);
-            }
-            write(&mut tx, &record.script, effects).await?;
-        }
-        outbox::insert(&mut tx, outbox_rows).await?;
-        tx.commit().await?;
-        Ok(Committed::Applied)
     }
 
     /// The whole kv of `script`, in key order.
@@ -116,7 +69,7 @@ async fn list(
     .await?)
 }
 
-async fn reads_current(
+pub(crate) async fn reads_current(
     conn: &mut PgConnection,
     script: &str,
     effects: &Effects,
@@ -149,7 +102,11 @@ async fn reads_current(
     Ok(true)
 }
 
-async fn write(conn: &mut PgConnection, script: &str, effects: &Effects) -> Result<(), StoreError> {
+pub(crate) async fn write(
+    conn: &mut PgConnection,
+    script: &str,
+    effects: &Effects,
+) -> Result<(), StoreError> {
     let (mut set_keys, mut set_values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
     for (k, v) in &effects.writes {
         match v {

@@ -10,7 +10,9 @@
 //! - [`modules`]: shared modules and their versions.
 //! - [`secrets`]: encrypted secrets (ciphertext only).
 //! - [`invocations`]: the invocation log.
-//! - [`kv`]: per-script state and the commit of an invocation's effects.
+//! - [`kv`]: per-script state.
+//! - [`commit`]: invocations' effects applied in batches (group commit),
+//!   under per-key locks.
 //! - [`jobs`]: subscriptions, dead letters, async HTTP submissions.
 //! - [`outbox`]: messages a committed transaction owes NATS.
 //! - [`schedules`]: cron schedules, and the claim that fires them exactly
@@ -28,6 +30,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod commit;
 pub mod invocations;
 pub mod jobs;
 mod json_bytes;
@@ -45,9 +48,9 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+pub use commit::{CommitBatch, Committed, SubscriptionCache};
 pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
-pub use kv::Committed;
 pub use modules::{ModuleRow, ModuleVersionRow};
 pub use notify::{Notice, Notifications};
 pub use outbox::{OutboxKind, OutboxRow};

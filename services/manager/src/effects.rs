@@ -2,14 +2,16 @@
 //! the managers' queue group): kv reads, commits of successful invocations,
 //! dead letters, and async HTTP submissions.
 //!
-//! A commit applies an invocation's record, kv writes and emits in one
-//! transaction ([`Store::commit`]); its emits become outbox rows: one per
+//! A commit applies an invocation's record, kv writes and emits atomically,
+//! in a transaction shared with the commits queued beside it
+//! ([`crate::commits`]); its emits become outbox rows: one per
 //! event (for the event log) and one job per matching subscription, whose
 //! id is derived from (event id, subscription id). The relay publishes them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::commits::Committer;
 use crate::stats::Rollup;
 use futures::{Stream, StreamExt};
 use picloud_bus::wire::{AsyncSubmitCall, CommitCall, DeadLetterCall, KvGetCall, KvListCall, Rpc};
@@ -20,7 +22,7 @@ use picloud_core::{
     AsyncAnswer, AsyncSubmit, Backoff, Commit, CommitReply, DeadLetter, EventInput, EventMessage,
     InvocationRecord, InvocationStatus, Job, Shutdown, Trigger,
 };
-use picloud_store::{Committed, OutboxRow, Store, StoreError, Submitted, SubscriptionRow};
+use picloud_store::{OutboxRow, Store, StoreError, Submitted, SubscriptionRow};
 use tokio::sync::Semaphore;
 
 /// Requests served at once per kind (each holds a database connection for
@@ -66,13 +68,21 @@ pub async fn serve(
             }
         })
     };
-    let commits = {
-        let (store, rollup) = (store.clone(), rollup.clone());
-        serve_kind::<CommitCall, _, _>(bus.clone(), shutdown.clone(), move |c: Commit| {
-            let (store, rollup) = (store.clone(), rollup.clone());
-            async move { commit(&store, &rollup, c, max_trace_invocations).await }
-        })
-    };
+    let (committer, pipelines) =
+        Committer::start(store.clone(), rollup.clone(), max_trace_invocations);
+    // The handler holds the committer's queue: the pipelines end once the
+    // requests stopped being served and the last queued commit is answered.
+    // A commit request waits in the committer's queue, not on a database
+    // connection: enough of them are taken to fill every pipeline's batch.
+    let commits = serve_kind_up_to::<CommitCall, _, _>(
+        bus.clone(),
+        shutdown.clone(),
+        crate::commits::PIPELINES * crate::commits::MAX_BATCH,
+        move |c: Commit| {
+            let committer = committer.clone();
+            async move { committer.commit(c).await }
+        },
+    );
     let dead_letters = {
         let store = store.clone();
         let rollup = rollup.clone();
@@ -100,7 +110,7 @@ pub async fn serve(
             async move { submit(&store, &bus, s).await }
         })
     };
-    tokio::join!(kv_get, kv_list, commits, dead_letters, submits);
+    tokio::join!(kv_get, kv_list, commits, pipelines, dead_letters, submits);
 }
 
 /// Subscribes to `subject` (resubscribing after errors) and answers each
@@ -111,9 +121,19 @@ where
     F: Fn(R::Request) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = R::Reply> + Send + 'static,
 {
+    serve_kind_up_to::<R, F, Fut>(bus, shutdown, CONCURRENCY, handle).await
+}
+
+/// [`serve_kind`] with `concurrency` requests answered at once.
+async fn serve_kind_up_to<R, F, Fut>(bus: Bus, shutdown: Shutdown, concurrency: usize, handle: F)
+where
+    R: Rpc,
+    F: Fn(R::Request) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = R::Reply> + Send + 'static,
+{
     let subject = R::serve_subject(bus.names());
     let handle = Arc::new(handle);
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
+    let limit = Arc::new(Semaphore::new(concurrency));
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let requests = match bus.serve_rpc::<R>().await {
@@ -165,45 +185,10 @@ where
     }
 }
 
-async fn commit(
-    store: &Store,
-    rollup: &Rollup,
-    c: Commit,
-    max_trace_invocations: u32,
-) -> CommitReply {
-    let subs = if c.effects.emits.is_empty() {
-        Vec::new()
-    } else {
-        match store.list_subscriptions(None).await {
-            Ok(subs) => subs,
-            Err(e) => return not_applied(&e),
-        }
-    };
-    let rows = outbox_rows(&c, &subs, max_trace_invocations);
-    match store.commit(&c.record, &c.effects, &rows).await {
-        Ok(Committed::Applied) => {
-            rollup.add_records([&c.record]);
-            for emit in &c.effects.emits {
-                rollup.add_flow(&emit.topic, "emit", &c.record.script, 1);
-                for sub in subs.iter().filter(|s| topic_matches(&s.topic, &emit.topic)) {
-                    rollup.add_flow(&emit.topic, "deliver", &sub.script, 1);
-                }
-            }
-            CommitReply::Committed
-        }
-        Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
-        Ok(Committed::Conflict) => CommitReply::Conflict,
-        Err(e) => {
-            tracing::warn!(error = %e, permanent = e.is_permanent(), "commit failed");
-            not_applied(&e)
-        }
-    }
-}
-
 /// The reply for a commit the store did not apply: refused when retrying
 /// would fail the same way (the executor then counts it against the job),
 /// failed when the database was unavailable (retried without counting).
-fn not_applied(e: &StoreError) -> CommitReply {
+pub(crate) fn not_applied(e: &StoreError) -> CommitReply {
     let message = e.to_string();
     if e.is_permanent() {
         CommitReply::Refused { message }

@@ -10,6 +10,8 @@
 //!   batches.
 //! - [`effects`]: answers executors' kv reads, commits their invocations'
 //!   effects, stores dead letters, accepts async HTTP calls from gateways.
+//! - [`commits`]: group commit: the commits queued while a transaction is
+//!   in flight go together into the next one.
 //! - [`relay`]: publishes the outbox to JetStream, woken by LISTEN/NOTIFY.
 //! - [`scheduler`]: fires due cron schedules into the outbox, exactly once
 //!   across managers; sleeps until the next instant or a change.
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod commits;
 pub mod compiler;
 pub mod dashboard;
 pub mod effects;

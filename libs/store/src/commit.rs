@@ -1,0 +1,363 @@
+//! The commit of invocations' effects, several in one transaction (group
+//! commit).
+//!
+//! A [`CommitBatch`] is one transaction. It first takes every advisory lock
+//! its invocations' kv effects need ([`Store::begin_commits`]), then applies
+//! each invocation under a savepoint of its own ([`CommitBatch::apply`]):
+//! the invocation record (whose row is the "already applied" marker: a
+//! record stored as `ok` is never overwritten), the check that every key and
+//! prefix it read is unchanged, its writes and its outbox rows. A conflict,
+//! an invocation applied before, or one the database refuses rolls back only
+//! its savepoint; the others commit together, with one WAL flush.
+//!
+//! Locks. Serialisability needs, between an invocation's read check and its
+//! commit, no other commit writing what it read. The locks are per key:
+//! - a key read: `(script, key)` shared; a key written: exclusive;
+//! - every kv commit of a script also holds the script's lock shared, and a
+//!   commit that listed a prefix holds it exclusive instead (and needs no
+//!   key lock): a write under the prefix, absent keys included, always holds
+//!   the script lock shared, so it waits for the list's commit or the list's
+//!   check sees it;
+//! - names are hashed to 64 bits; a collision only makes two locks one.
+//!
+//! A batch takes all its locks before it touches any row, in one global
+//! order (by lock id, in `picloud_kv_lock`), so batches on one or many
+//! managers cannot wait for each other in a cycle: a batch waiting for lock
+//! `l` holds only locks below `l`. Rows come after: kv rows are only written
+//! under their key's exclusive lock, and a batch applies its invocations in
+//! id order, so two batches holding the same redelivered invocation wait on
+//! its record row in the same order. The script's lock id is the one the
+//! per-script lock of earlier versions used, so a manager of the previous
+//! version (exclusive script lock) still excludes this one during an upgrade.
+//!
+//! The manager keeps the subscriptions in a [`SubscriptionCache`], checked
+//! against `subscriptions_epoch` in the batch's transaction.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use picloud_core::{Effects, InvocationRecord};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::kv::{reads_current, write};
+use crate::outbox::{self, OutboxRow};
+use crate::jobs::SubscriptionRecord;
+use crate::{Store, StoreError, SubscriptionRow};
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Committed {
+    Applied,
+    /// The invocation was committed before: nothing was changed.
+    AlreadyApplied,
+    /// A key it read changed since: nothing was changed; re-run it.
+    Conflict,
+}
+
+/// Advisory lock names → exclusive.
+type Locks = BTreeMap<String, bool>;
+
+/// The locks one invocation's kv effects need (see the module doc).
+fn locks_of(script: &str, effects: &Effects, locks: &mut Locks) {
+    if effects.reads.is_empty() && effects.lists.is_empty() && effects.writes.is_empty() {
+        return;
+    }
+    let mut add = |name: String, exclusive: bool| {
+        let e = locks.entry(name).or_insert(false);
+        *e |= exclusive;
+    };
+    // The per-script name of earlier versions (see the module doc).
+    add(
+        lock_name(&format!("picloud.kv.{script}")),
+        !effects.lists.is_empty(),
+    );
+    if !effects.lists.is_empty() {
+        return;
+    }
+    // The script's length keeps ("a", "b/c") and ("a/b", "c") apart.
+    let key = |k: &str| lock_name(&format!("picloud.kv-key.{}.{script}/{k}", script.len()));
+    for k in effects.reads.keys() {
+        add(key(k), false);
+    }
+    for k in effects.writes.keys() {
+        add(key(k), true);
+    }
+}
+
+/// Postgres text holds no NUL; a name only has to hash the same every time,
+/// so NUL is replaced (a collision merges two locks, which is safe).
+fn lock_name(name: &str) -> String {
+    name.replace('\0', "\u{1}")
+}
+
+/// A row of the epoch read: the epoch, and a subscription unless the list
+/// is unchanged or empty (the columns of the `LEFT JOIN` are NULL then).
+#[derive(sqlx::FromRow)]
+struct EpochRecord {
+    epoch: i64,
+    id: Option<uuid::Uuid>,
+    script: Option<String>,
+    topic: Option<String>,
+    max_attempts: Option<i32>,
+    created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl EpochRecord {
+    fn subscription(self) -> Option<SubscriptionRecord> {
+        Some(SubscriptionRecord {
+            id: self.id?,
+            script: self.script?,
+            topic: self.topic?,
+            max_attempts: self.max_attempts?,
+            created_at: self.created_at?,
+        })
+    }
+}
+
+/// One transaction applying several invocations' effects; see the module
+/// doc. Dropping it without [`CommitBatch::finish`] rolls everything back.
+pub struct CommitBatch {
+    tx: Transaction<'static, Postgres>,
+    locks: Locks,
+    /// A batch of one needs no savepoint: what its invocation must not
+    /// keep is undone by rolling the whole transaction back (two round
+    /// trips fewer on the unloaded path, where batches are of one).
+    alone: bool,
+    /// Set when `alone` and its invocation must leave nothing.
+    discard: bool,
+    /// Invocations applied so far.
+    applied: usize,
+}
+
+impl Store {
+    /// Begins a batch for invocations with these (script, effects), taking
+    /// every lock they need.
+    pub async fn begin_commits(
+        &self,
+        invocations: &[(&str, &Effects)],
+    ) -> Result<CommitBatch, StoreError> {
+        let mut locks = Locks::new();
+        for (script, effects) in invocations {
+            locks_of(script, effects, &mut locks);
+        }
+        let mut tx = self.pool.begin().await?;
+        if !locks.is_empty() {
+            let (names, exclusive): (Vec<&str>, Vec<bool>) =
+                locks.iter().map(|(n, x)| (n.as_str(), *x)).unzip();
+            sqlx::query("SELECT picloud_kv_lock($1, $2)")
+                .bind(names)
+                .bind(exclusive)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(CommitBatch {
+            tx,
+            locks,
+            alone: invocations.len() == 1,
+            discard: false,
+            applied: 0,
+        })
+    }
+
+    /// Applies one successful invocation alone: its record, kv writes and
+    /// `outbox` rows (its emits), if what it read is still current.
+    pub async fn commit(
+        &self,
+        record: &InvocationRecord,
+        effects: &Effects,
+        outbox_rows: &[OutboxRow],
+    ) -> Result<Committed, StoreError> {
+        let mut batch = self
+            .begin_commits(&[(record.script.as_str(), effects)])
+            .await?;
+        let done = batch.apply(record, effects, outbox_rows).await?;
+        batch.finish().await?;
+        Ok(done)
+    }
+}
+
+impl CommitBatch {
+    /// The subscriptions as of this transaction: `cache`'s list when its
+    /// epoch is still the stored one, else read again (one statement either
+    /// way) and kept in `cache`.
+    pub async fn subscriptions(
+        &mut self,
+        cache: &SubscriptionCache,
+    ) -> Result<Arc<Vec<SubscriptionRow>>, StoreError> {
+        let (epoch, cached) = cache.get();
+        // Unchanged: one row of NULLs. Changed: the epoch on every row of
+        // the list (or on one row of NULLs when there is none), read from
+        // one snapshot.
+        let rows: Vec<EpochRecord> = sqlx::query_as(
+            "SELECT e.n AS epoch, s.id, s.script, s.topic, s.max_attempts, s.created_at
+             FROM subscriptions_epoch e LEFT JOIN subscriptions s ON e.n <> $1
+             ORDER BY s.created_at, s.id",
+        )
+        .bind(epoch)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let now = match rows.first() {
+            Some(r) => r.epoch,
+            None => return Err(StoreError::Corrupt("subscriptions_epoch has no row".into())),
+        };
+        if now == epoch {
+            return Ok(cached);
+        }
+        let mut list = Vec::with_capacity(rows.len());
+        for r in rows {
+            if let Some(record) = r.subscription() {
+                list.push(SubscriptionRow::try_from(record)?);
+            }
+        }
+        let list = Arc::new(list);
+        cache.put(now, list.clone());
+        Ok(list)
+    }
+
+    /// Applies one invocation under a savepoint. `Ok` and a permanent error
+    /// ([`StoreError::is_permanent`]: the database refused this
+    /// invocation's data) leave the batch usable, the latter with nothing of
+    /// the invocation kept; after any other error the batch must be dropped.
+    pub async fn apply(
+        &mut self,
+        record: &InvocationRecord,
+        effects: &Effects,
+        outbox_rows: &[OutboxRow],
+    ) -> Result<Committed, StoreError> {
+        let mut needed = Locks::new();
+        locks_of(&record.script, effects, &mut needed);
+        if let Some((name, _)) = needed
+            .iter()
+            .find(|(n, x)| self.locks.get(*n).is_none_or(|held| **x && !held))
+        {
+            return Err(StoreError::Corrupt(format!(
+                "commit of {} without the kv lock {name:?} of its batch",
+                record.id
+            )));
+        }
+        self.applied += 1;
+        if self.alone {
+            if self.applied > 1 {
+                return Err(StoreError::Corrupt(
+                    "a batch of one applied a second invocation".into(),
+                ));
+            }
+            let done = self.apply_here(record, effects, outbox_rows).await;
+            self.discard = !matches!(done, Ok(Committed::Applied));
+            return done;
+        }
+        savepoint(&mut self.tx, "SAVEPOINT invocation").await?;
+        let done = self.apply_here(record, effects, outbox_rows).await;
+        match &done {
+            Ok(Committed::Applied) => {}
+            Ok(_) => savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocation").await?,
+            Err(e) if e.is_permanent() => {
+                savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocation").await?
+            }
+            Err(_) => return done,
+        }
+        savepoint(&mut self.tx, "RELEASE SAVEPOINT invocation").await?;
+        done
+    }
+
+    /// The invocation's record, read check, writes and outbox rows, in the
+    /// transaction as it stands (under a savepoint in a batch of several).
+    async fn apply_here(
+        &mut self,
+        record: &InvocationRecord,
+        effects: &Effects,
+        outbox_rows: &[OutboxRow],
+    ) -> Result<Committed, StoreError> {
+        if !Store::upsert_one(&mut self.tx, record).await? {
+            return Ok(Committed::AlreadyApplied);
+        }
+        let touches_kv =
+            !(effects.reads.is_empty() && effects.lists.is_empty() && effects.writes.is_empty());
+        if touches_kv {
+            if !reads_current(&mut self.tx, &record.script, effects).await? {
+                return Ok(Committed::Conflict);
+            }
+            write(&mut self.tx, &record.script, effects).await?;
+        }
+        outbox::insert(&mut self.tx, outbox_rows).await?;
+        Ok(Committed::Applied)
+    }
+
+    /// Commits every invocation applied (a batch of one whose invocation
+    /// was not applied rolls back instead).
+    pub async fn finish(self) -> Result<(), StoreError> {
+        if self.discard {
+            self.tx.rollback().await?;
+        } else {
+            self.tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+async fn savepoint(conn: &mut PgConnection, statement: &'static str) -> Result<(), StoreError> {
+    sqlx::query(statement).execute(conn).await?;
+    Ok(())
+}
+
+/// The subscriptions a manager last read, with the epoch they were read at
+/// (`-1`: never read). Shared by the manager's commit pipelines.
+#[derive(Clone)]
+pub struct SubscriptionCache(Arc<Mutex<(i64, Arc<Vec<SubscriptionRow>>)>>);
+
+impl Default for SubscriptionCache {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new((-1, Arc::new(Vec::new())))))
+    }
+}
+
+impl SubscriptionCache {
+    fn get(&self) -> (i64, Arc<Vec<SubscriptionRow>>) {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (g.0, g.1.clone())
+    }
+
+    /// Keeps the newer of the cached and the given list (two pipelines may
+    /// read at once).
+    fn put(&self, epoch: i64, list: Arc<Vec<SubscriptionRow>>) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if epoch > g.0 {
+            *g = (epoch, list);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use picloud_core::effects::ListRead;
+
+    fn effects() -> Effects {
+        Effects::default()
+    }
+
+    #[test]
+    fn key_reads_are_shared_writes_exclusive_and_lists_take_the_script() {
+        let mut e = effects();
+        e.reads.insert("a".into(), 1);
+        e.writes.insert("a".into(), Some(serde_json::json!(1)));
+        e.reads.insert("b".into(), 0);
+        let mut locks = Locks::new();
+        locks_of("s", &e, &mut locks);
+        assert_eq!(locks.get("picloud.kv.s"), Some(&false));
+        assert_eq!(locks.get("picloud.kv-key.1.s/a"), Some(&true));
+        assert_eq!(locks.get("picloud.kv-key.1.s/b"), Some(&false));
+
+        let mut l = effects();
+        l.lists.push(ListRead {
+            prefix: "p".into(),
+            entries: Vec::new(),
+        });
+        locks_of("s", &l, &mut locks);
+        assert_eq!(locks.get("picloud.kv.s"), Some(&true));
+
+        let mut none = Locks::new();
+        locks_of("s", &effects(), &mut none);
+        assert!(none.is_empty());
+    }
+}

@@ -1,0 +1,200 @@
+//! Group commit: the commit requests that arrive while a transaction is in
+//! flight wait in a queue and go together, up to [`MAX_BATCH`], into the
+//! next transaction ([`picloud_store::CommitBatch`]), one savepoint per
+//! invocation. Each request still gets its own reply: a conflict, an
+//! invocation applied before or one the database refuses answers only that
+//! one; a failure of the whole transaction (database unavailable) answers
+//! `Failed` to all, and their executors retry.
+//!
+//! No timer: an idle pipeline waits for the first request and takes
+//! whatever else is queued at that moment, so a lone commit goes at once.
+//! [`PIPELINES`] transactions may be in flight per manager (disjoint keys
+//! commit in parallel; the per-key locks order the rest).
+
+use std::sync::Arc;
+
+use picloud_core::job::topic_matches;
+use picloud_core::{Commit, CommitReply, Effects};
+use picloud_store::{Committed, Store, StoreError, SubscriptionCache, SubscriptionRow};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::effects::{not_applied, outbox_rows};
+use crate::stats::Rollup;
+
+/// Invocations per transaction at most.
+pub const MAX_BATCH: usize = 64;
+/// Commit transactions in flight per manager.
+pub const PIPELINES: usize = 2;
+
+struct Pending {
+    commit: Commit,
+    reply: oneshot::Sender<CommitReply>,
+}
+
+/// The queue the request handlers put commits in.
+#[derive(Clone)]
+pub struct Committer {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Committer {
+    /// Starts [`PIPELINES`] pipelines; they end when every `Committer`
+    /// clone is dropped and the queue is drained (await the returned
+    /// future for that).
+    pub fn start(
+        store: Store,
+        rollup: Rollup,
+        max_trace_invocations: u32,
+    ) -> (Self, impl Future<Output = ()>) {
+        let (queue, rx) = mpsc::channel::<Pending>(MAX_BATCH * 16);
+        let rx = Arc::new(Mutex::new(rx));
+        let cache = SubscriptionCache::default();
+        let pipelines = (0..PIPELINES).map(move |_| {
+            let (rx, store, rollup, cache) =
+                (rx.clone(), store.clone(), rollup.clone(), cache.clone());
+            async move {
+                while let Some(batch) = next_batch(&rx).await {
+                    let commits: Vec<&Commit> = batch.iter().map(|p| &p.commit).collect();
+                    let replies =
+                        commit_batch(&store, &cache, &rollup, &commits, max_trace_invocations)
+                            .await;
+                    for (p, r) in batch.into_iter().zip(replies) {
+                        // The requester may have gone (shutdown); nothing
+                        // to tell then.
+                        let _ = p.reply.send(r);
+                    }
+                }
+            }
+        });
+        let done = futures::future::join_all(pipelines.collect::<Vec<_>>());
+        (Self { queue }, async move {
+            done.await;
+        })
+    }
+
+    /// Commits `c` with whatever else is queued, and answers for it alone.
+    pub async fn commit(&self, c: Commit) -> CommitReply {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send(Pending { commit: c, reply }).await.is_err() {
+            return stopping();
+        }
+        answer.await.unwrap_or_else(|_| stopping())
+    }
+}
+
+fn stopping() -> CommitReply {
+    CommitReply::Failed {
+        message: "the manager is stopping".into(),
+    }
+}
+
+/// Waits for one request, then takes what else is queued (up to
+/// [`MAX_BATCH`]). `None` when the queue is closed and empty.
+async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Applies `commits` in one transaction and returns one reply per commit,
+/// in their order.
+pub async fn commit_batch(
+    store: &Store,
+    cache: &SubscriptionCache,
+    rollup: &Rollup,
+    commits: &[&Commit],
+    max_trace_invocations: u32,
+) -> Vec<CommitReply> {
+    match try_batch(store, cache, commits, max_trace_invocations).await {
+        Ok((outcomes, subs)) => {
+            let mut replies = Vec::with_capacity(commits.len());
+            for (c, outcome) in commits.iter().zip(outcomes) {
+                replies.push(match outcome {
+                    Ok(Committed::Applied) => {
+                        count(rollup, c, &subs);
+                        CommitReply::Committed
+                    }
+                    Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
+                    Ok(Committed::Conflict) => CommitReply::Conflict,
+                    Err(e) => {
+                        tracing::warn!(error = %e, invocation = %c.record.id, "commit refused");
+                        not_applied(&e)
+                    }
+                });
+            }
+            replies
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, commits = commits.len(), "commit batch failed");
+            // Nothing was committed; a batch-wide statement (the locks, the
+            // subscriptions' read) or the commit failed, as the one
+            // transaction of earlier versions would have.
+            let reply = not_applied(&e);
+            vec![reply; commits.len()]
+        }
+    }
+}
+
+/// Each commit's outcome (a permanent error of its own is its `Err`), and
+/// the subscriptions the batch used. `Err`: nothing was committed.
+#[allow(clippy::type_complexity)]
+async fn try_batch(
+    store: &Store,
+    cache: &SubscriptionCache,
+    commits: &[&Commit],
+    max_trace_invocations: u32,
+) -> Result<
+    (
+        Vec<Result<Committed, StoreError>>,
+        Arc<Vec<SubscriptionRow>>,
+    ),
+    StoreError,
+> {
+    let kv: Vec<(&str, &Effects)> = commits
+        .iter()
+        .map(|c| (c.record.script.as_str(), &c.effects))
+        .collect();
+    let mut batch = store.begin_commits(&kv).await?;
+    let subs = if commits.iter().any(|c| !c.effects.emits.is_empty()) {
+        batch.subscriptions(cache).await?
+    } else {
+        Arc::new(Vec::new())
+    };
+    // In invocation id order, so that two batches holding the same
+    // redelivered invocation meet on its record in the same order.
+    let mut order: Vec<usize> = (0..commits.len()).collect();
+    order.sort_by_key(|&i| commits[i].record.id);
+    let mut outcomes: Vec<Option<Result<Committed, StoreError>>> =
+        (0..commits.len()).map(|_| None).collect();
+    for i in order {
+        let c = commits[i];
+        let rows = outbox_rows(c, &subs, max_trace_invocations);
+        match batch.apply(&c.record, &c.effects, &rows).await {
+            Err(e) if !e.is_permanent() => return Err(e),
+            outcome => outcomes[i] = Some(outcome),
+        }
+    }
+    batch.finish().await?;
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every commit was applied or refused"))
+        .collect();
+    Ok((outcomes, subs))
+}
+
+fn count(rollup: &Rollup, c: &Commit, subs: &[SubscriptionRow]) {
+    rollup.add_records([&c.record]);
+    for emit in &c.effects.emits {
+        rollup.add_flow(&emit.topic, "emit", &c.record.script, 1);
+        for sub in subs.iter().filter(|s| topic_matches(&s.topic, &emit.topic)) {
+            rollup.add_flow(&emit.topic, "deliver", &sub.script, 1);
+        }
+    }
+}

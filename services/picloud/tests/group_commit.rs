@@ -1,0 +1,292 @@
+//! Group commit and per-key locks (issue #17), against the real Postgres:
+//! several invocations in one transaction each get their own answer, the
+//! exact counter stays exact, a redelivery applies nothing twice, disjoint
+//! keys of one script are locked at once, and the subscriptions a manager
+//! caches follow changes made through another store handle.
+
+use std::time::Duration;
+
+use picloud_core::effects::{Emit, ListRead};
+use picloud_core::{Commit, CommitReply, Effects, InvocationRecord, InvocationStatus, Trigger};
+use picloud_manager::commits::commit_batch;
+use picloud_manager::stats::Rollup;
+use picloud_store::{OutboxKind, Store, SubscriptionCache};
+use picloud_testkit::TestEnv;
+use serde_json::json;
+use uuid::Uuid;
+
+async fn store(env: &TestEnv) -> Store {
+    Store::connect(env.config.database_url().expect("test database url"))
+        .await
+        .expect("store")
+}
+
+fn commit(script: &str, effects: Effects) -> Commit {
+    Commit {
+        record: InvocationRecord {
+            id: Uuid::new_v4(),
+            script: script.into(),
+            version: 1,
+            trigger: Trigger::Event,
+            status: InvocationStatus::Ok,
+            http_status: None,
+            started_at: chrono::Utc::now(),
+            duration_us: 1,
+            log: String::new(),
+            error: None,
+            executor: "test".into(),
+            trace_id: Uuid::new_v4(),
+            attempt: 1,
+            parent_id: None,
+            response: None,
+            public: false,
+        },
+        effects,
+        chain: Default::default(),
+    }
+}
+
+fn set(key: &str, value: serde_json::Value) -> Effects {
+    let mut e = Effects::default();
+    e.writes.insert(key.into(), Some(value));
+    e
+}
+
+/// Read `key` at `seen`, write `value`.
+fn read_set(key: &str, seen: i64, value: serde_json::Value) -> Effects {
+    let mut e = set(key, value);
+    e.reads.insert(key.into(), seen);
+    e
+}
+
+fn emit(topic: &str) -> Effects {
+    let mut e = Effects::default();
+    e.emits.push(Emit {
+        topic: topic.into(),
+        payload: json!({"n": 1}),
+    });
+    e
+}
+
+async fn batch(store: &Store, cache: &SubscriptionCache, commits: &[&Commit]) -> Vec<CommitReply> {
+    commit_batch(store, cache, &Rollup::default(), commits, 1_000).await
+}
+
+/// Job rows in the outbox, by target script (no relay runs here).
+async fn queued_jobs(store: &Store) -> Vec<String> {
+    let claim = store.claim_outbox(10_000).await.expect("claim");
+    let mut jobs: Vec<String> = claim
+        .rows
+        .iter()
+        .filter(|r| r.kind == OutboxKind::Job)
+        .map(|r| r.target.clone())
+        .collect();
+    jobs.sort();
+    claim.finish(&[]).await.expect("release");
+    jobs
+}
+
+async fn status(store: &Store, id: Uuid) -> Option<InvocationStatus> {
+    store
+        .get_invocation(id)
+        .await
+        .expect("read record")
+        .map(|r| r.status)
+}
+
+#[tokio::test]
+async fn each_member_of_a_batch_gets_its_own_answer() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    store.create_subscription("sub", "t.>", 3).await.unwrap();
+
+    let ok = commit("s", set("a", json!(1)));
+    // Read "gone" as present at version 5: it is absent, so the read is stale.
+    let stale = commit("s", read_set("gone", 5, json!(2)));
+    // Postgres text holds no NUL: the database refuses this key.
+    let refused = commit("s", set("bad\0key", json!(3)));
+    let emits = commit("s", emit("t.x"));
+    let redelivered = ok.clone();
+    // Two increments of one counter from the same read: the second one
+    // validates against the first one's write and conflicts.
+    let (inc1, inc2) = (
+        commit("s", read_set("n", 0, json!(1))),
+        commit("s", read_set("n", 0, json!(1))),
+    );
+    let all = [&ok, &stale, &refused, &emits, &redelivered, &inc1, &inc2];
+    let replies = batch(&store, &cache, &all).await;
+
+    assert_eq!(replies[0], CommitReply::Committed);
+    assert_eq!(replies[1], CommitReply::Conflict);
+    assert!(
+        matches!(&replies[2], CommitReply::Refused { .. }),
+        "{:?}",
+        replies[2]
+    );
+    assert_eq!(replies[3], CommitReply::Committed);
+    assert_eq!(replies[4], CommitReply::AlreadyCommitted);
+    // Applied in invocation id order: the smaller id wins the counter.
+    let (first, second) = if inc1.record.id < inc2.record.id {
+        (5, 6)
+    } else {
+        (6, 5)
+    };
+    assert_eq!(replies[first], CommitReply::Committed);
+    assert_eq!(replies[second], CommitReply::Conflict);
+
+    assert_eq!(
+        store.kv_dump("s").await.unwrap(),
+        vec![("a".into(), json!(1)), ("n".into(), json!(1))]
+    );
+    assert_eq!(
+        status(&store, ok.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    assert_eq!(
+        status(&store, emits.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    // Nothing of the failed members was kept, their records included.
+    for failed in [&stale, &refused] {
+        assert_eq!(status(&store, failed.record.id).await, None);
+    }
+    assert_eq!(queued_jobs(&store).await, vec!["sub".to_string()]);
+
+    // The same batch delivered again applies nothing twice.
+    let again = batch(&store, &cache, &all).await;
+    assert_eq!(again[0], CommitReply::AlreadyCommitted);
+    assert_eq!(again[3], CommitReply::AlreadyCommitted);
+    assert_eq!(again[first], CommitReply::AlreadyCommitted);
+    assert_eq!(queued_jobs(&store).await, vec!["sub".to_string()]);
+    assert_eq!(store.kv_dump("s").await.unwrap().len(), 2);
+    store.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_counter_incremented_by_concurrent_batches_stays_exact() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    let (tasks, per_task) = (6, 15);
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (store, cache) = (store.clone(), cache.clone());
+        handles.push(tokio::spawn(async move {
+            let mut done = 0;
+            while done < per_task {
+                let (value, seen) = match store.kv_get("s", "n").await.unwrap() {
+                    Some(e) => (e.value.as_i64().unwrap(), e.version),
+                    None => (0, 0),
+                };
+                let inc = commit("s", read_set("n", seen, json!(value + 1)));
+                // A neighbour on a key of its own shares each transaction.
+                let other = commit("s", set(&format!("k{t}-{done}"), json!(t)));
+                let replies = batch(&store, &cache, &[&inc, &other]).await;
+                assert_eq!(replies[1], CommitReply::Committed);
+                match &replies[0] {
+                    CommitReply::Committed => done += 1,
+                    CommitReply::Conflict => {}
+                    other => panic!("unexpected reply {other:?}"),
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let n = store.kv_get("s", "n").await.unwrap().unwrap().value;
+    assert_eq!(n, json!(tasks * per_task));
+    store.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn disjoint_keys_of_one_script_are_locked_at_once() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let (a, b) = (set("a", json!(1)), set("b", json!(1)));
+    let holds_a = store.begin_commits(&[("s", &a)]).await.unwrap();
+    // A per-script lock would make this wait for `holds_a`.
+    let holds_b = tokio::time::timeout(Duration::from_secs(5), store.begin_commits(&[("s", &b)]))
+        .await
+        .expect("a commit of another key is not held up")
+        .unwrap();
+
+    // A commit reading "a" waits for the one writing it.
+    let mut reads_a = Effects::default();
+    reads_a.reads.insert("a".into(), 0);
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(500),
+        store.begin_commits(&[("s", &reads_a)]),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a reader of a key being written must wait"
+    );
+
+    // A list of the script waits for every writer of the script.
+    let mut lists = Effects::default();
+    lists.lists.push(ListRead {
+        prefix: String::new(),
+        entries: Vec::new(),
+    });
+    let store2 = store.clone();
+    let list = tokio::spawn(async move {
+        let batch = store2.begin_commits(&[("s", &lists)]).await.unwrap();
+        batch.finish().await.unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !list.is_finished(),
+        "a prefix list must wait for the writers"
+    );
+    holds_a.finish().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !list.is_finished(),
+        "the list still waits for the writer of b"
+    );
+    holds_b.finish().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), list)
+        .await
+        .expect("the list goes once the writers are done")
+        .unwrap();
+    store.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_subscription_made_elsewhere_gets_the_next_event() {
+    let env = TestEnv::new().await;
+    // Two handles, as two managers: A serves the API, B commits.
+    let (a, b) = (store(&env).await, store(&env).await);
+    let cache = SubscriptionCache::default();
+    let first = commit("src", emit("orders.new"));
+    assert_eq!(
+        batch(&b, &cache, &[&first]).await,
+        vec![CommitReply::Committed]
+    );
+    assert!(queued_jobs(&b).await.is_empty());
+
+    let sub = a.create_subscription("dst", "orders.*", 3).await.unwrap();
+    let second = commit("src", emit("orders.new"));
+    assert_eq!(
+        batch(&b, &cache, &[&second]).await,
+        vec![CommitReply::Committed]
+    );
+    assert_eq!(queued_jobs(&b).await, vec!["dst".to_string()]);
+
+    assert!(a.delete_subscription(sub.id).await.unwrap());
+    let third = commit("src", emit("orders.new"));
+    assert_eq!(
+        batch(&b, &cache, &[&third]).await,
+        vec![CommitReply::Committed]
+    );
+    assert_eq!(queued_jobs(&b).await, vec!["dst".to_string()], "no new job");
+    a.close().await;
+    b.close().await;
+    env.cleanup().await;
+}
