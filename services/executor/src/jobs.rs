@@ -131,7 +131,7 @@ impl Stage {
     /// frees the slot for the next job to fetch. A job already there (a
     /// re-run after a conflict, or a run held through an outage) keeps its
     /// place.
-    async fn to_commit(&mut self, incoming: &IncomingJob, progress_every: Duration) {
+    async fn enter_commit(&mut self, incoming: &IncomingJob, progress_every: Duration) {
         if self.commit_permit.is_some() {
             return;
         }
@@ -368,13 +368,13 @@ async fn run_on_pool(
         }),
     });
     let progress_every = settings.ack_wait / 3;
-    let mut code = Code::Prepared(prepared);
+    let mut code = Code::Prepared(Box::new(prepared));
     let mut deadline = None;
     for _ in 0..=run::MAX_RERUNS {
         let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
         let (ran, compiled) = match ran.await {
             Ok(done) => done,
-            Err(crashed) => return crashed,
+            Err(crashed) => return *crashed,
         };
         let (result, commit) = match ran {
             run::Ran::Done(settled) => return inputs.host.judge(settled),
@@ -384,7 +384,7 @@ async fn run_on_pool(
         code = Code::Compiled(compiled);
         // The worker and the slot go to the next job while this one waits
         // for the database.
-        stage.to_commit(incoming, progress_every).await;
+        stage.enter_commit(incoming, progress_every).await;
         let reply = with_progress(
             incoming,
             progress_every,
@@ -411,7 +411,7 @@ struct RunInputs {
 /// The job's script: ready to compile on a worker, or compiled by an
 /// earlier run (with the deadline that run set).
 enum Code {
-    Prepared(run::Prepared),
+    Prepared(Box<run::Prepared>),
     Compiled(CompiledRun),
 }
 
@@ -431,9 +431,9 @@ async fn run_once_on_pool(
     inputs: &Arc<RunInputs>,
     code: Code,
     deadline: Option<Instant>,
-) -> Result<(run::Ran, CompiledRun), Settled> {
+) -> Result<(run::Ran, CompiledRun), Box<Settled>> {
     let job = &incoming.job;
-    let (tx, rx) = oneshot::channel::<Result<(run::Ran, CompiledRun), Settled>>();
+    let (tx, rx) = oneshot::channel::<Result<(run::Ran, CompiledRun), Box<Settled>>>();
     let worker_server = server.clone();
     let inputs = inputs.clone();
     let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
@@ -457,7 +457,7 @@ async fn run_once_on_pool(
                     }
                 }
                 Err(r) => {
-                    let _ = tx.send(Err(Settled::Plain(*r)));
+                    let _ = tx.send(Err(Box::new(Settled::Plain(*r))));
                     return;
                 }
             },
@@ -502,12 +502,12 @@ async fn run_once_on_pool(
     with_progress(incoming, progress_every, rx)
         .await
         .unwrap_or_else(|_| {
-            Err(Settled::Plain(plain(
+            Err(Box::new(Settled::Plain(plain(
                 Outcome::ScriptError {
                     message: "the script failed".into(),
                 },
                 "the worker running the job crashed",
-            )))
+            ))))
         })
 }
 

@@ -226,7 +226,9 @@ async fn a_key_still_being_accepted_is_a_conflict() {
     started.await.expect("the first submission is publishing");
     let second = tokio::time::timeout(
         Duration::from_secs(3),
-        store.submit_async(Some("k"), Some("fp-1"), &queued("slow"), None, async || Ok(())),
+        store.submit_async(Some("k"), Some("fp-1"), &queued("slow"), None, async || {
+            Ok(())
+        }),
     )
     .await
     .expect("a concurrent submission answers at once")

@@ -39,14 +39,22 @@ fn manual_job(script: &str) -> Job {
 }
 
 /// (jobs still in the stream, jobs delivered to an executor and not acked)
-async fn stream_state(js: &async_nats::jetstream::Context, names: &Names, script: &str) -> (u64, u64) {
+async fn stream_state(
+    js: &async_nats::jetstream::Context,
+    names: &Names,
+    script: &str,
+) -> (u64, u64) {
     let mut stream = js.get_stream(names.jobs_stream()).await.expect("stream");
     let messages = stream.info().await.expect("stream info").state.messages;
     let mut consumer = stream
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&Names::job_consumer(script))
         .await
         .expect("consumer");
-    let pending = consumer.info().await.expect("consumer info").num_ack_pending as u64;
+    let pending = consumer
+        .info()
+        .await
+        .expect("consumer info")
+        .num_ack_pending as u64;
     (messages, pending)
 }
 
@@ -68,7 +76,8 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
             key: "k".into(),
         };
         matches!(
-            bus.request::<KvGetCall>(&probe, Duration::from_secs(1)).await,
+            bus.request::<KvGetCall>(&probe, Duration::from_secs(1))
+                .await,
             Err(CallError::NoResponders)
         )
         .then_some(())
@@ -81,7 +90,9 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
     for _ in 0..JOBS {
         let job = manual_job("quick");
         ids.insert(job.id);
-        bus.publish_job(&job, &job.id.to_string()).await.expect("publish");
+        bus.publish_job(&job, &job.id.to_string())
+            .await
+            .expect("publish");
     }
     env.start_executor().await;
 
@@ -100,7 +111,10 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
     }
     // No more than that, ...
     let more = tokio::time::timeout(Duration::from_millis(1_500), commits.next()).await;
-    assert!(more.is_err(), "a commit past the {COMMITS_IN_FLIGHT} in flight was sent");
+    assert!(
+        more.is_err(),
+        "a commit past the {COMMITS_IN_FLIGHT} in flight was sent"
+    );
     // ... no more jobs pulled than those plus the script's share of the
     // run slots (two: twice its cap of one), and none acked before its
     // commit is answered.
@@ -110,7 +124,10 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
             .unwrap(),
     );
     let (messages, pending) = stream_state(&js, bus.names(), "quick").await;
-    assert_eq!(messages, JOBS as u64, "a job was acked before its commit was answered");
+    assert_eq!(
+        messages, JOBS as u64,
+        "a job was acked before its commit was answered"
+    );
     assert!(
         pending <= (COMMITS_IN_FLIGHT + 2) as u64,
         "{pending} jobs pulled and unacked"
@@ -144,7 +161,11 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
         (stream_state(&js, bus.names(), "quick").await.0 == 0).then_some(())
     })
     .await;
-    assert!(acked.is_some(), "jobs left unacked: {:?}", stream_state(&js, bus.names(), "quick").await);
+    assert!(
+        acked.is_some(),
+        "jobs left unacked: {:?}",
+        stream_state(&js, bus.names(), "quick").await
+    );
     env.cleanup().await;
 }
 
