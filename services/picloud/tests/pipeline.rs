@@ -3,8 +3,9 @@
 //! the database answers; the commits in flight are bounded, and a job is
 //! acknowledged only once its commit is answered.
 //!
-//! The test answers the commits itself (no manager runs while the jobs
-//! do), so it can hold them and see how many the executor sends at once.
+//! The first test answers the commits itself (no manager runs while the
+//! jobs do), so it can hold them and see how many the executor sends at
+//! once. The second is the accept path's fallback to the outbox.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,31 +13,12 @@ use std::time::Duration;
 use futures::StreamExt;
 use picloud_bus::wire::{CommitCall, KvGetCall};
 use picloud_bus::{Bus, CallError, Names};
+use picloud_core::CommitReply;
 use picloud_core::effects::KvGet;
-use picloud_core::{CommitReply, EventInput, Job, Trigger};
 use picloud_executor::jobs::COMMITS_IN_FLIGHT;
-use picloud_testkit::{Client, TestEnv, eventually};
+use picloud_testkit::{Client, TestEnv, eventually, manual_job};
 
 const JOBS: usize = 100;
-
-fn manual_job(script: &str) -> Job {
-    let id = uuid::Uuid::new_v4();
-    Job {
-        id,
-        script: script.into(),
-        event: EventInput {
-            kind: Trigger::Manual,
-            ..EventInput::http(id)
-        },
-        request: None,
-        parent_id: None,
-        subscription_id: None,
-        schedule_id: None,
-        max_attempts: 1,
-        public: false,
-        chain: Default::default(),
-    }
-}
 
 /// (jobs still in the stream, jobs delivered to an executor and not acked)
 async fn stream_state(
@@ -118,11 +100,7 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
     // ... no more jobs pulled than those plus the script's share of the
     // run slots (two: twice its cap of one), and none acked before its
     // commit is answered.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url().unwrap())
-            .await
-            .unwrap(),
-    );
+    let js = env.jetstream().await;
     let (messages, pending) = stream_state(&js, bus.names(), "quick").await;
     assert_eq!(
         messages, JOBS as u64,
@@ -189,11 +167,7 @@ async fn a_refused_publish_falls_back_to_the_outbox_and_the_job_runs_once() {
     c.wait_for_body("count", "0").await;
 
     // JetStream refuses every job now: no message fits.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url().unwrap())
-            .await
-            .unwrap(),
-    );
+    let js = env.jetstream().await;
     let names = Names::new(&env.config.prefix);
     let mut config = js
         .get_stream(names.jobs_stream())
