@@ -41,6 +41,7 @@ use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::cache::Compiled;
+use crate::fair::ScriptSlot;
 use crate::lifecycle::{Event, JobState, Step, next_step};
 use crate::queue::{Queue, Ticket};
 use crate::run::{self, RecordBase, Settled, plain};
@@ -372,7 +373,7 @@ async fn run_on_pool(
     let mut deadline = None;
     for _ in 0..=run::MAX_RERUNS {
         let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
-        let (ran, compiled) = match ran.await {
+        let (ran, compiled, slot) = match ran.await {
             Ok(done) => done,
             Err(crashed) => return *crashed,
         };
@@ -382,8 +383,13 @@ async fn run_on_pool(
         };
         deadline = Some(compiled.deadline);
         code = Code::Compiled(compiled);
-        // The worker and the slot go to the next job while this one waits
-        // for the database.
+        // The worker goes to the next job while this one waits for the
+        // database, and so does the script's slot, unless the commit can
+        // conflict (it read kv): then the script's cap also bounds its
+        // commits in flight, as many read-modify-writes of one key at once
+        // would mostly conflict and run again. (Released before a re-run.)
+        let _slot =
+            (!commit.effects.reads.is_empty() || !commit.effects.lists.is_empty()).then_some(slot);
         stage.enter_commit(incoming, progress_every).await;
         let reply = with_progress(
             incoming,
@@ -422,8 +428,8 @@ struct CompiledRun {
 }
 
 /// One run on a worker, waiting for the script's slot and a worker (with
-/// progress acks meanwhile); the slot is held until the run is over.
-/// `Err`: the worker crashed.
+/// progress acks meanwhile); returns the slot with the run, for the caller
+/// to free. `Err`: the worker crashed.
 async fn run_once_on_pool(
     server: &Arc<Server>,
     incoming: &IncomingJob,
@@ -431,7 +437,7 @@ async fn run_once_on_pool(
     inputs: &Arc<RunInputs>,
     code: Code,
     deadline: Option<Instant>,
-) -> Result<(run::Ran, CompiledRun), Box<Settled>> {
+) -> Result<(run::Ran, CompiledRun, ScriptSlot), Box<Settled>> {
     let job = &incoming.job;
     let (tx, rx) = oneshot::channel::<Result<(run::Ran, CompiledRun), Box<Settled>>>();
     let worker_server = server.clone();
@@ -484,8 +490,8 @@ async fn run_once_on_pool(
     let mut tick = tokio::time::interval(progress_every);
     tick.tick().await;
     // Wait in the script's own queue when it is at its cap, keeping the job
-    // ours meanwhile; the slot is held until the run is over.
-    let _slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
+    // ours meanwhile.
+    let slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
     let mut wait = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     loop {
         match server.pool.submit_or_return(work) {
@@ -499,7 +505,7 @@ async fn run_once_on_pool(
             }
         }
     }
-    with_progress(incoming, progress_every, rx)
+    let (ran, compiled) = with_progress(incoming, progress_every, rx)
         .await
         .unwrap_or_else(|_| {
             Err(Box::new(Settled::Plain(plain(
@@ -508,7 +514,8 @@ async fn run_once_on_pool(
                 },
                 "the worker running the job crashed",
             ))))
-        })
+        })?;
+    Ok((ran, compiled, slot))
 }
 
 /// Awaits `work`, sending a progress ack every `every` meanwhile so that
