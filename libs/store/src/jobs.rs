@@ -336,13 +336,21 @@ impl Store {
     /// and [`Submitted::InFlight`] while another submission of the key is
     /// still being accepted. Otherwise stores `queued` (the invocation's
     /// record, status queued) and runs `publish` (which must make the job
-    /// durable on the bus) before committing, so the call is accepted
-    /// exactly when its job is durable.
+    /// durable on the bus, under `Nats-Msg-Id` = the invocation id) before
+    /// committing, so the call is accepted exactly when its job is durable.
+    ///
+    /// When `publish` fails and `fallback` is the job, the job is queued in
+    /// the outbox instead, in the same transaction, under the same message
+    /// id (the relay publishes it; a publish that was stored although its
+    /// ack was lost is then a duplicate JetStream drops), and the call is
+    /// accepted all the same: durable in Postgres. Without `fallback` the
+    /// failure is returned and nothing is stored.
     pub async fn submit_async<F>(
         &self,
         idempotency_key: Option<&str>,
         fingerprint: Option<&str>,
         queued: &InvocationRecord,
+        fallback: Option<&Job>,
         publish: F,
     ) -> Result<Result<Submitted, String>, StoreError>
     where
@@ -393,8 +401,12 @@ impl Store {
         }
         Store::upsert_one(&mut tx, queued).await?;
         if let Err(e) = publish().await {
-            tx.rollback().await?;
-            return Ok(Err(e));
+            let Some(job) = fallback else {
+                tx.rollback().await?;
+                return Ok(Err(e));
+            };
+            debug_assert_eq!(job.id, queued.id, "the job is the queued invocation");
+            outbox::insert(&mut tx, &[OutboxRow::job(job)]).await?;
         }
         tx.commit().await?;
         Ok(Ok(Submitted::New(queued.id)))

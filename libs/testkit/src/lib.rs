@@ -155,6 +155,12 @@ impl TestEnv {
         ExecutorHandle { id, shutdown, done }
     }
 
+    /// A JetStream context on a connection of its own to the env's NATS.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let url = self.config.nats_url().expect("a NATS url");
+        async_nats::jetstream::new(async_nats::connect(url).await.expect("connects to NATS"))
+    }
+
     /// Stops everything this env started, drops its database and deletes
     /// its streams.
     pub async fn cleanup(self) {
@@ -438,5 +444,27 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A manual job of `script` under a fresh id (one attempt), to publish
+/// straight to the jobs stream.
+pub fn manual_job(script: &str) -> picloud_core::Job {
+    use picloud_core::{EventInput, Job, Trigger};
+    let id = uuid::Uuid::new_v4();
+    Job {
+        id,
+        script: script.into(),
+        event: EventInput {
+            kind: Trigger::Manual,
+            ..EventInput::http(id)
+        },
+        request: None,
+        parent_id: None,
+        subscription_id: None,
+        schedule_id: None,
+        max_attempts: 1,
+        public: false,
+        chain: Default::default(),
     }
 }

@@ -21,6 +21,12 @@
 //! While a job runs, progress acks keep JetStream from handing it to another
 //! executor; if this executor dies, the job comes back after the ack wait and
 //! its effects still apply once (the commit is keyed by the invocation id).
+//!
+//! A job is pipelined in two stages (see [`run`]): its run holds one of the
+//! executor's slots, its script's share of the queue and, on the worker,
+//! its script's concurrency slot; its commit and settling hold one of
+//! [`COMMITS_IN_FLIGHT`] places instead, so the worker goes to the next job
+//! while the database answers. The ack still follows the commit's reply.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +38,12 @@ use picloud_core::{
     Backoff, CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
 };
 use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::cache::Compiled;
+use crate::fair::ScriptSlot;
 use crate::lifecycle::{Event, JobState, Step, next_step};
-use crate::queue::Queue;
+use crate::queue::{Queue, Ticket};
 use crate::run::{self, RecordBase, Settled, plain};
 use crate::serve::Server;
 
@@ -50,11 +58,24 @@ pub struct JobSettings {
     pub shutdown: Shutdown,
 }
 
+/// Jobs past their run whose commit (or settling) is under way at once, on
+/// top of the jobs pulled to run: the pipeline that keeps the workers busy
+/// while commits wait for the database (the managers serve 32 commits at
+/// once each, and batch what arrives together).
+pub const COMMITS_IN_FLIGHT: usize = 32;
+
 /// Pulls and runs jobs until `shutdown`, serving scripts in turn (see
 /// [`crate::queue`]); then lets running jobs finish.
+///
+/// A job holds one of the `slots` (and its script's place in the queue's
+/// share) from its fetch until its run is over, then trades it for one of
+/// [`COMMITS_IN_FLIGHT`] while its commit is sent and it is settled: the
+/// worker and the slot go to the next job instead of waiting for the
+/// database.
 pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown) {
     let slots = server.pool.threads() * 2;
     let in_flight = Arc::new(Semaphore::new(slots));
+    let committing = Arc::new(Semaphore::new(COMMITS_IN_FLIGHT));
     let per_script = (server.slots.cap() * 2).min(slots.saturating_sub(1));
     let mut queue = Queue::start(
         server.bus.clone(),
@@ -80,24 +101,54 @@ pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown)
             j = queue.next(permits.len()) => j,
         };
         for (job, ticket) in jobs {
-            let permit = permits.pop().expect("no more jobs than free slots");
+            let stage = Stage {
+                running: Some((ticket, permits.pop().expect("no more jobs than free slots"))),
+                committing: committing.clone(),
+                commit_permit: None,
+            };
             let (server, settings) = (server.clone(), settings.clone());
-            tokio::spawn(async move {
-                handle(server, settings, job).await;
-                drop((ticket, permit));
-            });
+            tokio::spawn(handle(server, settings, job, stage));
         }
     }
     // A fetch cut short by shutdown may leave jobs unstarted: they return
     // after the ack wait.
-    let _ = tokio::time::timeout(
-        Duration::from_secs(70),
-        in_flight.acquire_many(slots as u32),
-    )
+    let _ = tokio::time::timeout(Duration::from_secs(70), async {
+        let _ = in_flight.acquire_many(slots as u32).await;
+        let _ = committing.acquire_many(COMMITS_IN_FLIGHT as u32).await;
+    })
     .await;
 }
 
-async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: IncomingJob) {
+/// Where a job is in the executor's pipeline: running (its slot and its
+/// script's share of the queue), then committing.
+struct Stage {
+    running: Option<(Ticket, OwnedSemaphorePermit)>,
+    committing: Arc<Semaphore>,
+    commit_permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Stage {
+    /// Past its run: waits for a place among the commits in flight, then
+    /// frees the slot for the next job to fetch. A job already there (a
+    /// re-run after a conflict, or a run held through an outage) keeps its
+    /// place.
+    async fn enter_commit(&mut self, incoming: &IncomingJob, progress_every: Duration) {
+        if self.commit_permit.is_some() {
+            return;
+        }
+        let take = self.committing.clone().acquire_owned();
+        let permit = with_progress(incoming, progress_every, take).await;
+        self.commit_permit = Some(permit.expect("never closed"));
+        self.running = None;
+    }
+}
+
+async fn handle(
+    server: Arc<Server>,
+    settings: Arc<JobSettings>,
+    incoming: IncomingJob,
+    mut stage: Stage,
+) {
     let job = &incoming.job;
     let started_at = Utc::now();
     let started = Instant::now();
@@ -143,7 +194,7 @@ async fn handle(server: Arc<Server>, settings: Arc<JobSettings>, incoming: Incom
         let settled = match server.bus.get_route(&job.script).await {
             Ok(Some(route)) => {
                 base.version = route.version;
-                run_on_pool(&server, &settings, &incoming, base.clone()).await
+                run_on_pool(&server, &settings, &incoming, base.clone(), &mut stage).await
             }
             Ok(None) => Settled::Plain(plain(
                 Outcome::ScriptError {
@@ -281,12 +332,15 @@ fn uncommitted(mut result: RunResult, why: &str) -> RunResult {
 }
 
 /// Runs the job on a worker (waiting for room rather than refusing), with
-/// progress acks until it is done.
+/// progress acks until it is done; sends its commit once the worker is
+/// free again, running it again after a conflict (at most
+/// [`run::MAX_RERUNS`] times).
 async fn run_on_pool(
     server: &Arc<Server>,
     settings: &JobSettings,
     incoming: &IncomingJob,
     base: RecordBase,
+    stage: &mut Stage,
 ) -> Settled {
     let job = &incoming.job;
     let prepared = match run::prepare(
@@ -301,73 +355,143 @@ async fn run_on_pool(
         Ok(p) => p,
         Err(r) => return Settled::Plain(*r),
     };
-    let (tx, mut rx) = oneshot::channel::<Settled>();
     let mut event = job.event.clone();
     event.attempt = incoming.attempt;
-    let request = job.request.clone();
-    let script = job.script.clone();
-    let chain = job.chain;
-    let worker_server = server.clone();
-    let host = Arc::new(JobHost {
-        inner: server.host.clone(),
-        kv_failed: AtomicBool::new(false),
-    });
-    let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
-        let started = Instant::now();
-        let (compiled, modules) = match prepared.compile(sandbox, &worker_server.cache) {
-            Ok(c) => c,
-            Err(r) => {
-                let _ = tx.send(Settled::Plain(*r));
-                return;
-            }
-        };
-        // An async job has no waiting caller: its own wall-time limit is
-        // its only deadline.
-        let deadline =
-            started + Duration::from_millis(compiled.limits.wall_time_ms) + Duration::from_secs(1);
-        let settled = run::run_committed(
-            sandbox,
-            &compiled,
-            modules,
-            &run::Invocation {
-                script: &script,
-                event: &event,
-                request: request.as_ref(),
-                deadline,
-                started,
-                host: host.clone(),
-                chain,
-            },
-            &base,
-            &worker_server.bus,
-            &worker_server.runtime,
-        );
-        let settled = match settled {
-            Settled::Plain(r)
-                if !matches!(r.outcome, Outcome::Response(_))
-                    && host.kv_failed.load(Ordering::Relaxed) =>
-            {
-                Settled::NotCommitted(r, "kv was unavailable".into())
-            }
-            other => other,
-        };
-        let _ = tx.send(settled);
+    let inputs = Arc::new(RunInputs {
+        event,
+        request: job.request.clone(),
+        script: job.script.clone(),
+        chain: job.chain,
+        base,
+        host: Arc::new(JobHost {
+            inner: server.host.clone(),
+            kv_failed: AtomicBool::new(false),
+        }),
     });
     let progress_every = settings.ack_wait / 3;
+    let mut code = Code::Prepared(Box::new(prepared));
+    let mut deadline = None;
+    for _ in 0..=run::MAX_RERUNS {
+        let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
+        let (ran, compiled, slot) = match ran.await {
+            Ok(done) => done,
+            Err(crashed) => return *crashed,
+        };
+        let (result, commit) = match ran {
+            run::Ran::Done(settled) => return inputs.host.judge(settled),
+            run::Ran::Commit(result, commit) => (result, commit),
+        };
+        deadline = Some(compiled.deadline);
+        code = Code::Compiled(compiled);
+        // The worker goes to the next job while this one waits for the
+        // database, and so does the script's slot, unless the commit can
+        // conflict (it read kv): then the script's cap also bounds its
+        // commits in flight, as many read-modify-writes of one key at once
+        // would mostly conflict and run again. (Released before a re-run.)
+        let _slot =
+            (!commit.effects.reads.is_empty() || !commit.effects.lists.is_empty()).then_some(slot);
+        stage.enter_commit(incoming, progress_every).await;
+        let reply = with_progress(
+            incoming,
+            progress_every,
+            run::send_commit(&server.bus, &commit),
+        )
+        .await;
+        if let Some(settled) = run::judge_commit(result, reply, &server.bus) {
+            return inputs.host.judge(settled);
+        }
+    }
+    run::too_much_contention()
+}
+
+/// What every run of one job shares.
+struct RunInputs {
+    event: picloud_core::EventInput,
+    request: Option<picloud_core::HttpRequestInput>,
+    script: String,
+    chain: picloud_core::Chain,
+    base: RecordBase,
+    host: Arc<JobHost>,
+}
+
+/// The job's script: ready to compile on a worker, or compiled by an
+/// earlier run (with the deadline that run set).
+enum Code {
+    Prepared(Box<run::Prepared>),
+    Compiled(CompiledRun),
+}
+
+struct CompiledRun {
+    compiled: Arc<Compiled>,
+    modules: picloud_sandbox::ModuleSet,
+    deadline: Instant,
+}
+
+/// One run on a worker, waiting for the script's slot and a worker (with
+/// progress acks meanwhile); returns the slot with the run, for the caller
+/// to free. `Err`: the worker crashed.
+async fn run_once_on_pool(
+    server: &Arc<Server>,
+    incoming: &IncomingJob,
+    progress_every: Duration,
+    inputs: &Arc<RunInputs>,
+    code: Code,
+    deadline: Option<Instant>,
+) -> Result<(run::Ran, CompiledRun, ScriptSlot), Box<Settled>> {
+    let job = &incoming.job;
+    let (tx, rx) = oneshot::channel::<Result<(run::Ran, CompiledRun), Box<Settled>>>();
+    let worker_server = server.clone();
+    let inputs = inputs.clone();
+    let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
+        let started = Instant::now();
+        let compiled = match code {
+            Code::Compiled(c) => c,
+            Code::Prepared(prepared) => match prepared.compile(sandbox, &worker_server.cache) {
+                Ok((compiled, modules)) => {
+                    // An async job has no waiting caller: its own wall-time
+                    // limit is its only deadline (the first run's, kept by
+                    // the re-runs).
+                    let deadline = deadline.unwrap_or_else(|| {
+                        started
+                            + Duration::from_millis(compiled.limits.wall_time_ms)
+                            + Duration::from_secs(1)
+                    });
+                    CompiledRun {
+                        compiled,
+                        modules,
+                        deadline,
+                    }
+                }
+                Err(r) => {
+                    let _ = tx.send(Err(Box::new(Settled::Plain(*r))));
+                    return;
+                }
+            },
+        };
+        let host: Arc<dyn Host> = inputs.host.clone();
+        let ran = run::run_once(
+            sandbox,
+            &compiled.compiled,
+            compiled.modules.clone(),
+            &run::Invocation {
+                script: &inputs.script,
+                event: &inputs.event,
+                request: inputs.request.as_ref(),
+                deadline: compiled.deadline,
+                started,
+                host,
+                chain: inputs.chain,
+            },
+            started,
+            &inputs.base,
+        );
+        let _ = tx.send(Ok((ran, compiled)));
+    });
     let mut tick = tokio::time::interval(progress_every);
     tick.tick().await;
     // Wait in the script's own queue when it is at its cap, keeping the job
-    // ours meanwhile; the slot is held until the run is over.
-    let _slot = {
-        let take = server.slots.take(&job.script);
-        let mut take = std::pin::pin!(take);
-        loop {
-            tokio::select! {
-                slot = &mut take => break slot,
-                _ = tick.tick() => { let _ = incoming.progress().await; }
-            }
-        }
-    };
+    // ours meanwhile.
+    let slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
     let mut wait = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     loop {
         match server.pool.submit_or_return(work) {
@@ -381,14 +505,32 @@ async fn run_on_pool(
             }
         }
     }
+    let (ran, compiled) = with_progress(incoming, progress_every, rx)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Box::new(Settled::Plain(plain(
+                Outcome::ScriptError {
+                    message: "the script failed".into(),
+                },
+                "the worker running the job crashed",
+            ))))
+        })?;
+    Ok((ran, compiled, slot))
+}
+
+/// Awaits `work`, sending a progress ack every `every` meanwhile so that
+/// JetStream keeps the job ours.
+async fn with_progress<T>(
+    incoming: &IncomingJob,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
     loop {
         tokio::select! {
-            done = &mut rx => {
-                return done.unwrap_or_else(|_| Settled::Plain(plain(
-                    Outcome::ScriptError { message: "the script failed".into() },
-                    "the worker running the job crashed",
-                )));
-            }
+            done = &mut work => return done,
             _ = tick.tick() => {
                 if let Err(e) = incoming.progress().await {
                     tracing::debug!(error = %e, "cannot send job progress");
@@ -451,6 +593,20 @@ struct JobHost {
 }
 
 impl JobHost {
+    /// A run that failed after a kv read the store could not answer is
+    /// not the script's fault: it counts as not committed.
+    fn judge(&self, settled: Settled) -> Settled {
+        match settled {
+            Settled::Plain(r)
+                if !matches!(r.outcome, Outcome::Response(_))
+                    && self.kv_failed.load(Ordering::Relaxed) =>
+            {
+                Settled::NotCommitted(r, "kv was unavailable".into())
+            }
+            other => other,
+        }
+    }
+
     fn note<T>(&self, r: Result<T, HostError>) -> Result<T, HostError> {
         if r.is_err() {
             self.kv_failed.store(true, Ordering::Relaxed);

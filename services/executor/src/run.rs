@@ -260,7 +260,9 @@ pub struct Invocation<'a> {
 
 /// Runs the script on this worker thread; when it succeeded with effects,
 /// commits them through a manager, re-running it (fresh reads) whenever the
-/// commit reports a conflict, at most [`MAX_RERUNS`] times.
+/// commit reports a conflict, at most [`MAX_RERUNS`] times. (The async path
+/// runs the same steps, [`run_once`] and [`judge_commit`], but sends the
+/// commit off the worker: see `crate::jobs`.)
 pub fn run_committed(
     sandbox: &mut Sandbox,
     compiled: &Compiled,
@@ -272,73 +274,116 @@ pub fn run_committed(
 ) -> Settled {
     let mut started = inv.started;
     for _ in 0..=MAX_RERUNS {
-        let result = sandbox.run(
-            &compiled.ast,
-            &compiled.limits,
-            inv.deadline,
-            RunInput {
-                script: inv.script,
-                event: inv.event,
-                request: inv.request,
-                inputs: compiled.inputs,
-                modules: modules.clone(),
-                host: inv.host.clone(),
-                started,
-            },
-        );
+        let ran = run_once(sandbox, compiled, modules.clone(), inv, started, base);
         // A re-run (after a conflict) gets a wall time of its own.
         started = Instant::now();
-        let must_commit = matches!(result.outcome, Outcome::Response(_))
-            && (result.effects.needs_commit() || base.public || base.trigger != Trigger::Http);
-        if !must_commit {
-            return Settled::Plain(result);
-        }
-        let commit = Commit {
-            record: base.record(&result),
-            effects: result.effects.clone(),
-            chain: inv.chain,
+        let (result, commit) = match ran {
+            Ran::Done(settled) => return settled,
+            Ran::Commit(result, commit) => (result, commit),
         };
-        let size = commit.encoded_len();
-        if size > compiled.limits.max_commit_bytes {
-            return Settled::Plain(over_commit_limit(
-                result,
-                size,
-                compiled.limits.max_commit_bytes,
-            ));
-        }
-        let reply =
-            runtime.block_on(bus.request::<picloud_bus::wire::CommitCall>(&commit, COMMIT_TIMEOUT));
-        match reply {
-            Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => {
-                return Settled::Committed(result);
-            }
-            Ok(CommitReply::Conflict) => {
-                picloud_metrics::global().kv_commit_conflict();
-                continue;
-            }
-            Ok(CommitReply::Failed { message }) => {
-                return Settled::NotCommitted(result, message);
-            }
-            // Permanent: the same commit would be refused again, so this is
-            // the invocation's failure (a job spends an attempt), never a
-            // retry.
-            Ok(CommitReply::Refused { message }) => {
-                return Settled::Plain(failed_commit(
-                    result,
-                    Outcome::ScriptError {
-                        message: "the invocation's changes were refused by the store".into(),
-                    },
-                    format!("commit refused: {message}"),
-                ));
-            }
-            Err(CallError::TooLarge(n)) => {
-                // `max_commit_bytes` is set above what the bus carries.
-                let limit = compiled.limits.max_commit_bytes.min(bus.max_payload());
-                return Settled::Plain(over_commit_limit(result, n, limit));
-            }
-            Err(e) => return Settled::NotCommitted(result, e.to_string()),
+        let reply = runtime.block_on(send_commit(bus, &commit));
+        if let Some(settled) = judge_commit(result, reply, bus) {
+            return settled;
         }
     }
+    too_much_contention()
+}
+
+/// What one run of an invocation left to do.
+pub enum Ran {
+    /// Nothing to commit (no effects that need one, the script failed, or
+    /// its commit is over `max_commit_bytes`).
+    Done(Settled),
+    /// The run succeeded; this commit must be applied before it counts.
+    Commit(RunResult, Box<Commit>),
+}
+
+/// Runs the script once on this worker thread (its wall time from
+/// `started`) and says whether its effects must be committed.
+pub fn run_once(
+    sandbox: &mut Sandbox,
+    compiled: &Compiled,
+    modules: ModuleSet,
+    inv: &Invocation<'_>,
+    started: Instant,
+    base: &RecordBase,
+) -> Ran {
+    let result = sandbox.run(
+        &compiled.ast,
+        &compiled.limits,
+        inv.deadline,
+        RunInput {
+            script: inv.script,
+            event: inv.event,
+            request: inv.request,
+            inputs: compiled.inputs,
+            modules,
+            host: inv.host.clone(),
+            started,
+        },
+    );
+    let must_commit = matches!(result.outcome, Outcome::Response(_))
+        && (result.effects.needs_commit() || base.public || base.trigger != Trigger::Http);
+    if !must_commit {
+        return Ran::Done(Settled::Plain(result));
+    }
+    let commit = Commit {
+        record: base.record(&result),
+        effects: result.effects.clone(),
+        chain: inv.chain,
+    };
+    let size = commit.encoded_len();
+    if size > compiled.limits.max_commit_bytes {
+        return Ran::Done(Settled::Plain(over_commit_limit(
+            result,
+            size,
+            compiled.limits.max_commit_bytes,
+        )));
+    }
+    Ran::Commit(result, Box::new(commit))
+}
+
+/// Sends `commit` to a manager and waits for its answer.
+pub async fn send_commit(bus: &Bus, commit: &Commit) -> Result<CommitReply, CallError> {
+    bus.request::<picloud_bus::wire::CommitCall>(commit, COMMIT_TIMEOUT)
+        .await
+}
+
+/// What a commit's `reply` makes of the run that produced `result`;
+/// `None` on a conflict (a key it read changed meanwhile): run it again.
+pub fn judge_commit(
+    result: RunResult,
+    reply: Result<CommitReply, CallError>,
+    bus: &Bus,
+) -> Option<Settled> {
+    Some(match reply {
+        Ok(CommitReply::Committed | CommitReply::AlreadyCommitted) => Settled::Committed(result),
+        Ok(CommitReply::Conflict) => {
+            picloud_metrics::global().kv_commit_conflict();
+            return None;
+        }
+        Ok(CommitReply::Failed { message }) => Settled::NotCommitted(result, message),
+        // Permanent: the same commit would be refused again, so this is the
+        // invocation's failure (a job spends an attempt), never a retry.
+        Ok(CommitReply::Refused { message }) => Settled::Plain(failed_commit(
+            result,
+            Outcome::ScriptError {
+                message: "the invocation's changes were refused by the store".into(),
+            },
+            format!("commit refused: {message}"),
+        )),
+        Err(CallError::TooLarge(n)) => {
+            // `max_commit_bytes` is set above what the bus carries (the run
+            // passed `max_commit_bytes` itself in `run_once`).
+            let limit = bus.max_payload();
+            Settled::Plain(over_commit_limit(result, n, limit))
+        }
+        Err(e) => Settled::NotCommitted(result, e.to_string()),
+    })
+}
+
+/// The end of an invocation whose commit conflicted on every run.
+pub fn too_much_contention() -> Settled {
     Settled::NotCommitted(
         plain(
             Outcome::Unavailable {

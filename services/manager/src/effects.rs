@@ -263,7 +263,12 @@ pub fn outbox_rows(
 }
 
 /// Accepts an async HTTP call: the idempotency key and the queued record in
-/// Postgres, the job durable in JetStream, both or neither.
+/// Postgres, and the job durable in JetStream, published straight from
+/// inside that transaction (`Nats-Msg-Id` = the invocation id); should the
+/// publish fail, the job goes to the outbox in the same transaction and the
+/// relay publishes it. Accepted exactly when both are durable; see
+/// "Accepting an async call" in docs/ARCHITECTURE.md for why nothing is
+/// lost or run twice.
 async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
     let job = s.job;
     let queued = InvocationRecord {
@@ -286,15 +291,17 @@ async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
     };
     let msg_id = job.id.to_string();
     let publish = async || {
-        bus.publish_job(&job, &msg_id)
-            .await
-            .map_err(|e| e.to_string())
+        bus.publish_job(&job, &msg_id).await.map_err(|e| {
+            tracing::warn!(job = %job.id, error = %e, "cannot publish an async job; queueing it in the outbox");
+            e.to_string()
+        })
     };
     match store
         .submit_async(
             s.idempotency_key.as_deref(),
             s.fingerprint.as_deref(),
             &queued,
+            Some(&job),
             publish,
         )
         .await

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use picloud_testkit::{Client, TestEnv, eventually};
+use picloud_testkit::{Client, TestEnv, eventually, manual_job};
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
@@ -189,27 +189,6 @@ async fn fairness_another_scripts_async_call_is_not_stuck_behind_a_flood() {
     env.cleanup().await;
 }
 
-/// A job of one script, as the relay publishes it.
-fn manual_job(script: &str) -> picloud_core::Job {
-    use picloud_core::{EventInput, Job, Trigger};
-    let id = uuid::Uuid::new_v4();
-    Job {
-        id,
-        script: script.into(),
-        event: EventInput {
-            kind: Trigger::Manual,
-            ..EventInput::http(id)
-        },
-        request: None,
-        parent_id: None,
-        subscription_id: None,
-        schedule_id: None,
-        max_attempts: 1,
-        public: false,
-        chain: Default::default(),
-    }
-}
-
 /// An installation upgraded from the single shared job consumer: the jobs
 /// it held still run, on the per-script consumers that replace it.
 #[tokio::test]
@@ -295,11 +274,7 @@ async fn a_job_without_a_ring_is_found_by_the_scan_behind_a_flood() {
     flood(&env, "flood", 3_000).await;
 
     // Published without the bus: nothing rings.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url().unwrap())
-            .await
-            .unwrap(),
-    );
+    let js = env.jetstream().await;
     let names = picloud_bus::Names::new(&env.config.prefix);
     let job = manual_job("quiet");
     let started = std::time::Instant::now();
@@ -349,11 +324,7 @@ async fn a_scripts_consumer_removed_under_the_executor_is_made_again() {
         .unwrap();
     c.wait_for_body("again", "1").await;
 
-    let js = async_nats::jetstream::new(
-        async_nats::connect(env.config.nats_url().unwrap())
-            .await
-            .unwrap(),
-    );
+    let js = env.jetstream().await;
     let names = picloud_bus::Names::new(&env.config.prefix);
     js.get_stream(names.jobs_stream())
         .await

@@ -215,7 +215,7 @@ async fn a_key_still_being_accepted_is_a_conflict() {
         let store = store.clone();
         tokio::spawn(async move {
             store
-                .submit_async(Some("k"), Some("fp-1"), &first, async || {
+                .submit_async(Some("k"), Some("fp-1"), &first, None, async || {
                     let _ = started_tx.send(());
                     let _ = release_rx.await;
                     Ok(())
@@ -226,7 +226,9 @@ async fn a_key_still_being_accepted_is_a_conflict() {
     started.await.expect("the first submission is publishing");
     let second = tokio::time::timeout(
         Duration::from_secs(3),
-        store.submit_async(Some("k"), Some("fp-1"), &queued("slow"), async || Ok(())),
+        store.submit_async(Some("k"), Some("fp-1"), &queued("slow"), None, async || {
+            Ok(())
+        }),
     )
     .await
     .expect("a concurrent submission answers at once")
@@ -253,7 +255,7 @@ async fn a_key_still_being_accepted_is_a_conflict() {
     assert_eq!(first, Submitted::New(first_id));
     // Once accepted: the same request gets it, another one does not.
     let same = store
-        .submit_async(Some("k"), Some("fp-1"), &queued("slow"), async || {
+        .submit_async(Some("k"), Some("fp-1"), &queued("slow"), None, async || {
             Err("must not publish".to_owned())
         })
         .await
@@ -261,7 +263,7 @@ async fn a_key_still_being_accepted_is_a_conflict() {
         .expect("publish");
     assert_eq!(same, Submitted::Existing(first_id));
     let other = store
-        .submit_async(Some("k"), Some("fp-2"), &queued("slow"), async || {
+        .submit_async(Some("k"), Some("fp-2"), &queued("slow"), None, async || {
             Err("must not publish".to_owned())
         })
         .await
