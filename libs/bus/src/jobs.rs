@@ -24,7 +24,7 @@ use futures::{Stream, StreamExt};
 use picloud_core::Job;
 
 use crate::wire::{self, Rpc};
-use crate::{BusError, Names, decode, encode};
+use crate::{BusError, Names, encode};
 
 /// The one unfiltered consumer of releases before per-script consumers; a
 /// work-queue stream refuses filtered consumers beside it, so it is removed.
@@ -184,18 +184,15 @@ impl JobConsumer {
                 .info()
                 .map(|i| i.delivered.clamp(1, u32::MAX as i64) as u32)
                 .unwrap_or(1);
-            if !wire::readable(message.headers.as_ref()) {
-                // Left unacked: it comes back after the ack wait, for an
-                // executor of the release that wrote it.
-                tracing::warn!(subject = %message.subject, "skipping a job of a newer wire version");
-                return None;
-            }
-            match decode::<Job>(&message.subject, &message.payload) {
+            match wire::read::<Job>(&message.subject, message.headers.as_ref(), &message.payload) {
                 Ok(job) => Some(Ok(IncomingJob {
                     job,
                     attempt,
                     message,
                 })),
+                // Left unacked: it comes back after the ack wait, for an
+                // executor of the release that wrote it.
+                Err(BusError::Newer { .. }) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "terminating a malformed job");
                     let _ = message.ack_with(AckKind::Term).await;
@@ -365,7 +362,7 @@ impl crate::Bus {
             .headers(wire::headers())
             .timeout(Some(timeout));
         match self.client.send_request(subject.clone(), request).await {
-            Ok(msg) => Ok(decode(&subject, &msg.payload)?),
+            Ok(msg) => Ok(wire::read(&subject, msg.headers.as_ref(), &msg.payload)?),
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => CallError::NoResponders,
                 async_nats::RequestErrorKind::TimedOut => CallError::TimedOut,
@@ -406,12 +403,9 @@ impl crate::Bus {
                 source: e.into(),
             })?;
         Ok(sub.filter_map(|msg| async move {
-            if !wire::readable(msg.headers.as_ref()) {
-                tracing::warn!(subject = %msg.subject, "dropping a message of a newer wire version");
-                return None;
-            }
-            match serde_json::from_slice::<R::Request>(&msg.payload) {
+            match wire::read::<R::Request>(&msg.subject, msg.headers.as_ref(), &msg.payload) {
                 Ok(body) => Some((body, msg.reply)),
+                Err(BusError::Newer { .. }) => None,
                 Err(e) => {
                     tracing::warn!(subject = %msg.subject, error = %e, "dropping a malformed message");
                     None

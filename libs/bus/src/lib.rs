@@ -86,6 +86,17 @@ pub enum BusError {
         subject: String,
         source: serde_json::Error,
     },
+    /// Written by a newer release (`version`: its wire version, `None` when
+    /// the header is unreadable); see [`wire::read`].
+    #[error(
+        "message on {subject} is of wire version {}, newer than this build reads ({}): upgrade this node",
+        version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+        wire::WIRE_VERSION
+    )]
+    Newer {
+        subject: String,
+        version: Option<u32>,
+    },
 }
 
 impl BusError {
@@ -452,6 +463,9 @@ impl Bus {
                 CallError::NoResponders => "no manager is available to serve secrets".to_string(),
                 CallError::TimedOut => "timed out fetching the secret".into(),
                 CallError::Bus(BusError::Decode { .. }) => "malformed secret answer".into(),
+                CallError::Bus(BusError::Newer { .. }) => {
+                    "the secret's answer is from a newer release".into()
+                }
                 _ => "the message bus is unavailable".into(),
             })?;
         match answer.error {
@@ -475,9 +489,14 @@ impl Bus {
 
     // ---- live logs ------------------------------------------------------
 
-    /// Publishes a batch of `script`'s log events (a JSON array of
-    /// [`picloud_core::LogEvent`]) and waits for JetStream's ack.
-    pub async fn publish_logs(&self, script: &str, batch: Bytes) -> Result<(), BusError> {
+    /// Sends a batch of `script`'s log events (a JSON array of
+    /// [`picloud_core::LogEvent`]); the returned future waits for
+    /// JetStream's ack, so several batches can be in flight at once.
+    pub async fn publish_logs(
+        &self,
+        script: &str,
+        batch: Bytes,
+    ) -> Result<impl Future<Output = Result<(), BusError>> + Send + use<>, BusError> {
         logs::publish(&self.js, &self.names, script, batch).await
     }
 

@@ -7,6 +7,7 @@
 //! it with an ordered consumer, so a position is a stream sequence plus an
 //! index in that message's batch ([`LogCursor`]).
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,28 +102,173 @@ impl std::fmt::Display for LogCursor {
     }
 }
 
-/// One message of a script's live log.
+/// One message of a script's live log. Its events are kept as the executor
+/// wrote them (each a JSON object in the API's form, without its id) and
+/// only split and typed here, not decoded: a follower passes each on as it
+/// is, so no identifier or timestamp is parsed and formatted again per line.
 #[derive(Debug)]
 pub struct LogBatch {
     pub seq: u64,
-    pub events: Vec<LogEvent>,
     /// Messages of this script still after this one in the stream.
     pub pending: u64,
+    payload: Bytes,
+    /// Each event's bytes in `payload`, and whether it is a line.
+    events: Vec<(Range<usize>, bool)>,
 }
 
+impl LogBatch {
+    /// A batch of `payload`'s events (a JSON array of [`LogEvent`]s); an
+    /// error when it is not one.
+    pub fn parse(seq: u64, pending: u64, payload: Bytes) -> Result<Self, serde_json::Error> {
+        // One pass checks that it is JSON (nothing is built), one splits it.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&payload)?;
+        let events = split_array(&payload)
+            .ok_or_else(|| serde::de::Error::custom("a live-log message is a JSON array"))?
+            .into_iter()
+            .map(|range| {
+                // (JSON, so UTF-8.)
+                let text = std::str::from_utf8(&payload[range.clone()])
+                    .map_err(serde::de::Error::custom)?;
+                Ok((range, is_line(text)?))
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        Ok(Self {
+            seq,
+            pending,
+            payload,
+            events,
+        })
+    }
+
+    fn empty(seq: u64, pending: u64) -> Self {
+        Self {
+            seq,
+            pending,
+            payload: Bytes::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Its number of events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Event `i`'s JSON object (`{"type":…}`), and whether it is a line
+    /// (else an invocation's end).
+    pub fn raw(&self, i: usize) -> (&[u8], bool) {
+        let (range, line) = &self.events[i];
+        (&self.payload[range.clone()], *line)
+    }
+
+    /// How many of the events from `from` on are lines.
+    pub fn lines_from(&self, from: usize) -> u64 {
+        self.events
+            .get(from..)
+            .map_or(0, |e| e.iter().filter(|(_, line)| *line).count() as u64)
+    }
+
+    /// Event `i`, decoded.
+    pub fn event(&self, i: usize) -> Result<LogEvent, serde_json::Error> {
+        serde_json::from_slice(self.raw(i).0)
+    }
+}
+
+/// The byte ranges of the elements of `json`, a valid JSON document, when
+/// it is an array (`None` otherwise).
+fn split_array(json: &[u8]) -> Option<Vec<Range<usize>>> {
+    let ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let open = json.iter().position(|b| !ws(b))?;
+    if json[open] != b'[' {
+        return None;
+    }
+    let mut out = Vec::new();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut start = None;
+    let mut last = 0;
+    for (i, &b) in json.iter().enumerate().skip(open + 1) {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            last = i;
+            continue;
+        }
+        match b {
+            _ if ws(&b) => continue,
+            b',' | b']' if depth == 0 => {
+                if let Some(s) = start.take() {
+                    out.push(s..last + 1);
+                }
+                if b == b']' {
+                    return Some(out);
+                }
+                continue;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth -= 1,
+            b'"' => in_string = true,
+            _ => {}
+        }
+        start.get_or_insert(i);
+        last = i;
+    }
+    None
+}
+
+/// Whether an event (a JSON object) is a line or an end: read from its
+/// first field as executors write it, else by parsing its `type`.
+fn is_line(event: &str) -> Result<bool, serde_json::Error> {
+    if event.starts_with(r#"{"type":"line","#) {
+        return Ok(true);
+    }
+    if event.starts_with(r#"{"type":"end","#) {
+        return Ok(false);
+    }
+    if !event.starts_with('{') {
+        return Err(serde::de::Error::custom(
+            "a live-log event is a JSON object",
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    match serde_json::from_str::<Kind<'_>>(event)?.kind.as_ref() {
+        "line" => Ok(true),
+        "end" => Ok(false),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown live-log event type {}",
+            picloud_core::quote(other)
+        ))),
+    }
+}
+
+/// Sends a batch; the future it returns resolves with JetStream's ack (so a
+/// publisher can send many before waiting for any).
 pub(crate) async fn publish(
     js: &jetstream::Context,
     names: &Names,
     script: &str,
     batch: Bytes,
-) -> Result<(), BusError> {
+) -> Result<impl Future<Output = Result<(), BusError>> + Send + use<>, BusError> {
     let ack = js
         .publish_with_headers(names.logs_subject(script), crate::wire::headers(), batch)
         .await
         .map_err(|e| BusError::js("logs publish")(e.into()))?;
-    ack.await
-        .map_err(|e| BusError::js("logs publish ack")(e.into()))?;
-    Ok(())
+    Ok(async move {
+        ack.await
+            .map_err(|e| BusError::js("logs publish ack")(e.into()))?;
+        Ok(())
+    })
 }
 
 fn batch_of(message: &jetstream::Message) -> Result<LogBatch, BusError> {
@@ -130,16 +276,17 @@ fn batch_of(message: &jetstream::Message) -> Result<LogBatch, BusError> {
         .info()
         .map_err(|e| BusError::js("logs message info")(e))?;
     let (seq, pending) = (info.stream_sequence, info.pending);
-    // A malformed message (not ours) is skipped, not fatal.
-    let events = serde_json::from_slice(&message.payload).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, seq, "skipping a malformed live-log message");
-        Vec::new()
-    });
-    Ok(LogBatch {
-        seq,
-        events,
-        pending,
-    })
+    // A malformed message (not ours) or one of a newer wire version is
+    // skipped (logged): its position counts, its events are not read.
+    if crate::wire::check(&message.subject, message.headers.as_ref()).is_err() {
+        return Ok(LogBatch::empty(seq, pending));
+    }
+    Ok(
+        LogBatch::parse(seq, pending, message.payload.clone()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, seq, "skipping a malformed live-log message");
+            LogBatch::empty(seq, pending)
+        }),
+    )
 }
 
 /// An ordered consumer of `script`'s log from stream sequence `start` on
@@ -299,8 +446,13 @@ pub(crate) async fn recent(
             while let Some(m) = messages.next().await {
                 let m = m.map_err(|e| BusError::js("logs messages")(e.into()))?;
                 let batch = batch_of(&m)?;
-                for (i, e) in batch.events.into_iter().enumerate() {
-                    out.push_back((LogCursor::at(batch.seq, i), e));
+                for i in 0..batch.len() {
+                    match batch.event(i) {
+                        Ok(e) => out.push_back((LogCursor::at(batch.seq, i), e)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, seq = batch.seq, "skipping a malformed live-log event");
+                        }
+                    }
                     if out.len() > limit {
                         out.pop_front();
                     }
@@ -324,6 +476,52 @@ pub(crate) async fn recent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_split_into_events_without_decoding_them() {
+        let line = r#"{"type":"line","invocation":"00000000-0000-0000-0000-000000000000","attempt":1,"at":"2026-12-02T10:00:00Z","level":"info","line":"a, \"b\" ]} \\"}"#;
+        let end = r#"{"type":"end","invocation":"00000000-0000-0000-0000-000000000000","attempt":1,"at":"2026-12-02T10:00:00Z","status":"ok","duration_us":5}"#;
+        // Another writer's field order, and spaces between elements.
+        let other = r#"{"level":"debug","type":"line","x":[1,{"y":"]"}]}"#;
+        let payload = format!("[ {line} ,{end},\n{other}]");
+        let batch = LogBatch::parse(7, 0, Bytes::from(payload)).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert_eq!(batch.raw(0), (line.as_bytes(), true));
+        assert_eq!(batch.raw(1), (end.as_bytes(), false));
+        assert_eq!(batch.raw(2), (other.as_bytes(), true));
+        assert_eq!(
+            (
+                batch.lines_from(0),
+                batch.lines_from(1),
+                batch.lines_from(3)
+            ),
+            (2, 1, 0)
+        );
+        match batch.event(0).unwrap() {
+            LogEvent::Line { line, .. } => assert_eq!(line, r#"a, "b" ]} \"#),
+            other => panic!("{other:?}"),
+        }
+        assert!(!batch.event(1).unwrap().is_line());
+        assert!(
+            LogBatch::parse(1, 0, Bytes::from_static(b"[]"))
+                .unwrap()
+                .is_empty()
+        );
+        for bad in [
+            &b"{}"[..],
+            b"[1,",
+            b"[1]",
+            b"[{}]",
+            br#"[{"type":"start"}]"#,
+            br#"[["line"]]"#,
+            b"not json",
+        ] {
+            assert!(
+                LogBatch::parse(1, 0, Bytes::from_static(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn cursors_parse_and_order() {

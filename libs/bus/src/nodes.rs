@@ -12,7 +12,7 @@ use futures::StreamExt;
 use picloud_core::Shutdown;
 use serde::{Deserialize, Serialize};
 
-use crate::{BusError, decode, encode};
+use crate::{BusError, encode};
 
 /// One running role instance, as it describes itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,10 +178,11 @@ impl crate::Bus {
         let mut nodes = BTreeMap::new();
         let deadline = tokio::time::Instant::now() + window;
         while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, replies.next()).await {
-            match decode::<NodeInfo>(&msg.subject, &msg.payload) {
+            match crate::wire::read::<NodeInfo>(&msg.subject, msg.headers.as_ref(), &msg.payload) {
                 Ok(n) => {
                     nodes.insert((n.role.clone(), n.id.clone()), n);
                 }
+                Err(BusError::Newer { .. }) => {}
                 Err(e) => tracing::warn!(error = %e, "ignoring a malformed node reply"),
             }
         }
@@ -201,6 +202,8 @@ impl crate::Bus {
                 what: "subscribe",
                 source: e.into(),
             })?;
-        Ok(sub.filter_map(|m| async move { decode(&m.subject, &m.payload).ok() }))
+        Ok(sub.filter_map(|m| async move {
+            crate::wire::read(&m.subject, m.headers.as_ref(), &m.payload).ok()
+        }))
     }
 }

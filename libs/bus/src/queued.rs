@@ -12,7 +12,7 @@ use async_nats::jetstream::stream::{LastRawMessageErrorKind, Stream};
 use chrono::{DateTime, Utc};
 use picloud_core::Job;
 
-use crate::{Bus, BusError, decode};
+use crate::{Bus, BusError};
 
 /// A job still in the stream.
 #[derive(Debug, Clone)]
@@ -102,7 +102,8 @@ impl Bus {
         let script = self.names.script_of_job_subject(&m.subject)?.to_owned();
         let queued_at = DateTime::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
             .unwrap_or_default();
-        let job = decode::<Job>(&m.subject, &m.payload).map_err(|e| e.to_string());
+        let job = crate::wire::read::<Job>(&m.subject, Some(&m.headers), &m.payload)
+            .map_err(|e| e.to_string());
         Some(QueuedJob {
             seq: m.sequence,
             script,

@@ -32,7 +32,7 @@ pub use picloud_core::{
     effects::{KvAnswer, KvGet, KvList},
 };
 
-use crate::Names;
+use crate::{BusError, Names};
 
 /// The version of the messages this build writes.
 pub const WIRE_VERSION: u32 = 1;
@@ -58,6 +58,39 @@ pub fn version_of(headers: Option<&async_nats::HeaderMap>) -> Option<u32> {
 /// True when this build can read a message with these headers.
 pub fn readable(headers: Option<&async_nats::HeaderMap>) -> bool {
     version_of(headers).is_some_and(|v| v <= WIRE_VERSION)
+}
+
+/// The one gate every reader of a bus message passes (directly, or through
+/// [`read`]): `Ok` when this build can read a message with these headers,
+/// else [`BusError::Newer`] after a warning naming the subject and the
+/// version. The caller then drops the message (a live-log batch, a node's
+/// answer, a reply: the call fails) or leaves it for a node of the newer
+/// release (a job or a record batch: not acked, redelivered).
+pub fn check(subject: &str, headers: Option<&async_nats::HeaderMap>) -> Result<(), BusError> {
+    let version = version_of(headers);
+    if version.is_some_and(|v| v <= WIRE_VERSION) {
+        return Ok(());
+    }
+    tracing::warn!(
+        subject,
+        version = ?version,
+        ours = WIRE_VERSION,
+        "not reading a message of a newer wire version"
+    );
+    Err(BusError::Newer {
+        subject: subject.to_owned(),
+        version,
+    })
+}
+
+/// Decodes a received message as `T` once [`check`] accepts its version.
+pub fn read<T: DeserializeOwned>(
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<T, BusError> {
+    check(subject, headers)?;
+    crate::decode(subject, payload)
 }
 
 /// A request/reply call across the bus: its subject, what is asked, what

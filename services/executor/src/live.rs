@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use picloud_bus::Bus;
 use picloud_core::{InvocationRecord, LogEvent};
 use picloud_sandbox::{LogLine, log_lines};
@@ -21,6 +23,8 @@ use crate::batch::{Batcher, Closer};
 const CAPACITY: usize = 65_536;
 /// One message's events, in bytes (well under NATS's 1 MB default).
 const MAX_MESSAGE_BYTES: usize = 256 << 10;
+/// Messages sent and not yet acknowledged by JetStream, at most.
+const MAX_IN_FLIGHT: usize = 64;
 /// A line longer than this is cut in the live log (the record keeps it).
 const MAX_LINE_BYTES: usize = 32 << 10;
 
@@ -102,13 +106,29 @@ async fn publish_loop(bus: Bus, buffer: Arc<Batcher<Entry>>) {
                 append(parts, &encoded);
             }
         }
+        // Every message is sent before any ack is awaited (at most
+        // MAX_IN_FLIGHT unacknowledged): one script's acks do not delay the
+        // next script's lines.
+        let mut acks = FuturesUnordered::new();
         for (script, parts) in messages.drain() {
             for mut part in parts {
                 part.push(b']');
-                if let Err(e) = bus.publish_logs(&script, part.into()).await {
-                    tracing::warn!(error = %e, script, "cannot publish live-log events; dropped");
+                match bus.publish_logs(&script, part.into()).await {
+                    Ok(ack) => {
+                        let script = script.clone();
+                        acks.push(async move { ack.await.map_err(|e| (e, script)) });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, script, "cannot publish live-log events; dropped");
+                    }
+                }
+                while acks.len() >= MAX_IN_FLIGHT {
+                    settle(acks.next().await);
                 }
             }
+        }
+        while let Some(ack) = acks.next().await {
+            settle(Some(ack));
         }
     }
     let dropped = buffer.dropped();
@@ -117,6 +137,12 @@ async fn publish_loop(bus: Bus, buffer: Arc<Batcher<Entry>>) {
             dropped,
             "live-log invocations dropped while the buffer was full"
         );
+    }
+}
+
+fn settle(ack: Option<Result<(), (picloud_bus::BusError, String)>>) {
+    if let Some(Err((e, script))) = ack {
+        tracing::warn!(error = %e, script, "live-log events not stored; dropped");
     }
 }
 

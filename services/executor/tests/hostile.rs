@@ -66,6 +66,8 @@ fn load(path: &Path) -> Case {
     for line in source.lines().take_while(|l| l.starts_with("//")) {
         if let Some(rest) = line.strip_prefix("// expect: ") {
             let (k, t) = rest.split_once(": ").expect("expect: KIND: TEXT");
+            // Every message contains "": an empty TEXT would check nothing.
+            assert!(!t.trim().is_empty(), "{name}: the expect line has no TEXT");
             kind = k.to_owned();
             text = t.to_owned();
         } else if let Some(rest) = line.strip_prefix("// expect-log: ") {

@@ -13,11 +13,14 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Json;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use picloud_bus::{BusError, LogBatch, LogCursor};
 use picloud_core::{LogEvent, ScriptName};
@@ -25,7 +28,7 @@ use picloud_http::{ApiError, ErrorBody, ErrorCode, JsonPath, JsonQuery};
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use utoipa::IntoParams;
 
 use super::{Shared, internal, script_name};
@@ -171,8 +174,9 @@ async fn follow_logs(
         .follow_logs(name.as_str(), after)
         .await
         .map_err(bus_unavailable)?;
-    // (tokio's channel refuses 0 and absurd capacities.)
-    let (tx, rx) = mpsc::channel(settings.buffer.clamp(1, 1 << 20));
+    // (tokio refuses 0 and absurd capacities.)
+    let room = settings.buffer.clamp(1, 1 << 20);
+    let (tx, rx) = mpsc::channel(room);
     let (last_tx, last_rx) = oneshot::channel();
     tokio::spawn(pump(
         Follower {
@@ -180,26 +184,50 @@ async fn follow_logs(
             script: name.as_str().to_owned(),
             after,
             shutdown: settings.shutdown.clone(),
+            room: Arc::new(Semaphore::new(room)),
         },
         Box::pin(batches),
         tx,
         last_tx,
     ));
-    let events = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
-    });
-    let last = futures::stream::once(last_rx).filter_map(|r| async move { r.ok().map(Ok) });
-    let mut resp = Sse::new(events.chain(last))
-        .keep_alive(
-            KeepAlive::new()
-                .interval(settings.keepalive)
-                .text("keepalive"),
-        )
-        .into_response();
+    let body = Body::from_stream(sse_body(rx, last_rx, settings.keepalive));
+    let mut resp = body.into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies that buffer (nginx) would hold events back.
-    resp.headers_mut()
-        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// The text of one or more Server-Sent Events, and the room its events take
+/// in the follower's buffer (given back once the response body takes it).
+struct Chunk {
+    text: Bytes,
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// A follower's response body: the pump's chunks as they come, a keepalive
+/// comment after `keepalive` without one, and the final event (if any)
+/// once the pump ends.
+fn sse_body(
+    rx: mpsc::Receiver<Chunk>,
+    last: oneshot::Receiver<Bytes>,
+    keepalive: Duration,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    futures::stream::unfold((rx, Some(last)), move |(mut rx, mut last)| async move {
+        match tokio::time::timeout(keepalive, rx.recv()).await {
+            Ok(Some(chunk)) => return Some((Ok(chunk.text), (rx, last))),
+            Err(_) => return Some((Ok(Bytes::from_static(b":keepalive\n\n")), (rx, last))),
+            // The pump has ended: its final event, if any, then the end.
+            Ok(None) => {}
+        }
+        let text = last.take()?.await.ok()?;
+        Some((Ok(text), (rx, last)))
+    })
 }
 
 /// Who a pump serves.
@@ -208,24 +236,30 @@ struct Follower {
     script: String,
     after: Option<LogCursor>,
     shutdown: picloud_core::Shutdown,
+    /// Events the follower's buffer still holds room for.
+    room: Arc<Semaphore>,
 }
 
 type Batches = std::pin::Pin<Box<dyn Stream<Item = Result<LogBatch, BusError>> + Send>>;
 
-/// Moves events from the consumer to the follower's channel until the
-/// follower goes, the stream fails, or the channel overflows.
+/// Moves events from the consumer to the follower's channel, one chunk per
+/// message, until the follower goes, the stream fails, or the follower's
+/// buffer stays full for [`SLOW_READER_GRACE`].
 async fn pump(
     follower: Follower,
     mut batches: Batches,
-    tx: mpsc::Sender<Event>,
-    last: oneshot::Sender<Event>,
+    tx: mpsc::Sender<Chunk>,
+    last: oneshot::Sender<Bytes>,
 ) {
     let Follower {
         bus,
         script,
         after,
         shutdown,
+        room,
     } = follower;
+    let capacity = u32::try_from(room.available_permits()).unwrap_or(u32::MAX);
+    let mut text = BytesMut::new();
     loop {
         let batch = tokio::select! {
             _ = tx.closed() => return,
@@ -238,63 +272,94 @@ async fn pump(
                 tracing::warn!(error = %e, "live-log follower's consumer failed");
                 let _ = last.send(final_event(
                     "error",
-                    json!({"type": "error", "message": "the live log failed; reconnect with Last-Event-ID"}),
+                    &json!({"type": "error", "message": "the live log failed; reconnect with Last-Event-ID"}),
                 ));
                 return;
             }
             None => return,
         };
-        for (i, event) in batch.events.iter().enumerate() {
-            if after.is_some_and(|c| !c.is_before(batch.seq, i)) {
-                continue;
-            }
-            let shown = with_id(LogCursor::at(batch.seq, i), event);
-            let sse = Event::default()
-                .id(&shown.id)
-                .event(match event {
-                    LogEvent::Line { .. } => "line",
-                    LogEvent::End { .. } => "end",
-                })
-                .json_data(&shown)
-                .expect("log events serialise");
-            let full = match tx.try_send(sse) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-                Err(mpsc::error::TrySendError::Full(sse)) => sse,
-            };
-            match tx.send_timeout(full, SLOW_READER_GRACE).await {
-                Ok(()) => {}
-                Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    // Everything in the stream by now, from here on.
-                    let end = bus.last_log_seq(&script).await.unwrap_or(batch.seq);
-                    let rest = &batch.events[i..];
-                    let missed = count_missed(rest, batch.seq, end, &mut batches).await;
-                    let _ = last.send(overflow(missed));
-                    return;
+        // Events of this message the follower has not seen yet.
+        let first = match after {
+            Some(c) => (0..batch.len())
+                .find(|&i| c.is_before(batch.seq, i))
+                .unwrap_or(batch.len()),
+            None => 0,
+        };
+        if first == batch.len() {
+            continue;
+        }
+        for i in first..batch.len() {
+            write_event(&mut text, batch.seq, i, batch.raw(i));
+        }
+        // A message larger than the whole buffer takes all of it.
+        let n = u32::try_from(batch.len() - first)
+            .unwrap_or(u32::MAX)
+            .min(capacity);
+        let permit = match room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                let waited = tokio::select! {
+                    _ = tx.closed() => return,
+                    p = tokio::time::timeout(SLOW_READER_GRACE, room.clone().acquire_many_owned(n)) => p,
+                };
+                match waited {
+                    Ok(Ok(p)) => p,
+                    // Nothing of this message was sent: all of it is missed.
+                    _ => {
+                        // Everything in the stream by now, from here on.
+                        let end = bus.last_log_seq(&script).await.unwrap_or(batch.seq);
+                        let missed = count_missed(&batch, first, end, &mut batches).await;
+                        let _ = last.send(overflow(missed));
+                        return;
+                    }
                 }
             }
+        };
+        let chunk = Chunk {
+            text: text.split().freeze(),
+            _room: Some(permit),
+        };
+        // The room taken above bounds the chunks queued: this never waits.
+        if tx.send(chunk).await.is_err() {
+            return;
         }
     }
 }
 
-/// Events and lines a cut-off follower has missed: the rest of the batch
-/// (at `seq`) it overflowed on and the stream's messages after it up to
-/// `end` (counted for at most [`COUNT_MISSED_FOR`]).
+/// Appends event `i` of message `seq` as one Server-Sent Event: its id,
+/// its kind, and its JSON with the id added (spliced into the object the
+/// executor wrote, which is not decoded).
+fn write_event(out: &mut BytesMut, seq: u64, i: usize, (json, line): (&[u8], bool)) {
+    use std::fmt::Write;
+    let id = LogCursor::at(seq, i);
+    // (Formatting into a BytesMut cannot fail.)
+    let _ = write!(
+        out,
+        "id: {id}\nevent: {}\ndata: {{\"id\":\"{id}\",",
+        if line { "line" } else { "end" }
+    );
+    // The object's fields after its `{` (an event always has a `type`).
+    out.extend_from_slice(&json[1..]);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Events and lines a cut-off follower has missed: the events of the
+/// message (at `batch.seq`) it overflowed on from `first`, and the stream's
+/// messages after it up to `end` (counted for at most [`COUNT_MISSED_FOR`]).
 async fn count_missed(
-    rest: &[LogEvent],
-    mut seq: u64,
+    batch: &LogBatch,
+    first: usize,
     end: u64,
     batches: &mut Batches,
 ) -> (u64, u64) {
-    let lines = |events: &[LogEvent]| events.iter().filter(|e| e.is_line()).count() as u64;
-    let (mut events, mut missed_lines) = (rest.len() as u64, lines(rest));
+    let (mut events, mut missed_lines) = ((batch.len() - first) as u64, batch.lines_from(first));
+    let mut seq = batch.seq;
     let until = tokio::time::Instant::now() + COUNT_MISSED_FOR;
     while seq < end {
         match tokio::time::timeout_at(until, batches.next()).await {
             Ok(Some(Ok(b))) => {
-                events += b.events.len() as u64;
-                missed_lines += lines(&b.events);
+                events += b.len() as u64;
+                missed_lines += b.lines_from(0);
                 seq = b.seq;
             }
             _ => break,
@@ -303,10 +368,10 @@ async fn count_missed(
     (events, missed_lines)
 }
 
-fn overflow((events, lines): (u64, u64)) -> Event {
+fn overflow((events, lines): (u64, u64)) -> Bytes {
     final_event(
         "overflow",
-        json!({
+        &json!({
             "type": "overflow",
             "missed": lines,
             "missed_events": events,
@@ -320,11 +385,8 @@ fn overflow((events, lines): (u64, u64)) -> Event {
 
 /// The last event of a stream: no id, so a client's Last-Event-ID stays
 /// the last event it received.
-fn final_event(kind: &'static str, data: Value) -> Event {
-    Event::default()
-        .event(kind)
-        .json_data(data)
-        .expect("JSON serialises")
+fn final_event(kind: &'static str, data: &Value) -> Bytes {
+    Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
 }
 
 /// `GET /invocations/{id}/logs`: one invocation's lines, from its record
