@@ -39,9 +39,9 @@ use std::sync::{Arc, Mutex};
 use picloud_core::{Effects, InvocationRecord};
 use sqlx::{PgConnection, Postgres, Transaction};
 
+use crate::jobs::SubscriptionRecord;
 use crate::kv::{reads_current, write};
 use crate::outbox::{self, OutboxRow};
-use crate::jobs::SubscriptionRecord;
 use crate::{Store, StoreError, SubscriptionRow};
 
 /// What a commit did.
