@@ -469,7 +469,7 @@ echo "Durable paths beside their floors (issue #17 targets):"
 pipe=$(awk '/^pipe-jobs:/ {print $(NF-4)}' "$WORK/pipe-jobs.txt")
 awk -v pipe="$pipe" '
     function r(v) { return (pipe > 0) ? sprintf("%.2f", v / pipe) : "n/a" }
-    /^async jobs:/ { printf "  async jobs %s/s end to end; pipe-jobs %s/s (%sx; goal >= 0.5x and >= 5000/s)\n", $(NF-4), pipe, r($(NF-4)) }
+    /^async jobs: [0-9]+ accepted/ { printf "  async jobs %s/s end to end; pipe-jobs %s/s (%sx; goal >= 0.5x and >= 5000/s)\n", $(NF-4), pipe, r($(NF-4)) }
     /^event fan-out:/ { for (i = 1; i <= NF; i++) { if ($i == "subscriber" && $(i+1) == "runs/s;") runs = $(i-1); if ($i == "p50") p50 = $(i+1); if ($i == "p99") p99 = $(i+1) }
         printf "  fan-out %s subscriber runs/s (goal >= 5000/s; floor pipe-jobs %s/s); emit -> start under load p50 %s ms (goal <= 2), p99 %s ms (goal <= 10)\n", runs, pipe, p50, p99 }
     /^kv commits, distinct/ { for (i = 1; i <= NF; i++) if ($i == "committed") v = $(i-1); printf "  kv distinct keys %s commits/s (goal >= 5000/s; floor pipe-jobs %s/s)\n", v, pipe }
