@@ -49,3 +49,12 @@ export function ago(iso: string | null | undefined, now: number = Date.now()): s
 export function pct(x: number): string {
 	return `${(x * 100).toFixed(x > 0 && x < 0.01 ? 2 : 1)}%`;
 }
+
+/**
+ * An id short enough for a table cell that still tells invocations apart:
+ * the last 8 hex digits. (A UUIDv7 begins with its timestamp, so the
+ * invocations of one second share their first 8 digits.)
+ */
+export function shortId(id: string): string {
+	return id.replace(/-/g, '').slice(-8);
+}

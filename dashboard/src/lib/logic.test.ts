@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { diffLines } from './diff';
-import { ago, duration, formatInZone, isZone } from './format';
+import { ago, duration, formatInZone, isZone, shortId } from './format';
 import { flattenTree, layoutFlow, polyline } from './flow';
 import { StringStream } from '@codemirror/language';
 import { tokenize } from './rhai';
@@ -42,6 +42,13 @@ describe('formatting', () => {
 		expect(ago('2026-01-01T00:59:30Z', now)).toBe('30 s ago');
 		expect(ago('2026-01-01T00:00:00Z', now)).toBe('1 h ago');
 		expect(ago(null, now)).toBe('—');
+	});
+	it('shortens ids of one second apart', () => {
+		// Two UUIDv7 of the same millisecond: same first 8 digits.
+		const a = '019ae0c1-2a3b-7c00-8d11-0123456789ab';
+		const b = '019ae0c1-2a3b-7c00-8d11-fedcba987654';
+		expect(shortId(a)).toBe('456789ab');
+		expect(shortId(a)).not.toBe(shortId(b));
 	});
 });
 
