@@ -259,13 +259,23 @@ async fn a_reply_of_a_newer_version_is_an_error() {
             n += 1;
         }
     });
-    client.flush().await.unwrap();
     let ask = KvGet {
         script: "s".into(),
         key: "k".into(),
     };
     let timeout = Duration::from_secs(5);
-    let answer = bus.request::<KvGetCall>(&ask, timeout).await.unwrap();
+    // The subscription lives on another connection: a flush there does not
+    // mean the server has registered it for the bus's connection yet, so
+    // ask until someone answers (a request nobody heard is not counted).
+    let deadline = tokio::time::Instant::now() + timeout;
+    let answer = loop {
+        match bus.request::<KvGetCall>(&ask, timeout).await {
+            Err(CallError::NoResponders) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other.unwrap(),
+        }
+    };
     assert_eq!(answer, KvAnswer::Ok(None));
     match bus.request::<KvGetCall>(&ask, timeout).await {
         Err(CallError::Bus(BusError::Newer { version, .. })) => {
