@@ -11,6 +11,16 @@
 //! gateway's 429 + `Retry-After`), so one script's flood cannot use up the
 //! executor's in-flight capacity that other scripts' calls need.
 //!
+//! A script whose kv commits conflict gets a **lane**: for
+//! [`CONTENDED_FOR`] after a conflict, its jobs run and commit one at a
+//! time on this executor (a job whose commit conflicted takes the lane for
+//! its re-runs at once). Many read-modify-writes of one key at once mostly
+//! conflict and run again, and past a few in flight they spend more work
+//! on re-runs than on commits (a counter's throughput collapsed when more
+//! jobs were pulled at once); one at a time, each commits on its first run.
+//! The lane is left again when conflicts stop, so a script whose keys are
+//! disjoint keeps its concurrency.
+//!
 //! The cap is enforced per executor, not cluster-wide: the workers it
 //! protects are this executor's, it needs no shared counter (no round trip
 //! on the hot path, nothing to leak when a node dies), and adding an
@@ -19,10 +29,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use picloud_core::Outcome;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+
+/// How long after a conflict a script's jobs keep to its lane.
+pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
 
 /// What a caller past the cap is told to wait before trying again, in seconds.
 pub const RETRY_AFTER_SECS: u32 = 1;
@@ -38,14 +51,32 @@ pub struct ScriptSlots {
 struct Script {
     slots: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Held by the one job running and committing in the script's lane.
+    lane: Arc<tokio::sync::Mutex<()>>,
+    /// Until when its jobs keep to the lane (its last conflict's time plus
+    /// [`CONTENDED_FOR`]).
+    contended_until: Mutex<Option<Instant>>,
+}
+
+/// A script's entry, kept while held; the map forgets a script once no
+/// holder is left.
+struct Held {
+    owner: Arc<ScriptSlots>,
+    script: String,
+    entry: Option<Arc<Script>>,
 }
 
 /// One of a script's slots; freed when dropped.
 pub struct ScriptSlot {
-    owner: Arc<ScriptSlots>,
-    script: String,
-    entry: Option<Arc<Script>>,
+    // Fields drop in order: the permit before the entry it belongs to.
     permit: Option<OwnedSemaphorePermit>,
+    _held: Held,
+}
+
+/// A script's lane, taken; the next job has it once this is dropped.
+pub struct Lane {
+    _guard: OwnedMutexGuard<()>,
+    _held: Held,
 }
 
 /// Why a sync call got no slot.
@@ -74,14 +105,14 @@ impl ScriptSlots {
     }
 
     fn entry(&self, script: &str) -> Arc<Script> {
-        // A poisoned lock only means another thread panicked between two
-        // map operations, which leave the map consistent: keep using it.
-        let mut map = self.scripts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.scripts);
         map.entry(script.to_owned())
             .or_insert_with(|| {
                 Arc::new(Script {
                     slots: Arc::new(Semaphore::new(self.cap)),
                     waiting: AtomicUsize::new(0),
+                    lane: Arc::new(tokio::sync::Mutex::new(())),
+                    contended_until: Mutex::new(None),
                 })
             })
             .clone()
@@ -137,22 +168,59 @@ impl ScriptSlots {
 
     fn slot(self: &Arc<Self>, script: &str, entry: Arc<Script>) -> ScriptSlot {
         ScriptSlot {
+            permit: None,
+            _held: self.hold(script, entry),
+        }
+    }
+
+    fn hold(self: &Arc<Self>, script: &str, entry: Arc<Script>) -> Held {
+        Held {
             owner: self.clone(),
             script: script.to_owned(),
             entry: Some(entry),
-            permit: None,
+        }
+    }
+
+    /// Notes that a commit of `script` conflicted: its jobs keep to its
+    /// lane for [`CONTENDED_FOR`] from now.
+    pub fn conflicted(self: &Arc<Self>, script: &str) {
+        let entry = self.entry(script);
+        *lock(&entry.contended_until) = Some(Instant::now() + CONTENDED_FOR);
+        // Forgotten with the entry if nobody holds the script.
+        drop(self.hold(script, entry));
+    }
+
+    /// Whether `script`'s jobs keep to its lane now.
+    pub fn contended(self: &Arc<Self>, script: &str) -> bool {
+        let map = lock(&self.scripts);
+        map.get(script)
+            .is_some_and(|e| lock(&e.contended_until).is_some_and(|until| Instant::now() < until))
+    }
+
+    /// `script`'s lane, after the job holding it (if any) is done.
+    pub async fn lane(self: &Arc<Self>, script: &str) -> Lane {
+        let entry = self.entry(script);
+        let guard = entry.lane.clone().lock_owned().await;
+        Lane {
+            _guard: guard,
+            _held: self.hold(script, entry),
         }
     }
 }
 
-impl Drop for ScriptSlot {
+/// A poisoned lock only means another thread panicked between two map
+/// operations, which leave the map consistent: keep using it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        drop(self.permit.take());
         drop(self.entry.take());
         // Forget a script nobody runs or waits for (every holder and waiter
         // keeps a clone of its entry), so the map stays as small as the set
         // of busy scripts.
-        let mut map = self.owner.scripts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = lock(&self.owner.scripts);
         if map
             .get(&self.script)
             .is_some_and(|s| Arc::strong_count(s) == 1)
@@ -208,6 +276,28 @@ mod tests {
         drop(a);
         assert!(waiter.await.expect("waiter"));
         drop(b);
+        assert!(slots.scripts.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_conflict_puts_a_scripts_jobs_in_its_lane_one_at_a_time() {
+        let slots = ScriptSlots::new(2, 1);
+        let held = slots.take("a").await;
+        assert!(!slots.contended("a"));
+        slots.conflicted("a");
+        assert!(slots.contended("a"));
+        assert!(!slots.contended("b"), "another script is not held up");
+        let first = slots.lane("a").await;
+        let second = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.lane("a").await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished(), "two jobs in one lane at once");
+        drop(first);
+        let second = second.await.expect("second lane");
+        drop((second, held));
+        // Nobody holds the script: it is forgotten, its contention too.
         assert!(slots.scripts.lock().expect("lock").is_empty());
     }
 }

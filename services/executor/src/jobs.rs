@@ -64,6 +64,25 @@ pub struct JobSettings {
 /// once each, and batch what arrives together).
 pub const COMMITS_IN_FLIGHT: usize = 32;
 
+/// Jobs pulled and not yet past their run, on an executor of `threads`
+/// workers: enough that one fetch brings a batch (a round trip per job or
+/// two was the bound of a one-script backlog, not the workers), few enough
+/// that a job waits only moments for its worker, with progress acks.
+pub fn pulled_at_once(threads: usize) -> usize {
+    (threads * 2).max(PULL_DEPTH)
+}
+
+/// How many of [`pulled_at_once`] one script may hold, with a cap of
+/// `cap` runs at once: half, or twice its cap if more, and always one less
+/// than all, so another script's job is fetched as soon as it is known.
+pub fn script_share(threads: usize, cap: usize) -> usize {
+    let slots = pulled_at_once(threads);
+    (slots / 2).max(cap * 2).min(slots - 1)
+}
+
+/// The least [`pulled_at_once`].
+pub const PULL_DEPTH: usize = 32;
+
 /// Pulls and runs jobs until `shutdown`, serving scripts in turn (see
 /// [`crate::queue`]); then lets running jobs finish.
 ///
@@ -73,10 +92,10 @@ pub const COMMITS_IN_FLIGHT: usize = 32;
 /// worker and the slot go to the next job instead of waiting for the
 /// database.
 pub async fn run(server: Arc<Server>, settings: JobSettings, shutdown: Shutdown) {
-    let slots = server.pool.threads() * 2;
+    let slots = pulled_at_once(server.pool.threads());
     let in_flight = Arc::new(Semaphore::new(slots));
     let committing = Arc::new(Semaphore::new(COMMITS_IN_FLIGHT));
-    let per_script = (server.slots.cap() * 2).min(slots.saturating_sub(1));
+    let per_script = script_share(server.pool.threads(), server.slots.cap());
     let mut queue = Queue::start(
         server.bus.clone(),
         settings.ack_wait,
@@ -140,6 +159,12 @@ impl Stage {
         let permit = with_progress(incoming, progress_every, take).await;
         self.commit_permit = Some(permit.expect("never closed"));
         self.running = None;
+    }
+
+    /// Gives back its place among the commits in flight while it waits for
+    /// something else; [`Stage::enter_commit`] takes one again.
+    fn leave_commit(&mut self) {
+        self.commit_permit = None;
     }
 }
 
@@ -371,6 +396,12 @@ async fn run_on_pool(
     let progress_every = settings.ack_wait / 3;
     let mut code = Code::Prepared(Box::new(prepared));
     let mut deadline = None;
+    // A script whose commits conflict runs one job at a time here (see
+    // `crate::fair`); a job that conflicts takes the lane for its re-runs.
+    let mut lane = None;
+    if server.slots.contended(&job.script) {
+        lane = Some(with_progress(incoming, progress_every, server.slots.lane(&job.script)).await);
+    }
     for _ in 0..=run::MAX_RERUNS {
         let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
         let (ran, compiled, slot) = match ran.await {
@@ -400,7 +431,18 @@ async fn run_on_pool(
         if let Some(settled) = run::judge_commit(result, reply, &server.bus) {
             return inputs.host.judge(settled);
         }
+        server.slots.conflicted(&job.script);
+        if lane.is_none() {
+            // Waiting for the lane holds neither the script's slot nor a
+            // place among the commits in flight, which the lane's holder
+            // and other scripts' jobs need.
+            drop(_slot);
+            stage.leave_commit();
+            lane =
+                Some(with_progress(incoming, progress_every, server.slots.lane(&job.script)).await);
+        }
     }
+    drop(lane);
     run::too_much_contention()
 }
 
