@@ -190,7 +190,8 @@ impl CommitBatch {
         // one snapshot.
         let rows: Vec<EpochRecord> = sqlx::query_as(
             "SELECT e.n AS epoch, s.id, s.script, s.topic, s.max_attempts, s.created_at
-             FROM subscriptions_epoch e LEFT JOIN subscriptions s ON e.n <> $1
+             FROM (SELECT n FROM subscriptions_epoch LIMIT 1) e
+             LEFT JOIN subscriptions s ON e.n <> $1
              ORDER BY s.created_at, s.id",
         )
         .bind(epoch)
@@ -279,7 +280,8 @@ impl CommitBatch {
             }
             write(&mut self.tx, &record.script, effects).await?;
         }
-        outbox::insert(&mut self.tx, outbox_rows).await?;
+        // Published by the committing manager once this commits.
+        outbox::insert_deferred(&mut self.tx, outbox_rows).await?;
         Ok(Committed::Applied)
     }
 

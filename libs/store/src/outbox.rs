@@ -4,6 +4,17 @@
 //!
 //! Inserting wakes every relay: a statement trigger sends
 //! `NOTIFY picloud_outbox` when the inserting transaction commits.
+//!
+//! A kv commit's rows are inserted *deferred* ([`insert_deferred`]): the
+//! committing manager publishes them itself as soon as the transaction
+//! commits and deletes them ([`Store::delete_outbox`]), saving the relay's
+//! two transactions on the way from an emit to its subscribers; a relay
+//! takes them only once [`PUBLISHER_GRACE`] has passed (the manager died
+//! or could not publish). Either way they are published at least once, and
+//! JetStream's dedup window and the commit keyed by invocation id make
+//! that once in effect.
+
+use std::time::Duration;
 
 use picloud_core::{EventMessage, Job};
 use sqlx::PgConnection;
@@ -94,9 +105,30 @@ impl TryFrom<OutboxRecord> for OutboxRow {
     }
 }
 
-/// Inserts `rows` on `conn` (normally inside the caller's transaction). A
-/// row whose id is already queued is skipped.
+/// How long a relay leaves the rows of a commit to the manager that
+/// committed them.
+pub const PUBLISHER_GRACE: Duration = Duration::from_secs(2);
+
+/// Inserts `rows` on `conn` (normally inside the caller's transaction), due
+/// for the relays at once. A row whose id is already queued is skipped.
 pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
+    insert_due_in(conn, rows, Duration::ZERO).await
+}
+
+/// [`insert`], left to the inserting manager to publish for
+/// [`PUBLISHER_GRACE`] before a relay takes the rows.
+pub async fn insert_deferred(
+    conn: &mut PgConnection,
+    rows: &[OutboxRow],
+) -> Result<(), StoreError> {
+    insert_due_in(conn, rows, PUBLISHER_GRACE).await
+}
+
+async fn insert_due_in(
+    conn: &mut PgConnection,
+    rows: &[OutboxRow],
+    due_in: Duration,
+) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -108,14 +140,16 @@ pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), S
         .map(|r| crate::json_bytes::encode(&r.payload))
         .collect();
     sqlx::query(
-        "INSERT INTO outbox (id, kind, target, payload)
-         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[])
+        "INSERT INTO outbox (id, kind, target, payload, relay_after)
+         SELECT u.id, u.kind, u.target, u.payload, now() + $5 * interval '1 millisecond'
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[]) AS u(id, kind, target, payload)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(ids)
     .bind(kinds)
     .bind(targets)
     .bind(payloads)
+    .bind(due_in.as_millis() as f64)
     .execute(conn)
     .await?;
     Ok(())
@@ -144,20 +178,63 @@ impl Claim {
 }
 
 impl Store {
-    /// Claims up to `limit` of the oldest unclaimed rows.
+    /// Claims up to `limit` of the oldest unclaimed rows, due or not (a
+    /// look at everything queued).
     pub async fn claim_outbox(&self, limit: u32) -> Result<Claim, StoreError> {
+        self.claim(limit, true).await
+    }
+
+    /// Claims up to `limit` of the oldest unclaimed rows that are due for
+    /// a relay (see [`PUBLISHER_GRACE`]).
+    pub async fn claim_due_outbox(&self, limit: u32) -> Result<Claim, StoreError> {
+        self.claim(limit, false).await
+    }
+
+    async fn claim(&self, limit: u32, all: bool) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as::<_, OutboxRecord>(
-            "SELECT id, kind, target, payload FROM outbox
+            "SELECT id, kind, target, payload FROM outbox WHERE $2 OR relay_after <= now()
              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(i64::from(limit))
+        .bind(all)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .map(OutboxRow::try_from)
         .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Claim { tx, rows })
+    }
+
+    /// How long until the next row not yet due for a relay is (zero when
+    /// one is due now); `None` when the outbox is empty.
+    pub async fn next_outbox_due(&self) -> Result<Option<Duration>, StoreError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM min(relay_after) - now())::float8 FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(secs.map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0))))
+    }
+
+    /// Deletes rows their publisher has published. Not flushed to disk
+    /// before it returns (`synchronous_commit = off`): a delete lost in a
+    /// crash only lets a relay publish the rows again, which the dedup
+    /// window and the commits keyed by invocation id absorb.
+    pub async fn delete_outbox(&self, published: &[Uuid]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(published)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Rows waiting to be published.

@@ -6,6 +6,13 @@
 //! one; a failure of the whole transaction (database unavailable) answers
 //! `Failed` to all, and their executors retry.
 //!
+//! Once a transaction commits, its emitted events and jobs are published
+//! from here, at once, and their outbox rows deleted
+//! ([`crate::relay::publish_rows`]); the relay takes them only if they are
+//! still there after `PUBLISHER_GRACE` (this manager died or could not
+//! publish). An emit reaches its subscribers one commit after the script,
+//! not three.
+//!
 //! No timer: an idle pipeline waits for the first request and takes
 //! whatever else is queued at that moment, so a lone commit goes at once.
 //! [`PIPELINES`] transactions may be in flight per manager (disjoint keys
@@ -13,9 +20,10 @@
 
 use std::sync::Arc;
 
+use picloud_bus::Bus;
 use picloud_core::job::topic_matches;
 use picloud_core::{Commit, CommitReply, Effects};
-use picloud_store::{Committed, Store, StoreError, SubscriptionCache, SubscriptionRow};
+use picloud_store::{Committed, OutboxRow, Store, StoreError, SubscriptionCache, SubscriptionRow};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::effects::{not_applied, outbox_rows};
@@ -43,6 +51,7 @@ impl Committer {
     /// future for that).
     pub fn start(
         store: Store,
+        bus: Bus,
         rollup: Rollup,
         max_trace_invocations: u32,
     ) -> (Self, impl Future<Output = ()>) {
@@ -50,14 +59,22 @@ impl Committer {
         let rx = Arc::new(Mutex::new(rx));
         let cache = SubscriptionCache::default();
         let pipelines = (0..PIPELINES).map(move |_| {
-            let (rx, store, rollup, cache) =
-                (rx.clone(), store.clone(), rollup.clone(), cache.clone());
+            let (rx, store, bus, rollup, cache) = (
+                rx.clone(),
+                store.clone(),
+                bus.clone(),
+                rollup.clone(),
+                cache.clone(),
+            );
             async move {
                 while let Some(batch) = next_batch(&rx).await {
                     let commits: Vec<&Commit> = batch.iter().map(|p| &p.commit).collect();
-                    let replies =
+                    let (replies, rows) =
                         commit_batch(&store, &cache, &rollup, &commits, max_trace_invocations)
                             .await;
+                    if !rows.is_empty() {
+                        tokio::spawn(publish(store.clone(), bus.clone(), rows));
+                    }
                     for (p, r) in batch.into_iter().zip(replies) {
                         // The requester may have gone (shutdown); nothing
                         // to tell then.
@@ -103,22 +120,38 @@ async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>>
     Some(batch)
 }
 
+/// Publishes a committed batch's outbox rows and deletes those JetStream
+/// stored; what is left goes with the relay after `PUBLISHER_GRACE`.
+async fn publish(store: Store, bus: Bus, rows: Vec<OutboxRow>) {
+    let (published, error) = crate::relay::publish_rows(&bus, &rows).await;
+    if let Some(e) = error {
+        tracing::warn!(error = %e, rows = rows.len(), "cannot publish a commit's events; the relay will");
+    }
+    if let Err(e) = store.delete_outbox(&published).await {
+        // The relay publishes them again; JetStream drops the copies.
+        tracing::warn!(error = %e, "cannot delete published outbox rows");
+    }
+}
+
 /// Applies `commits` in one transaction and returns one reply per commit,
-/// in their order.
+/// in their order, and the outbox rows of those applied, for the caller to
+/// publish.
 pub async fn commit_batch(
     store: &Store,
     cache: &SubscriptionCache,
     rollup: &Rollup,
     commits: &[&Commit],
     max_trace_invocations: u32,
-) -> Vec<CommitReply> {
+) -> (Vec<CommitReply>, Vec<OutboxRow>) {
     match try_batch(store, cache, commits, max_trace_invocations).await {
         Ok((outcomes, subs)) => {
             let mut replies = Vec::with_capacity(commits.len());
-            for (c, outcome) in commits.iter().zip(outcomes) {
+            let mut rows = Vec::new();
+            for (c, (outcome, mut own)) in commits.iter().zip(outcomes) {
                 replies.push(match outcome {
                     Ok(Committed::Applied) => {
                         count(rollup, c, &subs);
+                        rows.append(&mut own);
                         CommitReply::Committed
                     }
                     Ok(Committed::AlreadyApplied) => CommitReply::AlreadyCommitted,
@@ -129,7 +162,7 @@ pub async fn commit_batch(
                     }
                 });
             }
-            replies
+            (replies, rows)
         }
         Err(e) => {
             tracing::warn!(error = %e, commits = commits.len(), "commit batch failed");
@@ -137,26 +170,25 @@ pub async fn commit_batch(
             // subscriptions' read) or the commit failed, as the one
             // transaction of earlier versions would have.
             let reply = not_applied(&e);
-            vec![reply; commits.len()]
+            (vec![reply; commits.len()], Vec::new())
         }
     }
 }
 
-/// Each commit's outcome (a permanent error of its own is its `Err`), and
-/// the subscriptions the batch used. `Err`: nothing was committed.
-#[allow(clippy::type_complexity)]
+/// One commit's outcome with its outbox rows.
+type Outcome = (Result<Committed, StoreError>, Vec<OutboxRow>);
+/// Each commit's [`Outcome`].
+type Outcomes = Vec<Outcome>;
+
+/// Each commit's outcome (a permanent error of its own is its `Err`) with
+/// its outbox rows, and the subscriptions the batch used. `Err`: nothing
+/// was committed.
 async fn try_batch(
     store: &Store,
     cache: &SubscriptionCache,
     commits: &[&Commit],
     max_trace_invocations: u32,
-) -> Result<
-    (
-        Vec<Result<Committed, StoreError>>,
-        Arc<Vec<SubscriptionRow>>,
-    ),
-    StoreError,
-> {
+) -> Result<(Outcomes, Arc<Vec<SubscriptionRow>>), StoreError> {
     let kv: Vec<(&str, &Effects)> = commits
         .iter()
         .map(|c| (c.record.script.as_str(), &c.effects))
@@ -171,14 +203,13 @@ async fn try_batch(
     // redelivered invocation meet on its record in the same order.
     let mut order: Vec<usize> = (0..commits.len()).collect();
     order.sort_by_key(|&i| commits[i].record.id);
-    let mut outcomes: Vec<Option<Result<Committed, StoreError>>> =
-        (0..commits.len()).map(|_| None).collect();
+    let mut outcomes: Vec<Option<Outcome>> = (0..commits.len()).map(|_| None).collect();
     for i in order {
         let c = commits[i];
         let rows = outbox_rows(c, &subs, max_trace_invocations);
         match batch.apply(&c.record, &c.effects, &rows).await {
             Err(e) if !e.is_permanent() => return Err(e),
-            outcome => outcomes[i] = Some(outcome),
+            outcome => outcomes[i] = Some((outcome, rows)),
         }
     }
     batch.finish().await?;

@@ -68,8 +68,12 @@ pub async fn serve(
             }
         })
     };
-    let (committer, pipelines) =
-        Committer::start(store.clone(), rollup.clone(), max_trace_invocations);
+    let (committer, pipelines) = Committer::start(
+        store.clone(),
+        bus.clone(),
+        rollup.clone(),
+        max_trace_invocations,
+    );
     // The handler holds the committer's queue: the pipelines end once the
     // requests stopped being served and the last queued commit is answered.
     // A commit request waits in the committer's queue, not on a database

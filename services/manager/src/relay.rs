@@ -1,6 +1,12 @@
 //! The outbox relay: publishes outbox rows to JetStream with
 //! `Nats-Msg-Id` = row id and deletes them once stored.
 //!
+//! A kv commit's rows are published by the committer itself
+//! ([`crate::commits`], with [`publish_rows`]); the relay takes them only
+//! when they are still there after `PUBLISHER_GRACE` (see
+//! `picloud_store::outbox`), waking for that at the next row's due time
+//! while rows wait: no timer runs while the outbox is empty.
+//!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of
 //! managers relay side by side without publishing a row twice at once (and
 //! JetStream's dedup covers a crash between publish and delete). The relay
@@ -11,7 +17,7 @@
 use std::time::Duration;
 
 use picloud_bus::Bus;
-use picloud_core::{Backoff, Shutdown};
+use picloud_core::{Backoff, Shutdown, Uuid};
 use picloud_store::{Notice, OutboxKind, OutboxRow, Store};
 
 /// Rows claimed (and published concurrently) per round.
@@ -37,9 +43,19 @@ pub async fn run(store: Store, bus: Bus, shutdown: Shutdown) {
             if !sweep(&store, &bus, &shutdown).await {
                 return;
             }
+            // Rows left to their publisher come due later: wake for them
+            // unless a notification comes first.
+            let due = match store.next_outbox_due().await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay cannot read the next due row");
+                    Some(RECHECK)
+                }
+            };
             let woke = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 n = notifications.recv() => n,
+                _ = sleep_or_never(due) => Ok(Notice::Notified),
             };
             match woke {
                 Ok(Notice::Notified) => {}
@@ -70,18 +86,45 @@ async fn sweep(store: &Store, bus: &Bus, shutdown: &Shutdown) -> bool {
     }
 }
 
-/// Claims one batch, publishes it, deletes what JetStream stored. Returns
-/// how many rows were claimed; `Err` if any could not be published.
+/// The wait for a row due after `due` (a little after, so that it is due
+/// by then); forever when there is none.
+async fn sleep_or_never(due: Option<Duration>) {
+    match due {
+        Some(d) => tokio::time::sleep(d + Duration::from_millis(10)).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How soon to look again when the next due row could not be read.
+const RECHECK: Duration = Duration::from_secs(1);
+
+/// Claims one batch of due rows, publishes it, deletes what JetStream
+/// stored. Returns how many rows were claimed; `Err` if any could not be
+/// published.
 async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
-    let claim = store.claim_outbox(BATCH).await.map_err(|e| e.to_string())?;
+    let claim = store
+        .claim_due_outbox(BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
     let claimed = claim.rows.len();
     if claimed == 0 {
         claim.finish(&[]).await.map_err(|e| e.to_string())?;
         return Ok(0);
     }
-    let mut acks = Vec::with_capacity(claimed);
+    let (published, first_error) = publish_rows(bus, &claim.rows).await;
+    claim.finish(&published).await.map_err(|e| e.to_string())?;
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(claimed),
+    }
+}
+
+/// Publishes `rows` (all started before any ack is awaited); the ids
+/// JetStream stored, and the first error if any row was not.
+pub async fn publish_rows(bus: &Bus, rows: &[OutboxRow]) -> (Vec<Uuid>, Option<String>) {
+    let mut acks = Vec::with_capacity(rows.len());
     let mut first_error = None;
-    for row in &claim.rows {
+    for row in rows {
         match bus
             .publish_durable_start(subject(bus, row), &row.id.to_string(), payload(row))
             .await
@@ -102,11 +145,7 @@ async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
             }
         }
     }
-    claim.finish(&published).await.map_err(|e| e.to_string())?;
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(claimed),
-    }
+    (published, first_error)
 }
 
 fn subject(bus: &Bus, row: &OutboxRow) -> String {

@@ -69,7 +69,9 @@ fn emit(topic: &str) -> Effects {
 }
 
 async fn batch(store: &Store, cache: &SubscriptionCache, commits: &[&Commit]) -> Vec<CommitReply> {
-    commit_batch(store, cache, &Rollup::default(), commits, 1_000).await
+    commit_batch(store, cache, &Rollup::default(), commits, 1_000)
+        .await
+        .0
 }
 
 /// Job rows in the outbox, by target script (no relay runs here).
@@ -288,5 +290,62 @@ async fn a_subscription_made_elsewhere_gets_the_next_event() {
     assert_eq!(queued_jobs(&b).await, vec!["dst".to_string()], "no new job");
     a.close().await;
     b.close().await;
+    env.cleanup().await;
+}
+
+/// A committed batch hands back exactly the outbox rows of the invocations
+/// it applied, for its manager to publish; the relays leave those rows to
+/// it for `PUBLISHER_GRACE` and take what is still there after that (the
+/// manager died or could not publish).
+#[tokio::test]
+async fn the_committer_publishes_its_own_rows_and_the_relay_takes_the_rest_later() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    store.create_subscription("sub", "t.>", 3).await.unwrap();
+    let emits = commit("s", emit("t.x"));
+    // A stale read that also emits: neither its event nor its job exists.
+    let mut stale_effects = read_set("gone", 5, json!(1));
+    stale_effects.emits = emit("t.y").emits;
+    let stale = commit("s", stale_effects);
+    let (replies, rows) =
+        commit_batch(&store, &cache, &Rollup::default(), &[&emits, &stale], 1_000).await;
+    assert_eq!(replies, vec![CommitReply::Committed, CommitReply::Conflict]);
+    let mut kinds: Vec<(OutboxKind, String)> =
+        rows.iter().map(|r| (r.kind, r.target.clone())).collect();
+    kinds.sort_by_key(|(k, _)| *k == OutboxKind::Job);
+    assert_eq!(
+        kinds,
+        vec![
+            (OutboxKind::Event, "t.x".into()),
+            (OutboxKind::Job, "sub".into())
+        ]
+    );
+
+    // Not due for a relay yet; due within the grace.
+    let claim = store.claim_due_outbox(100).await.unwrap();
+    assert!(
+        claim.rows.is_empty(),
+        "a relay took a committer's row at once"
+    );
+    claim.finish(&[]).await.unwrap();
+    let due = store.next_outbox_due().await.unwrap().expect("rows wait");
+    assert!(due <= picloud_store::outbox::PUBLISHER_GRACE, "{due:?}");
+
+    // The committer published the event, not the job (say it died): the
+    // deleted row is gone, and a relay takes the job once it is due.
+    let event = rows.iter().find(|r| r.kind == OutboxKind::Event).unwrap();
+    store.delete_outbox(&[event.id]).await.unwrap();
+    let job = rows.iter().find(|r| r.kind == OutboxKind::Job).unwrap();
+    let taken = picloud_testkit::eventually(Duration::from_secs(20), || async {
+        let claim = store.claim_due_outbox(100).await.ok()?;
+        let ids: Vec<Uuid> = claim.rows.iter().map(|r| r.id).collect();
+        claim.finish(&ids).await.ok()?;
+        (!ids.is_empty()).then_some(ids)
+    })
+    .await;
+    assert_eq!(taken, Some(vec![job.id]));
+    assert_eq!(store.next_outbox_due().await.unwrap(), None);
+    store.close().await;
     env.cleanup().await;
 }
