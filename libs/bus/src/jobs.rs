@@ -282,6 +282,27 @@ impl crate::Bus {
             .await
     }
 
+    /// Publishes `jobs` (each under its own id as message id), all started
+    /// before any ack is awaited; whether each is durable, in order.
+    pub async fn publish_jobs(&self, jobs: &[&Job]) -> Vec<Result<(), BusError>> {
+        let mut acks = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let subject = self.names.job_subject(&job.script);
+            acks.push(
+                self.publish_durable_start(subject, &job.id.to_string(), encode(job))
+                    .await,
+            );
+        }
+        let mut done = Vec::with_capacity(acks.len());
+        for ack in acks {
+            done.push(match ack {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            });
+        }
+        done
+    }
+
     /// `script`'s job consumer, shared by the executors (made if missing).
     pub async fn jobs(&self, script: &str, ack_wait: Duration) -> Result<JobConsumer, BusError> {
         JobConsumer::open(&self.js, &self.names, script, ack_wait).await

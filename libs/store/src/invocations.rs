@@ -387,7 +387,7 @@ fn copy_text(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
-async fn upsert(
+pub(crate) async fn upsert(
     conn: &mut sqlx::PgConnection,
     records: &[&InvocationRecord],
 ) -> Result<u64, StoreError> {

@@ -413,6 +413,39 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Accepts async calls that carry no idempotency key together: their
+    /// queued records in one transaction, each job published from inside
+    /// it by `publish` (which says, in order, whether each is durable in
+    /// JetStream), and the jobs whose publish failed written to the outbox
+    /// in the same transaction. `Ok`: every call is accepted; `Err`:
+    /// none is (the transaction rolled back). See [`Store::submit_async`]
+    /// for why this loses and duplicates nothing.
+    pub async fn submit_async_many<F>(
+        &self,
+        queued: &[&InvocationRecord],
+        jobs: &[&Job],
+        publish: F,
+    ) -> Result<(), StoreError>
+    where
+        F: AsyncFnOnce() -> Vec<bool>,
+    {
+        debug_assert_eq!(queued.len(), jobs.len(), "one job per queued record");
+        let mut tx = self.pool.begin().await?;
+        crate::invocations::upsert(&mut tx, queued).await?;
+        let published = publish().await;
+        let unpublished: Vec<OutboxRow> = jobs
+            .iter()
+            .zip(published.iter().chain(std::iter::repeat(&false)))
+            .filter(|(_, ok)| !**ok)
+            .map(|(job, _)| OutboxRow::job(job))
+            .collect();
+        outbox::insert(&mut tx, &unpublished).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// Queues `job` under a fresh outbox id (so the stream's dedup window does
 /// not swallow it); its attempts count from 1 again, so its records replace
 /// the earlier ones.

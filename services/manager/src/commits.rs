@@ -67,7 +67,7 @@ impl Committer {
                 cache.clone(),
             );
             async move {
-                while let Some(batch) = next_batch(&rx).await {
+                while let Some(batch) = next_batch(&rx, MAX_BATCH).await {
                     let commits: Vec<&Commit> = batch.iter().map(|p| &p.commit).collect();
                     let (replies, rows) =
                         commit_batch(&store, &cache, &rollup, &commits, max_trace_invocations)
@@ -105,13 +105,13 @@ fn stopping() -> CommitReply {
     }
 }
 
-/// Waits for one request, then takes what else is queued (up to
-/// [`MAX_BATCH`]). `None` when the queue is closed and empty.
-async fn next_batch(rx: &Mutex<mpsc::Receiver<Pending>>) -> Option<Vec<Pending>> {
+/// Waits for one request, then takes what else is queued (up to `max`).
+/// `None` when the queue is closed and empty.
+pub(crate) async fn next_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> Option<Vec<T>> {
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut batch = vec![first];
-    while batch.len() < MAX_BATCH {
+    while batch.len() < max {
         match rx.try_recv() {
             Ok(p) => batch.push(p),
             Err(_) => break,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::commits::Committer;
 use crate::stats::Rollup;
+use crate::submits::Submitter;
 use futures::{Stream, StreamExt};
 use picloud_bus::wire::{AsyncSubmitCall, CommitCall, DeadLetterCall, KvGetCall, KvListCall, Rpc};
 use picloud_bus::{Bus, Incoming};
@@ -107,14 +108,30 @@ pub async fn serve(
             }
         })
     };
+    // Calls without an idempotency key are accepted in batches; enough of
+    // them are taken at once to fill every pipeline's batch.
+    let (submitter, submit_pipelines) = Submitter::start(store.clone(), bus.clone());
     let submits = {
         let (store, b) = (store.clone(), bus.clone());
-        serve_kind::<AsyncSubmitCall, _, _>(bus.clone(), shutdown.clone(), move |s: AsyncSubmit| {
-            let (store, bus) = (store.clone(), b.clone());
-            async move { submit(&store, &bus, s).await }
-        })
+        serve_kind_up_to::<AsyncSubmitCall, _, _>(
+            bus.clone(),
+            shutdown.clone(),
+            crate::submits::PIPELINES * crate::submits::MAX_BATCH,
+            move |s: AsyncSubmit| {
+                let (store, bus, submitter) = (store.clone(), b.clone(), submitter.clone());
+                async move { submit(&store, &bus, &submitter, s).await }
+            },
+        )
     };
-    tokio::join!(kv_get, kv_list, commits, pipelines, dead_letters, submits);
+    tokio::join!(
+        kv_get,
+        kv_list,
+        commits,
+        pipelines,
+        dead_letters,
+        submits,
+        submit_pipelines
+    );
 }
 
 /// Subscribes to `subject` (resubscribing after errors) and answers each
@@ -266,14 +283,15 @@ pub fn outbox_rows(
     rows
 }
 
-/// Accepts an async HTTP call: the idempotency key and the queued record in
-/// Postgres, and the job durable in JetStream, published straight from
+/// Accepts an async HTTP call. Without an idempotency key it goes with the
+/// calls queued beside it ([`crate::submits`]). With one: the key and the
+/// queued record in Postgres, and the job durable in JetStream, published straight from
 /// inside that transaction (`Nats-Msg-Id` = the invocation id); should the
 /// publish fail, the job goes to the outbox in the same transaction and the
 /// relay publishes it. Accepted exactly when both are durable; see
 /// "Accepting an async call" in docs/ARCHITECTURE.md for why nothing is
 /// lost or run twice.
-async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
+async fn submit(store: &Store, bus: &Bus, submitter: &Submitter, s: AsyncSubmit) -> AsyncAnswer {
     let job = s.job;
     let queued = InvocationRecord {
         id: job.id,
@@ -293,6 +311,9 @@ async fn submit(store: &Store, bus: &Bus, s: AsyncSubmit) -> AsyncAnswer {
         response: None,
         public: true,
     };
+    if s.idempotency_key.is_none() {
+        return submitter.submit(queued, job).await;
+    }
     let msg_id = job.id.to_string();
     let publish = async || {
         bus.publish_job(&job, &msg_id).await.map_err(|e| {

@@ -38,6 +38,7 @@ pub mod relay;
 pub mod scheduler;
 pub mod secrets;
 pub mod stats;
+pub mod submits;
 
 use std::sync::Arc;
 

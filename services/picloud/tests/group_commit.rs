@@ -2,7 +2,9 @@
 //! several invocations in one transaction each get their own answer, the
 //! exact counter stays exact, a redelivery applies nothing twice, disjoint
 //! keys of one script are locked at once, and the subscriptions a manager
-//! caches follow changes made through another store handle.
+//! caches follow changes made through another store handle; a commit's
+//! rows wait for its committer before a relay takes them, and a batch of
+//! async submissions queues only the jobs it could not publish.
 
 use std::time::Duration;
 
@@ -346,6 +348,40 @@ async fn the_committer_publishes_its_own_rows_and_the_relay_takes_the_rest_later
     .await;
     assert_eq!(taken, Some(vec![job.id]));
     assert_eq!(store.next_outbox_due().await.unwrap(), None);
+    store.close().await;
+    env.cleanup().await;
+}
+
+/// Async calls without a key are accepted together: all their queued
+/// records in one transaction, and exactly the jobs whose publish failed
+/// kept in the outbox (due at once, for the relays).
+#[tokio::test]
+async fn a_batch_of_submissions_queues_only_its_unpublished_jobs() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let jobs: Vec<picloud_core::Job> = (0..3).map(|_| picloud_testkit::manual_job("s")).collect();
+    let records: Vec<InvocationRecord> = jobs
+        .iter()
+        .map(|j| {
+            let mut r = commit("s", Effects::default()).record;
+            r.id = j.id;
+            r.status = InvocationStatus::Queued;
+            r
+        })
+        .collect();
+    let job_refs: Vec<&picloud_core::Job> = jobs.iter().collect();
+    let record_refs: Vec<&InvocationRecord> = records.iter().collect();
+    store
+        .submit_async_many(&record_refs, &job_refs, async || vec![true, false, true])
+        .await
+        .expect("accepted");
+    for j in &jobs {
+        assert_eq!(status(&store, j.id).await, Some(InvocationStatus::Queued));
+    }
+    let claim = store.claim_due_outbox(100).await.unwrap();
+    let ids: Vec<Uuid> = claim.rows.iter().map(|r| r.id).collect();
+    claim.finish(&[]).await.unwrap();
+    assert_eq!(ids, vec![jobs[1].id], "only the unpublished job is queued");
     store.close().await;
     env.cleanup().await;
 }
