@@ -90,10 +90,15 @@ async fn sweep(store: &Store, bus: &Bus, shutdown: &Shutdown) -> bool {
 /// by then); forever when there is none.
 async fn sleep_or_never(due: Option<Duration>) {
     match due {
-        Some(d) => tokio::time::sleep(d + Duration::from_millis(10)).await,
+        // At least 100 ms: rows due now that the sweep left are claimed by
+        // another relay, and are not to be polled for in a tight loop.
+        Some(d) => tokio::time::sleep((d + Duration::from_millis(10)).max(RECHECK_FLOOR)).await,
         None => std::future::pending().await,
     }
 }
+
+/// The shortest wait for a row due later.
+const RECHECK_FLOOR: Duration = Duration::from_millis(100);
 
 /// How soon to look again when the next due row could not be read.
 const RECHECK: Duration = Duration::from_secs(1);
