@@ -86,14 +86,30 @@ impl Drop for ManagerProcess {
     }
 }
 
-async fn ready(base: &str) -> bool {
-    let url = format!("{base}/readyz");
-    eventually(Duration::from_secs(60), || async {
-        let resp = reqwest::get(&url).await.ok()?;
-        (resp.status() == StatusCode::OK).then_some(())
-    })
-    .await
-    .is_some()
+impl ManagerProcess {
+    /// Waits until `/readyz` answers 200; fails the test with what it last
+    /// answered, whether the process still runs, and its log.
+    async fn wait_ready(&mut self) {
+        let http = reqwest::Client::new();
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        let last = Mutex::new(None);
+        let ready = eventually(Duration::from_secs(60), || async {
+            let answer = picloud_testkit::readyz(&http, port).await;
+            let ok = matches!(answer, Some((StatusCode::OK, _)));
+            *last.lock().unwrap() = answer;
+            ok.then_some(())
+        })
+        .await;
+        if ready.is_none() {
+            panic!(
+                "manager at {} never ready; last /readyz: {:?}; exited: {:?}; log:\n{}",
+                self.base,
+                last.lock().unwrap(),
+                self.child.try_wait(),
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+    }
 }
 
 /// Deploys `source` as `script` (through `deployer`) and schedules it every
@@ -121,9 +137,9 @@ fn fired_total(managers: &[ManagerProcess], id: &str) -> usize {
 #[tokio::test]
 async fn three_managers_fire_every_instant_exactly_once() {
     let mut env = TestEnv::new().await;
-    let managers: Vec<ManagerProcess> = (0..3).map(|_| ManagerProcess::spawn(&env)).collect();
-    for m in &managers {
-        assert!(ready(&m.base).await, "manager at {} never ready", m.base);
+    let mut managers: Vec<ManagerProcess> = (0..3).map(|_| ManagerProcess::spawn(&env)).collect();
+    for m in &mut managers {
+        m.wait_ready().await;
     }
     let executor = env.start_executor().await;
     let clients: Vec<Client> = managers
