@@ -87,28 +87,57 @@ impl Drop for ManagerProcess {
 }
 
 impl ManagerProcess {
-    /// Waits until `/readyz` answers 200; fails the test with what it last
-    /// answered, whether the process still runs, and its log.
-    async fn wait_ready(&mut self) {
+    /// Waits until `/readyz` answers 200. A manager that could not bind its
+    /// port (taken between `free_port` and the bind, by another process's
+    /// outgoing connection) is started again on another; any other failure
+    /// fails the test with what `/readyz` last answered, whether the
+    /// process still runs, and its log.
+    async fn wait_ready(&mut self, env: &TestEnv) {
         let http = reqwest::Client::new();
-        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
-        let last = Mutex::new(None);
-        let ready = eventually(Duration::from_secs(60), || async {
-            let answer = picloud_testkit::readyz(&http, port).await;
-            let ok = matches!(answer, Some((StatusCode::OK, _)));
-            *last.lock().unwrap() = answer;
-            ok.then_some(())
-        })
-        .await;
-        if ready.is_none() {
+        for _ in 0..3 {
+            let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+            let last = Mutex::new(None);
+            let ready = eventually(Duration::from_secs(60), || async {
+                let answer = picloud_testkit::readyz(&http, port).await;
+                let ok = matches!(answer, Some((StatusCode::OK, _)));
+                *last.lock().unwrap() = answer;
+                if !ok && self.exited() {
+                    return Some(false);
+                }
+                ok.then_some(true)
+            })
+            .await;
+            if ready == Some(true) {
+                return;
+            }
+            if ready == Some(false) {
+                // Let the reader thread take the last lines of its stderr.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let log = self.log.lock().unwrap().join("\n");
+            if ready == Some(false) && log.contains("in use") {
+                eprintln!("manager port {port} was taken; starting it on another:\n{log}");
+                *self = Self::spawn(env);
+                continue;
+            }
             panic!(
-                "manager at {} never ready; last /readyz: {:?}; exited: {:?}; log:\n{}",
+                "manager at {} never ready; last /readyz: {:?}; exited: {:?}; log:\n{log}",
                 self.base,
                 last.lock().unwrap(),
                 self.child.try_wait(),
-                self.log.lock().unwrap().join("\n")
             );
         }
+        panic!("no free port for a manager in three tries");
+    }
+
+    /// True once the process has ended (its stderr then closes too: the
+    /// log is complete shortly after).
+    fn exited(&self) -> bool {
+        // `try_wait` needs `&mut`; the pid's /proc entry says the same.
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+            .unwrap_or(true)
     }
 }
 
@@ -139,7 +168,7 @@ async fn three_managers_fire_every_instant_exactly_once() {
     let mut env = TestEnv::new().await;
     let mut managers: Vec<ManagerProcess> = (0..3).map(|_| ManagerProcess::spawn(&env)).collect();
     for m in &mut managers {
-        m.wait_ready().await;
+        m.wait_ready(&env).await;
     }
     let executor = env.start_executor().await;
     let clients: Vec<Client> = managers
