@@ -43,10 +43,13 @@ impl Effects {
     /// True when the invocation touched kv or emitted: its result must go
     /// through a commit (reads too: the commit proves they were consistent).
     pub fn needs_commit(&self) -> bool {
-        !(self.reads.is_empty()
-            && self.lists.is_empty()
-            && self.writes.is_empty()
-            && self.emits.is_empty())
+        self.touches_kv() || !self.emits.is_empty()
+    }
+
+    /// True when the invocation read, listed or wrote kv: its commit takes
+    /// locks and checks what it read.
+    pub fn touches_kv(&self) -> bool {
+        !(self.reads.is_empty() && self.lists.is_empty() && self.writes.is_empty())
     }
 }
 

@@ -59,7 +59,7 @@ type Locks = BTreeMap<String, bool>;
 
 /// The locks one invocation's kv effects need (see the module doc).
 fn locks_of(script: &str, effects: &Effects, locks: &mut Locks) {
-    if effects.reads.is_empty() && effects.lists.is_empty() && effects.writes.is_empty() {
+    if !effects.touches_kv() {
         return;
     }
     let mut add = |name: String, exclusive: bool| {
@@ -261,6 +261,76 @@ impl CommitBatch {
         done
     }
 
+    /// Applies invocations that touch no kv (a record and outbox rows each,
+    /// at most one per invocation id) together: one statement for all their
+    /// records and one for the outbox rows of those it wrote, under one
+    /// savepoint, instead of a savepoint and two statements each. Returns
+    /// each one's outcome, in order (`AlreadyApplied`: committed before).
+    ///
+    /// When the database refuses the data of one of them (a permanent
+    /// error), nothing of any is kept and the error is returned: the caller
+    /// then applies them one at a time ([`CommitBatch::apply`]) to find
+    /// which. After any other error the batch must be dropped.
+    pub async fn apply_records(
+        &mut self,
+        items: &[(&InvocationRecord, &[OutboxRow])],
+    ) -> Result<Vec<Committed>, StoreError> {
+        if self.alone && items.len() > 1 {
+            return Err(StoreError::Corrupt(
+                "a batch of one applied several invocations".into(),
+            ));
+        }
+        self.applied += items.len();
+        // In id order, like `apply` (see the module doc).
+        let mut records: Vec<&InvocationRecord> = items.iter().map(|(r, _)| *r).collect();
+        records.sort_unstable_by_key(|r| r.id);
+        if records.windows(2).any(|w| w[0].id == w[1].id) {
+            return Err(StoreError::Corrupt(
+                "one invocation twice in a bulk apply".into(),
+            ));
+        }
+        savepoint(&mut self.tx, "SAVEPOINT invocations").await?;
+        let written = match self.apply_records_here(&records, items).await {
+            Ok(written) => written,
+            Err(e) if e.is_permanent() => {
+                savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocations").await?;
+                savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
+        let outcomes: Vec<Committed> = items
+            .iter()
+            .map(|(r, _)| match written.binary_search(&r.id) {
+                Ok(_) => Committed::Applied,
+                Err(_) => Committed::AlreadyApplied,
+            })
+            .collect();
+        if self.alone {
+            self.discard = outcomes.iter().all(|c| *c != Committed::Applied);
+        }
+        Ok(outcomes)
+    }
+
+    /// The records (sorted by id) and the outbox rows of those written;
+    /// returns the ids written, sorted.
+    async fn apply_records_here(
+        &mut self,
+        records: &[&InvocationRecord],
+        items: &[(&InvocationRecord, &[OutboxRow])],
+    ) -> Result<Vec<uuid::Uuid>, StoreError> {
+        let mut written = crate::invocations::upsert(&mut self.tx, records).await?;
+        written.sort_unstable();
+        let rows: Vec<&OutboxRow> = items
+            .iter()
+            .filter(|(r, _)| written.binary_search(&r.id).is_ok())
+            .flat_map(|(_, rows)| rows.iter())
+            .collect();
+        outbox::insert_deferred_refs(&mut self.tx, &rows).await?;
+        Ok(written)
+    }
+
     /// The invocation's record, read check, writes and outbox rows, in the
     /// transaction as it stands (under a savepoint in a batch of several).
     async fn apply_here(
@@ -272,9 +342,7 @@ impl CommitBatch {
         if !Store::upsert_one(&mut self.tx, record).await? {
             return Ok(Committed::AlreadyApplied);
         }
-        let touches_kv =
-            !(effects.reads.is_empty() && effects.lists.is_empty() && effects.writes.is_empty());
-        if touches_kv {
+        if effects.touches_kv() {
             if !reads_current(&mut self.tx, &record.script, effects).await? {
                 return Ok(Committed::Conflict);
             }

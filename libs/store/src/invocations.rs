@@ -178,7 +178,7 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        upsert(&mut conn, &records).await
+        Ok(upsert(&mut conn, &records).await?.len() as u64)
     }
 
     /// Stores one record as part of the caller's transaction; `false` when
@@ -187,7 +187,7 @@ impl Store {
         conn: &mut sqlx::PgConnection,
         record: &InvocationRecord,
     ) -> Result<bool, StoreError> {
-        Ok(upsert(conn, &[record]).await? == 1)
+        Ok(upsert(conn, &[record]).await?.len() == 1)
     }
 
     /// The invocations `parent` caused (its emits' subscribers), oldest first.
@@ -387,10 +387,13 @@ fn copy_text(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// Stores `records` (at most one per id) in one statement and returns the
+/// ids it wrote: a record of an invocation already committed (`ok`), or
+/// older than the stored attempt, is left as it is and not returned.
 pub(crate) async fn upsert(
     conn: &mut sqlx::PgConnection,
     records: &[&InvocationRecord],
-) -> Result<u64, StoreError> {
+) -> Result<Vec<Uuid>, StoreError> {
     // Postgres text cannot hold NUL; one stray byte in a script's log
     // must not block the whole batch forever.
     let col = |f: fn(&InvocationRecord) -> String| {
@@ -420,7 +423,7 @@ pub(crate) async fn upsert(
     // What a newer report of an invocation overwrites: anything but a
     // committed (`ok`) record, and only with the same or a later attempt
     // (batched failure records may arrive after a later attempt's commit).
-    let done = sqlx::query(
+    let written: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO invocations (id, script, version, trigger, status, http_status,
                                   started_at, duration_us, log, error, executor, trace_id,
                                   attempt, parent_id, response, public)
@@ -436,7 +439,8 @@ pub(crate) async fn upsert(
              trace_id = EXCLUDED.trace_id, attempt = EXCLUDED.attempt,
              parent_id = COALESCE(EXCLUDED.parent_id, invocations.parent_id),
              response = EXCLUDED.response, public = invocations.public OR EXCLUDED.public
-         WHERE invocations.status <> 'ok' AND invocations.attempt <= EXCLUDED.attempt",
+         WHERE invocations.status <> 'ok' AND invocations.attempt <= EXCLUDED.attempt
+         RETURNING id",
     )
     .bind(ids)
     .bind(col(|r| r.script.clone()))
@@ -454,7 +458,7 @@ pub(crate) async fn upsert(
     .bind(parents)
     .bind(responses)
     .bind(public)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(written)
 }

@@ -112,7 +112,7 @@ pub const PUBLISHER_GRACE: Duration = Duration::from_secs(2);
 /// Inserts `rows` on `conn` (normally inside the caller's transaction), due
 /// for the relays at once. A row whose id is already queued is skipped.
 pub async fn insert(conn: &mut PgConnection, rows: &[OutboxRow]) -> Result<(), StoreError> {
-    insert_due_in(conn, rows, Duration::ZERO).await
+    insert_due_in(conn, &rows.iter().collect::<Vec<_>>(), Duration::ZERO).await
 }
 
 /// [`insert`], left to the inserting manager to publish for
@@ -121,12 +121,20 @@ pub async fn insert_deferred(
     conn: &mut PgConnection,
     rows: &[OutboxRow],
 ) -> Result<(), StoreError> {
+    insert_deferred_refs(conn, &rows.iter().collect::<Vec<_>>()).await
+}
+
+/// [`insert_deferred`] of rows held elsewhere.
+pub(crate) async fn insert_deferred_refs(
+    conn: &mut PgConnection,
+    rows: &[&OutboxRow],
+) -> Result<(), StoreError> {
     insert_due_in(conn, rows, PUBLISHER_GRACE).await
 }
 
 async fn insert_due_in(
     conn: &mut PgConnection,
-    rows: &[OutboxRow],
+    rows: &[&OutboxRow],
     due_in: Duration,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use picloud_bus::Bus;
 use picloud_core::job::topic_matches;
 use picloud_core::{Commit, CommitReply, Effects};
-use picloud_store::{Committed, OutboxRow, Store, StoreError, SubscriptionCache, SubscriptionRow};
+use picloud_store::{
+    CommitBatch, Committed, OutboxRow, Store, StoreError, SubscriptionCache, SubscriptionRow,
+};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::effects::{not_applied, outbox_rows};
@@ -204,7 +206,19 @@ async fn try_batch(
     let mut order: Vec<usize> = (0..commits.len()).collect();
     order.sort_by_key(|&i| commits[i].record.id);
     let mut outcomes: Vec<Option<Outcome>> = (0..commits.len()).map(|_| None).collect();
+    apply_kv_free(
+        &mut batch,
+        commits,
+        &order,
+        &subs,
+        max_trace_invocations,
+        &mut outcomes,
+    )
+    .await?;
     for i in order {
+        if outcomes[i].is_some() {
+            continue;
+        }
         let c = commits[i];
         let rows = outbox_rows(c, &subs, max_trace_invocations);
         match batch.apply(&c.record, &c.effects, &rows).await {
@@ -218,6 +232,54 @@ async fn try_batch(
         .map(|o| o.expect("every commit was applied or refused"))
         .collect();
     Ok((outcomes, subs))
+}
+
+/// Applies together the commits that touch no kv (most jobs: a record, and
+/// the outbox rows of their emits), see `CommitBatch::apply_records`,
+/// filling their `outcomes`; the rest, and all of them when the database
+/// refused one, are left to be applied one at a time. A batch of one goes
+/// the usual way. (An invocation twice in the batch, a redelivery racing
+/// its first delivery, goes together only once; its other copy is applied
+/// alone after, and finds it applied.)
+async fn apply_kv_free(
+    batch: &mut CommitBatch,
+    commits: &[&Commit],
+    order: &[usize],
+    subs: &[SubscriptionRow],
+    max_trace_invocations: u32,
+    outcomes: &mut [Option<Outcome>],
+) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let together: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| !commits[i].effects.touches_kv() && seen.insert(commits[i].record.id))
+        .collect();
+    if together.len() < 2 {
+        return Ok(());
+    }
+    let rows: Vec<Vec<OutboxRow>> = together
+        .iter()
+        .map(|&i| outbox_rows(commits[i], subs, max_trace_invocations))
+        .collect();
+    let items: Vec<_> = together
+        .iter()
+        .zip(&rows)
+        .map(|(&i, rows)| (&commits[i].record, rows.as_slice()))
+        .collect();
+    match batch.apply_records(&items).await {
+        Ok(done) => {
+            for ((i, rows), done) in together.into_iter().zip(rows).zip(done) {
+                outcomes[i] = Some((Ok(done), rows));
+            }
+            Ok(())
+        }
+        Err(e) if e.is_permanent() => {
+            tracing::debug!(error = %e, "a bulk commit was refused; applying one at a time");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn count(rollup: &Rollup, c: &Commit, subs: &[SubscriptionRow]) {

@@ -385,3 +385,131 @@ async fn a_batch_of_submissions_queues_only_its_unpublished_jobs() {
     store.close().await;
     env.cleanup().await;
 }
+
+/// Commits that touch no kv (a record, maybe emits) go into a batch's
+/// transaction together, with one statement for their records and one for
+/// their outbox rows; each still gets its own answer: one committed before
+/// is `AlreadyCommitted`, a copy of one in the same batch applies once, a
+/// kv commit beside them takes its own way, and one whose data the
+/// database refuses is found by applying them one at a time, the others
+/// committed.
+#[tokio::test]
+async fn commits_without_kv_go_together_and_each_gets_its_own_answer() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    store.create_subscription("sub", "t.>", 3).await.unwrap();
+    let earlier = commit("s", emit("t.a"));
+    assert_eq!(
+        batch(&store, &cache, &[&earlier]).await,
+        vec![CommitReply::Committed]
+    );
+
+    let plain = commit("s", Effects::default());
+    let (e1, e2) = (commit("s", emit("t.b")), commit("s", emit("t.c")));
+    let kv = commit("s", set("a", json!(1)));
+    let all = [&plain, &e1, &earlier, &e2, &kv, &e2];
+    let replies = batch(&store, &cache, &all).await;
+    assert_eq!(replies[0], CommitReply::Committed);
+    assert_eq!(replies[1], CommitReply::Committed);
+    assert_eq!(replies[2], CommitReply::AlreadyCommitted);
+    assert_eq!(replies[4], CommitReply::Committed);
+    let mut copies = vec![replies[3].clone(), replies[5].clone()];
+    copies.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        copies,
+        vec![CommitReply::AlreadyCommitted, CommitReply::Committed],
+        "one copy of a commit applies"
+    );
+    for c in [&plain, &e1, &e2, &kv] {
+        assert_eq!(
+            status(&store, c.record.id).await,
+            Some(InvocationStatus::Ok)
+        );
+    }
+    // One job per emit applied: the earlier one, e1 and e2 once each.
+    assert_eq!(queued_jobs(&store).await, vec!["sub".to_string(); 3]);
+    assert_eq!(
+        store.kv_dump("s").await.unwrap(),
+        vec![("a".into(), json!(1))]
+    );
+
+    // Postgres text holds no NUL: the event row of this topic is refused,
+    // which fails the statement of the whole group.
+    let refused = commit("s", emit("t.bad\0"));
+    let (p2, e3) = (commit("s", Effects::default()), commit("s", emit("t.d")));
+    let replies = batch(&store, &cache, &[&p2, &refused, &e3, &e1]).await;
+    assert_eq!(replies[0], CommitReply::Committed);
+    assert!(
+        matches!(&replies[1], CommitReply::Refused { .. }),
+        "{:?}",
+        replies[1]
+    );
+    assert_eq!(replies[2], CommitReply::Committed);
+    assert_eq!(replies[3], CommitReply::AlreadyCommitted);
+    assert_eq!(
+        status(&store, p2.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    assert_eq!(
+        status(&store, e3.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    assert_eq!(status(&store, refused.record.id).await, None);
+    assert_eq!(queued_jobs(&store).await, vec!["sub".to_string(); 4]);
+    store.close().await;
+    env.cleanup().await;
+}
+
+/// The store's bulk apply on its own: outcomes in the caller's order, and
+/// a refused group leaves the batch usable for applying one at a time.
+#[tokio::test]
+async fn a_refused_bulk_apply_leaves_the_batch_usable() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let none = Effects::default();
+    let (a, b) = (commit("s", none.clone()), commit("s", none.clone()));
+    let bad = commit("s", none.clone());
+    // Postgres text holds no NUL: the database refuses this row.
+    let bad_rows = [picloud_store::OutboxRow {
+        id: Uuid::new_v4(),
+        kind: OutboxKind::Event,
+        target: "t.bad\0".into(),
+        payload: json!({}),
+    }];
+
+    let mut tx = store
+        .begin_commits(&[("s", &none), ("s", &none), ("s", &none)])
+        .await
+        .unwrap();
+    let err = tx
+        .apply_records(&[(&a.record, &[]), (&bad.record, &bad_rows), (&b.record, &[])])
+        .await
+        .expect_err("NUL is refused");
+    assert!(err.is_permanent(), "{err}");
+    assert_eq!(
+        tx.apply(&b.record, &none, &[]).await.unwrap(),
+        picloud_store::Committed::Applied
+    );
+    assert_eq!(
+        tx.apply_records(&[(&b.record, &[]), (&a.record, &[])])
+            .await
+            .unwrap(),
+        vec![
+            picloud_store::Committed::AlreadyApplied,
+            picloud_store::Committed::Applied
+        ]
+    );
+    tx.finish().await.unwrap();
+    assert_eq!(
+        status(&store, a.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    assert_eq!(
+        status(&store, b.record.id).await,
+        Some(InvocationStatus::Ok)
+    );
+    assert_eq!(status(&store, bad.record.id).await, None);
+    store.close().await;
+    env.cleanup().await;
+}
