@@ -9,6 +9,11 @@
 //! items are dropped and counted in the log rather than holding up
 //! scripts. A timer runs only while a batch is being gathered, never when
 //! idle.
+//!
+//! An item somebody waits for ([`Batcher::push_urgent`]: a job's record,
+//! acknowledged only once it is stored) cuts the gathering short to
+//! [`URGENT_LINGER`]: long enough that the records of concurrent jobs still
+//! go together, short enough not to hold their jobs.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +22,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub const LINGER: Duration = Duration::from_millis(20);
+/// The gathering of a batch that holds an item somebody waits for.
+pub const URGENT_LINGER: Duration = Duration::from_millis(2);
 
 /// Closes its batcher when dropped: held (in an `Arc`) by every handle
 /// that pushes, so the publisher ends after the last one goes.
@@ -29,7 +36,7 @@ impl<T> Drop for Closer<T> {
 }
 
 pub struct Batcher<T> {
-    items: Mutex<Vec<T>>,
+    items: Mutex<Items<T>>,
     /// Signalled by the item that finds the buffer empty, and on close.
     ready: Notify,
     closed: AtomicBool,
@@ -39,10 +46,19 @@ pub struct Batcher<T> {
     what: &'static str,
 }
 
+/// The items gathered, and whether one of them is waited for.
+struct Items<T> {
+    items: Vec<T>,
+    urgent: bool,
+}
+
 impl<T> Batcher<T> {
     pub fn new(capacity: usize, what: &'static str) -> Self {
         Self {
-            items: Mutex::new(Vec::new()),
+            items: Mutex::new(Items {
+                items: Vec::new(),
+                urgent: false,
+            }),
             ready: Notify::new(),
             closed: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
@@ -53,8 +69,19 @@ impl<T> Batcher<T> {
 
     /// Queues `item`, or drops it (counted) when the buffer is full.
     pub fn push(&self, item: T) {
-        let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
-        if items.len() >= self.capacity {
+        self.push_as(item, false);
+    }
+
+    /// Queues `item`, which somebody waits for: its batch goes after
+    /// [`URGENT_LINGER`]. A full buffer drops it like any other (the
+    /// waiter learns it from whatever the item carries being dropped).
+    pub fn push_urgent(&self, item: T) {
+        self.push_as(item, true);
+    }
+
+    fn push_as(&self, item: T, urgent: bool) {
+        let mut items = self.lock();
+        if items.items.len() >= self.capacity {
             drop(items);
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
@@ -62,12 +89,20 @@ impl<T> Batcher<T> {
             }
             return;
         }
-        items.push(item);
-        let first = items.len() == 1;
+        items.items.push(item);
+        let first = items.items.len() == 1;
+        // The publisher hears of the first item, and of the first urgent
+        // one (it may be lingering for longer).
+        let hurry = urgent && !items.urgent;
+        items.urgent |= urgent;
         drop(items);
-        if first {
+        if first || hurry {
             self.ready.notify_one();
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Items<T>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Items dropped so far because the buffer was full.
@@ -82,10 +117,11 @@ impl<T> Batcher<T> {
     }
 
     fn is_empty(&self) -> bool {
-        self.items
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.lock().items.is_empty()
+    }
+
+    fn is_urgent(&self) -> bool {
+        self.lock().urgent
     }
 
     /// Waits for the next batch and swaps it into `out` (an empty vector
@@ -100,21 +136,106 @@ impl<T> Batcher<T> {
             }
             self.ready.notified().await;
         }
-        let linger = tokio::time::sleep(LINGER);
-        tokio::pin!(linger);
+        let began = tokio::time::Instant::now();
+        let urgent_until = began + URGENT_LINGER;
+        let mut until = if self.is_urgent() {
+            urgent_until
+        } else {
+            began + LINGER
+        };
         // On close, whatever is there goes out at once. (A signal from an
         // item that came while the last batch was being published only
         // means "not empty": keep lingering.)
         while !self.closed.load(Ordering::Acquire) {
             tokio::select! {
-                _ = &mut linger => break,
-                _ = self.ready.notified() => {}
+                _ = tokio::time::sleep_until(until) => break,
+                _ = self.ready.notified() => {
+                    if self.is_urgent() {
+                        until = until.min(urgent_until);
+                    }
+                }
             }
         }
-        std::mem::swap(
-            &mut *self.items.lock().unwrap_or_else(|e| e.into_inner()),
-            out,
-        );
+        let mut items = self.lock();
+        std::mem::swap(&mut items.items, out);
+        items.urgent = false;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    /// The time (on tokio's paused clock) `pushes` took to come out as a
+    /// batch, and the batch.
+    async fn gathered(pushes: impl FnOnce(&Batcher<u32>)) -> (Duration, Vec<u32>) {
+        let batcher = Arc::new(Batcher::new(8, "test items"));
+        let began = Instant::now();
+        pushes(&batcher);
+        let mut out = Vec::new();
+        assert!(batcher.next_batch(&mut out).await);
+        (began.elapsed(), out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_lingers_for_more_items() {
+        let (took, items) = gathered(|b| {
+            b.push(1);
+            b.push(2);
+        })
+        .await;
+        assert_eq!(items, [1, 2]);
+        assert_eq!(took, LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_item_somebody_waits_for_cuts_the_linger_short() {
+        let (took, items) = gathered(|b| {
+            b.push(1);
+            b.push_urgent(2);
+            b.push(3);
+        })
+        .await;
+        assert_eq!(items, [1, 2, 3]);
+        assert_eq!(took, URGENT_LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_urgent_item_pushed_while_lingering_cuts_it_short() {
+        let batcher = Arc::new(Batcher::new(8, "test items"));
+        batcher.push(1);
+        let late = batcher.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            late.push_urgent(2);
+        });
+        let began = Instant::now();
+        let mut out = Vec::new();
+        assert!(batcher.next_batch(&mut out).await);
+        assert_eq!(out, [1, 2]);
+        assert_eq!(began.elapsed(), URGENT_LINGER);
+        // The urgency went with its batch: the next one lingers in full.
+        batcher.push(3);
+        let began = Instant::now();
+        out.clear();
+        assert!(batcher.next_batch(&mut out).await);
+        assert_eq!(out, [3]);
+        assert_eq!(began.elapsed(), LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_buffer_drops_an_urgent_item_too() {
+        let batcher = Batcher::new(1, "test items");
+        batcher.push(1);
+        batcher.push_urgent(2);
+        assert_eq!(batcher.dropped(), 1);
+        let mut out = Vec::new();
+        assert!(batcher.next_batch(&mut out).await);
+        assert_eq!(out, [1]);
     }
 }

@@ -4,7 +4,9 @@
 //! [`crate::lifecycle::next_step`]; this module carries the steps out.
 //!
 //! Every job ends in exactly one of:
-//! - **ack**: it succeeded and its record (and effects) are committed;
+//! - **ack**: it succeeded and its record (and effects) are committed; a
+//!   run without kv or emits commits nothing, and is acked once its record
+//!   is stored in JetStream (see `crate::records`);
 //! - **retry**: it failed an attempt below its `max_attempts`: NAK with an
 //!   exponential delay, never an immediate redelivery. A run that could not
 //!   be committed (manager or database down, kv contention), or that failed
@@ -237,9 +239,18 @@ async fn handle(
                 e.to_string(),
             ),
         };
+        // A job that succeeded without effects is done once its record is
+        // stored, like a commit's.
+        let settled = match settled {
+            Settled::Plain(result) if matches!(result.outcome, Outcome::Response(_)) => {
+                stage.enter_commit(&incoming, settings.ack_wait / 3).await;
+                store_record(&server, &settings, &incoming, &base, result).await
+            }
+            other => other,
+        };
         // (what happened, the run's result, whether its record is still to
-        // be sent: a committed run's record went with its commit, a dead
-        // letter carries its own).
+        // be sent: a committed run's record went with its commit or on its
+        // own, a dead letter carries its own).
         let (event, result, unrecorded) = match settled {
             Settled::Committed(result) => {
                 run::observe(&base, &result.outcome);
@@ -248,13 +259,7 @@ async fn handle(
             }
             Settled::Plain(result) => {
                 run::observe(&base, &result.outcome);
-                // Sync-only shape (no commit needed) cannot happen for
-                // jobs, but a successful run is never retried.
-                let event = match result.outcome {
-                    Outcome::Response(_) => Event::Committed,
-                    _ => Event::Failed,
-                };
-                (event, result, true)
+                (Event::Failed, result, true)
             }
             Settled::NotCommitted(result, why) => {
                 // Recorded now: whether held or handed back, this run
@@ -283,6 +288,24 @@ async fn handle(
         }
         carry_out(&server, &settings, &incoming, &base, result, step).await;
         return;
+    }
+}
+
+/// Stores the record of a job that succeeded without effects (waiting,
+/// with progress acks, for the record batch that carries it to be in
+/// JetStream): `Committed`, or `NotCommitted` when it could not be.
+async fn store_record(
+    server: &Server,
+    settings: &JobSettings,
+    incoming: &IncomingJob,
+    base: &RecordBase,
+    result: RunResult,
+) -> Settled {
+    let stored = server.recorder.record_stored(base.record(&result));
+    if with_progress(incoming, settings.ack_wait / 3, stored).await {
+        Settled::Committed(result)
+    } else {
+        Settled::NotCommitted(result, "its record could not be stored".into())
     }
 }
 

@@ -322,8 +322,11 @@ pub fn run_once(
             started,
         },
     );
-    let must_commit = matches!(result.outcome, Outcome::Response(_))
-        && (result.effects.needs_commit() || base.public || base.trigger != Trigger::Http);
+    // A run without kv or emits commits nothing: a job's record then goes
+    // with the record batches, and the job is acknowledged once that is
+    // stored (see `crate::jobs`).
+    let must_commit =
+        matches!(result.outcome, Outcome::Response(_)) && result.effects.needs_commit();
     if !must_commit {
         return Ran::Done(Settled::Plain(result));
     }

@@ -5,7 +5,9 @@
 //!
 //! The first test answers the commits itself (no manager runs while the
 //! jobs do), so it can hold them and see how many the executor sends at
-//! once. The second is the accept path's fallback to the outbox.
+//! once. The second shows that a job without effects commits nothing: it
+//! is acked once its record is in JetStream, with no manager at all. The
+//! third is the accept path's fallback to the outbox.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -20,7 +22,8 @@ use picloud_testkit::{Client, TestEnv, eventually, manual_job};
 
 const JOBS: usize = 100;
 
-/// (jobs still in the stream, jobs delivered to an executor and not acked)
+/// (jobs still in the stream, of every script; `script`'s jobs delivered
+/// to an executor and not acked: 0 before an executor opened its consumer)
 async fn stream_state(
     js: &async_nats::jetstream::Context,
     names: &Names,
@@ -28,33 +31,21 @@ async fn stream_state(
 ) -> (u64, u64) {
     let mut stream = js.get_stream(names.jobs_stream()).await.expect("stream");
     let messages = stream.info().await.expect("stream info").state.messages;
-    let mut consumer = stream
+    let consumer = stream
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&Names::job_consumer(script))
-        .await
-        .expect("consumer");
-    let pending = consumer
-        .info()
-        .await
-        .expect("consumer info")
-        .num_ack_pending as u64;
+        .await;
+    let pending = match consumer {
+        Ok(mut c) => c.info().await.expect("consumer info").num_ack_pending as u64,
+        Err(_) => 0,
+    };
     (messages, pending)
 }
 
-#[tokio::test]
-async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_the_acks() {
-    let mut env = TestEnv::new().await;
-    // One run of the script at a time: before the pipeline, a job waiting
-    // for its commit kept that one slot (and its worker).
-    env.config.script_concurrency = 1;
-    let front = env.start_front().await;
-    let c = Client::new(&front.base, &env.token);
-    c.deploy_ok("quick", r#""done""#).await;
-    // From here on no manager runs: the test answers the commits.
-    front.shutdown.cancel();
-    let bus = Bus::for_role(&env.config, "test").await.expect("bus");
+/// Waits until no manager answers on `bus` (the one stopped is gone).
+async fn wait_until_no_manager_answers(bus: &Bus) {
     let gone = eventually(Duration::from_secs(30), || async {
         let probe = KvGet {
-            script: "quick".into(),
+            script: "probe".into(),
             key: "k".into(),
         };
         matches!(
@@ -66,6 +57,23 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
     })
     .await;
     assert!(gone.is_some(), "the manager still answers");
+}
+
+#[tokio::test]
+async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_the_acks() {
+    let mut env = TestEnv::new().await;
+    // One run of the script at a time: before the pipeline, a job waiting
+    // for its commit kept that one slot (and its worker).
+    env.config.script_concurrency = 1;
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    // A kv write: the job has a commit to send.
+    c.deploy_ok("quick", r#"kv::set("last", "done"); "done""#)
+        .await;
+    // From here on no manager runs: the test answers the commits.
+    front.shutdown.cancel();
+    let bus = Bus::for_role(&env.config, "test").await.expect("bus");
+    wait_until_no_manager_answers(&bus).await;
     let mut commits = Box::pin(bus.serve_rpc::<CommitCall>().await.expect("serve"));
 
     let mut ids = HashSet::new();
@@ -143,6 +151,86 @@ async fn held_commits_leave_the_worker_to_the_next_jobs_are_bounded_and_delay_th
         "jobs left unacked: {:?}",
         stream_state(&js, bus.names(), "quick").await
     );
+    env.cleanup().await;
+}
+
+/// A job that reads, writes and emits nothing sends no commit: it is acked
+/// as soon as the record batch holding its record is stored in JetStream,
+/// so it finishes while no manager runs (its record waits in the stream),
+/// whereas a job with a kv write is held until a manager commits it. When a
+/// manager starts, both records are stored, each once.
+#[tokio::test]
+async fn a_job_without_effects_is_acked_once_its_record_is_in_jetstream() {
+    let mut env = TestEnv::new().await;
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    c.deploy_ok("quiet", r#"print("ran"); "done""#).await;
+    c.deploy_ok("writes", r#"kv::set("k", 1); "done""#).await;
+    front.shutdown.cancel();
+    let bus = Bus::for_role(&env.config, "test").await.expect("bus");
+    wait_until_no_manager_answers(&bus).await;
+
+    let (quiet, writes) = (manual_job("quiet"), manual_job("writes"));
+    for job in [&quiet, &writes] {
+        bus.publish_job(job, &job.id.to_string())
+            .await
+            .expect("publish");
+    }
+    env.start_executor().await;
+    let js = env.jetstream().await;
+    let names = bus.names().clone();
+    let records = || async {
+        let mut stream = js.get_stream(names.records_stream()).await.expect("stream");
+        stream.info().await.expect("stream info").state.messages
+    };
+    // The quiet job is acked with its record in the records stream; the
+    // writing one is still held (no manager answers its commit).
+    let acked = eventually(Duration::from_secs(30), || async {
+        let quiet_done = stream_state(&js, &names, "quiet").await == (1, 0);
+        (quiet_done && records().await >= 1).then_some(())
+    })
+    .await;
+    assert!(
+        acked.is_some(),
+        "the quiet job was not acked with its record stored: jobs {:?}, {:?}; record batches {}",
+        stream_state(&js, &names, "quiet").await,
+        stream_state(&js, &names, "writes").await,
+        records().await,
+    );
+    assert_eq!(
+        stream_state(&js, &names, "writes").await,
+        (1, 1),
+        "the job with a kv write was acked without a manager"
+    );
+
+    // A manager again: the waiting commit and the waiting record are
+    // stored, once each.
+    let front = env.start_front().await;
+    let c = Client::new(&front.base, &env.token);
+    for job in [&quiet, &writes] {
+        let path = format!("/invocations/{}", job.id);
+        let stored = eventually(Duration::from_secs(60), || async {
+            let resp = c.api(reqwest::Method::GET, &path, None).await;
+            let v: serde_json::Value = resp.json().await.ok()?;
+            (v["status"] == "ok").then_some(v)
+        })
+        .await
+        .unwrap_or_else(|| panic!("{} ({}) was never stored as ok", job.id, job.script));
+        assert_eq!(stored["attempt"], 1, "{stored}");
+        if job.script == "quiet" {
+            assert!(
+                stored["log"].as_str().unwrap_or("").contains("ran"),
+                "{stored}"
+            );
+        }
+    }
+    let acked = eventually(Duration::from_secs(30), || async {
+        (stream_state(&js, &names, "writes").await.0 == 0).then_some(())
+    })
+    .await;
+    assert!(acked.is_some(), "the committed job was not acked");
+    let listed = c.get_json("/invocations?script=quiet&limit=10").await;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     env.cleanup().await;
 }
 
