@@ -49,7 +49,14 @@ impl Effects {
     /// True when the invocation read, listed or wrote kv: its commit takes
     /// locks and checks what it read.
     pub fn touches_kv(&self) -> bool {
-        !(self.reads.is_empty() && self.lists.is_empty() && self.writes.is_empty())
+        self.can_conflict() || !self.writes.is_empty()
+    }
+
+    /// True when the invocation read or listed kv: its commit checks that
+    /// what it saw is still current, and conflicts when it is not. (Blind
+    /// writes, a record and emits never conflict.)
+    pub fn can_conflict(&self) -> bool {
+        !(self.reads.is_empty() && self.lists.is_empty())
     }
 }
 

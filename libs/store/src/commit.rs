@@ -40,7 +40,7 @@ use picloud_core::{Effects, InvocationRecord};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::jobs::SubscriptionRecord;
-use crate::kv::{reads_current, write};
+use crate::kv::{KvWrite, reads_current, write, write_many};
 use crate::outbox::{self, OutboxRow};
 use crate::{Store, StoreError, SubscriptionRow};
 
@@ -53,6 +53,10 @@ pub enum Committed {
     /// A key it read changed since: nothing was changed; re-run it.
     Conflict,
 }
+
+/// An invocation that cannot conflict, for [`CommitBatch::apply_records`]:
+/// its record, its effects (blind writes and emits) and its outbox rows.
+pub type Unconflicted<'a> = (&'a InvocationRecord, &'a Effects, &'a [OutboxRow]);
 
 /// Advisory lock names → exclusive.
 type Locks = BTreeMap<String, bool>;
@@ -225,17 +229,7 @@ impl CommitBatch {
         effects: &Effects,
         outbox_rows: &[OutboxRow],
     ) -> Result<Committed, StoreError> {
-        let mut needed = Locks::new();
-        locks_of(&record.script, effects, &mut needed);
-        if let Some((name, _)) = needed
-            .iter()
-            .find(|(n, x)| self.locks.get(*n).is_none_or(|held| **x && !held))
-        {
-            return Err(StoreError::Corrupt(format!(
-                "commit of {} without the kv lock {name:?} of its batch",
-                record.id
-            )));
-        }
+        self.check_locks(record, effects)?;
         self.applied += 1;
         if self.alone {
             if self.applied > 1 {
@@ -261,11 +255,31 @@ impl CommitBatch {
         done
     }
 
-    /// Applies invocations that touch no kv (a record and outbox rows each,
-    /// at most one per invocation id) together: one statement for all their
-    /// records and one for the outbox rows of those it wrote, under one
-    /// savepoint, instead of a savepoint and two statements each. Returns
-    /// each one's outcome, in order (`AlreadyApplied`: committed before).
+    /// `Err` when this batch did not take a lock `effects` need.
+    fn check_locks(&self, record: &InvocationRecord, effects: &Effects) -> Result<(), StoreError> {
+        let mut needed = Locks::new();
+        locks_of(&record.script, effects, &mut needed);
+        match needed
+            .iter()
+            .find(|(n, x)| self.locks.get(*n).is_none_or(|held| **x && !held))
+        {
+            Some((name, _)) => Err(StoreError::Corrupt(format!(
+                "commit of {} without the kv lock {name:?} of its batch",
+                record.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies invocations that cannot conflict (they read and listed no
+    /// kv: a record, blind kv writes and outbox rows each, at most one per
+    /// invocation id) together: one statement for all their records, one
+    /// for the values they set and one for the keys they deleted (of those
+    /// whose record it wrote; a key written by several ends with the value
+    /// of the last in id order, as applied one by one), and one for their
+    /// outbox rows, under one savepoint, instead of a savepoint and two to
+    /// four statements each. Returns each one's outcome, in order
+    /// (`AlreadyApplied`: committed before).
     ///
     /// When the database refuses the data of one of them (a permanent
     /// error), nothing of any is kept and the error is returned: the caller
@@ -273,16 +287,25 @@ impl CommitBatch {
     /// which. After any other error the batch must be dropped.
     pub async fn apply_records(
         &mut self,
-        items: &[(&InvocationRecord, &[OutboxRow])],
+        items: &[Unconflicted<'_>],
     ) -> Result<Vec<Committed>, StoreError> {
         if self.alone && items.len() > 1 {
             return Err(StoreError::Corrupt(
                 "a batch of one applied several invocations".into(),
             ));
         }
+        for (record, effects, _) in items {
+            if effects.can_conflict() {
+                return Err(StoreError::Corrupt(format!(
+                    "bulk apply of {}, which read kv",
+                    record.id
+                )));
+            }
+            self.check_locks(record, effects)?;
+        }
         self.applied += items.len();
         // In id order, like `apply` (see the module doc).
-        let mut records: Vec<&InvocationRecord> = items.iter().map(|(r, _)| *r).collect();
+        let mut records: Vec<&InvocationRecord> = items.iter().map(|(r, ..)| *r).collect();
         records.sort_unstable_by_key(|r| r.id);
         if records.windows(2).any(|w| w[0].id == w[1].id) {
             return Err(StoreError::Corrupt(
@@ -302,7 +325,7 @@ impl CommitBatch {
         savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
         let outcomes: Vec<Committed> = items
             .iter()
-            .map(|(r, _)| match written.binary_search(&r.id) {
+            .map(|(r, ..)| match written.binary_search(&r.id) {
                 Ok(_) => Committed::Applied,
                 Err(_) => Committed::AlreadyApplied,
             })
@@ -313,20 +336,30 @@ impl CommitBatch {
         Ok(outcomes)
     }
 
-    /// The records (sorted by id) and the outbox rows of those written;
-    /// returns the ids written, sorted.
+    /// The records (sorted by id), then the kv writes and outbox rows of
+    /// those written; returns the ids written, sorted.
     async fn apply_records_here(
         &mut self,
         records: &[&InvocationRecord],
-        items: &[(&InvocationRecord, &[OutboxRow])],
+        items: &[Unconflicted<'_>],
     ) -> Result<Vec<uuid::Uuid>, StoreError> {
         let mut written = crate::invocations::upsert(&mut self.tx, records).await?;
         written.sort_unstable();
-        let rows: Vec<&OutboxRow> = items
-            .iter()
-            .filter(|(r, _)| written.binary_search(&r.id).is_ok())
-            .flat_map(|(_, rows)| rows.iter())
-            .collect();
+        let applied = |r: &InvocationRecord| written.binary_search(&r.id).is_ok();
+        let mut by_id: Vec<&Unconflicted<'_>> = items.iter().filter(|(r, ..)| applied(r)).collect();
+        by_id.sort_unstable_by_key(|(r, ..)| r.id);
+        // Each key once, with its last value in id order.
+        let mut last = BTreeMap::new();
+        for (r, effects, _) in &by_id {
+            for (key, value) in &effects.writes {
+                last.insert((r.script.as_str(), key.as_str()), value.as_ref());
+            }
+        }
+        if !last.is_empty() {
+            let writes: Vec<KvWrite<'_>> = last.into_iter().map(|((s, k), v)| (s, k, v)).collect();
+            write_many(&mut self.tx, &writes).await?;
+        }
+        let rows: Vec<&OutboxRow> = by_id.iter().flat_map(|(.., rows)| rows.iter()).collect();
         outbox::insert_deferred_refs(&mut self.tx, &rows).await?;
         Ok(written)
     }

@@ -102,40 +102,67 @@ pub(crate) async fn reads_current(
     Ok(true)
 }
 
+/// Writes `script`'s effects' writes (see [`write_many`]).
 pub(crate) async fn write(
     conn: &mut PgConnection,
     script: &str,
     effects: &Effects,
 ) -> Result<(), StoreError> {
-    let (mut set_keys, mut set_values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-    for (k, v) in &effects.writes {
-        match v {
+    let writes: Vec<KvWrite<'_>> = effects
+        .writes
+        .iter()
+        .map(|(k, v)| (script, k.as_str(), v.as_ref()))
+        .collect();
+    write_many(conn, &writes).await
+}
+
+/// One kv write: (script, key, the new value or `None` to delete).
+pub(crate) type KvWrite<'a> = (&'a str, &'a str, Option<&'a serde_json::Value>);
+
+/// Applies `writes` (each key at most once), every value set under a new
+/// version, in two statements at most: one upsert, one delete.
+pub(crate) async fn write_many(
+    conn: &mut PgConnection,
+    writes: &[KvWrite<'_>],
+) -> Result<(), StoreError> {
+    let (mut set_scripts, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut del_scripts, mut del_keys) = (Vec::new(), Vec::new());
+    for (script, key, value) in writes {
+        match value {
             Some(v) => {
-                set_keys.push(k.as_str());
+                set_scripts.push(*script);
+                set_keys.push(*key);
                 set_values.push(crate::json_bytes::encode(v));
             }
-            None => deleted.push(k.as_str()),
+            None => {
+                del_scripts.push(*script);
+                del_keys.push(*key);
+            }
         }
     }
     if !set_keys.is_empty() {
         sqlx::query(
             "INSERT INTO kv (script, key, value, version)
-             SELECT $1, k, v, nextval('kv_version') FROM UNNEST($2::text[], $3::bytea[]) AS t(k, v)
+             SELECT s, k, v, nextval('kv_version')
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t(s, k, v)
              ON CONFLICT (script, key) DO UPDATE
                SET value = EXCLUDED.value, version = EXCLUDED.version, updated_at = now()",
         )
-        .bind(script)
+        .bind(&set_scripts)
         .bind(&set_keys)
         .bind(&set_values)
         .execute(&mut *conn)
         .await?;
     }
-    if !deleted.is_empty() {
-        sqlx::query("DELETE FROM kv WHERE script = $1 AND key = ANY($2)")
-            .bind(script)
-            .bind(&deleted)
-            .execute(&mut *conn)
-            .await?;
+    if !del_keys.is_empty() {
+        sqlx::query(
+            "DELETE FROM kv WHERE (script, key) IN
+               (SELECT s, k FROM UNNEST($1::text[], $2::text[]) AS t(s, k))",
+        )
+        .bind(&del_scripts)
+        .bind(&del_keys)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }

@@ -48,7 +48,7 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-pub use commit::{CommitBatch, Committed, SubscriptionCache};
+pub use commit::{CommitBatch, Committed, SubscriptionCache, Unconflicted};
 pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use modules::{ModuleRow, ModuleVersionRow};

@@ -206,7 +206,7 @@ async fn try_batch(
     let mut order: Vec<usize> = (0..commits.len()).collect();
     order.sort_by_key(|&i| commits[i].record.id);
     let mut outcomes: Vec<Option<Outcome>> = (0..commits.len()).map(|_| None).collect();
-    apply_kv_free(
+    apply_unconflicted(
         &mut batch,
         commits,
         &order,
@@ -234,14 +234,16 @@ async fn try_batch(
     Ok((outcomes, subs))
 }
 
-/// Applies together the commits that touch no kv (most jobs: a record, and
-/// the outbox rows of their emits), see `CommitBatch::apply_records`,
-/// filling their `outcomes`; the rest, and all of them when the database
-/// refused one, are left to be applied one at a time. A batch of one goes
-/// the usual way. (An invocation twice in the batch, a redelivery racing
-/// its first delivery, goes together only once; its other copy is applied
-/// alone after, and finds it applied.)
-async fn apply_kv_free(
+/// Applies together the commits that cannot conflict (they read no kv:
+/// a record, blind kv writes, the outbox rows of their emits), see
+/// `CommitBatch::apply_records`, filling their `outcomes`; the rest, and
+/// all of them when the database refused one, are left to be applied one
+/// at a time. They go before the rest, so a commit that read a key one of
+/// them writes finds it changed and runs again (as it would after them in
+/// id order). A batch of one goes the usual way. (An invocation twice in
+/// the batch, a redelivery racing its first delivery, goes together only
+/// once; its other copy is applied alone after, and finds it applied.)
+async fn apply_unconflicted(
     batch: &mut CommitBatch,
     commits: &[&Commit],
     order: &[usize],
@@ -253,7 +255,7 @@ async fn apply_kv_free(
     let together: Vec<usize> = order
         .iter()
         .copied()
-        .filter(|&i| !commits[i].effects.touches_kv() && seen.insert(commits[i].record.id))
+        .filter(|&i| !commits[i].effects.can_conflict() && seen.insert(commits[i].record.id))
         .collect();
     if together.len() < 2 {
         return Ok(());
@@ -265,7 +267,7 @@ async fn apply_kv_free(
     let items: Vec<_> = together
         .iter()
         .zip(&rows)
-        .map(|(&i, rows)| (&commits[i].record, rows.as_slice()))
+        .map(|(&i, rows)| (&commits[i].record, &commits[i].effects, rows.as_slice()))
         .collect();
     match batch.apply_records(&items).await {
         Ok(done) => {

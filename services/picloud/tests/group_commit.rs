@@ -2,7 +2,8 @@
 //! several invocations in one transaction each get their own answer, the
 //! exact counter stays exact, a redelivery applies nothing twice, disjoint
 //! keys of one script are locked at once, and the subscriptions a manager
-//! caches follow changes made through another store handle; a commit's
+//! caches follow changes made through another store handle; commits that
+//! cannot conflict (no kv read) go together, blind writes included; a commit's
 //! rows wait for its committer before a relay takes them, and a batch of
 //! async submissions queues only the jobs it could not publish.
 
@@ -461,6 +462,86 @@ async fn commits_without_kv_go_together_and_each_gets_its_own_answer() {
     env.cleanup().await;
 }
 
+/// Blind kv writes (no read) cannot conflict, so they go together with the
+/// records: each key ends with the value of the last writer in id order,
+/// scripts keep their own keys, a delete deletes, a commit that read a key
+/// one of them writes conflicts, and a redelivery writes nothing again.
+#[tokio::test]
+async fn blind_writes_go_together_and_end_as_applied_one_by_one() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    let seed = commit("s", set("x", json!(0)));
+    assert_eq!(
+        batch(&store, &cache, &[&seed]).await,
+        [CommitReply::Committed]
+    );
+    let x = store.kv_get("s", "x").await.unwrap().expect("x").version;
+
+    let (a, b) = (
+        commit("s", set("a", json!(1))),
+        commit("s", set("b", json!(2))),
+    );
+    let (c3, c4) = (
+        commit("s", set("c", json!(3))),
+        commit("s", set("c", json!(4))),
+    );
+    let mut delete_x = Effects::default();
+    delete_x.writes.insert("x".into(), None);
+    let delete_x = commit("s", delete_x);
+    // Read x where it stands now: the delete in the same batch goes first.
+    let reads_x = commit("s", read_set("x", x, json!(9)));
+    let other = commit("t", set("a", json!(5)));
+    let again = a.clone();
+    let all = [&a, &b, &c3, &c4, &delete_x, &reads_x, &other, &again];
+    let replies = batch(&store, &cache, &all).await;
+    use CommitReply::{AlreadyCommitted, Committed, Conflict};
+    assert_eq!(
+        replies,
+        [
+            Committed,
+            Committed,
+            Committed,
+            Committed,
+            Committed,
+            Conflict,
+            Committed,
+            AlreadyCommitted
+        ]
+    );
+    let last_c = if c3.record.id < c4.record.id { 4 } else { 3 };
+    assert_eq!(
+        store.kv_dump("s").await.unwrap(),
+        vec![
+            ("a".into(), json!(1)),
+            ("b".into(), json!(2)),
+            ("c".into(), json!(last_c)),
+        ]
+    );
+    assert_eq!(
+        store.kv_dump("t").await.unwrap(),
+        vec![("a".into(), json!(5))]
+    );
+    let version = store.kv_get("s", "a").await.unwrap().expect("a").version;
+    assert!(
+        version > x,
+        "a new version for every write: {version} after {x}"
+    );
+
+    // Delivered again: nothing is written twice (a's version stays).
+    let replies = batch(&store, &cache, &all).await;
+    assert!(
+        replies[..5].iter().all(|r| *r == AlreadyCommitted),
+        "{replies:?}"
+    );
+    assert_eq!(
+        store.kv_get("s", "a").await.unwrap().expect("a").version,
+        version
+    );
+    store.close().await;
+    env.cleanup().await;
+}
+
 /// The store's bulk apply on its own: outcomes in the caller's order, and
 /// a refused group leaves the batch usable for applying one at a time.
 #[tokio::test]
@@ -483,7 +564,11 @@ async fn a_refused_bulk_apply_leaves_the_batch_usable() {
         .await
         .unwrap();
     let err = tx
-        .apply_records(&[(&a.record, &[]), (&bad.record, &bad_rows), (&b.record, &[])])
+        .apply_records(&[
+            (&a.record, &none, &[]),
+            (&bad.record, &none, &bad_rows),
+            (&b.record, &none, &[]),
+        ])
         .await
         .expect_err("NUL is refused");
     assert!(err.is_permanent(), "{err}");
@@ -492,7 +577,7 @@ async fn a_refused_bulk_apply_leaves_the_batch_usable() {
         picloud_store::Committed::Applied
     );
     assert_eq!(
-        tx.apply_records(&[(&b.record, &[]), (&a.record, &[])])
+        tx.apply_records(&[(&b.record, &none, &[]), (&a.record, &none, &[])])
             .await
             .unwrap(),
         vec![
