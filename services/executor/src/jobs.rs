@@ -442,8 +442,7 @@ async fn run_on_pool(
         // conflict (it read kv): then the script's cap also bounds its
         // commits in flight, as many read-modify-writes of one key at once
         // would mostly conflict and run again. (Released before a re-run.)
-        let _slot =
-            (!commit.effects.reads.is_empty() || !commit.effects.lists.is_empty()).then_some(slot);
+        let _slot = slot;
         stage.enter_commit(incoming, progress_every).await;
         let reply = with_progress(
             incoming,
@@ -492,9 +491,15 @@ struct CompiledRun {
     deadline: Instant,
 }
 
+/// What a run on a worker sends back: the run, the compiled script, and
+/// the script's slot when the run's commit can conflict.
+type WorkerRun = Result<(run::Ran, CompiledRun, Option<ScriptSlot>), Box<Settled>>;
+
 /// One run on a worker, waiting for the script's slot and a worker (with
-/// progress acks meanwhile); returns the slot with the run, for the caller
-/// to free. `Err`: the worker crashed.
+/// progress acks meanwhile). The worker frees the slot the moment the run
+/// is over, so the script's next job has it one hop sooner, except when
+/// the run's commit can conflict: then the slot comes back with the run,
+/// for the caller to free after the commit. `Err`: the worker crashed.
 async fn run_once_on_pool(
     server: &Arc<Server>,
     incoming: &IncomingJob,
@@ -502,11 +507,16 @@ async fn run_once_on_pool(
     inputs: &Arc<RunInputs>,
     code: Code,
     deadline: Option<Instant>,
-) -> Result<(run::Ran, CompiledRun, ScriptSlot), Box<Settled>> {
+) -> WorkerRun {
     let job = &incoming.job;
-    let (tx, rx) = oneshot::channel::<Result<(run::Ran, CompiledRun), Box<Settled>>>();
+    let (tx, rx) = oneshot::channel::<WorkerRun>();
     let worker_server = server.clone();
     let inputs = inputs.clone();
+    let mut tick = tokio::time::interval(progress_every);
+    tick.tick().await;
+    // Wait in the script's own queue when it is at its cap, keeping the job
+    // ours meanwhile.
+    let slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
     let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
         let started = Instant::now();
         let compiled = match code {
@@ -550,13 +560,11 @@ async fn run_once_on_pool(
             started,
             &inputs.base,
         );
-        let _ = tx.send(Ok((ran, compiled)));
+        let can_conflict =
+            matches!(&ran, run::Ran::Commit(_, commit) if commit.effects.can_conflict());
+        let slot = can_conflict.then_some(slot);
+        let _ = tx.send(Ok((ran, compiled, slot)));
     });
-    let mut tick = tokio::time::interval(progress_every);
-    tick.tick().await;
-    // Wait in the script's own queue when it is at its cap, keeping the job
-    // ours meanwhile.
-    let slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
     let mut wait = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
     loop {
         match server.pool.submit_or_return(work) {
@@ -570,7 +578,7 @@ async fn run_once_on_pool(
             }
         }
     }
-    let (ran, compiled) = with_progress(incoming, progress_every, rx)
+    with_progress(incoming, progress_every, rx)
         .await
         .unwrap_or_else(|_| {
             Err(Box::new(Settled::Plain(plain(
@@ -579,8 +587,7 @@ async fn run_once_on_pool(
                 },
                 "the worker running the job crashed",
             ))))
-        })?;
-    Ok((ran, compiled, slot))
+        })
 }
 
 /// Awaits `work`, sending a progress ack every `every` meanwhile so that
