@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/ab.sh: one events-bench run against a fresh `picloud up`, for A/B
+# comparisons of two builds (run it alternately with each build's binaries).
+#
+#   bash bench/ab.sh BINDIR LABEL [JOBS]
+#
+# BINDIR holds release `picloud` and `events-bench` (e.g. copies of
+# $CARGO_TARGET_DIR/release/{picloud,events-bench} of each build). Starts
+# `picloud up` with a temporary PICLOUD_DATA_DIR on a free loopback port,
+# waits for /readyz, runs `events-bench --jobs JOBS (1000) --concurrency 64`
+# and prints its figures and picloud's peak RSS. Extra environment for
+# `picloud up` (e.g. PICLOUD_SCRIPT_CONCURRENCY=2): EXTRA_ENV="NAME=value …".
+# Everything it starts stops on exit.
+
+set -euo pipefail
+
+BIN=${1:?usage: bench/ab.sh BINDIR LABEL [JOBS]}
+LABEL=${2:?usage: bench/ab.sh BINDIR LABEL [JOBS]}
+JOBS=${3:-1000}
+[[ -x $BIN/picloud && -x $BIN/events-bench ]] || { echo "no picloud/events-bench in $BIN" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/picloud-ab.XXXXXX)
+# As root, `picloud up` runs Postgres as the postgres user, who must be able
+# to walk into the data directory.
+chmod 711 "$WORK"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE=http://127.0.0.1:$PORT
+
+# shellcheck disable=SC2086 # EXTRA_ENV is a list of NAME=value words
+env -u PICLOUD_NATS_URL -u PICLOUD_DATABASE_URL -u PICLOUD_ADMIN_TOKEN \
+    -u PICLOUD_CONFIG -u PICLOUD_PREFIX -u PICLOUD_WORKERS -u RUST_LOG \
+    PICLOUD_LISTEN="127.0.0.1:$PORT" PICLOUD_DATA_DIR="$WORK/data" ${EXTRA_ENV:-} \
+    "$BIN/picloud" up >"$WORK/picloud.log" 2>&1 &
+PID=$!
+stop() {
+    kill -TERM "$PID" 2>/dev/null || true
+    wait "$PID" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap stop EXIT
+
+for ((i = 0; i < 1200; i++)); do
+    curl -sf --max-time 2 "$BASE/readyz" >/dev/null 2>&1 && break
+    kill -0 "$PID" 2>/dev/null || { tail -20 "$WORK/picloud.log" >&2; exit 1; }
+    sleep 0.1
+done
+curl -sf --max-time 2 "$BASE/readyz" >/dev/null || { tail -20 "$WORK/picloud.log" >&2; exit 1; }
+TOKEN=$(cat "$WORK/data/admin-token")
+sleep 3
+echo "=== $LABEL"
+"$BIN/events-bench" --base "$BASE" --token "$TOKEN" --jobs "$JOBS" --concurrency 64
+echo "picloud up peak RSS: $(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$PID/status")"
