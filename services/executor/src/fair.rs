@@ -11,6 +11,13 @@
 //! gateway's 429 + `Retry-After`), so one script's flood cannot use up the
 //! executor's in-flight capacity that other scripts' calls need.
 //!
+//! A waiting invocation is a closure ready to run ([`Waiter`]), sync and
+//! async in one first-come-first-served queue. The run that frees a slot
+//! hands it to the first of them and starts it on the pool itself (see
+//! [`Pool::hand_off`]), on the same worker when nothing else is queued:
+//! with a cap of 1 (two workers) one script's runs follow each other with
+//! no task to wake in between, which was the bound of its throughput.
+//!
 //! A script whose kv commits conflict gets a **lane**: for
 //! [`CONTENDED_FOR`] after a conflict, its jobs run and commit one at a
 //! time on this executor (a job whose commit conflicted takes the lane for
@@ -26,13 +33,16 @@
 //! on the hot path, nothing to leak when a node dies), and adding an
 //! executor adds capacity to every script alike.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use picloud_core::Outcome;
-use tokio::sync::{OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use picloud_sandbox::Sandbox;
+use tokio::sync::OwnedMutexGuard;
+use tokio::task::AbortHandle;
+
+use crate::pool::Pool;
 
 /// How long after a conflict a script's jobs keep to its lane.
 pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
@@ -44,19 +54,55 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 pub struct ScriptSlots {
     cap: usize,
     max_waiting: usize,
+    /// Where a waiting run goes once it has its slot.
+    pool: Pool,
     scripts: Mutex<HashMap<String, Arc<Script>>>,
 }
 
-/// One script's slots and the sync calls waiting for one.
+/// One script's slots, the runs waiting for one, and its lane.
 struct Script {
-    slots: Arc<Semaphore>,
-    waiting: AtomicUsize,
+    turns: Mutex<Turns>,
     /// Held by the one job running and committing in the script's lane.
     lane: Arc<tokio::sync::Mutex<()>>,
     /// Until when its jobs keep to the lane (its last conflict's time plus
     /// [`CONTENDED_FOR`]).
     contended_until: Mutex<Option<Instant>>,
 }
+
+/// Who runs and who waits, changed only under the script's lock: a slot is
+/// freed by handing it to the first waiting run, so a run never waits
+/// while a slot is free.
+#[derive(Default)]
+struct Turns {
+    /// Slots taken (at most the cap).
+    running: usize,
+    /// Runs waiting for a slot, first come first served, sync and async.
+    waiting: VecDeque<Waiting>,
+    /// How many of `waiting` are sync calls (bounded by `max_waiting`).
+    sync_waiting: usize,
+    /// Names the next waiting run.
+    next_id: u64,
+}
+
+/// A run waiting for its script's slot.
+struct Waiting {
+    id: u64,
+    run: Waiter,
+    /// A sync call's end at its deadline, cancelled when its turn comes.
+    expiry: Option<AbortHandle>,
+    /// Keeps the script's entry (and becomes the slot's).
+    held: Held,
+}
+
+/// What a run is given: its slot on a worker, or (a sync call) the news
+/// that it will not run.
+pub enum Turn<'a> {
+    Run(ScriptSlot, &'a mut Sandbox),
+    Refused(NoSlot),
+}
+
+/// A run that may have to wait for its script's slot.
+pub type Waiter = Box<dyn for<'a> FnOnce(Turn<'a>) + Send>;
 
 /// A script's entry, kept while held; the map forgets a script once no
 /// holder is left.
@@ -66,11 +112,10 @@ struct Held {
     entry: Option<Arc<Script>>,
 }
 
-/// One of a script's slots; freed when dropped.
+/// One of a script's slots, held by the run it was given to; dropping it
+/// hands it to the script's first waiting run (or frees it).
 pub struct ScriptSlot {
-    // Fields drop in order: the permit before the entry it belongs to.
-    permit: Option<OwnedSemaphorePermit>,
-    _held: Held,
+    held: Held,
 }
 
 /// A script's lane, taken; the next job has it once this is dropped.
@@ -90,11 +135,12 @@ pub enum NoSlot {
 
 impl ScriptSlots {
     /// `cap` runs per script; at most `max_waiting` sync calls of one script
-    /// wait for a slot.
-    pub fn new(cap: usize, max_waiting: usize) -> Arc<Self> {
+    /// wait for a slot; waiting runs are started on `pool`.
+    pub fn new(cap: usize, max_waiting: usize, pool: Pool) -> Arc<Self> {
         Arc::new(Self {
             cap: cap.max(1),
             max_waiting,
+            pool,
             scripts: Mutex::new(HashMap::new()),
         })
     }
@@ -109,8 +155,7 @@ impl ScriptSlots {
         map.entry(script.to_owned())
             .or_insert_with(|| {
                 Arc::new(Script {
-                    slots: Arc::new(Semaphore::new(self.cap)),
-                    waiting: AtomicUsize::new(0),
+                    turns: Mutex::new(Turns::default()),
                     lane: Arc::new(tokio::sync::Mutex::new(())),
                     contended_until: Mutex::new(None),
                 })
@@ -118,59 +163,58 @@ impl ScriptSlots {
             .clone()
     }
 
-    /// A slot for `script` now, or `None` when all its slots are taken.
-    pub fn try_take(self: &Arc<Self>, script: &str) -> Option<ScriptSlot> {
-        let entry = self.entry(script);
-        let mut slot = self.slot(script, entry.clone());
-        slot.permit = Some(entry.slots.clone().try_acquire_owned().ok()?);
-        Some(slot)
-    }
-
-    /// A slot for a sync call of `script`: at once when one is free,
-    /// otherwise after waiting in the script's queue until `deadline`.
-    pub async fn take_by(
+    /// A slot of `script` for `run` now: the caller starts it. Otherwise
+    /// `None`, and `run` waits behind the script's other waiting runs, to be
+    /// started on the pool by whoever frees a slot. A sync call passes its
+    /// `deadline`: at most `max_waiting` of them wait (one more is told
+    /// [`NoSlot::QueueFull`] at once), and one still waiting at its
+    /// deadline is told [`NoSlot::Expired`] then (this needs a tokio
+    /// runtime). An async job (`None`) waits as long as it takes.
+    pub fn admit(
         self: &Arc<Self>,
         script: &str,
-        deadline: Instant,
-    ) -> Result<ScriptSlot, NoSlot> {
+        deadline: Option<Instant>,
+        run: Waiter,
+    ) -> Option<(ScriptSlot, Waiter)> {
         let entry = self.entry(script);
-        let mut slot = self.slot(script, entry.clone());
-        if let Ok(permit) = entry.slots.clone().try_acquire_owned() {
-            slot.permit = Some(permit);
-            return Ok(slot);
+        let held = self.hold(script, entry.clone());
+        let mut turns = lock(&entry.turns);
+        if turns.running < self.cap {
+            turns.running += 1;
+            drop(turns);
+            return Some((ScriptSlot { held }, run));
         }
-        if entry.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
-            entry.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(NoSlot::QueueFull);
-        }
-        let waited =
-            tokio::time::timeout_at(deadline.into(), entry.slots.clone().acquire_owned()).await;
-        entry.waiting.fetch_sub(1, Ordering::AcqRel);
-        match waited {
-            // The semaphore is never closed.
-            Ok(permit) => {
-                slot.permit = permit.ok();
-                Ok(slot)
+        if deadline.is_some() {
+            if turns.sync_waiting >= self.max_waiting {
+                drop(turns);
+                drop(held);
+                run(Turn::Refused(NoSlot::QueueFull));
+                return None;
             }
-            Err(_) => Err(NoSlot::Expired),
+            turns.sync_waiting += 1;
         }
-    }
-
-    /// A slot for `script`, waiting behind that script's other invocations
-    /// for as long as it takes (async jobs).
-    pub async fn take(self: &Arc<Self>, script: &str) -> ScriptSlot {
-        let entry = self.entry(script);
-        let mut slot = self.slot(script, entry.clone());
-        // The semaphore is never closed.
-        slot.permit = entry.slots.clone().acquire_owned().await.ok();
-        slot
-    }
-
-    fn slot(self: &Arc<Self>, script: &str, entry: Arc<Script>) -> ScriptSlot {
-        ScriptSlot {
-            permit: None,
-            _held: self.hold(script, entry),
-        }
+        let id = turns.next_id;
+        turns.next_id += 1;
+        let expiry = deadline.map(|deadline| {
+            // Weak: a timer cancelled but not yet dropped keeps no entry.
+            let entry = Arc::downgrade(&entry);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(deadline.into()).await;
+                // (The upgraded entry is let go before the waiting run.)
+                let waiting = entry.upgrade().and_then(|e| e.remove(id));
+                if let Some(waiting) = waiting {
+                    (waiting.run)(Turn::Refused(NoSlot::Expired));
+                }
+            })
+            .abort_handle()
+        });
+        turns.waiting.push_back(Waiting {
+            id,
+            run,
+            expiry,
+            held,
+        });
+        None
     }
 
     fn hold(self: &Arc<Self>, script: &str, entry: Arc<Script>) -> Held {
@@ -208,6 +252,54 @@ impl ScriptSlots {
     }
 }
 
+impl Script {
+    /// Takes the waiting run `id` out of the queue (its deadline passed),
+    /// unless its turn came first.
+    fn remove(&self, id: u64) -> Option<Waiting> {
+        let mut turns = lock(&self.turns);
+        let at = turns.waiting.iter().position(|w| w.id == id)?;
+        let waiting = turns.waiting.remove(at)?;
+        turns.sync_waiting -= 1;
+        Some(waiting)
+    }
+
+    /// A slot is done with: the first waiting run gets it, or it is free.
+    fn next(&self) -> Option<Waiting> {
+        let mut turns = lock(&self.turns);
+        match turns.waiting.pop_front() {
+            Some(waiting) => {
+                if let Some(expiry) = &waiting.expiry {
+                    expiry.abort();
+                    turns.sync_waiting -= 1;
+                }
+                Some(waiting)
+            }
+            None => {
+                turns.running -= 1;
+                None
+            }
+        }
+    }
+}
+
+impl Drop for ScriptSlot {
+    /// Hands the slot to the script's first waiting run, on the pool (on
+    /// this very worker when nothing else is queued: see
+    /// [`Pool::hand_off`]), so no task has to be woken in between.
+    fn drop(&mut self) {
+        let Some(entry) = &self.held.entry else {
+            return;
+        };
+        let Some(waiting) = entry.next() else { return };
+        let pool = self.held.owner.pool.clone();
+        let slot = ScriptSlot { held: waiting.held };
+        let run = waiting.run;
+        pool.hand_off(Box::new(move |sandbox: &mut Sandbox| {
+            run(Turn::Run(slot, sandbox))
+        }));
+    }
+}
+
 /// A poisoned lock only means another thread panicked between two map
 /// operations, which leave the map consistent: keep using it.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -241,48 +333,138 @@ pub fn busy() -> Outcome {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc;
     use std::time::Duration;
+
+    use picloud_sandbox::ModuleCache;
 
     use super::*;
 
-    #[tokio::test]
+    /// What a test's runs report: (name, what happened to it).
+    type Report = (&'static str, &'static str);
+    type Reports = mpsc::Sender<Report>;
+
+    /// A run that reports its turn, holding its slot until `hold` ends.
+    fn waiter(name: &'static str, tx: &Reports, hold: Option<mpsc::Receiver<()>>) -> Waiter {
+        let tx = tx.clone();
+        Box::new(move |turn: Turn<'_>| match turn {
+            Turn::Run(slot, _) => {
+                tx.send((name, "ran")).expect("report");
+                if let Some(hold) = hold {
+                    let _ = hold.recv_timeout(Duration::from_secs(10));
+                }
+                drop(slot);
+            }
+            Turn::Refused(NoSlot::QueueFull) => tx.send((name, "full")).expect("report"),
+            Turn::Refused(NoSlot::Expired) => tx.send((name, "expired")).expect("report"),
+        })
+    }
+
+    /// Admits `run`, starting it on `slots`' pool if it got a slot now.
+    fn start(slots: &Arc<ScriptSlots>, script: &str, deadline: Option<Instant>, run: Waiter) {
+        if let Some((slot, run)) = slots.admit(script, deadline, run) {
+            slots
+                .pool
+                .try_submit(Box::new(move |sandbox: &mut Sandbox| {
+                    run(Turn::Run(slot, sandbox))
+                }))
+                .expect("room in the pool");
+        }
+    }
+
+    fn recv(rx: &mpsc::Receiver<Report>) -> Report {
+        rx.recv_timeout(Duration::from_secs(10)).expect("a report")
+    }
+
+    fn slots(cap: usize, max_waiting: usize, threads: usize) -> Arc<ScriptSlots> {
+        let pool = Pool::start(threads, 8, ModuleCache::default()).expect("pool");
+        ScriptSlots::new(cap, max_waiting, pool)
+    }
+
+    // Two runtime threads: the test blocks one waiting for reports while
+    // the deadline's timer runs on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_cap_a_call_waits_in_its_scripts_queue_and_others_do_not() {
-        let slots = ScriptSlots::new(1, 1);
-        let soon = || Instant::now() + Duration::from_millis(50);
-        let a = slots.take_by("a", soon()).await.expect("first slot");
+        let slots = slots(1, 1, 2);
+        let (tx, rx) = mpsc::channel();
+        let soon = || Some(Instant::now() + Duration::from_millis(50));
+        let (release_a, hold_a) = mpsc::channel();
+        start(&slots, "a", soon(), waiter("a1", &tx, Some(hold_a)));
+        assert_eq!(recv(&rx), ("a1", "ran"));
         // Another script is not held up by `a`.
-        let b = slots.take_by("b", soon()).await.expect("another script");
-        // A second call of `a` waits, and gives up at its deadline.
-        assert_eq!(
-            slots.take_by("a", soon()).await.err(),
-            Some(NoSlot::Expired)
-        );
+        start(&slots, "b", soon(), waiter("b1", &tx, None));
+        assert_eq!(recv(&rx), ("b1", "ran"));
+        // A second call of `a` waits, and is told at its deadline.
+        start(&slots, "a", soon(), waiter("a2", &tx, None));
+        assert_eq!(recv(&rx), ("a2", "expired"));
         // While one waits, the queue (of one) is full.
-        let waiter = {
-            let slots = slots.clone();
-            tokio::spawn(async move {
-                slots
-                    .take_by("a", Instant::now() + Duration::from_secs(10))
-                    .await
-                    .is_ok()
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(
-            slots.take_by("a", soon()).await.err(),
-            Some(NoSlot::QueueFull)
+        start(
+            &slots,
+            "a",
+            Some(Instant::now() + Duration::from_secs(10)),
+            waiter("a3", &tx, None),
         );
-        // Freeing the slot hands it to the waiter.
-        drop(a);
-        assert!(waiter.await.expect("waiter"));
-        drop(b);
+        start(&slots, "a", soon(), waiter("a4", &tx, None));
+        assert_eq!(recv(&rx), ("a4", "full"));
+        // Freeing the slot hands it to the waiting call, on the pool.
+        release_a.send(()).expect("release");
+        assert_eq!(recv(&rx), ("a3", "ran"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "nothing else ran or expired");
         assert!(slots.scripts.lock().expect("lock").is_empty());
     }
 
     #[tokio::test]
+    async fn waiting_runs_take_their_turns_in_order_sync_and_async_alike() {
+        let slots = slots(1, 4, 2);
+        let (tx, rx) = mpsc::channel();
+        let (release, hold) = mpsc::channel();
+        start(&slots, "a", None, waiter("first", &tx, Some(hold)));
+        assert_eq!(recv(&rx), ("first", "ran"));
+        let later = Some(Instant::now() + Duration::from_secs(10));
+        start(&slots, "a", None, waiter("async", &tx, None));
+        start(&slots, "a", later, waiter("sync", &tx, None));
+        start(&slots, "a", None, waiter("async again", &tx, None));
+        release.send(()).expect("release");
+        assert_eq!(recv(&rx), ("async", "ran"));
+        assert_eq!(recv(&rx), ("sync", "ran"));
+        assert_eq!(recv(&rx), ("async again", "ran"));
+        // Every slot came back: the script is forgotten, and the next call
+        // runs at once.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(slots.scripts.lock().expect("lock").is_empty());
+        start(&slots, "a", None, waiter("alone", &tx, None));
+        assert_eq!(recv(&rx), ("alone", "ran"));
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_starts_the_next_run_even_on_a_full_pool() {
+        // One worker, a queue of one: the queue is full while the slot's
+        // holder runs, and the waiting run still starts when it ends, on
+        // that worker, before the queued job.
+        let pool = Pool::start(1, 1, ModuleCache::default()).expect("pool");
+        let slots = ScriptSlots::new(1, 4, pool.clone());
+        let (tx, rx) = mpsc::channel();
+        let (release, hold) = mpsc::channel();
+        start(&slots, "a", None, waiter("holder", &tx, Some(hold)));
+        assert_eq!(recv(&rx), ("holder", "ran"));
+        let queued = tx.clone();
+        pool.try_submit(Box::new(move |_| {
+            queued.send(("queued", "ran")).expect("report")
+        }))
+        .expect("room for one");
+        start(&slots, "a", None, waiter("next", &tx, None));
+        release.send(()).expect("release");
+        assert_eq!(recv(&rx), ("next", "ran"));
+        assert_eq!(recv(&rx), ("queued", "ran"));
+    }
+
+    #[tokio::test]
     async fn a_conflict_puts_a_scripts_jobs_in_its_lane_one_at_a_time() {
-        let slots = ScriptSlots::new(2, 1);
-        let held = slots.take("a").await;
+        let slots = slots(2, 1, 1);
+        let (held, _) = slots
+            .admit("a", None, Box::new(|_| {}))
+            .expect("a free slot");
         assert!(!slots.contended("a"));
         slots.conflicted("a");
         assert!(slots.contended("a"));

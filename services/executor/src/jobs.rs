@@ -43,7 +43,7 @@ use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::cache::Compiled;
-use crate::fair::ScriptSlot;
+use crate::fair::{ScriptSlot, Turn, Waiter};
 use crate::lifecycle::{Event, JobState, Step, next_step};
 use crate::queue::{Queue, Ticket};
 use crate::run::{self, RecordBase, Settled, plain};
@@ -497,9 +497,10 @@ type WorkerRun = Result<(run::Ran, CompiledRun, Option<ScriptSlot>), Box<Settled
 
 /// One run on a worker, waiting for the script's slot and a worker (with
 /// progress acks meanwhile). The worker frees the slot the moment the run
-/// is over, so the script's next job has it one hop sooner, except when
-/// the run's commit can conflict: then the slot comes back with the run,
-/// for the caller to free after the commit. `Err`: the worker crashed.
+/// is over, starting the script's next waiting run with it (on that very
+/// worker when nothing else is queued), except when the run's commit can
+/// conflict: then the slot comes back with the run, for the caller to free
+/// after the commit. `Err`: the worker crashed.
 async fn run_once_on_pool(
     server: &Arc<Server>,
     incoming: &IncomingJob,
@@ -508,16 +509,14 @@ async fn run_once_on_pool(
     code: Code,
     deadline: Option<Instant>,
 ) -> WorkerRun {
-    let job = &incoming.job;
     let (tx, rx) = oneshot::channel::<WorkerRun>();
     let worker_server = server.clone();
     let inputs = inputs.clone();
-    let mut tick = tokio::time::interval(progress_every);
-    tick.tick().await;
-    // Wait in the script's own queue when it is at its cap, keeping the job
-    // ours meanwhile.
-    let slot = with_progress(incoming, progress_every, server.slots.take(&job.script)).await;
-    let mut work: crate::pool::Job = Box::new(move |sandbox: &mut Sandbox| {
+    let run: Waiter = Box::new(move |turn: Turn<'_>| {
+        // An async job waits for its turn as long as it takes.
+        let Turn::Run(slot, sandbox) = turn else {
+            return;
+        };
         let started = Instant::now();
         let compiled = match code {
             Code::Compiled(c) => c,
@@ -565,18 +564,14 @@ async fn run_once_on_pool(
         let slot = can_conflict.then_some(slot);
         let _ = tx.send(Ok((ran, compiled, slot)));
     });
-    let mut wait = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
-    loop {
-        match server.pool.submit_or_return(work) {
-            Ok(()) => break,
-            Err(back) => {
-                work = back;
-                tokio::select! {
-                    _ = tick.tick() => { let _ = incoming.progress().await; }
-                    _ = tokio::time::sleep(wait.next_pause()) => {}
-                }
-            }
-        }
+    // Past the script's cap the job waits in the script's own queue (kept
+    // ours by progress acks meanwhile) until a run of the script ends and
+    // starts it; a free slot starts it now. Neither refuses it: a full
+    // pool queue delays it instead (see `Pool::hand_off`).
+    if let Some((slot, run)) = server.slots.admit(&incoming.job.script, None, run) {
+        server.pool.hand_off(Box::new(move |sandbox: &mut Sandbox| {
+            run(Turn::Run(slot, sandbox))
+        }));
     }
     with_progress(incoming, progress_every, rx)
         .await

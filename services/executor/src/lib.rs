@@ -69,6 +69,13 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         .context("cannot start worker threads")?;
     let (recorder, record_task) = records::Recorder::start(bus.clone(), shutdown.clone());
     let (live, live_task) = live::LiveLog::start(bus.clone());
+    // One script's waiting sync calls may hold at most a quarter of the
+    // invocations in flight (see `Server::run`).
+    let slots = fair::ScriptSlots::new(
+        config.script_slots(),
+        serve::in_flight_limit(workers) / 4,
+        pool.clone(),
+    );
     let server = serve::Server {
         bus: bus.clone(),
         pool,
@@ -83,9 +90,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         live,
         executor_id: id.clone(),
         runtime: tokio::runtime::Handle::current(),
-        // One script's waiting sync calls may hold at most a quarter of
-        // the invocations in flight (see `Server::run`).
-        slots: fair::ScriptSlots::new(config.script_slots(), serve::in_flight_limit(workers) / 4),
+        slots,
     };
     let server = Arc::new(server);
     let mut tasks = Tasks::new(shutdown.clone());

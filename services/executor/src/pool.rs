@@ -8,11 +8,15 @@
 //! queueing without limit. A runaway script occupies one thread until its
 //! deadline and no longer.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError, bounded};
+use picloud_core::Backoff;
 use picloud_sandbox::{ModuleCache, Sandbox};
 
 /// Stack for worker threads. Rhai's evaluator recurses per call level and
@@ -26,8 +30,14 @@ pub type Job = Box<dyn FnOnce(&mut Sandbox) + Send>;
 pub struct Pool {
     jobs: Sender<Job>,
     threads: usize,
-    /// Workers running a job now.
+    /// Workers running a job now (its address also tells pools apart).
     busy: Arc<AtomicUsize>,
+}
+
+thread_local! {
+    /// On a worker thread: its pool, and the jobs handed to it by the job
+    /// it runs now (see [`Pool::hand_off`]), to run right after that one.
+    static NEXT: RefCell<Option<(usize, VecDeque<Job>)>> = const { RefCell::new(None) };
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -53,18 +63,24 @@ impl Pool {
                 .stack_size(WORKER_STACK_BYTES)
                 .spawn(move || {
                     let mut sandbox = Sandbox::with_module_cache(modules.clone());
-                    for job in rx {
-                        busy.fetch_add(1, Ordering::Relaxed);
-                        let metric = picloud_metrics::global().worker_busy();
-                        let panicked =
-                            catch_unwind(AssertUnwindSafe(|| job(&mut sandbox))).is_err();
-                        drop(metric);
-                        busy.fetch_sub(1, Ordering::Relaxed);
-                        if panicked {
-                            // The job's reply channel is dropped, which its
-                            // caller reports; start from a clean engine.
-                            tracing::error!("worker job panicked; sandbox rebuilt");
-                            sandbox = Sandbox::with_module_cache(modules.clone());
+                    let id = Arc::as_ptr(&busy) as usize;
+                    NEXT.with(|n| *n.borrow_mut() = Some((id, VecDeque::new())));
+                    for first in rx {
+                        let mut job = Some(first);
+                        // Then what that job handed this worker, if anything.
+                        while let Some(run) = job.take().or_else(handed_here) {
+                            busy.fetch_add(1, Ordering::Relaxed);
+                            let metric = picloud_metrics::global().worker_busy();
+                            let panicked =
+                                catch_unwind(AssertUnwindSafe(|| run(&mut sandbox))).is_err();
+                            drop(metric);
+                            busy.fetch_sub(1, Ordering::Relaxed);
+                            if panicked {
+                                // The job's reply channel is dropped, which its
+                                // caller reports; start from a clean engine.
+                                tracing::error!("worker job panicked; sandbox rebuilt");
+                                sandbox = Sandbox::with_module_cache(modules.clone());
+                            }
                         }
                     }
                 })?;
@@ -93,12 +109,68 @@ impl Pool {
         })
     }
 
+    /// Starts `job` as soon as possible without refusing it: called by
+    /// whoever frees a script's slot for the run waiting for it (see
+    /// `crate::fair`). On one of this pool's workers with nothing queued,
+    /// that worker runs it right after its current job (no thread to wake,
+    /// no task to poll); otherwise it joins the back of the queue, behind
+    /// the work already there. A full queue does not refuse it: a worker
+    /// runs it next, or, off the workers, a task submits it once there is
+    /// room.
+    pub fn hand_off(&self, job: Job) {
+        let here = Arc::as_ptr(&self.busy) as usize;
+        let on_worker = NEXT.with(|n| n.borrow().as_ref().is_some_and(|(id, _)| *id == here));
+        let job = if on_worker && self.jobs.is_empty() {
+            job
+        } else {
+            match self.submit_or_return(job) {
+                Ok(()) => return,
+                Err(job) => job,
+            }
+        };
+        if on_worker {
+            NEXT.with(|n| {
+                if let Some((_, next)) = n.borrow_mut().as_mut() {
+                    next.push_back(job);
+                }
+            });
+            return;
+        }
+        let pool = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let mut wait =
+                        Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
+                    let mut job = job;
+                    while let Err(back) = pool.submit_or_return(job) {
+                        job = back;
+                        tokio::time::sleep(wait.next_pause()).await;
+                    }
+                });
+            }
+            // Neither a worker nor a task: this thread may block.
+            Err(_) => {
+                let _ = pool.jobs.send(job);
+            }
+        }
+    }
+
     /// Queues `job`, or fails at once when the queue is full.
     pub fn try_submit(&self, job: Job) -> Result<(), Saturated> {
         self.jobs.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) | TrySendError::Disconnected(_) => Saturated,
         })
     }
+}
+
+/// The next job handed to this worker thread by the one it ran.
+fn handed_here() -> Option<Job> {
+    NEXT.with(|n| {
+        n.borrow_mut()
+            .as_mut()
+            .and_then(|(_, next)| next.pop_front())
+    })
 }
 
 #[cfg(test)]

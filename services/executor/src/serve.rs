@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::AstCache;
-use crate::fair::{self, ScriptSlots};
+use crate::fair::{self, ScriptSlots, Turn};
 use crate::live::LiveLog;
 use crate::pool::Pool;
 use crate::records::Recorder;
@@ -276,40 +276,6 @@ impl Server {
             return pending.complete(r).await;
         }
         let deadline = Instant::now() + Duration::from_millis(remaining_ms as u64);
-        // Past its script's cap a call waits in that script's queue (in a
-        // task of its own: this may be the receive loop), holding no worker
-        // another script needs; when that queue is full it is refused at
-        // once (429 at the gateway).
-        let Some(slot) = self.slots.try_take(&req.script) else {
-            let this = self.clone();
-            let script = req.script.clone();
-            tokio::spawn(async move {
-                match this.slots.take_by(&script, deadline).await {
-                    Ok(slot) => this.queue(pending, slot, deadline).await,
-                    Err(fair::NoSlot::QueueFull) => {
-                        let r = plain(fair::busy(), "the script's queue is full");
-                        pending.complete(r).await;
-                    }
-                    Err(fair::NoSlot::Expired) => {
-                        let r = plain(
-                            Outcome::Expired,
-                            "deadline passed waiting for the script's turn",
-                        );
-                        pending.complete(r).await;
-                    }
-                }
-            });
-            return;
-        };
-        self.queue(pending, slot, deadline).await;
-    }
-
-    /// Prepares the script and hands the job to the pool, holding `slot`
-    /// until it has run.
-    async fn queue(self: &Arc<Self>, pending: Pending, slot: fair::ScriptSlot, deadline: Instant) {
-        let Some(req) = pending.inv.as_ref().map(|i| &i.request) else {
-            return;
-        };
         let prepared = match run::prepare(
             &self.bus,
             &self.cache,
@@ -322,48 +288,79 @@ impl Server {
             Ok(p) => p,
             Err(r) => return pending.complete(*r).await,
         };
-
+        let script = req.script.clone();
         let server = self.clone();
-        let job = Box::new(move |sandbox: &mut Sandbox| {
-            // Held until the run is over (dropped with the job if it never runs).
-            let _slot = slot;
-            // It may have waited in the queue: a caller that has given up
-            // gets no work done for it.
-            if Instant::now() >= deadline {
-                return pending
-                    .complete_blocking(plain(Outcome::Expired, "deadline passed while queued"));
+        let run: fair::Waiter = Box::new(move |turn: Turn<'_>| match turn {
+            Turn::Run(slot, sandbox) => server.run_sync(sandbox, slot, pending, prepared, deadline),
+            Turn::Refused(why) => {
+                let r = match why {
+                    fair::NoSlot::QueueFull => plain(fair::busy(), "the script's queue is full"),
+                    fair::NoSlot::Expired => plain(
+                        Outcome::Expired,
+                        "deadline passed waiting for the script's turn",
+                    ),
+                };
+                server.runtime.spawn(pending.complete(r));
             }
-            let started = Instant::now();
-            let (compiled, modules) = match prepared.compile(sandbox, &server.cache) {
-                Ok(c) => c,
-                Err(r) => return pending.complete_blocking(*r),
-            };
-            let Some(inv) = pending.inv.as_ref() else {
-                return;
-            };
-            let base = server.base(inv, pending.started_at, pending.started);
-            let settled = run::run_committed(
-                sandbox,
-                &compiled,
-                modules,
-                &run::Invocation {
-                    script: &inv.request.script,
-                    event: &inv.request.event,
-                    request: inv.request.request.as_ref(),
-                    deadline,
-                    started,
-                    host: server.host.clone(),
-                    chain: Default::default(),
-                },
-                &base,
-                &server.bus,
-                &server.runtime,
-            );
-            pending.settle_blocking(settled);
         });
-        // On a full queue the job (and its `Pending`) is dropped, and the
-        // guard answers "saturated".
-        let _ = self.pool.try_submit(job);
+        // Past its script's cap a call waits in that script's queue, holding
+        // no worker another script needs, until a run of the script ends and
+        // hands it the slot; when that queue is full it is refused at once
+        // (429 at the gateway).
+        if let Some((slot, run)) = self.slots.admit(&script, Some(deadline), run) {
+            // On a full pool the job (and its `Pending`) is dropped, and the
+            // guard answers "saturated".
+            let _ = self.pool.try_submit(Box::new(move |sandbox: &mut Sandbox| {
+                run(Turn::Run(slot, sandbox))
+            }));
+        }
+    }
+
+    /// Runs a sync call on this worker, holding its script's `slot` until
+    /// it has run, and replies.
+    fn run_sync(
+        &self,
+        sandbox: &mut Sandbox,
+        slot: fair::ScriptSlot,
+        pending: Pending,
+        prepared: run::Prepared,
+        deadline: Instant,
+    ) {
+        // Held until the run is over.
+        let _slot = slot;
+        // It may have waited in the queue: a caller that has given up gets
+        // no work done for it.
+        if Instant::now() >= deadline {
+            return pending
+                .complete_blocking(plain(Outcome::Expired, "deadline passed while queued"));
+        }
+        let started = Instant::now();
+        let (compiled, modules) = match prepared.compile(sandbox, &self.cache) {
+            Ok(c) => c,
+            Err(r) => return pending.complete_blocking(*r),
+        };
+        let Some(inv) = pending.inv.as_ref() else {
+            return;
+        };
+        let base = self.base(inv, pending.started_at, pending.started);
+        let settled = run::run_committed(
+            sandbox,
+            &compiled,
+            modules,
+            &run::Invocation {
+                script: &inv.request.script,
+                event: &inv.request.event,
+                request: inv.request.request.as_ref(),
+                deadline,
+                started,
+                host: self.host.clone(),
+                chain: Default::default(),
+            },
+            &base,
+            &self.bus,
+            &self.runtime,
+        );
+        pending.settle_blocking(settled);
     }
 }
 
