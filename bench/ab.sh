@@ -10,6 +10,9 @@
 # waits for /readyz, runs `events-bench --jobs JOBS (1000) --concurrency 64`
 # and prints its figures and picloud's peak RSS. Extra environment for
 # `picloud up` (e.g. PICLOUD_SCRIPT_CONCURRENCY=2): EXTRA_ENV="NAME=value …".
+# SYNC=1: instead of events-bench, deploy a hello script and run wrk on its
+# sync endpoint, 10 s at -t1 -c1 then -t2 -c64 (after a 3 s warm-up each),
+# printing requests/s, the p50 latency and the non-2xx answers.
 # Everything it starts stops on exit.
 
 set -euo pipefail
@@ -48,5 +51,23 @@ curl -sf --max-time 2 "$BASE/readyz" >/dev/null || { tail -20 "$WORK/picloud.log
 TOKEN=$(cat "$WORK/data/admin-token")
 sleep 3
 echo "=== $LABEL"
-"$BIN/events-bench" --base "$BASE" --token "$TOKEN" --jobs "$JOBS" --concurrency 64
+if [[ ${SYNC:-0} == 1 ]]; then
+    curl -sf --max-time 30 -X PUT "$BASE/api/v1/scripts/hello" \
+        -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+        -d '{"source": "\"Hello, world!\""}' >/dev/null
+    for ((i = 0; i < 300; i++)); do
+        [[ $(curl -s --max-time 2 "$BASE/fn/hello") == "Hello, world!" ]] && break
+        sleep 0.1
+    done
+    for c in "1 1" "2 64"; do
+        set -- $c
+        wrk -t"$1" -c"$2" -d3s "$BASE/fn/hello" >/dev/null
+        wrk -t"$1" -c"$2" -d10s --latency "$BASE/fn/hello" >"$WORK/wrk.txt"
+        echo "sync c$2: $(awk '/^Requests\/sec/ {print $2}' "$WORK/wrk.txt") req/s," \
+            "p50 $(awk '$1 == "50%" {print $2}' "$WORK/wrk.txt")," \
+            "non-2xx $(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")"
+    done
+else
+    "$BIN/events-bench" --base "$BASE" --token "$TOKEN" --jobs "$JOBS" --concurrency 64
+fi
 echo "picloud up peak RSS: $(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$PID/status")"
