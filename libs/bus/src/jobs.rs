@@ -243,8 +243,32 @@ impl crate::Bus {
     }
 
     /// Sends a durable publish and returns the wait for its ack, so a caller
-    /// can have many in flight.
+    /// can have many in flight. A job, once stored, rings its script's
+    /// doorbell (see [`publish_durable_many`](Self::publish_durable_many)
+    /// for one ring per script for many jobs).
     pub async fn publish_durable_start(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
+        let ring = self
+            .names
+            .script_of_job_subject(&subject)
+            .map(str::to_owned);
+        let ack = self.publish_unrung(subject, msg_id, payload).await?;
+        let bus = self.clone();
+        Ok(async move {
+            ack.await?;
+            if let Some(script) = ring {
+                bus.ring(&script).await;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends a durable publish; the wait for its ack (no doorbell).
+    async fn publish_unrung(
         &self,
         subject: String,
         msg_id: &str,
@@ -252,11 +276,6 @@ impl crate::Bus {
     ) -> Result<impl Future<Output = Result<(), BusError>> + use<>, BusError> {
         let mut headers = wire::headers();
         headers.insert("Nats-Msg-Id", msg_id);
-        // A job, once stored, rings its script's doorbell.
-        let ring = self
-            .names
-            .script_of_job_subject(&subject)
-            .map(|script| (self.client.clone(), self.names.job_ready_subject(script)));
         let ack = self
             .js
             .publish_with_headers(subject, headers, payload)
@@ -264,16 +283,66 @@ impl crate::Bus {
             .map_err(|e| BusError::js("publish")(e.into()))?;
         Ok(async move {
             ack.await
-                .map_err(|e| BusError::js("publish ack")(e.into()))?;
-            if let Some((client, subject)) = ring {
-                // Best effort: a missed ring is found by the executors'
-                // scan of the stream.
-                let _ = client
-                    .publish_with_headers(subject, wire::headers(), Bytes::new())
-                    .await;
-            }
-            Ok(())
+                .map_err(|e| BusError::js("publish ack")(e.into()))
+                .map(drop)
         })
+    }
+
+    /// Rings `script`'s doorbell: a job of it is stored. Best effort: a
+    /// missed ring is found by the executors' scan of the stream.
+    async fn ring(&self, script: &str) {
+        let _ = self
+            .client
+            .publish_with_headers(
+                self.names.job_ready_subject(script),
+                wire::headers(),
+                Bytes::new(),
+            )
+            .await;
+    }
+
+    /// Publishes every `(subject, message id, payload)`, all started before
+    /// any ack is awaited; whether each is durable, in order. After the
+    /// first one that cannot be sent, the rest are not tried (the
+    /// connection is gone; they fail with that error). Once the acks are
+    /// in, each script that got a job is rung once, not once per job.
+    pub async fn publish_durable_many(
+        &self,
+        items: Vec<(String, String, Bytes)>,
+    ) -> Vec<Result<(), BusError>> {
+        let mut started = Vec::new();
+        let mut failed: Option<String> = None;
+        for (subject, msg_id, payload) in items {
+            let script = self
+                .names
+                .script_of_job_subject(&subject)
+                .map(str::to_owned);
+            if let Some(e) = &failed {
+                started.push((script, Err(BusError::Unsent(e.clone()))));
+                continue;
+            }
+            let ack = self.publish_unrung(subject, &msg_id, payload).await;
+            if let Err(e) = &ack {
+                failed = Some(e.to_string());
+            }
+            started.push((script, ack));
+        }
+        let mut done = Vec::with_capacity(started.len());
+        let mut rung = std::collections::HashSet::new();
+        for (script, ack) in started {
+            let stored = match ack {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            if let (Ok(()), Some(script)) = (&stored, script) {
+                rung.insert(script);
+            }
+            done.push(stored);
+        }
+        for script in rung {
+            self.ring(&script).await;
+        }
+        done
     }
 
     /// Publishes a job under message id `msg_id` and waits until it is durable.
@@ -285,22 +354,14 @@ impl crate::Bus {
     /// Publishes `jobs` (each under its own id as message id), all started
     /// before any ack is awaited; whether each is durable, in order.
     pub async fn publish_jobs(&self, jobs: &[&Job]) -> Vec<Result<(), BusError>> {
-        let mut acks = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let subject = self.names.job_subject(&job.script);
-            acks.push(
-                self.publish_durable_start(subject, &job.id.to_string(), encode(job))
-                    .await,
-            );
-        }
-        let mut done = Vec::with_capacity(acks.len());
-        for ack in acks {
-            done.push(match ack {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            });
-        }
-        done
+        let items = jobs
+            .iter()
+            .map(|job| {
+                let subject = self.names.job_subject(&job.script);
+                (subject, job.id.to_string(), encode(job))
+            })
+            .collect();
+        self.publish_durable_many(items).await
     }
 
     /// `script`'s job consumer, shared by the executors (made if missing).

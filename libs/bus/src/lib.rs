@@ -97,6 +97,10 @@ pub enum BusError {
         subject: String,
         version: Option<u32>,
     },
+    /// Not tried: an earlier publish of the same batch could not be sent
+    /// (its error).
+    #[error("not sent, as an earlier publish of its batch could not be: {0}")]
+    Unsent(String),
 }
 
 impl BusError {

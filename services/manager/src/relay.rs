@@ -124,27 +124,20 @@ async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
     }
 }
 
-/// Publishes `rows` (all started before any ack is awaited); the ids
-/// JetStream stored, and the first error if any row was not.
+/// Publishes `rows` (all started before any ack is awaited; each job's
+/// script rung once); the ids JetStream stored, and the first error if any
+/// row was not.
 pub async fn publish_rows(bus: &Bus, rows: &[OutboxRow]) -> (Vec<Uuid>, Option<String>) {
-    let mut acks = Vec::with_capacity(rows.len());
+    let items = rows
+        .iter()
+        .map(|row| (subject(bus, row), row.id.to_string(), payload(row)))
+        .collect();
+    let done = bus.publish_durable_many(items).await;
+    let mut published = Vec::with_capacity(rows.len());
     let mut first_error = None;
-    for row in rows {
-        match bus
-            .publish_durable_start(subject(bus, row), &row.id.to_string(), payload(row))
-            .await
-        {
-            Ok(ack) => acks.push((row.id, ack)),
-            Err(e) => {
-                first_error.get_or_insert(e.to_string());
-                break;
-            }
-        }
-    }
-    let mut published = Vec::with_capacity(acks.len());
-    for (id, ack) in acks {
-        match ack.await {
-            Ok(()) => published.push(id),
+    for (row, stored) in rows.iter().zip(done) {
+        match stored {
+            Ok(()) => published.push(row.id),
             Err(e) => {
                 first_error.get_or_insert(e.to_string());
             }

@@ -2,6 +2,7 @@
 //! wait in its own queue; when that queue is full they are refused with
 //! 429 + `Retry-After`; other scripts still get a worker all along.
 
+use futures::StreamExt;
 use std::time::Duration;
 
 use picloud_testkit::{Client, TestEnv, eventually, manual_job};
@@ -336,5 +337,45 @@ async fn a_scripts_consumer_removed_under_the_executor_is_made_again() {
         .await
         .unwrap();
     c.wait_for_body("again", "2").await;
+    env.cleanup().await;
+}
+
+/// Jobs published together ring each script's doorbell once, after all of
+/// them are stored: a batch of 64 accepted calls (or a commit batch's
+/// fan-out) is one ring per script, not one per job.
+#[tokio::test]
+async fn jobs_published_together_ring_each_scripts_doorbell_once_when_stored() {
+    let mut env = TestEnv::new().await;
+    // A manager makes the streams; no executor takes the jobs.
+    let _front = env.start_front().await;
+    let bus = picloud_bus::Bus::for_role(&env.config, "test")
+        .await
+        .expect("bus");
+    let mut rings = Box::pin(bus.job_rings().await.expect("rings"));
+    bus.flush().await.expect("flush");
+    let jobs: Vec<picloud_core::Job> = (0..25)
+        .map(|i| manual_job(if i % 5 == 0 { "rare" } else { "often" }))
+        .collect();
+    let refs: Vec<&picloud_core::Job> = jobs.iter().collect();
+    let done = bus.publish_jobs(&refs).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+
+    let first = tokio::time::timeout(Duration::from_secs(10), rings.next())
+        .await
+        .expect("a ring")
+        .expect("the ring stream");
+    // Rung after the acks: every job is in the stream by now.
+    let js = env.jetstream().await;
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    let mut stream = js.get_stream(names.jobs_stream()).await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.messages, 25);
+    let mut heard = vec![first];
+    while let Ok(Some(script)) =
+        tokio::time::timeout(Duration::from_millis(500), rings.next()).await
+    {
+        heard.push(script);
+    }
+    heard.sort();
+    assert_eq!(heard, ["often", "rare"], "one ring per script");
     env.cleanup().await;
 }
