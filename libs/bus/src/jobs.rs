@@ -41,8 +41,9 @@ pub(crate) async fn ensure_streams(
     names: &Names,
     replicas: usize,
 ) -> Result<(), BusError> {
-    let stream = js
-        .get_or_create_stream(stream::Config {
+    let stream = crate::stream_made(
+        js,
+        stream::Config {
             name: names.jobs_stream(),
             subjects: vec![names.jobs_wildcard()],
             retention: stream::RetentionPolicy::WorkQueue,
@@ -50,9 +51,10 @@ pub(crate) async fn ensure_streams(
             num_replicas: replicas,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| BusError::js("jobs stream")(e.into()))?;
+        },
+    )
+    .await
+    .map_err(BusError::js("jobs stream"))?;
     // A stream made by an older release: drop its unfiltered consumer (a
     // work-queue stream refuses filtered ones beside it); the jobs it held
     // unacked go to the per-script consumers.
@@ -61,19 +63,22 @@ pub(crate) async fn ensure_streams(
     {
         let _ = stream.delete_consumer(LEGACY_CONSUMER).await;
     }
-    js.get_or_create_stream(stream::Config {
-        name: names.events_stream(),
-        subjects: vec![names.events_wildcard()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: replicas,
-        max_age: EVENTS_MAX_AGE,
-        max_bytes: EVENTS_MAX_BYTES,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
+    crate::stream_made(
+        js,
+        stream::Config {
+            name: names.events_stream(),
+            subjects: vec![names.events_wildcard()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_age: EVENTS_MAX_AGE,
+            max_bytes: EVENTS_MAX_BYTES,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| BusError::js("events stream")(e.into()))?;
+    .map_err(BusError::js("events stream"))?;
     Ok(())
 }
 

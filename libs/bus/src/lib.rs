@@ -593,6 +593,31 @@ pub(crate) fn split_credentials(url: &str) -> (String, Option<(String, String)>)
 
 /// Opens a KV bucket, creating it if needed.
 ///
+/// `get_or_create_stream`, for a stream other nodes may be making at the
+/// same moment (managers starting together): the server can refuse the
+/// second create while the first is under way (nats-server 2.9 answers
+/// "subjects overlap with an existing stream", the one being made), so a
+/// refused create looks the stream up again, a few times, before its
+/// error counts. A real conflict (another stream owns the subjects) still
+/// fails: no stream of this name appears.
+pub(crate) async fn stream_made(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, async_nats::Error> {
+    let name = config.name.clone();
+    let refused = match js.get_or_create_stream(config).await {
+        Ok(stream) => return Ok(stream),
+        Err(e) => e,
+    };
+    for pause_ms in [20, 50, 100, 200, 400] {
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        if let Ok(stream) = js.get_stream(&name).await {
+            return Ok(stream);
+        }
+    }
+    Err(refused.into())
+}
+
 /// `create_key_value` first asks for account info, which async-nats cannot
 /// parse from a 2.9 server (it expects fields 2.10 added); so the bucket's
 /// stream is created here by hand, with the KV conventions (`KV_` name,
@@ -605,20 +630,23 @@ async fn ensure_bucket(
     if let Ok(store) = js.get_key_value(&bucket).await {
         return Ok(store);
     }
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    stream_made(
+        js,
+        stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| BusError::js("create bucket")(e.into()))?;
+    .map_err(BusError::js("create bucket"))?;
     js.get_key_value(&bucket)
         .await
         .map_err(|e| BusError::js("open bucket")(e.into()))

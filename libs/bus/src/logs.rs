@@ -33,20 +33,23 @@ pub(crate) async fn ensure_stream(
     names: &Names,
     replicas: usize,
 ) -> Result<(), BusError> {
-    js.get_or_create_stream(stream::Config {
-        name: names.logs_stream(),
-        subjects: vec![names.logs_wildcard()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: MAX_AGE,
-        max_messages_per_subject: MAX_MSGS_PER_SCRIPT,
-        max_bytes: MAX_BYTES,
-        discard: stream::DiscardPolicy::Old,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    crate::stream_made(
+        js,
+        stream::Config {
+            name: names.logs_stream(),
+            subjects: vec![names.logs_wildcard()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: MAX_AGE,
+            max_messages_per_subject: MAX_MSGS_PER_SCRIPT,
+            max_bytes: MAX_BYTES,
+            discard: stream::DiscardPolicy::Old,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| BusError::js("logs stream")(e.into()))?;
+    .map_err(BusError::js("logs stream"))?;
     Ok(())
 }
 

@@ -31,17 +31,20 @@ pub(crate) async fn ensure_stream(
     names: &Names,
     replicas: usize,
 ) -> Result<(), BusError> {
-    js.get_or_create_stream(stream::Config {
-        name: names.records_stream(),
-        subjects: vec![names.records_subject()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        max_age: MAX_AGE,
-        num_replicas: replicas,
-        ..Default::default()
-    })
+    crate::stream_made(
+        js,
+        stream::Config {
+            name: names.records_stream(),
+            subjects: vec![names.records_subject()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: MAX_AGE,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+    )
     .await
-    .map_err(|e| BusError::js("records stream")(e.into()))?;
+    .map_err(BusError::js("records stream"))?;
     Ok(())
 }
 

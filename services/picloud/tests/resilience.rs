@@ -436,3 +436,17 @@ async fn a_postgres_restart_mid_burst_loses_nothing_acknowledged() {
         "a Postgres outage must not count as a failed attempt"
     );
 }
+
+/// Nodes starting together make the streams together: none fails because
+/// another's create of the same stream was under way (nats-server 2.9
+/// refused the second create with "subjects overlap with an existing
+/// stream", and a manager of a three-node test exited on it).
+#[tokio::test]
+async fn nodes_starting_at_once_all_find_their_streams() {
+    let env = TestEnv::new().await;
+    let connects = (0..8).map(|_| picloud_bus::Bus::for_role(&env.config, "test"));
+    for bus in futures::future::join_all(connects).await {
+        bus.expect("connected, with its streams and buckets");
+    }
+    env.cleanup().await;
+}
