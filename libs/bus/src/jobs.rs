@@ -208,6 +208,14 @@ impl JobConsumer {
     }
 }
 
+/// Rings a script's doorbell (`subject`): a job of it is stored. Best
+/// effort: a missed ring is found by the executors' scan of the stream.
+async fn ring_doorbell(client: &async_nats::Client, subject: String) {
+    let _ = client
+        .publish_with_headers(subject, wire::headers(), Bytes::new())
+        .await;
+}
+
 /// A request a manager serves, with where to answer.
 pub struct Incoming<T> {
     body: Option<T>,
@@ -260,13 +268,12 @@ impl crate::Bus {
         let ring = self
             .names
             .script_of_job_subject(&subject)
-            .map(str::to_owned);
+            .map(|script| (self.client.clone(), self.names.job_ready_subject(script)));
         let ack = self.publish_unrung(subject, msg_id, payload).await?;
-        let bus = self.clone();
         Ok(async move {
             ack.await?;
-            if let Some(script) = ring {
-                bus.ring(&script).await;
+            if let Some((client, subject)) = ring {
+                ring_doorbell(&client, subject).await;
             }
             Ok(())
         })
@@ -291,19 +298,6 @@ impl crate::Bus {
                 .map_err(|e| BusError::js("publish ack")(e.into()))
                 .map(drop)
         })
-    }
-
-    /// Rings `script`'s doorbell: a job of it is stored. Best effort: a
-    /// missed ring is found by the executors' scan of the stream.
-    async fn ring(&self, script: &str) {
-        let _ = self
-            .client
-            .publish_with_headers(
-                self.names.job_ready_subject(script),
-                wire::headers(),
-                Bytes::new(),
-            )
-            .await;
     }
 
     /// Publishes every `(subject, message id, payload)`, all started before
@@ -345,7 +339,7 @@ impl crate::Bus {
             done.push(stored);
         }
         for script in rung {
-            self.ring(&script).await;
+            ring_doorbell(&self.client, self.names.job_ready_subject(&script)).await;
         }
         done
     }

@@ -42,7 +42,7 @@ use picloud_sandbox::Sandbox;
 use tokio::sync::OwnedMutexGuard;
 use tokio::task::AbortHandle;
 
-use crate::pool::Pool;
+use crate::pool::{Job, Pool};
 
 /// How long after a conflict a script's jobs keep to its lane.
 pub const CONTENDED_FOR: Duration = Duration::from_secs(1);
@@ -293,10 +293,14 @@ impl Drop for ScriptSlot {
         let Some(waiting) = entry.next() else { return };
         let pool = self.held.owner.pool.clone();
         let slot = ScriptSlot { held: waiting.held };
-        let run = waiting.run;
-        pool.hand_off(Box::new(move |sandbox: &mut Sandbox| {
-            run(Turn::Run(slot, sandbox))
-        }));
+        pool.hand_off(slot.start(waiting.run));
+    }
+}
+
+impl ScriptSlot {
+    /// The pool job that runs `run` with this slot.
+    pub fn start(self, run: Waiter) -> Job {
+        Box::new(move |sandbox: &mut Sandbox| run(Turn::Run(self, sandbox)))
     }
 }
 
@@ -365,9 +369,7 @@ mod tests {
         if let Some((slot, run)) = slots.admit(script, deadline, run) {
             slots
                 .pool
-                .try_submit(Box::new(move |sandbox: &mut Sandbox| {
-                    run(Turn::Run(slot, sandbox))
-                }))
+                .try_submit(slot.start(run))
                 .expect("room in the pool");
         }
     }

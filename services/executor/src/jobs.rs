@@ -39,7 +39,7 @@ use picloud_bus::IncomingJob;
 use picloud_core::{
     Backoff, CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
 };
-use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult, Sandbox};
+use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::cache::Compiled;
@@ -569,9 +569,7 @@ async fn run_once_on_pool(
     // starts it; a free slot starts it now. Neither refuses it: a full
     // pool queue delays it instead (see `Pool::hand_off`).
     if let Some((slot, run)) = server.slots.admit(&incoming.job.script, None, run) {
-        server.pool.hand_off(Box::new(move |sandbox: &mut Sandbox| {
-            run(Turn::Run(slot, sandbox))
-        }));
+        server.pool.hand_off(slot.start(run));
     }
     with_progress(incoming, progress_every, rx)
         .await

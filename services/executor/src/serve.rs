@@ -310,9 +310,7 @@ impl Server {
         if let Some((slot, run)) = self.slots.admit(&script, Some(deadline), run) {
             // On a full pool the job (and its `Pending`) is dropped, and the
             // guard answers "saturated".
-            let _ = self.pool.try_submit(Box::new(move |sandbox: &mut Sandbox| {
-                run(Turn::Run(slot, sandbox))
-            }));
+            let _ = self.pool.try_submit(slot.start(run));
         }
     }
 
