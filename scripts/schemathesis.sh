@@ -49,10 +49,8 @@ trap cleanup EXIT
 
 psql "$PICLOUD_TEST_DATABASE_URL" -qtAc "CREATE DATABASE \"$db\"" >/dev/null
 db_url="${PICLOUD_TEST_DATABASE_URL%/*}/$db"
-port=""
-for p in $(shuf -i 20000-60999 -n 200); do
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then port=$p; break; fi
-done
+. scripts/ports.sh
+port=$(free_port)
 base="http://127.0.0.1:$port"
 # METHOD PATH [JSON] -> prints the status (python3 only: curl may be missing).
 call() {

@@ -61,15 +61,7 @@ cleanup() {
 trap cleanup EXIT
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-# A loopback port nothing answers on (bash only: a fresh machine may lack python).
-free_port() {
-  local p
-  for p in $(shuf -i 20000-60999 -n 200); do
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  echo "no free port found" >&2
-  return 1
-}
+. scripts/ports.sh
 
 # ---- Postgres ---------------------------------------------------------------
 if [ -z "${PICLOUD_TEST_DATABASE_URL:-}" ]; then
