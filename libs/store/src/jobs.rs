@@ -406,7 +406,7 @@ impl Store {
                 return Ok(Err(e));
             };
             debug_assert_eq!(job.id, queued.id, "the job is the queued invocation");
-            outbox::insert(&mut tx, &[OutboxRow::job(job)]).await?;
+            outbox::insert(&mut tx, &[OutboxRow::job(job).after_failed_publish()]).await?;
         }
         tx.commit().await?;
         Ok(Ok(Submitted::New(queued.id)))
@@ -438,7 +438,7 @@ impl Store {
             .iter()
             .zip(published.iter().chain(std::iter::repeat(&false)))
             .filter(|(_, ok)| !**ok)
-            .map(|(job, _)| OutboxRow::job(job))
+            .map(|(job, _)| OutboxRow::job(job).after_failed_publish())
             .collect();
         outbox::insert(&mut tx, &unpublished).await?;
         tx.commit().await?;

@@ -1,18 +1,27 @@
 //! The transactional outbox: rows written in the same transaction as the
 //! state change that causes them, published to NATS by the relay
-//! (`picloud_manager::relay`) with `Nats-Msg-Id` = row id, then deleted.
+//! (`picloud_manager::relay`) under [`OutboxRow::message_id`], then deleted.
 //!
 //! Inserting wakes every relay: a statement trigger sends
 //! `NOTIFY picloud_outbox` when the inserting transaction commits.
 //!
 //! A kv commit's rows are inserted *deferred* ([`insert_deferred`]): the
 //! committing manager publishes them itself as soon as the transaction
-//! commits and deletes them ([`Store::delete_outbox`]), saving the relay's
+//! commits and deletes them ([`Store::settle_outbox`]), saving the relay's
 //! two transactions on the way from an emit to its subscribers; a relay
 //! takes them only once [`PUBLISHER_GRACE`] has passed (the manager died
 //! or could not publish). Either way they are published at least once, and
 //! JetStream's dedup window and the commit keyed by invocation id make
 //! that once in effect.
+//!
+//! A row whose publish failed is published again under a message id of its
+//! own ([`OutboxRow::message_id`]), not under the one that failed: a
+//! nats-server before 2.11 may keep the id of a publish it lost in a stream
+//! leader change in its dedup window and acknowledge the retry as a
+//! duplicate without storing anything (nats-server PRs 6415, 6486). A
+//! retry of a publish that was in fact stored then makes a second copy,
+//! which runs the job twice but applies it once (its commit and record are
+//! keyed by invocation id).
 
 use std::time::Duration;
 
@@ -44,11 +53,14 @@ impl OutboxKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
-    /// The message's `Nats-Msg-Id` (JetStream dedups on it).
+    /// The row's id: its first publish's `Nats-Msg-Id` (JetStream dedups
+    /// on it).
     pub id: Uuid,
     pub kind: OutboxKind,
     pub target: String,
     pub payload: serde_json::Value,
+    /// Publishes of it that failed so far.
+    pub tries: u32,
 }
 
 impl OutboxRow {
@@ -65,6 +77,22 @@ impl OutboxRow {
             kind: OutboxKind::Job,
             target: job.script.clone(),
             payload: serde_json::to_value(job).expect("jobs serialise"),
+            tries: 0,
+        }
+    }
+
+    /// This row, whose publish under its id just failed.
+    pub fn after_failed_publish(mut self) -> Self {
+        self.tries += 1;
+        self
+    }
+
+    /// The `Nats-Msg-Id` to publish it under: its id the first time, and a
+    /// new one after every failed try (see the module's docs for why).
+    pub fn message_id(&self) -> String {
+        match self.tries {
+            0 => self.id.to_string(),
+            n => format!("{}.{n}", self.id),
         }
     }
 
@@ -74,6 +102,7 @@ impl OutboxRow {
             kind: OutboxKind::Event,
             target: event.topic.clone(),
             payload: serde_json::to_value(event).expect("events serialise"),
+            tries: 0,
         }
     }
 }
@@ -86,6 +115,7 @@ struct OutboxRecord {
     target: String,
     /// The payload's JSON bytes (see `json_bytes`).
     payload: Vec<u8>,
+    tries: i32,
 }
 
 impl TryFrom<OutboxRecord> for OutboxRow {
@@ -101,6 +131,7 @@ impl TryFrom<OutboxRecord> for OutboxRow {
             },
             target: r.target,
             payload: crate::json_bytes::decode(r.payload, "outbox payload")?,
+            tries: r.tries.max(0) as u32,
         })
     }
 }
@@ -147,10 +178,12 @@ async fn insert_due_in(
         .iter()
         .map(|r| crate::json_bytes::encode(&r.payload))
         .collect();
+    let tries: Vec<i32> = rows.iter().map(|r| r.tries as i32).collect();
     sqlx::query(
-        "INSERT INTO outbox (id, kind, target, payload, relay_after)
-         SELECT u.id, u.kind, u.target, u.payload, now() + $5 * interval '1 millisecond'
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[]) AS u(id, kind, target, payload)
+        "INSERT INTO outbox (id, kind, target, payload, relay_after, tries)
+         SELECT u.id, u.kind, u.target, u.payload, now() + $5 * interval '1 millisecond', u.tries
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::bytea[], $6::int[])
+              AS u(id, kind, target, payload, tries)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(ids)
@@ -158,6 +191,7 @@ async fn insert_due_in(
     .bind(targets)
     .bind(payloads)
     .bind(due_in.as_millis() as f64)
+    .bind(tries)
     .execute(conn)
     .await?;
     Ok(())
@@ -172,17 +206,40 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Deletes the rows in `published` and releases the rest.
+    /// Deletes the rows in `published` and releases the rest, counting a
+    /// failed try for each (they were all tried).
     pub async fn finish(mut self, published: &[Uuid]) -> Result<(), StoreError> {
+        let failed = failed_of(&self.rows, published);
         if !published.is_empty() {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(published)
                 .execute(&mut *self.tx)
                 .await?;
         }
+        count_failed_tries(&mut self.tx, &failed).await?;
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// The ids of `rows` not in `published`.
+fn failed_of(rows: &[OutboxRow], published: &[Uuid]) -> Vec<Uuid> {
+    rows.iter()
+        .map(|r| r.id)
+        .filter(|id| !published.contains(id))
+        .collect()
+}
+
+/// Counts a failed publish of each row in `failed` and makes it due for a
+/// relay now.
+async fn count_failed_tries(conn: &mut PgConnection, failed: &[Uuid]) -> Result<(), StoreError> {
+    if !failed.is_empty() {
+        sqlx::query("UPDATE outbox SET tries = tries + 1, relay_after = now() WHERE id = ANY($1)")
+            .bind(failed)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -201,7 +258,7 @@ impl Store {
     async fn claim(&self, limit: u32, all: bool) -> Result<Claim, StoreError> {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query_as::<_, OutboxRecord>(
-            "SELECT id, kind, target, payload FROM outbox WHERE $2 OR relay_after <= now()
+            "SELECT id, kind, target, payload, tries FROM outbox WHERE $2 OR relay_after <= now()
              ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(i64::from(limit))
@@ -225,22 +282,33 @@ impl Store {
         Ok(secs.map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0))))
     }
 
-    /// Deletes rows their publisher has published. Not flushed to disk
-    /// before it returns (`synchronous_commit = off`): a delete lost in a
-    /// crash only lets a relay publish the rows again, which the dedup
-    /// window and the commits keyed by invocation id absorb.
-    pub async fn delete_outbox(&self, published: &[Uuid]) -> Result<(), StoreError> {
-        if published.is_empty() {
+    /// Settles the rows their publisher tried (`rows`): deletes those in
+    /// `published` and counts a failed try for the rest, which a relay
+    /// then takes at once. Not flushed to disk before it returns
+    /// (`synchronous_commit = off`): a delete lost in a crash only lets a
+    /// relay publish the rows again, which the dedup window and the
+    /// commits keyed by invocation id absorb; a lost count only lets the
+    /// relay retry under the id that failed.
+    pub async fn settle_outbox(
+        &self,
+        rows: &[OutboxRow],
+        published: &[Uuid],
+    ) -> Result<(), StoreError> {
+        let failed = failed_of(rows, published);
+        if published.is_empty() && failed.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(published)
-            .execute(&mut *tx)
-            .await?;
+        if !published.is_empty() {
+            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+                .bind(published)
+                .execute(&mut *tx)
+                .await?;
+        }
+        count_failed_tries(&mut tx, &failed).await?;
         tx.commit().await?;
         Ok(())
     }

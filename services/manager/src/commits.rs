@@ -123,15 +123,16 @@ pub(crate) async fn next_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> 
 }
 
 /// Publishes a committed batch's outbox rows and deletes those JetStream
-/// stored; what is left goes with the relay after `PUBLISHER_GRACE`.
+/// stored; what is left goes with the relay (at once when this manager
+/// could count its failed try, else after `PUBLISHER_GRACE`).
 async fn publish(store: Store, bus: Bus, rows: Vec<OutboxRow>) {
     let (published, error) = crate::relay::publish_rows(&bus, &rows).await;
     if let Some(e) = error {
         tracing::warn!(error = %e, rows = rows.len(), "cannot publish a commit's events; the relay will");
     }
-    if let Err(e) = store.delete_outbox(&published).await {
+    if let Err(e) = store.settle_outbox(&rows, &published).await {
         // The relay publishes them again; JetStream drops the copies.
-        tracing::warn!(error = %e, "cannot delete published outbox rows");
+        tracing::warn!(error = %e, "cannot settle published outbox rows");
     }
 }
 

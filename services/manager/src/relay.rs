@@ -9,7 +9,9 @@
 //!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so any number of
 //! managers relay side by side without publishing a row twice at once (and
-//! JetStream's dedup covers a crash between publish and delete). The relay
+//! JetStream's dedup covers a crash between publish and delete). A row
+//! whose publish failed goes under a new message id
+//! (`OutboxRow::message_id`). The relay
 //! sleeps on `LISTEN picloud_outbox` and is woken by commits; there is no
 //! periodic poll. After (re)connecting the listener it sweeps once, since
 //! notifications sent while it was away are lost.
@@ -130,7 +132,7 @@ async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
 pub async fn publish_rows(bus: &Bus, rows: &[OutboxRow]) -> (Vec<Uuid>, Option<String>) {
     let items = rows
         .iter()
-        .map(|row| (subject(bus, row), row.id.to_string(), payload(row)))
+        .map(|row| (subject(bus, row), row.message_id(), payload(row)))
         .collect();
     let done = bus.publish_durable_many(items).await;
     let mut published = Vec::with_capacity(rows.len());

@@ -338,7 +338,7 @@ async fn the_committer_publishes_its_own_rows_and_the_relay_takes_the_rest_later
     // The committer published the event, not the job (say it died): the
     // deleted row is gone, and a relay takes the job once it is due.
     let event = rows.iter().find(|r| r.kind == OutboxKind::Event).unwrap();
-    store.delete_outbox(&[event.id]).await.unwrap();
+    store.settle_outbox(&[], &[event.id]).await.unwrap();
     let job = rows.iter().find(|r| r.kind == OutboxKind::Job).unwrap();
     let taken = picloud_testkit::eventually(Duration::from_secs(20), || async {
         let claim = store.claim_due_outbox(100).await.ok()?;
@@ -381,8 +381,13 @@ async fn a_batch_of_submissions_queues_only_its_unpublished_jobs() {
     }
     let claim = store.claim_due_outbox(100).await.unwrap();
     let ids: Vec<Uuid> = claim.rows.iter().map(|r| r.id).collect();
+    assert_eq!(claim.rows[0].message_id(), format!("{}.1", jobs[1].id));
     claim.finish(&[]).await.unwrap();
     assert_eq!(ids, vec![jobs[1].id], "only the unpublished job is queued");
+    // A relay's failed try counts too: the next goes under a new id again.
+    let claim = store.claim_due_outbox(100).await.unwrap();
+    assert_eq!(claim.rows[0].message_id(), format!("{}.2", jobs[1].id));
+    claim.finish(&[]).await.unwrap();
     store.close().await;
     env.cleanup().await;
 }
@@ -557,6 +562,7 @@ async fn a_refused_bulk_apply_leaves_the_batch_usable() {
         kind: OutboxKind::Event,
         target: "t.bad\0".into(),
         payload: json!({}),
+        tries: 0,
     }];
 
     let mut tx = store
@@ -595,6 +601,54 @@ async fn a_refused_bulk_apply_leaves_the_batch_usable() {
         Some(InvocationStatus::Ok)
     );
     assert_eq!(status(&store, bad.record.id).await, None);
+    store.close().await;
+    env.cleanup().await;
+}
+
+/// A job whose publish failed goes to the outbox, and the relay publishes
+/// it under a message id of its own: a nats-server before 2.11 may keep
+/// the id of a publish it lost in a leader change in its dedup window and
+/// drop a retry under the same id as a duplicate. Here the id is put in
+/// the window by a decoy message, as such a lost publish would leave it.
+#[tokio::test]
+async fn a_job_whose_publish_failed_is_relayed_past_its_first_id_in_the_dedup_window() {
+    let mut env = TestEnv::new().await;
+    let _front = env.start_front().await;
+    let store = store(&env).await;
+    let names = picloud_bus::Names::new(&env.config.prefix);
+    let js = env.jetstream().await;
+    let job = picloud_testkit::manual_job("s");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", job.id.to_string().as_str());
+    js.publish_with_headers(names.job_subject("decoy"), headers, "lost".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+
+    let mut queued = commit("s", Effects::default()).record;
+    queued.id = job.id;
+    queued.status = InvocationStatus::Queued;
+    store
+        .submit_async_many(&[&queued], &[&job], async || vec![false])
+        .await
+        .expect("accepted");
+    let stream = js.get_stream(names.jobs_stream()).await.expect("stream");
+    let subject = names.job_subject("s");
+    let relayed = picloud_testkit::eventually(Duration::from_secs(20), || async {
+        let found = stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .ok()?;
+        let id = found.headers.get("Nats-Msg-Id")?.as_str().to_owned();
+        (store.outbox_len().await.ok()? == 0).then_some(id)
+    })
+    .await;
+    assert_eq!(
+        relayed,
+        Some(format!("{}.1", job.id)),
+        "the job reached the stream"
+    );
     store.close().await;
     env.cleanup().await;
 }

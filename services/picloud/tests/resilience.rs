@@ -162,6 +162,19 @@ fn redelivered(seen: &serde_json::Map<String, Value>) -> usize {
 
 // ---- an executor killed mid-burst ------------------------------------------
 
+/// The id an executor logged when it started (`executor started executor=…`).
+fn executor_id(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.contains("executor started"))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("executor="))
+        })
+        .expect("the executor logged its id")
+        .to_owned()
+}
+
 /// A `picloud executor` process on `env`'s NATS and prefix, logging to `log`.
 async fn spawn_executor(env: &TestEnv, log: &std::path::Path) -> ChildProcess {
     let port = free_port();
@@ -229,13 +242,20 @@ async fn an_executor_killed_mid_burst_loses_nothing_and_applies_nothing_twice() 
         .flat_map(|call| (0..PER_CALL).map(move |i| format!("{call}-{i}")))
         .collect();
 
-    // Mid-burst: some events counted, most not yet.
+    // Mid-burst: some events counted, most not yet, and the victim among
+    // those running them (so it holds jobs when it dies).
+    let victim_id = executor_id(&victim_log);
     let progress = eventually(Duration::from_secs(60), || async {
         let (n, _) = counter_state(&c).await?;
-        (n >= 40).then_some(n)
+        let runs = c.get_json("/invocations?script=counter&limit=1000").await;
+        let victim_ran = runs
+            .as_array()?
+            .iter()
+            .any(|r| r["executor"].as_str() == Some(victim_id.as_str()));
+        (n >= 40 && victim_ran).then_some(n)
     })
     .await
-    .expect("the counter makes progress");
+    .expect("the counter makes progress, the victim too");
     victim.kill();
     let (n_at_kill, _) = counter_state(&c).await.unwrap_or_default();
     assert!(
