@@ -69,8 +69,17 @@ async fn two_executors_both_take_work() {
 
     // One executor gone: the other serves everything.
     a.stop().await;
-    for _ in 0..10 {
-        assert_eq!(c.call("work").await.status(), StatusCode::OK);
+    for i in 0..10 {
+        let sent = std::time::Instant::now();
+        let resp = c.call("work").await;
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "call {i} after the stop, answered after {:?}: {body}",
+            sent.elapsed()
+        );
     }
     env.cleanup().await;
 }
