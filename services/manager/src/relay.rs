@@ -115,7 +115,7 @@ async fn relay_batch(store: &Store, bus: &Bus) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let claimed = claim.rows.len();
     if claimed == 0 {
-        claim.finish(&[]).await.map_err(|e| e.to_string())?;
+        claim.release().await.map_err(|e| e.to_string())?;
         return Ok(0);
     }
     let (published, first_error) = publish_rows(bus, &claim.rows).await;
