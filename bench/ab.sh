@@ -12,7 +12,8 @@
 # `picloud up` (e.g. PICLOUD_SCRIPT_CONCURRENCY=2): EXTRA_ENV="NAME=value …".
 # SYNC=1: instead of events-bench, deploy a hello script and run wrk on its
 # sync endpoint, 10 s at -t1 -c1 then -t2 -c64 (after a 3 s warm-up each),
-# printing requests/s, the p50 latency and the non-2xx answers.
+# printing requests/s, the p50 latency and the non-2xx answers; without it,
+# the kv commit conflicts (re-runs) of the whole events-bench run after.
 # Everything it starts stops on exit.
 
 set -euo pipefail
@@ -38,6 +39,7 @@ PID=$!
 stop() {
     kill -TERM "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
+    [[ -n ${KEEP_LOG:-} ]] && cp "$WORK/picloud.log" "$KEEP_LOG"
     rm -rf "$WORK"
 }
 trap stop EXIT
@@ -69,5 +71,7 @@ if [[ ${SYNC:-0} == 1 ]]; then
     done
 else
     "$BIN/events-bench" --base "$BASE" --token "$TOKEN" --jobs "$JOBS" --concurrency 64
+    echo "kv commit conflicts (re-runs): $(curl -sf --max-time 5 "$BASE/metrics" \
+        -H "Authorization: Bearer $TOKEN" | awk '/^picloud_kv_commit_conflicts_total/ {print $2}')"
 fi
 echo "picloud up peak RSS: $(awk '/^VmHWM:/ {printf "%.0f MiB", $2 / 1024}' "/proc/$PID/status")"

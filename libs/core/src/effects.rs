@@ -17,7 +17,22 @@ use crate::job::Job;
 
 /// A kv key's version: 0 when the key does not exist. Every write gives the
 /// key a new, never reused version, so "same version" means "same value".
+/// A write without a [`Commit::version`] takes the next of a sequence; a
+/// commit's own version is drawn at random from [`RUN_VERSIONS`], above
+/// anything the sequence will reach (see [`Commit::version`]).
 pub type KvVersion = i64;
+
+/// Where a run's own versions are drawn from: `[2^62, 2^63)`.
+pub const RUN_VERSIONS: std::ops::Range<KvVersion> = (1 << 62)..KvVersion::MAX;
+
+/// A fresh version for one run's writes, from [`RUN_VERSIONS`].
+pub fn run_version() -> KvVersion {
+    // 62 random bits: two runs drawing the same one is as likely as two
+    // UUIDs v7 of one millisecond colliding, which the invocation ids
+    // (effects once) already take as never.
+    let bits = uuid::Uuid::new_v4().as_u64_pair().0 >> 2;
+    RUN_VERSIONS.start | bits as KvVersion
+}
 
 /// Longest kv key, in bytes.
 pub const MAX_KV_KEY_BYTES: usize = 512;
@@ -89,6 +104,12 @@ pub struct Commit {
     /// further and share its remaining budget.
     #[serde(default)]
     pub chain: Chain,
+    /// The version every key it writes gets, drawn by the executor
+    /// ([`run_version`]) so that its next run of the script may read
+    /// these writes before they are committed (and say so with this
+    /// version in its reads); `None`: the store's sequence picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<KvVersion>,
 }
 
 impl Commit {

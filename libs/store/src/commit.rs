@@ -33,15 +33,16 @@
 //! The manager keeps the subscriptions in a [`SubscriptionCache`], checked
 //! against `subscriptions_epoch` in the batch's transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use picloud_core::{Effects, InvocationRecord};
+use picloud_core::{Effects, InvocationRecord, KvVersion};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::jobs::SubscriptionRecord;
-use crate::kv::{KvWrite, reads_current, write, write_many};
+use crate::kv::{KvWrite, reads_current, versions, write, write_many};
 use crate::outbox::{self, OutboxRow};
+use crate::together::{self, Applying};
 use crate::{Store, StoreError, SubscriptionRow};
 
 /// What a commit did.
@@ -53,10 +54,6 @@ pub enum Committed {
     /// A key it read changed since: nothing was changed; re-run it.
     Conflict,
 }
-
-/// An invocation that cannot conflict, for [`CommitBatch::apply_records`]:
-/// its record, its effects (blind writes and emits) and its outbox rows.
-pub type Unconflicted<'a> = (&'a InvocationRecord, &'a Effects, &'a [OutboxRow]);
 
 /// Advisory lock names → exclusive.
 type Locks = BTreeMap<String, bool>;
@@ -174,7 +171,9 @@ impl Store {
         let mut batch = self
             .begin_commits(&[(record.script.as_str(), effects)])
             .await?;
-        let done = batch.apply(record, effects, outbox_rows).await?;
+        let done = batch
+            .apply(Applying::new(record, effects, outbox_rows))
+            .await?;
         batch.finish().await?;
         Ok(done)
     }
@@ -223,13 +222,8 @@ impl CommitBatch {
     /// ([`StoreError::is_permanent`]: the database refused this
     /// invocation's data) leave the batch usable, the latter with nothing of
     /// the invocation kept; after any other error the batch must be dropped.
-    pub async fn apply(
-        &mut self,
-        record: &InvocationRecord,
-        effects: &Effects,
-        outbox_rows: &[OutboxRow],
-    ) -> Result<Committed, StoreError> {
-        self.check_locks(record, effects)?;
+    pub async fn apply(&mut self, item: Applying<'_>) -> Result<Committed, StoreError> {
+        self.check_locks(item.record, item.effects)?;
         self.applied += 1;
         if self.alone {
             if self.applied > 1 {
@@ -237,12 +231,12 @@ impl CommitBatch {
                     "a batch of one applied a second invocation".into(),
                 ));
             }
-            let done = self.apply_here(record, effects, outbox_rows).await;
+            let done = self.apply_here(item).await;
             self.discard = !matches!(done, Ok(Committed::Applied));
             return done;
         }
         savepoint(&mut self.tx, "SAVEPOINT invocation").await?;
-        let done = self.apply_here(record, effects, outbox_rows).await;
+        let done = self.apply_here(item).await;
         match &done {
             Ok(Committed::Applied) => {}
             Ok(_) => savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocation").await?,
@@ -271,107 +265,164 @@ impl CommitBatch {
         }
     }
 
-    /// Applies invocations that cannot conflict (they read and listed no
-    /// kv: a record, blind kv writes and outbox rows each, at most one per
-    /// invocation id) together: one statement for all their records, one
-    /// for the values they set and one for the keys they deleted (of those
-    /// whose record it wrote; a key written by several ends with the value
-    /// of the last in id order, as applied one by one), and one for their
-    /// outbox rows, under one savepoint, instead of a savepoint and two to
-    /// four statements each. Returns each one's outcome, in order
-    /// (`AlreadyApplied`: committed before).
+    /// Applies invocations that listed no prefix (at most one per
+    /// invocation id) together, in the order [`together::order`] gives
+    /// (blind ones first, then by id, a run after the run whose write it
+    /// read): one statement reads the versions of every key they read, the
+    /// read checks are made in memory ([`together::check`]: a run's reads
+    /// are checked against the writes of those before it), then one
+    /// statement stores the records of those that apply, one the values
+    /// they set (each key once, with the value of the last to write it),
+    /// one the keys they deleted and one their outbox rows, all under one
+    /// savepoint: a handful of statements for the batch instead of a
+    /// savepoint and two to four statements each. Returns each one's
+    /// outcome, in order (`AlreadyApplied`: committed before).
     ///
-    /// When the database refuses the data of one of them (a permanent
-    /// error), nothing of any is kept and the error is returned: the caller
-    /// then applies them one at a time ([`CommitBatch::apply`]) to find
-    /// which. After any other error the batch must be dropped.
-    pub async fn apply_records(
+    /// `Ok(None)`, with nothing of any kept, when they cannot be decided
+    /// together: the database refused the data of one of them (a
+    /// permanent error), or one whose writes others were checked against
+    /// turns out to have been committed before (a redelivery). The caller
+    /// then applies them one at a time ([`CommitBatch::apply`]). After an
+    /// `Err` the batch must be dropped.
+    pub async fn apply_together(
         &mut self,
-        items: &[Unconflicted<'_>],
-    ) -> Result<Vec<Committed>, StoreError> {
+        items: &[Applying<'_>],
+    ) -> Result<Option<Vec<Committed>>, StoreError> {
         if self.alone && items.len() > 1 {
             return Err(StoreError::Corrupt(
                 "a batch of one applied several invocations".into(),
             ));
         }
-        for (record, effects, _) in items {
-            if effects.can_conflict() {
+        for it in items {
+            if !it.effects.lists.is_empty() {
                 return Err(StoreError::Corrupt(format!(
-                    "bulk apply of {}, which read kv",
-                    record.id
+                    "{} listed kv and was applied together with others",
+                    it.record.id
                 )));
             }
-            self.check_locks(record, effects)?;
+            self.check_locks(it.record, it.effects)?;
         }
-        self.applied += items.len();
-        // In id order, like `apply` (see the module doc).
-        let mut records: Vec<&InvocationRecord> = items.iter().map(|(r, ..)| *r).collect();
-        records.sort_unstable_by_key(|r| r.id);
-        if records.windows(2).any(|w| w[0].id == w[1].id) {
+        let mut ids: Vec<uuid::Uuid> = items.iter().map(|it| it.record.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
             return Err(StoreError::Corrupt(
                 "one invocation twice in a bulk apply".into(),
             ));
         }
+        self.applied += items.len();
+        let order = together::order(items);
+        let read: BTreeSet<(&str, &str)> = items
+            .iter()
+            .flat_map(|it| {
+                let script = it.record.script.as_str();
+                it.effects.reads.keys().map(move |k| (script, k.as_str()))
+            })
+            .collect();
+        let read: Vec<(&str, &str)> = read.into_iter().collect();
+        let now = if read.is_empty() {
+            Vec::new()
+        } else {
+            versions(&mut self.tx, &read).await?
+        };
+        let now: HashMap<(&str, &str), KvVersion> = now
+            .iter()
+            .map(|(s, k, v)| ((s.as_str(), k.as_str()), *v))
+            .collect();
+        let applies = together::check(items, &order, now);
+        let applying: Vec<Applying<'_>> = order
+            .iter()
+            .filter(|&&i| applies[i])
+            .map(|&i| items[i])
+            .collect();
         savepoint(&mut self.tx, "SAVEPOINT invocations").await?;
-        let written = match self.apply_records_here(&records, items).await {
-            Ok(written) => written,
+        let written = match self.apply_together_here(&applying).await {
+            Ok(Some(written)) => written,
+            Ok(None) => {
+                savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocations").await?;
+                savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
+                return Ok(None);
+            }
             Err(e) if e.is_permanent() => {
                 savepoint(&mut self.tx, "ROLLBACK TO SAVEPOINT invocations").await?;
                 savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
-                return Err(e);
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
         savepoint(&mut self.tx, "RELEASE SAVEPOINT invocations").await?;
         let outcomes: Vec<Committed> = items
             .iter()
-            .map(|(r, ..)| match written.binary_search(&r.id) {
-                Ok(_) => Committed::Applied,
-                Err(_) => Committed::AlreadyApplied,
-            })
+            .zip(&applies)
+            .map(
+                |(it, applies)| match (applies, written.binary_search(&it.record.id)) {
+                    (false, _) => Committed::Conflict,
+                    (true, Ok(_)) => Committed::Applied,
+                    (true, Err(_)) => Committed::AlreadyApplied,
+                },
+            )
             .collect();
         if self.alone {
             self.discard = outcomes.iter().all(|c| *c != Committed::Applied);
         }
-        Ok(outcomes)
+        Ok(Some(outcomes))
     }
 
-    /// The records (sorted by id), then the kv writes and outbox rows of
-    /// those written; returns the ids written, sorted.
-    async fn apply_records_here(
+    /// The records of `applying` (in their order), then the kv writes and
+    /// outbox rows of those written; returns the ids written, sorted.
+    /// `None` when one not written (committed before) had writes: the
+    /// reads of those after it were checked against writes that will not
+    /// happen.
+    async fn apply_together_here(
         &mut self,
-        records: &[&InvocationRecord],
-        items: &[Unconflicted<'_>],
-    ) -> Result<Vec<uuid::Uuid>, StoreError> {
-        let mut written = crate::invocations::upsert(&mut self.tx, records).await?;
+        applying: &[Applying<'_>],
+    ) -> Result<Option<Vec<uuid::Uuid>>, StoreError> {
+        // By id, like `apply` (see the module doc).
+        let mut records: Vec<&InvocationRecord> = applying.iter().map(|it| it.record).collect();
+        records.sort_unstable_by_key(|r| r.id);
+        let mut written = crate::invocations::upsert(&mut self.tx, &records).await?;
         written.sort_unstable();
-        let applied = |r: &InvocationRecord| written.binary_search(&r.id).is_ok();
-        let mut by_id: Vec<&Unconflicted<'_>> = items.iter().filter(|(r, ..)| applied(r)).collect();
-        by_id.sort_unstable_by_key(|(r, ..)| r.id);
-        // Each key once, with its last value in id order.
+        let was_written = |it: &Applying<'_>| written.binary_search(&it.record.id).is_ok();
+        if applying
+            .iter()
+            .any(|it| !was_written(it) && !it.effects.writes.is_empty())
+        {
+            return Ok(None);
+        }
+        // Each key once, with the last value in apply order.
         let mut last = BTreeMap::new();
-        for (r, effects, _) in &by_id {
-            for (key, value) in &effects.writes {
-                last.insert((r.script.as_str(), key.as_str()), value.as_ref());
+        for it in applying.iter().filter(|it| was_written(it)) {
+            for (key, value) in &it.effects.writes {
+                last.insert(
+                    (it.record.script.as_str(), key.as_str()),
+                    (value.as_ref(), it.version),
+                );
             }
         }
         if !last.is_empty() {
-            let writes: Vec<KvWrite<'_>> = last.into_iter().map(|((s, k), v)| (s, k, v)).collect();
+            let writes: Vec<KvWrite<'_>> = last
+                .into_iter()
+                .map(|((s, k), (v, n))| (s, k, v, n))
+                .collect();
             write_many(&mut self.tx, &writes).await?;
         }
-        let rows: Vec<&OutboxRow> = by_id.iter().flat_map(|(.., rows)| rows.iter()).collect();
+        let rows: Vec<&OutboxRow> = applying
+            .iter()
+            .filter(|it| was_written(it))
+            .flat_map(|it| it.rows.iter())
+            .collect();
         outbox::insert_deferred_refs(&mut self.tx, &rows).await?;
-        Ok(written)
+        Ok(Some(written))
     }
 
     /// The invocation's record, read check, writes and outbox rows, in the
     /// transaction as it stands (under a savepoint in a batch of several).
-    async fn apply_here(
-        &mut self,
-        record: &InvocationRecord,
-        effects: &Effects,
-        outbox_rows: &[OutboxRow],
-    ) -> Result<Committed, StoreError> {
+    async fn apply_here(&mut self, item: Applying<'_>) -> Result<Committed, StoreError> {
+        let Applying {
+            record,
+            effects,
+            rows,
+            version,
+        } = item;
         if !Store::upsert_one(&mut self.tx, record).await? {
             return Ok(Committed::AlreadyApplied);
         }
@@ -379,10 +430,10 @@ impl CommitBatch {
             if !reads_current(&mut self.tx, &record.script, effects).await? {
                 return Ok(Committed::Conflict);
             }
-            write(&mut self.tx, &record.script, effects).await?;
+            write(&mut self.tx, &record.script, effects, version).await?;
         }
         // Published by the committing manager once this commits.
-        outbox::insert_deferred(&mut self.tx, outbox_rows).await?;
+        outbox::insert_deferred(&mut self.tx, rows).await?;
         Ok(Committed::Applied)
     }
 

@@ -102,37 +102,65 @@ pub(crate) async fn reads_current(
     Ok(true)
 }
 
-/// Writes `script`'s effects' writes (see [`write_many`]).
+/// The current versions of `keys` ((script, key); absent ones are left
+/// out), in one statement.
+pub(crate) async fn versions(
+    conn: &mut PgConnection,
+    keys: &[(&str, &str)],
+) -> Result<Vec<(String, String, KvVersion)>, StoreError> {
+    let (scripts, names): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    Ok(sqlx::query_as(
+        "SELECT kv.script, kv.key, kv.version
+         FROM UNNEST($1::text[], $2::text[]) AS t(s, k)
+         JOIN kv ON kv.script = t.s AND kv.key = t.k",
+    )
+    .bind(&scripts)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Writes `script`'s effects' writes (see [`write_many`]) under `version`.
 pub(crate) async fn write(
     conn: &mut PgConnection,
     script: &str,
     effects: &Effects,
+    version: Option<KvVersion>,
 ) -> Result<(), StoreError> {
     let writes: Vec<KvWrite<'_>> = effects
         .writes
         .iter()
-        .map(|(k, v)| (script, k.as_str(), v.as_ref()))
+        .map(|(k, v)| (script, k.as_str(), v.as_ref(), version))
         .collect();
     write_many(conn, &writes).await
 }
 
-/// One kv write: (script, key, the new value or `None` to delete).
-pub(crate) type KvWrite<'a> = (&'a str, &'a str, Option<&'a serde_json::Value>);
+/// One kv write: (script, key, the new value or `None` to delete, the
+/// version it gets or `None` for the sequence's next).
+pub(crate) type KvWrite<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a serde_json::Value>,
+    Option<KvVersion>,
+);
 
 /// Applies `writes` (each key at most once), every value set under a new
-/// version, in two statements at most: one upsert, one delete.
+/// version (its own, or the sequence's next), in two statements at most:
+/// one upsert, one delete.
 pub(crate) async fn write_many(
     conn: &mut PgConnection,
     writes: &[KvWrite<'_>],
 ) -> Result<(), StoreError> {
-    let (mut set_scripts, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut set_scripts, mut set_keys, mut set_values, mut set_versions) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut del_scripts, mut del_keys) = (Vec::new(), Vec::new());
-    for (script, key, value) in writes {
+    for (script, key, value, version) in writes {
         match value {
             Some(v) => {
                 set_scripts.push(*script);
                 set_keys.push(*key);
                 set_values.push(crate::json_bytes::encode(v));
+                set_versions.push(*version);
             }
             None => {
                 del_scripts.push(*script);
@@ -143,14 +171,15 @@ pub(crate) async fn write_many(
     if !set_keys.is_empty() {
         sqlx::query(
             "INSERT INTO kv (script, key, value, version)
-             SELECT s, k, v, nextval('kv_version')
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t(s, k, v)
+             SELECT s, k, v, COALESCE(n, nextval('kv_version'))
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[]) AS t(s, k, v, n)
              ON CONFLICT (script, key) DO UPDATE
                SET value = EXCLUDED.value, version = EXCLUDED.version, updated_at = now()",
         )
         .bind(&set_scripts)
         .bind(&set_keys)
         .bind(&set_values)
+        .bind(&set_versions)
         .execute(&mut *conn)
         .await?;
     }

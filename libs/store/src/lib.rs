@@ -43,12 +43,13 @@ pub mod schedules;
 pub mod scripts;
 pub mod secrets;
 pub mod stats;
+mod together;
 
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
-pub use commit::{CommitBatch, Committed, SubscriptionCache, Unconflicted};
+pub use commit::{CommitBatch, Committed, SubscriptionCache};
 pub use invocations::{AttemptRow, InvocationFilter};
 pub use jobs::{DeadLetterRow, Submitted, SubscriptionRow};
 pub use modules::{ModuleRow, ModuleVersionRow};
@@ -58,6 +59,7 @@ pub use schedules::{ScheduleChange, ScheduleRow, ScheduleSpec};
 pub use scripts::{NewVersion, ScriptRow, VersionRow};
 pub use secrets::{SealedSecret, SecretRow};
 pub use stats::{FlowRow, StatRow};
+pub use together::{Applying, order as commit_order};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -21,12 +21,14 @@
 //! A script whose kv commits conflict gets a **lane**: for
 //! [`CONTENDED_FOR`] after a conflict, its jobs run and commit one at a
 //! time on this executor (a job whose commit conflicted takes the lane for
-//! its re-runs at once). Many read-modify-writes of one key at once mostly
-//! conflict and run again, and past a few in flight they spend more work
-//! on re-runs than on commits (a counter's throughput collapsed when more
-//! jobs were pulled at once); one at a time, each commits on its first run.
-//! The lane is left again when conflicts stop, so a script whose keys are
-//! disjoint keeps its concurrency.
+//! its re-runs at once). On one executor, runs of a script read the writes
+//! of the runs before them from the overlay ([`crate::overlay`]) while
+//! those commit, and do not conflict; runs of it on several executors
+//! writing the same keys do, and many read-modify-writes in flight at once
+//! then spend more work on re-runs than on commits (a counter's throughput
+//! collapsed when more jobs were pulled at once); one at a time, each
+//! commits on its first run. The lane is left again when conflicts stop,
+//! so a script whose keys are disjoint keeps its concurrency.
 //!
 //! The cap is enforced per executor, not cluster-wide: the workers it
 //! protects are this executor's, it needs no shared counter (no round trip

@@ -5,6 +5,7 @@
 //! they block on the runtime's handle, each bounded by the invocation's
 //! deadline and a per-call ceiling.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use picloud_bus::Bus;
@@ -15,6 +16,8 @@ use picloud_egress::{CallLimits, Egress, OutboundRequest};
 use picloud_sandbox::{Host, HostError, HttpBody, HttpCall, HttpReply};
 use tokio::runtime::Handle;
 
+use crate::overlay::Overlay;
+
 /// The longest one secret lookup may take, whatever the deadline.
 const SECRET_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest one kv read may take, whatever the deadline.
@@ -24,6 +27,9 @@ pub struct BusHost {
     pub bus: Bus,
     pub egress: Egress,
     pub runtime: Handle,
+    /// Writes of this executor's runs on their way to a manager: a key
+    /// one of them writes reads as that write (see [`crate::overlay`]).
+    pub overlay: Arc<Overlay>,
 }
 
 impl BusHost {
@@ -57,6 +63,9 @@ impl Host for BusHost {
         key: &str,
         deadline: Instant,
     ) -> Result<Option<KvEntry>, HostError> {
+        if let Some(in_flight) = self.overlay.get(script, key) {
+            return Ok(in_flight);
+        }
         let q = KvGet {
             script: script.to_owned(),
             key: key.to_owned(),

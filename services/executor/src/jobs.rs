@@ -35,16 +35,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use picloud_bus::IncomingJob;
+use picloud_bus::{CallError, IncomingJob};
 use picloud_core::{
     Backoff, CommitReply, Config, DeadLetter, KvEntry, KvVersion, Limits, Outcome, Shutdown,
 };
 use picloud_sandbox::{Host, HostError, HttpCall, HttpReply, RunResult};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::cache::Compiled;
-use crate::fair::{ScriptSlot, Turn, Waiter};
+use crate::fair::{Turn, Waiter};
 use crate::lifecycle::{Event, JobState, Step, next_step};
+use crate::overlay::Unsettled;
 use crate::queue::{Queue, Ticket};
 use crate::run::{self, RecordBase, Settled, plain};
 use crate::serve::Server;
@@ -419,46 +421,50 @@ async fn run_on_pool(
     let progress_every = settings.ack_wait / 3;
     let mut code = Code::Prepared(Box::new(prepared));
     let mut deadline = None;
-    // A script whose commits conflict runs one job at a time here (see
-    // `crate::fair`); a job that conflicts takes the lane for its re-runs.
+    // Runs of a script follow each other with their commits in flight
+    // together, each reading the writes of the one before from the
+    // overlay. A script whose commits conflict all the same (runs of it on
+    // other executors write the same keys) runs one job at a time here,
+    // run and commit (see `crate::fair`); a job that conflicts takes the
+    // lane for its re-runs.
     let mut lane = None;
     if server.slots.contended(&job.script) {
         lane = Some(with_progress(incoming, progress_every, server.slots.lane(&job.script)).await);
     }
     for _ in 0..=run::MAX_RERUNS {
         let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
-        let (ran, compiled, slot) = match ran.await {
+        let ran = ran.await;
+        let (ran, compiled) = match ran {
             Ok(done) => done,
             Err(crashed) => return *crashed,
         };
-        let (result, commit) = match ran {
-            run::Ran::Done(settled) => return inputs.host.judge(settled),
-            run::Ran::Commit(result, commit) => (result, commit),
+        let (result, unsettled, sending) = match ran {
+            WorkerRan::Done(settled) => return inputs.host.judge(settled),
+            WorkerRan::Committing(result, unsettled, sending) => (result, unsettled, sending),
         };
         deadline = Some(compiled.deadline);
         code = Code::Compiled(compiled);
-        // The worker goes to the next job while this one waits for the
-        // database, and so does the script's slot, unless the commit can
-        // conflict (it read kv): then the script's cap also bounds its
-        // commits in flight, as many read-modify-writes of one key at once
-        // would mostly conflict and run again. (Released before a re-run.)
-        let _slot = slot;
+        // The worker and the script's slot went to the next job while this
+        // one waits for the database: a next run of the script reads this
+        // one's writes from the overlay, so one key's read-modify-writes
+        // follow each other without waiting for each commit.
         stage.enter_commit(incoming, progress_every).await;
-        let reply = with_progress(
-            incoming,
-            progress_every,
-            run::send_commit(&server.bus, &commit),
-        )
-        .await;
+        let reply = match with_progress(incoming, progress_every, sending).await {
+            Ok(reply) => reply,
+            // Its task panicked or the runtime is going: nothing is known
+            // of the commit (the retry finds it applied, or applies it).
+            Err(e) => {
+                return Settled::NotCommitted(result, format!("the commit's task ended: {e}"));
+            }
+        };
+        unsettled.settle(run::applied(&reply));
         if let Some(settled) = run::judge_commit(result, reply, &server.bus) {
             return inputs.host.judge(settled);
         }
         server.slots.conflicted(&job.script);
         if lane.is_none() {
-            // Waiting for the lane holds neither the script's slot nor a
-            // place among the commits in flight, which the lane's holder
-            // and other scripts' jobs need.
-            drop(_slot);
+            // Waiting for the lane holds no place among the commits in
+            // flight, which the lane's holder and other scripts' jobs need.
             stage.leave_commit();
             lane =
                 Some(with_progress(incoming, progress_every, server.slots.lane(&job.script)).await);
@@ -491,16 +497,28 @@ struct CompiledRun {
     deadline: Instant,
 }
 
-/// What a run on a worker sends back: the run, the compiled script, and
-/// the script's slot when the run's commit can conflict.
-type WorkerRun = Result<(run::Ran, CompiledRun, Option<ScriptSlot>), Box<Settled>>;
+/// What a run on a worker sends back: the run and the compiled script.
+type WorkerRun = Result<(WorkerRan, CompiledRun), Box<Settled>>;
+
+/// How a run on a worker ended.
+enum WorkerRan {
+    /// Nothing to commit.
+    Done(Settled),
+    /// Its commit is on its way (sent from the worker, so a script's runs
+    /// commit in the order they ran, each after the run whose writes it
+    /// may have read from the overlay), with its writes in the overlay.
+    Committing(
+        RunResult,
+        Unsettled,
+        JoinHandle<Result<CommitReply, CallError>>,
+    ),
+}
 
 /// One run on a worker, waiting for the script's slot and a worker (with
 /// progress acks meanwhile). The worker frees the slot the moment the run
-/// is over, starting the script's next waiting run with it (on that very
-/// worker when nothing else is queued), except when the run's commit can
-/// conflict: then the slot comes back with the run, for the caller to free
-/// after the commit. `Err`: the worker crashed.
+/// is over (its writes in the overlay), starting the script's next waiting
+/// run with it (on that very worker when nothing else is queued). `Err`:
+/// the worker crashed.
 async fn run_once_on_pool(
     server: &Arc<Server>,
     incoming: &IncomingJob,
@@ -514,7 +532,7 @@ async fn run_once_on_pool(
     let inputs = inputs.clone();
     let run: Waiter = Box::new(move |turn: Turn<'_>| {
         // An async job waits for its turn as long as it takes.
-        let Turn::Run(slot, sandbox) = turn else {
+        let Turn::Run(_slot, sandbox) = turn else {
             return;
         };
         let started = Instant::now();
@@ -555,14 +573,22 @@ async fn run_once_on_pool(
                 started,
                 host,
                 chain: inputs.chain,
+                overlay: &worker_server.overlay,
             },
             started,
             &inputs.base,
         );
-        let can_conflict =
-            matches!(&ran, run::Ran::Commit(_, commit) if commit.effects.can_conflict());
-        let slot = can_conflict.then_some(slot);
-        let _ = tx.send(Ok((ran, compiled, slot)));
+        let ran = match ran {
+            run::Ran::Done(settled) => WorkerRan::Done(settled),
+            run::Ran::Commit(result, commit, unsettled) => {
+                let bus = worker_server.bus.clone();
+                let sending = worker_server
+                    .runtime
+                    .spawn(async move { run::send_commit(&bus, &commit).await });
+                WorkerRan::Committing(result, unsettled, sending)
+            }
+        };
+        let _ = tx.send(Ok((ran, compiled)));
     });
     // Past the script's cap the job waits in the script's own queue (kept
     // ours by progress acks meanwhile) until a run of the script ends and

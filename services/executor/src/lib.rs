@@ -30,6 +30,7 @@ pub mod host;
 pub mod jobs;
 pub mod lifecycle;
 pub mod live;
+pub mod overlay;
 pub mod pool;
 pub mod queue;
 pub mod records;
@@ -76,6 +77,7 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
         serve::in_flight_limit(workers) / 4,
         pool.clone(),
     );
+    let overlay = Arc::new(overlay::Overlay::default());
     let server = serve::Server {
         bus: bus.clone(),
         pool,
@@ -84,7 +86,9 @@ pub async fn start(config: &Config, bus: Bus, shutdown: Shutdown) -> anyhow::Res
             bus: bus.clone(),
             egress,
             runtime: tokio::runtime::Handle::current(),
+            overlay: overlay.clone(),
         }),
+        overlay,
         modules,
         recorder,
         live,

@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::cache::{AstCache, Compiled};
+use crate::overlay::{Overlay, Unsettled};
 
 /// Re-runs after a conflicting commit before the invocation gives up (the
 /// async path then retries the job later; sync answers 503: contention
@@ -256,6 +257,9 @@ pub struct Invocation<'a> {
     pub host: Arc<dyn Host>,
     /// Its place in its trace, handed on to the jobs its emits create.
     pub chain: Chain,
+    /// Where its writes wait for their commit, readable by the script's
+    /// next runs here.
+    pub overlay: &'a Arc<Overlay>,
 }
 
 /// Runs the script on this worker thread; when it succeeded with effects,
@@ -277,11 +281,12 @@ pub fn run_committed(
         let ran = run_once(sandbox, compiled, modules.clone(), inv, started, base);
         // A re-run (after a conflict) gets a wall time of its own.
         started = Instant::now();
-        let (result, commit) = match ran {
+        let (result, commit, unsettled) = match ran {
             Ran::Done(settled) => return settled,
-            Ran::Commit(result, commit) => (result, commit),
+            Ran::Commit(result, commit, unsettled) => (result, commit, unsettled),
         };
         let reply = runtime.block_on(send_commit(bus, &commit));
+        unsettled.settle(applied(&reply));
         if let Some(settled) = judge_commit(result, reply, bus) {
             return settled;
         }
@@ -295,7 +300,8 @@ pub enum Ran {
     /// its commit is over `max_commit_bytes`).
     Done(Settled),
     /// The run succeeded; this commit must be applied before it counts.
-    Commit(RunResult, Box<Commit>),
+    /// Its writes wait in the overlay until it is settled.
+    Commit(RunResult, Box<Commit>, Unsettled),
 }
 
 /// Runs the script once on this worker thread (its wall time from
@@ -330,10 +336,12 @@ pub fn run_once(
     if !must_commit {
         return Ran::Done(Settled::Plain(result));
     }
+    let version = (!result.effects.writes.is_empty()).then(picloud_core::effects::run_version);
     let commit = Commit {
         record: base.record(&result),
         effects: result.effects.clone(),
         chain: inv.chain,
+        version,
     };
     let size = commit.encoded_len();
     if size > compiled.limits.max_commit_bytes {
@@ -343,7 +351,20 @@ pub fn run_once(
             compiled.limits.max_commit_bytes,
         )));
     }
-    Ran::Commit(result, Box::new(commit))
+    // Before the script's slot goes to its next run, which may read them.
+    let unsettled = inv.overlay.register(
+        inv.script,
+        &commit.effects.reads,
+        &commit.effects.writes,
+        version.unwrap_or_default(),
+    );
+    Ran::Commit(result, Box::new(commit), unsettled)
+}
+
+/// Whether `reply` says the commit applied its own writes (an invocation
+/// committed by an earlier delivery did not: its writes were another run's).
+pub fn applied(reply: &Result<CommitReply, CallError>) -> bool {
+    matches!(reply, Ok(CommitReply::Committed))
 }
 
 /// Sends `commit` to a manager and waits for its answer.

@@ -42,6 +42,8 @@ pub struct Server {
     pub runtime: Handle,
     /// Per-script concurrency caps, shared by sync calls and async jobs.
     pub slots: Arc<ScriptSlots>,
+    /// Runs' writes until their commits are settled (the host reads it).
+    pub overlay: Arc<crate::overlay::Overlay>,
 }
 
 /// An accepted invocation that still owes its caller a reply.
@@ -353,6 +355,7 @@ impl Server {
                 started,
                 host: self.host.clone(),
                 chain: Default::default(),
+                overlay: &self.overlay,
             },
             &base,
             &self.bus,

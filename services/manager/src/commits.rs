@@ -24,7 +24,8 @@ use picloud_bus::Bus;
 use picloud_core::job::topic_matches;
 use picloud_core::{Commit, CommitReply, Effects};
 use picloud_store::{
-    CommitBatch, Committed, OutboxRow, Store, StoreError, SubscriptionCache, SubscriptionRow,
+    Applying, CommitBatch, Committed, OutboxRow, Store, StoreError, SubscriptionCache,
+    SubscriptionRow,
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -35,11 +36,37 @@ use crate::stats::Rollup;
 pub const MAX_BATCH: usize = 64;
 /// Commit transactions in flight per manager.
 pub const PIPELINES: usize = 2;
+/// Times a commit that read a write in flight is put off to a later batch
+/// when it conflicts, before it is answered `Conflict`.
+pub const MAX_PUT_OFF: u8 = 3;
 
 struct Pending {
     commit: Commit,
     reply: oneshot::Sender<CommitReply>,
+    /// Times put off already.
+    put_off: u8,
 }
+
+impl Pending {
+    /// Whether a conflict of this commit may only mean that the write it
+    /// read has not come yet: it read a key under a run's own version (a
+    /// write still in flight on its executor, see
+    /// `picloud_executor::overlay`), whose commit may arrive after it, or
+    /// be in another pipeline's transaction. Put off to a later batch, it
+    /// goes after that write (or conflicts again if the write never came).
+    fn may_wait(&self) -> bool {
+        self.put_off < MAX_PUT_OFF
+            && self
+                .commit
+                .effects
+                .reads
+                .values()
+                .any(|v| picloud_core::effects::RUN_VERSIONS.contains(v))
+    }
+}
+
+/// Commits put off to a later batch, taken before the queue's.
+type PutOff = Arc<std::sync::Mutex<Vec<Pending>>>;
 
 /// The queue the request handlers put commits in.
 #[derive(Clone)]
@@ -60,16 +87,18 @@ impl Committer {
         let (queue, rx) = mpsc::channel::<Pending>(MAX_BATCH * 16);
         let rx = Arc::new(Mutex::new(rx));
         let cache = SubscriptionCache::default();
+        let put_off = PutOff::default();
         let pipelines = (0..PIPELINES).map(move |_| {
-            let (rx, store, bus, rollup, cache) = (
+            let (rx, store, bus, rollup, cache, put_off) = (
                 rx.clone(),
                 store.clone(),
                 bus.clone(),
                 rollup.clone(),
                 cache.clone(),
+                put_off.clone(),
             );
             async move {
-                while let Some(batch) = next_batch(&rx, MAX_BATCH).await {
+                while let Some(batch) = next_commits(&rx, &put_off).await {
                     let commits: Vec<&Commit> = batch.iter().map(|p| &p.commit).collect();
                     let (replies, rows) =
                         commit_batch(&store, &cache, &rollup, &commits, max_trace_invocations)
@@ -77,7 +106,12 @@ impl Committer {
                     if !rows.is_empty() {
                         tokio::spawn(publish(store.clone(), bus.clone(), rows));
                     }
-                    for (p, r) in batch.into_iter().zip(replies) {
+                    for (mut p, r) in batch.into_iter().zip(replies) {
+                        if r == CommitReply::Conflict && p.may_wait() {
+                            p.put_off += 1;
+                            lock(&put_off).push(p);
+                            continue;
+                        }
                         // The requester may have gone (shutdown); nothing
                         // to tell then.
                         let _ = p.reply.send(r);
@@ -92,12 +126,31 @@ impl Committer {
     }
 
     /// Commits `c` with whatever else is queued, and answers for it alone.
-    pub async fn commit(&self, c: Commit) -> CommitReply {
+    /// `c` is queued before this returns (unless the queue is full), so
+    /// commits handed over one after another are batched in that order.
+    pub fn commit(&self, c: Commit) -> impl Future<Output = CommitReply> + use<> {
         let (reply, answer) = oneshot::channel();
-        if self.queue.send(Pending { commit: c, reply }).await.is_err() {
-            return stopping();
-        }
-        answer.await.unwrap_or_else(|_| stopping())
+        let pending = Pending {
+            commit: c,
+            reply,
+            put_off: 0,
+        };
+        let queue = self.queue.clone();
+        let waiting = match queue.try_send(pending) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(p)) => Some(p),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return futures::future::Either::Left(std::future::ready(stopping()));
+            }
+        };
+        futures::future::Either::Right(async move {
+            if let Some(p) = waiting
+                && queue.send(p).await.is_err()
+            {
+                return stopping();
+            }
+            answer.await.unwrap_or_else(|_| stopping())
+        })
     }
 }
 
@@ -105,6 +158,31 @@ fn stopping() -> CommitReply {
     CommitReply::Failed {
         message: "the manager is stopping".into(),
     }
+}
+
+/// The commits put off, then what is queued (up to [`MAX_BATCH`] in all);
+/// waits for one request when none was put off. `None` when the queue is
+/// closed and empty and nothing is put off.
+async fn next_commits(
+    rx: &Mutex<mpsc::Receiver<Pending>>,
+    put_off: &PutOff,
+) -> Option<Vec<Pending>> {
+    let mut batch: Vec<Pending> = std::mem::take(&mut *lock(put_off));
+    if batch.is_empty() {
+        return next_batch(rx, MAX_BATCH).await;
+    }
+    let mut rx = rx.lock().await;
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn lock(put_off: &PutOff) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+    put_off.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Waits for one request, then takes what else is queued (up to `max`).
@@ -202,87 +280,74 @@ async fn try_batch(
     } else {
         Arc::new(Vec::new())
     };
+    let rows: Vec<Vec<OutboxRow>> = commits
+        .iter()
+        .map(|c| outbox_rows(c, &subs, max_trace_invocations))
+        .collect();
+    let item = |i: usize| {
+        let c = commits[i];
+        Applying::new(&c.record, &c.effects, &rows[i]).with_version(c.version)
+    };
     // In invocation id order, so that two batches holding the same
-    // redelivered invocation meet on its record in the same order.
-    let mut order: Vec<usize> = (0..commits.len()).collect();
-    order.sort_by_key(|&i| commits[i].record.id);
-    let mut outcomes: Vec<Option<Outcome>> = (0..commits.len()).map(|_| None).collect();
-    apply_unconflicted(
-        &mut batch,
-        commits,
-        &order,
-        &subs,
-        max_trace_invocations,
-        &mut outcomes,
-    )
-    .await?;
+    // redelivered invocation meet on its record in the same order, except
+    // that a run goes after the run whose write it read (one executor's
+    // pipelined runs of a script): see `picloud_store::commit_order`.
+    let order = picloud_store::commit_order(&(0..commits.len()).map(item).collect::<Vec<_>>());
+    let mut outcomes: Vec<Option<Result<Committed, StoreError>>> =
+        (0..commits.len()).map(|_| None).collect();
+    apply_together(&mut batch, commits, &order, item, &mut outcomes).await?;
     for i in order {
         if outcomes[i].is_some() {
             continue;
         }
-        let c = commits[i];
-        let rows = outbox_rows(c, &subs, max_trace_invocations);
-        match batch.apply(&c.record, &c.effects, &rows).await {
+        match batch.apply(item(i)).await {
             Err(e) if !e.is_permanent() => return Err(e),
-            outcome => outcomes[i] = Some((outcome, rows)),
+            outcome => outcomes[i] = Some(outcome),
         }
     }
     batch.finish().await?;
     let outcomes = outcomes
         .into_iter()
-        .map(|o| o.expect("every commit was applied or refused"))
+        .zip(rows)
+        .map(|(o, rows)| (o.expect("every commit was applied or refused"), rows))
         .collect();
     Ok((outcomes, subs))
 }
 
-/// Applies together the commits that cannot conflict (they read no kv:
-/// a record, blind kv writes, the outbox rows of their emits), see
-/// `CommitBatch::apply_records`, filling their `outcomes`; the rest, and
-/// all of them when the database refused one, are left to be applied one
-/// at a time. They go before the rest, so a commit that read a key one of
-/// them writes finds it changed and runs again (as it would after them in
-/// id order). A batch of one goes the usual way. (An invocation twice in
-/// the batch, a redelivery racing its first delivery, goes together only
+/// Applies together the commits that listed no kv prefix (a record, kv
+/// reads and writes, the outbox rows of their emits), see
+/// `CommitBatch::apply_together`, filling their `outcomes`; the rest, and
+/// all of them when they could not be decided together, are left to be
+/// applied one at a time. They go before the rest, so a commit that
+/// listed a prefix one of them writes under finds it changed and runs
+/// again. A batch of one goes the usual way. (An invocation twice in the
+/// batch, a redelivery racing its first delivery, goes together only
 /// once; its other copy is applied alone after, and finds it applied.)
-async fn apply_unconflicted(
+async fn apply_together<'a>(
     batch: &mut CommitBatch,
     commits: &[&Commit],
     order: &[usize],
-    subs: &[SubscriptionRow],
-    max_trace_invocations: u32,
-    outcomes: &mut [Option<Outcome>],
+    item: impl Fn(usize) -> Applying<'a>,
+    outcomes: &mut [Option<Result<Committed, StoreError>>],
 ) -> Result<(), StoreError> {
     let mut seen = std::collections::HashSet::new();
     let together: Vec<usize> = order
         .iter()
         .copied()
-        .filter(|&i| !commits[i].effects.can_conflict() && seen.insert(commits[i].record.id))
+        .filter(|&i| commits[i].effects.lists.is_empty() && seen.insert(commits[i].record.id))
         .collect();
     if together.len() < 2 {
         return Ok(());
     }
-    let rows: Vec<Vec<OutboxRow>> = together
-        .iter()
-        .map(|&i| outbox_rows(commits[i], subs, max_trace_invocations))
-        .collect();
-    let items: Vec<_> = together
-        .iter()
-        .zip(&rows)
-        .map(|(&i, rows)| (&commits[i].record, &commits[i].effects, rows.as_slice()))
-        .collect();
-    match batch.apply_records(&items).await {
-        Ok(done) => {
-            for ((i, rows), done) in together.into_iter().zip(rows).zip(done) {
-                outcomes[i] = Some((Ok(done), rows));
-            }
-            Ok(())
+    let items: Vec<Applying<'a>> = together.iter().map(|&i| item(i)).collect();
+    if let Some(done) = batch.apply_together(&items).await? {
+        for (i, done) in together.into_iter().zip(done) {
+            outcomes[i] = Some(Ok(done));
         }
-        Err(e) if e.is_permanent() => {
-            tracing::debug!(error = %e, "a bulk commit was refused; applying one at a time");
-            Ok(())
-        }
-        Err(e) => Err(e),
+    } else {
+        tracing::debug!("a batch's commits could not be decided together; applying one at a time");
     }
+    Ok(())
 }
 
 fn count(rollup: &Rollup, c: &Commit, subs: &[SubscriptionRow]) {

@@ -84,8 +84,8 @@ pub async fn serve(
         shutdown.clone(),
         crate::commits::PIPELINES * crate::commits::MAX_BATCH,
         move |c: Commit| {
-            let committer = committer.clone();
-            async move { committer.commit(c).await }
+            // Queued now, in arrival order; answered when committed.
+            committer.commit(c)
         },
     );
     let dead_letters = {
@@ -194,10 +194,14 @@ where
         };
         let Some(mut req) = req else { return false };
         let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let (bus, handle) = (bus.clone(), handle.clone());
+        // `handle`'s synchronous part runs here, in the order the requests
+        // came (the committer queues a commit there: one executor's
+        // pipelined runs of a script commit in their order); its future
+        // runs in a task of its own.
+        let answering = handle(req.take_body());
+        let bus = bus.clone();
         tokio::spawn(async move {
-            let body = req.take_body();
-            let answer = handle(body).await;
+            let answer = answering.await;
             if let Err(e) = bus.answer::<R>(&req, &answer).await {
                 tracing::warn!(error = %e, "cannot answer a request");
             }

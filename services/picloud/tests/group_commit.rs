@@ -13,7 +13,7 @@ use picloud_core::effects::{Emit, ListRead};
 use picloud_core::{Commit, CommitReply, Effects, InvocationRecord, InvocationStatus, Trigger};
 use picloud_manager::commits::commit_batch;
 use picloud_manager::stats::Rollup;
-use picloud_store::{OutboxKind, Store, SubscriptionCache};
+use picloud_store::{Applying, OutboxKind, Store, SubscriptionCache};
 use picloud_testkit::TestEnv;
 use serde_json::json;
 use uuid::Uuid;
@@ -46,6 +46,7 @@ fn commit(script: &str, effects: Effects) -> Commit {
         },
         effects,
         chain: Default::default(),
+        version: None,
     }
 }
 
@@ -569,27 +570,32 @@ async fn a_refused_bulk_apply_leaves_the_batch_usable() {
         .begin_commits(&[("s", &none), ("s", &none), ("s", &none)])
         .await
         .unwrap();
-    let err = tx
-        .apply_records(&[
-            (&a.record, &none, &[]),
-            (&bad.record, &none, &bad_rows),
-            (&b.record, &none, &[]),
+    let refused = tx
+        .apply_together(&[
+            Applying::new(&a.record, &none, &[]),
+            Applying::new(&bad.record, &none, &bad_rows),
+            Applying::new(&b.record, &none, &[]),
         ])
         .await
-        .expect_err("NUL is refused");
-    assert!(err.is_permanent(), "{err}");
+        .unwrap();
+    assert_eq!(refused, None, "NUL is refused: nothing decided together");
     assert_eq!(
-        tx.apply(&b.record, &none, &[]).await.unwrap(),
+        tx.apply(Applying::new(&b.record, &none, &[]))
+            .await
+            .unwrap(),
         picloud_store::Committed::Applied
     );
     assert_eq!(
-        tx.apply_records(&[(&b.record, &none, &[]), (&a.record, &none, &[])])
-            .await
-            .unwrap(),
-        vec![
+        tx.apply_together(&[
+            Applying::new(&b.record, &none, &[]),
+            Applying::new(&a.record, &none, &[])
+        ])
+        .await
+        .unwrap(),
+        Some(vec![
             picloud_store::Committed::AlreadyApplied,
             picloud_store::Committed::Applied
-        ]
+        ])
     );
     tx.finish().await.unwrap();
     assert_eq!(
@@ -649,6 +655,102 @@ async fn a_job_whose_publish_failed_is_relayed_past_its_first_id_in_the_dedup_wi
         Some(format!("{}.1", job.id)),
         "the job reached the stream"
     );
+    store.close().await;
+    env.cleanup().await;
+}
+
+/// A run of `key`'s read-modify-write chain as one executor pipelines it:
+/// read at `seen` (the previous run's own version), write `value` under
+/// `version`.
+fn pipelined(key: &str, seen: i64, value: i64, version: i64) -> Commit {
+    let mut c = commit("s", read_set(key, seen, json!(value)));
+    c.version = Some(version);
+    c
+}
+
+/// Runs `from..to` of one counter's pipelined increments, each reading the
+/// one before under that one's version.
+fn chain(from: i64, to: i64) -> Vec<Commit> {
+    let v = |i: i64| (1 << 62) + 1_000 + i;
+    (from..to)
+        .map(|i| pipelined("n", if i == 0 { 0 } else { v(i - 1) }, i + 1, v(i)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_pipelined_chain_of_increments_commits_whole_in_any_order() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    let runs = chain(0, 10);
+    // Two batches; inside each, the later runs arrive first.
+    let first: Vec<&Commit> = runs[..6].iter().rev().collect();
+    let second: Vec<&Commit> = runs[6..].iter().rev().collect();
+    for part in [first, second] {
+        let replies = batch(&store, &cache, &part).await;
+        assert!(
+            replies.iter().all(|r| *r == CommitReply::Committed),
+            "{replies:?}"
+        );
+    }
+    let n = store.kv_get("s", "n").await.unwrap().unwrap();
+    assert_eq!((n.value, n.version), (json!(10), runs[9].version.unwrap()));
+    store.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_broken_link_of_a_chain_fails_every_run_after_it_and_nothing_of_them_applies() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    let mut runs = chain(0, 5);
+    // Another writer moved the key on before the third run's commit: the
+    // second run's write, which the third read, never happens.
+    runs[1].effects.reads.insert("n".into(), 777);
+    let blind = commit("s", set("other", json!(1)));
+    let mut all: Vec<&Commit> = runs.iter().collect();
+    all.push(&blind);
+    let replies = batch(&store, &cache, &all).await;
+    use CommitReply::{Committed, Conflict};
+    assert_eq!(
+        replies,
+        vec![Committed, Conflict, Conflict, Conflict, Conflict, Committed]
+    );
+    let n = store.kv_get("s", "n").await.unwrap().unwrap();
+    assert_eq!((n.value, n.version), (json!(1), runs[0].version.unwrap()));
+    for r in &runs[1..] {
+        assert_eq!(status(&store, r.record.id).await, None, "no record stored");
+    }
+    store.close().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_link_applied_before_is_decided_one_at_a_time() {
+    let env = TestEnv::new().await;
+    let store = store(&env).await;
+    let cache = SubscriptionCache::default();
+    let runs = chain(0, 2);
+    // The first run was committed by an earlier delivery under another
+    // version; its new run's write never happens, so the second run, which
+    // read it, conflicts (and the bulk path hands them to the one-at-a-time
+    // path to find that out).
+    let mut earlier = runs[0].clone();
+    earlier.version = Some(5);
+    assert_eq!(
+        batch(&store, &cache, &[&earlier]).await,
+        vec![CommitReply::Committed]
+    );
+    let mut again = runs[0].clone();
+    again.effects.reads.insert("n".into(), 5);
+    let replies = batch(&store, &cache, &[&runs[1], &again]).await;
+    assert_eq!(
+        replies,
+        vec![CommitReply::Conflict, CommitReply::AlreadyCommitted]
+    );
+    let n = store.kv_get("s", "n").await.unwrap().unwrap();
+    assert_eq!((n.value, n.version), (json!(1), 5));
     store.close().await;
     env.cleanup().await;
 }
