@@ -11,11 +11,14 @@
 //! one after another at the speed of the script, their commits in flight
 //! together, instead of one per commit round trip.
 //!
-//! Nothing read here is seen outside its run before that run commits: a
-//! run that read kv always commits (its reads are checked), and its
-//! answer or ack waits for the commit. A write that does not commit
+//! What a successful run read here is seen outside it only once it
+//! commits: a run that read kv always commits (its reads are checked), and
+//! its answer or ack waits for the commit. A write that does not commit
 //! (conflict, failure, another delivery applied first) leaves the runs
-//! that read it conflicting in turn; they run again.
+//! that read it conflicting in turn; they run again. (A run that *fails*
+//! commits nothing and is not checked: its error or log may show a value
+//! read here that never commits. Holding such a failure until what it read
+//! is settled is not done yet.)
 //!
 //! An entry leaves with its commit's reply ([`Unsettled`]): once
 //! committed, the store has the same value under the same version; when
