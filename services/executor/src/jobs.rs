@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 use crate::cache::Compiled;
 use crate::fair::{Turn, Waiter};
 use crate::lifecycle::{Event, JobState, Step, next_step};
-use crate::overlay::Unsettled;
+use crate::overlay::{InFlightReads, Unsettled};
 use crate::queue::{Queue, Ticket};
 use crate::run::{self, RecordBase, Settled, plain};
 use crate::serve::Server;
@@ -438,12 +438,19 @@ async fn run_on_pool(
             Ok(done) => done,
             Err(crashed) => return *crashed,
         };
-        let (result, unsettled, sending) = match ran {
-            WorkerRan::Done(settled) => return inputs.host.judge(settled),
-            WorkerRan::Committing(result, unsettled, sending) => (result, unsettled, sending),
-        };
         deadline = Some(compiled.deadline);
         code = Code::Compiled(compiled);
+        let (result, unsettled, sending) = match ran {
+            WorkerRan::Done(settled) => return inputs.host.judge(settled),
+            WorkerRan::Unsure(result, read) => {
+                let committed = read.all_committed(run::COMMIT_TIMEOUT);
+                if with_progress(incoming, progress_every, committed).await {
+                    return inputs.host.judge(Settled::Plain(result));
+                }
+                continue;
+            }
+            WorkerRan::Committing(result, unsettled, sending) => (result, unsettled, sending),
+        };
         // The worker and the script's slot went to the next job while this
         // one waits for the database: a next run of the script reads this
         // one's writes from the overlay, so one key's read-modify-writes
@@ -504,6 +511,8 @@ type WorkerRun = Result<(WorkerRan, CompiledRun), Box<Settled>>;
 enum WorkerRan {
     /// Nothing to commit.
     Done(Settled),
+    /// It failed after reading writes in flight (see `run::Ran::Unsure`).
+    Unsure(RunResult, InFlightReads),
     /// Its commit is on its way (sent from the worker, so a script's runs
     /// commit in the order they ran, each after the run whose writes it
     /// may have read from the overlay), with its writes in the overlay.
@@ -580,6 +589,7 @@ async fn run_once_on_pool(
         );
         let ran = match ran {
             run::Ran::Done(settled) => WorkerRan::Done(settled),
+            run::Ran::Unsure(result, read) => WorkerRan::Unsure(result, read),
             run::Ran::Commit(result, commit, unsettled) => {
                 let bus = worker_server.bus.clone();
                 let sending = worker_server

@@ -15,21 +15,26 @@
 //! commits: a run that read kv always commits (its reads are checked), and
 //! its answer or ack waits for the commit. A write that does not commit
 //! (conflict, failure, another delivery applied first) leaves the runs
-//! that read it conflicting in turn; they run again. (A run that *fails*
-//! commits nothing and is not checked: its error or log may show a value
-//! read here that never commits. Holding such a failure until what it read
-//! is settled is not done yet.)
+//! that read it conflicting in turn; they run again. A run that *fails*
+//! commits nothing, so nothing checks its reads: where it read a write in
+//! flight here ([`InFlightReads`], noted on the worker thread running it),
+//! its failure is final only once every such write has committed; when one
+//! did not, the failure may come from a value that never existed, and the
+//! run goes again (`crate::run`).
 //!
 //! An entry leaves with its commit's reply ([`Unsettled`]): once
 //! committed, the store has the same value under the same version; when
 //! not, the chain of entries built on it goes too, so the re-runs read
 //! the store.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use picloud_core::{KvEntry, KvVersion};
+use tokio::sync::Notify;
 
 /// The writes in flight of every script run here.
 #[derive(Default)]
@@ -44,14 +49,89 @@ struct Entry {
     /// Writes of one key that each read the one before share a chain: when
     /// one of them does not commit, none after it will.
     chain: u64,
+    /// How its commit ended, once it has.
+    settlement: Arc<Settlement>,
+}
+
+/// One run's commit, as the runs that read its writes wait for it.
+#[derive(Default)]
+pub struct Settlement {
+    /// `Some(applied)` once answered (or given up).
+    outcome: Mutex<Option<bool>>,
+    settled: Notify,
+}
+
+impl Settlement {
+    fn set(&self, applied: bool) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(applied);
+        self.settled.notify_waiters();
+    }
+
+    fn outcome(&self) -> Option<bool> {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the commit applied its writes, once it is answered; `false`
+    /// when that takes longer than `patience`.
+    async fn applied(&self, patience: Duration) -> bool {
+        let wait = async {
+            loop {
+                let settled = self.settled.notified();
+                if let Some(applied) = self.outcome() {
+                    return applied;
+                }
+                settled.await;
+            }
+        };
+        tokio::time::timeout(patience, wait).await.unwrap_or(false)
+    }
+}
+
+thread_local! {
+    /// The writes in flight the run on this thread has read.
+    static READ_IN_FLIGHT: RefCell<Vec<Arc<Settlement>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The writes in flight a run read (see the module doc).
+#[derive(Default)]
+pub struct InFlightReads(Vec<Arc<Settlement>>);
+
+impl InFlightReads {
+    /// Starts noting the writes in flight the run about to start on this
+    /// thread reads.
+    pub fn begin() {
+        READ_IN_FLIGHT.with(|r| r.borrow_mut().clear());
+    }
+
+    /// What the run on this thread read since [`InFlightReads::begin`].
+    pub fn take() -> Self {
+        Self(READ_IN_FLIGHT.with(|r| std::mem::take(&mut *r.borrow_mut())))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether every write read was committed (`false` as soon as one was
+    /// not, or when one is still unanswered after `patience`).
+    pub async fn all_committed(&self, patience: Duration) -> bool {
+        for s in &self.0 {
+            if !s.applied(patience).await {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl Overlay {
     /// `script`'s `key` as a write in flight left it: `Some(None)` when
     /// that write deletes it; `None` when no write of it is in flight.
+    /// Noted as read by the run on this thread ([`InFlightReads`]).
     pub fn get(&self, script: &str, key: &str) -> Option<Option<KvEntry>> {
         let scripts = self.lock();
         let e = scripts.get(script)?.get(key)?;
+        READ_IN_FLIGHT.with(|r| r.borrow_mut().push(e.settlement.clone()));
         Some(e.value.as_ref().map(|value| KvEntry {
             value: value.clone(),
             version: e.version,
@@ -69,6 +149,7 @@ impl Overlay {
         version: KvVersion,
     ) -> Unsettled {
         let mut keys = Vec::with_capacity(writes.len());
+        let settlement = Arc::new(Settlement::default());
         if !writes.is_empty() {
             let mut scripts = self.lock();
             let entries = scripts.entry(script.to_owned()).or_default();
@@ -83,6 +164,7 @@ impl Overlay {
                         value: value.clone(),
                         version,
                         chain,
+                        settlement: settlement.clone(),
                     },
                 );
                 keys.push((key.clone(), chain));
@@ -94,6 +176,7 @@ impl Overlay {
             keys,
             version,
             committed: false,
+            settlement,
         }
     }
 
@@ -119,6 +202,7 @@ pub struct Unsettled {
     keys: Vec<(String, u64)>,
     version: KvVersion,
     committed: bool,
+    settlement: Arc<Settlement>,
 }
 
 impl Unsettled {
@@ -136,6 +220,7 @@ impl Unsettled {
 
 impl Drop for Unsettled {
     fn drop(&mut self) {
+        self.settlement.set(self.committed);
         if self.keys.is_empty() {
             return;
         }
@@ -213,6 +298,43 @@ mod tests {
         let _second = o.register("s", &reads("k", 3), &writes("k", 2), 11);
         first.settle(false);
         assert_eq!(value(&o, "k"), Some((json!(2), 11)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_run_knows_whether_the_writes_it_read_in_flight_committed() {
+        let o = Arc::new(Overlay::default());
+        let patience = std::time::Duration::from_secs(5);
+        let first = o.register("s", &reads("k", 3), &writes("k", 1), 10);
+        InFlightReads::begin();
+        assert!(o.get("s", "k").is_some());
+        let read = InFlightReads::take();
+        assert!(!read.is_empty());
+        assert!(InFlightReads::take().is_empty(), "taken once");
+        let waiting = tokio::spawn(async move { read.all_committed(patience).await });
+        tokio::task::yield_now().await;
+        first.settle(true);
+        assert!(waiting.await.unwrap(), "the write it read committed");
+
+        let second = o.register("s", &reads("k", 3), &writes("k", 2), 11);
+        InFlightReads::begin();
+        o.get("s", "k");
+        let read = InFlightReads::take();
+        drop(second);
+        assert!(
+            !read.all_committed(patience).await,
+            "the write it read did not"
+        );
+
+        // Unanswered past its patience: not taken as committed.
+        let _third = o.register("s", &reads("k", 3), &writes("k", 3), 12);
+        InFlightReads::begin();
+        o.get("s", "k");
+        let read = InFlightReads::take();
+        assert!(
+            !read
+                .all_committed(std::time::Duration::from_millis(10))
+                .await
+        );
     }
 
     #[test]

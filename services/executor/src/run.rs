@@ -16,14 +16,14 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::cache::{AstCache, Compiled};
-use crate::overlay::{Overlay, Unsettled};
+use crate::overlay::{InFlightReads, Overlay, Unsettled};
 
 /// Re-runs after a conflicting commit before the invocation gives up (the
 /// async path then retries the job later; sync answers 503: contention
 /// passes).
 pub const MAX_RERUNS: usize = 16;
 /// The longest a commit may take.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A script version on its way to a worker: its cached AST, or the source
 /// to compile there, and its modules.
@@ -283,6 +283,12 @@ pub fn run_committed(
         started = Instant::now();
         let (result, commit, unsettled) = match ran {
             Ran::Done(settled) => return settled,
+            Ran::Unsure(result, read) => {
+                if runtime.block_on(read.all_committed(COMMIT_TIMEOUT)) {
+                    return Settled::Plain(result);
+                }
+                continue;
+            }
             Ran::Commit(result, commit, unsettled) => (result, commit, unsettled),
         };
         let reply = runtime.block_on(send_commit(bus, &commit));
@@ -302,6 +308,10 @@ pub enum Ran {
     /// The run succeeded; this commit must be applied before it counts.
     /// Its writes wait in the overlay until it is settled.
     Commit(RunResult, Box<Commit>, Unsettled),
+    /// The run failed after reading writes still in flight: its failure
+    /// stands once they all committed; if one did not, it may come from a
+    /// value that never existed, and the run goes again.
+    Unsure(RunResult, InFlightReads),
 }
 
 /// Runs the script once on this worker thread (its wall time from
@@ -314,6 +324,7 @@ pub fn run_once(
     started: Instant,
     base: &RecordBase,
 ) -> Ran {
+    InFlightReads::begin();
     let result = sandbox.run(
         &compiled.ast,
         &compiled.limits,
@@ -331,10 +342,11 @@ pub fn run_once(
     // A run without kv or emits commits nothing: a job's record then goes
     // with the record batches, and the job is acknowledged once that is
     // stored (see `crate::jobs`).
+    let read = InFlightReads::take();
     let must_commit =
         matches!(result.outcome, Outcome::Response(_)) && result.effects.needs_commit();
     if !must_commit {
-        return Ran::Done(Settled::Plain(result));
+        return finished(result, read);
     }
     let version = (!result.effects.writes.is_empty()).then(picloud_core::effects::run_version);
     let commit = Commit {
@@ -345,11 +357,8 @@ pub fn run_once(
     };
     let size = commit.encoded_len();
     if size > compiled.limits.max_commit_bytes {
-        return Ran::Done(Settled::Plain(over_commit_limit(
-            result,
-            size,
-            compiled.limits.max_commit_bytes,
-        )));
+        let failed = over_commit_limit(result, size, compiled.limits.max_commit_bytes);
+        return finished(failed, read);
     }
     // Before the script's slot goes to its next run, which may read them.
     let unsettled = inv.overlay.register(
@@ -359,6 +368,16 @@ pub fn run_once(
         version.unwrap_or_default(),
     );
     Ran::Commit(result, Box::new(commit), unsettled)
+}
+
+/// A run with nothing to commit: done, unless it failed after reading
+/// writes still in flight.
+fn finished(result: RunResult, read: InFlightReads) -> Ran {
+    let failed = !matches!(result.outcome, Outcome::Response(_));
+    if failed && !read.is_empty() {
+        return Ran::Unsure(result, read);
+    }
+    Ran::Done(Settled::Plain(result))
 }
 
 /// Whether `reply` says the commit applied its own writes (an invocation
