@@ -433,8 +433,7 @@ async fn run_on_pool(
     }
     for _ in 0..=run::MAX_RERUNS {
         let ran = run_once_on_pool(server, incoming, progress_every, &inputs, code, deadline);
-        let ran = ran.await;
-        let (ran, compiled) = match ran {
+        let (ran, compiled) = match ran.await {
             Ok(done) => done,
             Err(crashed) => return *crashed,
         };

@@ -206,11 +206,6 @@ pub struct Unsettled {
 }
 
 impl Unsettled {
-    /// The version the run's writes get.
-    pub fn version(&self) -> KvVersion {
-        self.version
-    }
-
     /// The commit's outcome: `true` when it applied these very writes (not
     /// when an earlier delivery had been applied instead).
     pub fn settle(mut self, committed: bool) {

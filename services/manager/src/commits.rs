@@ -171,13 +171,7 @@ async fn next_commits(
     if batch.is_empty() {
         return next_batch(rx, MAX_BATCH).await;
     }
-    let mut rx = rx.lock().await;
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(p) => batch.push(p),
-            Err(_) => break,
-        }
-    }
+    top_up(&mut *rx.lock().await, &mut batch, MAX_BATCH);
     Some(batch)
 }
 
@@ -191,13 +185,18 @@ pub(crate) async fn next_batch<T>(rx: &Mutex<mpsc::Receiver<T>>, max: usize) -> 
     let mut rx = rx.lock().await;
     let first = rx.recv().await?;
     let mut batch = vec![first];
+    top_up(&mut rx, &mut batch, max);
+    Some(batch)
+}
+
+/// Adds to `batch` what is queued now, up to `max` in all.
+fn top_up<T>(rx: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
     while batch.len() < max {
         match rx.try_recv() {
             Ok(p) => batch.push(p),
             Err(_) => break,
         }
     }
-    Some(batch)
 }
 
 /// Publishes a committed batch's outbox rows and deletes those JetStream
