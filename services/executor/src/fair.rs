@@ -18,17 +18,26 @@
 //! with a cap of 1 (two workers) one script's runs follow each other with
 //! no task to wake in between, which was the bound of its throughput.
 //!
-//! A script whose kv commits conflict gets a **lane**: for
-//! [`CONTENDED_FOR`] after a conflict, its jobs run and commit one at a
-//! time on this executor (a job whose commit conflicted takes the lane for
-//! its re-runs at once). On one executor, runs of a script read the writes
-//! of the runs before them from the overlay ([`crate::overlay`]) while
-//! those commit, and do not conflict; runs of it on several executors
-//! writing the same keys do, and many read-modify-writes in flight at once
-//! then spend more work on re-runs than on commits (a counter's throughput
-//! collapsed when more jobs were pulled at once); one at a time, each
-//! commits on its first run. The lane is left again when conflicts stop,
-//! so a script whose keys are disjoint keeps its concurrency.
+//! A script whose kv commits conflict is slowed in two steps
+//! ([`Contention`]), each kept for [`CONTENDED_FOR`] after its last
+//! conflict:
+//! 1. **One run at a time** on this executor, whatever the cap: runs of it
+//!    here then read the writes of the runs before them from the overlay
+//!    ([`crate::overlay`]) while those commit, and do not conflict with
+//!    each other (two runs side by side would read the same value and
+//!    write over each other's increments: with a cap of 2, a counter fell
+//!    from ~2,000 to 42 increments/s, nearly all of it re-runs and the
+//!    lane).
+//! 2. **The lane**, when its commits still conflict while it runs one at a
+//!    time (runs of it on other executors write the same keys): its jobs
+//!    run *and commit* one at a time here (a job whose commit conflicted
+//!    takes the lane for its re-runs at once). Many read-modify-writes in
+//!    flight at once then spend more work on re-runs than on commits (a
+//!    counter's throughput collapsed when more jobs were pulled at once);
+//!    one at a time, each commits on its first run.
+//!
+//! Both are left again when conflicts stop, so a script whose keys are
+//! disjoint keeps its concurrency.
 //!
 //! The cap is enforced per executor, not cluster-wide: the workers it
 //! protects are this executor's, it needs no shared counter (no round trip
@@ -66,9 +75,18 @@ struct Script {
     turns: Mutex<Turns>,
     /// Held by the one job running and committing in the script's lane.
     lane: Arc<tokio::sync::Mutex<()>>,
-    /// Until when its jobs keep to the lane (its last conflict's time plus
-    /// [`CONTENDED_FOR`]).
-    contended_until: Mutex<Option<Instant>>,
+}
+
+/// How a script's jobs run on this executor now, after its commits
+/// conflicted (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Contention {
+    /// No recent conflict: up to the cap at once.
+    Free,
+    /// One run at a time, their commits in flight together.
+    OneRun,
+    /// One job at a time, run and commit, in the script's lane.
+    Lane,
 }
 
 /// Who runs and who waits, changed only under the script's lock: a slot is
@@ -84,6 +102,35 @@ struct Turns {
     sync_waiting: usize,
     /// Names the next waiting run.
     next_id: u64,
+    /// Until when it runs one at a time (its last conflict plus
+    /// [`CONTENDED_FOR`]).
+    one_run_until: Option<Instant>,
+    /// Until when its jobs keep to the lane (its last conflict while it
+    /// ran one at a time, plus [`CONTENDED_FOR`]).
+    lane_until: Option<Instant>,
+}
+
+impl Turns {
+    fn contention(&self, now: Instant) -> Contention {
+        let until = |t: Option<Instant>| t.is_some_and(|t| now < t);
+        if until(self.lane_until) {
+            Contention::Lane
+        } else if until(self.one_run_until) {
+            Contention::OneRun
+        } else {
+            Contention::Free
+        }
+    }
+
+    /// How many of its runs may run at once now, of `cap`.
+    fn cap(&self, cap: usize) -> usize {
+        let contended = self.one_run_until.is_some() || self.lane_until.is_some();
+        if contended && self.contention(Instant::now()) != Contention::Free {
+            1
+        } else {
+            cap
+        }
+    }
 }
 
 /// A run waiting for its script's slot.
@@ -159,7 +206,6 @@ impl ScriptSlots {
                 Arc::new(Script {
                     turns: Mutex::new(Turns::default()),
                     lane: Arc::new(tokio::sync::Mutex::new(())),
-                    contended_until: Mutex::new(None),
                 })
             })
             .clone()
@@ -181,7 +227,7 @@ impl ScriptSlots {
         let entry = self.entry(script);
         let held = self.hold(script, entry.clone());
         let mut turns = lock(&entry.turns);
-        if turns.running < self.cap {
+        if turns.running < turns.cap(self.cap) {
             turns.running += 1;
             drop(turns);
             return Some((ScriptSlot { held }, run));
@@ -227,20 +273,32 @@ impl ScriptSlots {
         }
     }
 
-    /// Notes that a commit of `script` conflicted: its jobs keep to its
-    /// lane for [`CONTENDED_FOR`] from now.
-    pub fn conflicted(self: &Arc<Self>, script: &str) {
+    /// Notes that a commit of `script` conflicted, of a job that started
+    /// when its script's contention was `seen`: it runs one at a time for
+    /// [`CONTENDED_FOR`] from now, and its jobs keep to its lane as long
+    /// too if it ran one at a time already and `elsewhere` (what it read
+    /// was written by another executor, not a write in flight here that
+    /// failed).
+    pub fn conflicted(self: &Arc<Self>, script: &str, seen: Contention, elsewhere: bool) {
         let entry = self.entry(script);
-        *lock(&entry.contended_until) = Some(Instant::now() + CONTENDED_FOR);
+        let until = Some(Instant::now() + CONTENDED_FOR);
+        {
+            let mut turns = lock(&entry.turns);
+            turns.one_run_until = until;
+            if seen != Contention::Free && elsewhere {
+                turns.lane_until = until;
+            }
+        }
         // Forgotten with the entry if nobody holds the script.
         drop(self.hold(script, entry));
     }
 
-    /// Whether `script`'s jobs keep to its lane now.
-    pub fn contended(self: &Arc<Self>, script: &str) -> bool {
+    /// How `script`'s jobs run now.
+    pub fn contention(self: &Arc<Self>, script: &str) -> Contention {
         let map = lock(&self.scripts);
-        map.get(script)
-            .is_some_and(|e| lock(&e.contended_until).is_some_and(|until| Instant::now() < until))
+        map.get(script).map_or(Contention::Free, |e| {
+            lock(&e.turns).contention(Instant::now())
+        })
     }
 
     /// `script`'s lane, after the job holding it (if any) is done.
@@ -265,22 +323,27 @@ impl Script {
         Some(waiting)
     }
 
-    /// A slot is done with: the first waiting run gets it, or it is free.
-    fn next(&self) -> Option<Waiting> {
+    /// A slot is done with: the first waiting run gets it, or it is free
+    /// (or it is given up, when the script's cap is lower now than when
+    /// the slot was taken). When its cap is higher now (its contention
+    /// ended), the runs that may start beside it are handed slots too.
+    fn next(&self, cap: usize) -> Vec<Waiting> {
         let mut turns = lock(&self.turns);
-        match turns.waiting.pop_front() {
-            Some(waiting) => {
-                if let Some(expiry) = &waiting.expiry {
-                    expiry.abort();
-                    turns.sync_waiting -= 1;
-                }
-                Some(waiting)
+        let cap = turns.cap(cap);
+        // This slot is one of `running`: give it up, or to the first.
+        turns.running -= 1;
+        let mut next = Vec::new();
+        while turns.running < cap
+            && let Some(waiting) = turns.waiting.pop_front()
+        {
+            if let Some(expiry) = &waiting.expiry {
+                expiry.abort();
+                turns.sync_waiting -= 1;
             }
-            None => {
-                turns.running -= 1;
-                None
-            }
+            turns.running += 1;
+            next.push(waiting);
         }
+        next
     }
 }
 
@@ -292,10 +355,19 @@ impl Drop for ScriptSlot {
         let Some(entry) = &self.held.entry else {
             return;
         };
-        let Some(waiting) = entry.next() else { return };
+        let mut next = entry.next(self.held.owner.cap).into_iter();
+        let Some(first) = next.next() else { return };
         let pool = self.held.owner.pool.clone();
-        let slot = ScriptSlot { held: waiting.held };
-        pool.hand_off(slot.start(waiting.run));
+        let slot = ScriptSlot { held: first.held };
+        pool.hand_off(slot.start(first.run));
+        // Runs beside the first (rare: a cap raised again) go to any
+        // worker.
+        for waiting in next {
+            let job = ScriptSlot { held: waiting.held }.start(waiting.run);
+            if let Err(job) = pool.submit_or_return(job) {
+                pool.hand_off(job);
+            }
+        }
     }
 }
 
@@ -464,15 +536,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_conflict_puts_a_scripts_jobs_in_its_lane_one_at_a_time() {
+    async fn a_conflict_runs_a_script_one_at_a_time_and_another_puts_it_in_its_lane() {
         let slots = slots(2, 1, 1);
         let (held, _) = slots
             .admit("a", None, Box::new(|_| {}))
             .expect("a free slot");
-        assert!(!slots.contended("a"));
-        slots.conflicted("a");
-        assert!(slots.contended("a"));
-        assert!(!slots.contended("b"), "another script is not held up");
+        assert_eq!(slots.contention("a"), Contention::Free);
+        slots.conflicted("a", Contention::Free, true);
+        assert_eq!(slots.contention("a"), Contention::OneRun);
+        assert_eq!(
+            slots.contention("b"),
+            Contention::Free,
+            "another script is not held up"
+        );
+        // One run at a time: the cap of 2 is 1 now, and `held` has it.
+        let (tx, rx) = mpsc::channel();
+        start(&slots, "a", None, waiter("second", &tx, None));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "two runs of a contended script at once"
+        );
+        drop(held);
+        assert_eq!(recv(&rx), ("second", "ran"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // (A script nobody holds is forgotten: keep it.)
+        let (held, _) = slots
+            .admit("a", None, Box::new(|_| {}))
+            .expect("the slot, free again");
+        // A conflict of a job that ran one at a time, after a write in
+        // flight here failed: still one run at a time.
+        slots.conflicted("a", Contention::OneRun, false);
+        assert_eq!(slots.contention("a"), Contention::OneRun);
+        // Another executor wrote what it read: the lane.
+        slots.conflicted("a", Contention::OneRun, true);
+        assert_eq!(slots.contention("a"), Contention::Lane);
         let first = slots.lane("a").await;
         let second = {
             let slots = slots.clone();
@@ -484,6 +582,29 @@ mod tests {
         let second = second.await.expect("second lane");
         drop((second, held));
         // Nobody holds the script: it is forgotten, its contention too.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(slots.scripts.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test]
+    async fn when_contention_ends_the_waiting_runs_get_the_whole_cap_again() {
+        let slots = slots(2, 4, 3);
+        let (tx, rx) = mpsc::channel();
+        let (release_first, hold_first) = mpsc::channel();
+        let (release_second, hold_second) = mpsc::channel();
+        start(&slots, "a", None, waiter("first", &tx, Some(hold_first)));
+        assert_eq!(recv(&rx), ("first", "ran"));
+        slots.conflicted("a", Contention::Free, true);
+        start(&slots, "a", None, waiter("second", &tx, Some(hold_second)));
+        start(&slots, "a", None, waiter("third", &tx, None));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(rx.try_recv().is_err(), "a second run while contended");
+        // The contention ends: the freed slot starts both waiting runs.
+        lock(&slots.entry("a").turns).one_run_until = None;
+        release_first.send(()).expect("release");
+        let mut ran = [recv(&rx), recv(&rx)];
+        ran.sort();
+        assert_eq!(ran, [("second", "ran"), ("third", "ran")]);
+        release_second.send(()).expect("release");
     }
 }

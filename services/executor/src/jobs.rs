@@ -44,7 +44,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::cache::Compiled;
-use crate::fair::{Turn, Waiter};
+use crate::fair::{Contention, Turn, Waiter};
 use crate::lifecycle::{Event, JobState, Step, next_step};
 use crate::overlay::{InFlightReads, Unsettled};
 use crate::queue::{Queue, Ticket};
@@ -423,12 +423,14 @@ async fn run_on_pool(
     let mut deadline = None;
     // Runs of a script follow each other with their commits in flight
     // together, each reading the writes of the one before from the
-    // overlay. A script whose commits conflict all the same (runs of it on
-    // other executors write the same keys) runs one job at a time here,
-    // run and commit (see `crate::fair`); a job that conflicts takes the
-    // lane for its re-runs.
+    // overlay. A script whose commits conflict runs one at a time here;
+    // one whose commits conflict all the same (runs of it on other
+    // executors write the same keys) runs one job at a time, run and
+    // commit (see `crate::fair`); a job that conflicts takes the lane for
+    // its re-runs.
     let mut lane = None;
-    if server.slots.contended(&job.script) {
+    let seen = server.slots.contention(&job.script);
+    if seen == Contention::Lane {
         lane = Some(with_progress(incoming, progress_every, server.slots.lane(&job.script)).await);
     }
     for _ in 0..=run::MAX_RERUNS {
@@ -439,7 +441,7 @@ async fn run_on_pool(
         };
         deadline = Some(compiled.deadline);
         code = Code::Compiled(compiled);
-        let (result, unsettled, sending) = match ran {
+        let (result, unsettled, read, sending) = match ran {
             WorkerRan::Done(settled) => return inputs.host.judge(settled),
             WorkerRan::Unsure(result, read) => {
                 let committed = read.all_committed(run::COMMIT_TIMEOUT);
@@ -448,7 +450,9 @@ async fn run_on_pool(
                 }
                 continue;
             }
-            WorkerRan::Committing(result, unsettled, sending) => (result, unsettled, sending),
+            WorkerRan::Committing(result, unsettled, read, sending) => {
+                (result, unsettled, read, sending)
+            }
         };
         // The worker and the script's slot went to the next job while this
         // one waits for the database: a next run of the script reads this
@@ -467,7 +471,17 @@ async fn run_on_pool(
         if let Some(settled) = run::judge_commit(result, reply, &server.bus) {
             return inputs.host.judge(settled);
         }
-        server.slots.conflicted(&job.script);
+        // A run that read a write in flight here which did not commit
+        // conflicts because this executor's own chain of writes broke;
+        // otherwise another executor wrote what it read.
+        let chain_broke = !read.is_empty()
+            && !with_progress(
+                incoming,
+                progress_every,
+                read.all_committed(run::COMMIT_TIMEOUT),
+            )
+            .await;
+        server.slots.conflicted(&job.script, seen, !chain_broke);
         if lane.is_none() {
             // Waiting for the lane holds no place among the commits in
             // flight, which the lane's holder and other scripts' jobs need.
@@ -518,6 +532,7 @@ enum WorkerRan {
     Committing(
         RunResult,
         Unsettled,
+        InFlightReads,
         JoinHandle<Result<CommitReply, CallError>>,
     ),
 }
@@ -589,12 +604,12 @@ async fn run_once_on_pool(
         let ran = match ran {
             run::Ran::Done(settled) => WorkerRan::Done(settled),
             run::Ran::Unsure(result, read) => WorkerRan::Unsure(result, read),
-            run::Ran::Commit(result, commit, unsettled) => {
+            run::Ran::Commit(result, commit, unsettled, read) => {
                 let bus = worker_server.bus.clone();
                 let sending = worker_server
                     .runtime
                     .spawn(async move { run::send_commit(&bus, &commit).await });
-                WorkerRan::Committing(result, unsettled, sending)
+                WorkerRan::Committing(result, unsettled, read, sending)
             }
         };
         let _ = tx.send(Ok((ran, compiled)));

@@ -289,7 +289,7 @@ pub fn run_committed(
                 }
                 continue;
             }
-            Ran::Commit(result, commit, unsettled) => (result, commit, unsettled),
+            Ran::Commit(result, commit, unsettled, _) => (result, commit, unsettled),
         };
         let reply = runtime.block_on(send_commit(bus, &commit));
         unsettled.settle(applied(&reply));
@@ -306,8 +306,9 @@ pub enum Ran {
     /// its commit is over `max_commit_bytes`).
     Done(Settled),
     /// The run succeeded; this commit must be applied before it counts.
-    /// Its writes wait in the overlay until it is settled.
-    Commit(RunResult, Box<Commit>, Unsettled),
+    /// Its writes wait in the overlay until it is settled; it read the
+    /// writes in flight of the `InFlightReads`.
+    Commit(RunResult, Box<Commit>, Unsettled, InFlightReads),
     /// The run failed after reading writes still in flight: its failure
     /// stands once they all committed; if one did not, it may come from a
     /// value that never existed, and the run goes again.
@@ -367,7 +368,7 @@ pub fn run_once(
         &commit.effects.writes,
         version.unwrap_or_default(),
     );
-    Ran::Commit(result, Box::new(commit), unsettled)
+    Ran::Commit(result, Box::new(commit), unsettled, read)
 }
 
 /// A run with nothing to commit: done, unless it failed after reading
