@@ -14,6 +14,11 @@
 # sync endpoint, 10 s at -t1 -c1 then -t2 -c64 (after a 3 s warm-up each),
 # printing requests/s, the p50 latency and the non-2xx answers; without it,
 # the kv commit conflicts (re-runs) of the whole events-bench run after.
+# ASYNC=1: instead, a steady async load: `wrk -t2 -c64 -d10s` with `Prefer:
+# respond-async` on a trivial script, printing the calls accepted per
+# second and, once the queue drained, the jobs finished per second from the
+# first call to the last end (PERF_DATA=file: `perf record -a -g` into it
+# during the 10 s).
 # Everything it starts stops on exit.
 
 set -euo pipefail
@@ -53,7 +58,7 @@ curl -sf --max-time 2 "$BASE/readyz" >/dev/null || { tail -20 "$WORK/picloud.log
 TOKEN=$(cat "$WORK/data/admin-token")
 sleep 3
 echo "=== $LABEL"
-if [[ ${SYNC:-0} == 1 ]]; then
+deploy_hello() {
     curl -sf --max-time 30 -X PUT "$BASE/api/v1/scripts/hello" \
         -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
         -d '{"source": "\"Hello, world!\""}' >/dev/null
@@ -61,6 +66,41 @@ if [[ ${SYNC:-0} == 1 ]]; then
         [[ $(curl -s --max-time 2 "$BASE/fn/hello") == "Hello, world!" ]] && break
         sleep 0.1
     done
+}
+# The hello script's finished async runs, from the metrics.
+finished_async() {
+    curl -sf --max-time 5 "$BASE/metrics" -H "Authorization: Bearer $TOKEN" |
+        awk '/^picloud_invocations_total\{script="hello",trigger="http",outcome="ok"\}/ {n += $2} END {print n + 0}'
+}
+if [[ ${ASYNC:-0} == 1 ]]; then
+    deploy_hello
+    before=$(finished_async)
+    PERF_PID=
+    if [[ -n ${PERF_DATA:-} ]]; then
+        perf record -a -g -F 499 -o "$PERF_DATA" -- sleep 10 >/dev/null 2>&1 &
+        PERF_PID=$!
+    fi
+    start=$(date +%s.%N)
+    wrk -t2 -c64 -d10s -H 'Prefer: respond-async' "$BASE/fn/hello" >"$WORK/wrk.txt"
+    [[ -n $PERF_PID ]] && wait "$PERF_PID"
+    # wrk counts the calls answered; the 64 in flight at its end may be
+    # accepted too (and are then counted as finished).
+    accepted=$(awk '/ requests in / {print $1}' "$WORK/wrk.txt")
+    non2xx=$(awk '/Non-2xx/ {print $5}' "$WORK/wrk.txt")
+    accepted=$((accepted - ${non2xx:-0}))
+    # (The deploy check's sync calls are counted in `before`.)
+    for ((i = 0; i < 1200; i++)); do
+        done_now=$(finished_async)
+        ((done_now - before >= accepted)) && break
+        sleep 0.05
+    done
+    end=$(date +%s.%N)
+    echo "async c64 10 s: $accepted accepted ($(awk -v n="$accepted" 'BEGIN {printf "%.0f", n / 10}')/s)," \
+        "non-2xx ${non2xx:-0}; $((done_now - before)) finished in" \
+        "$(awk -v a="$start" -v b="$end" 'BEGIN {printf "%.2f", b - a}') s:" \
+        "$(awk -v a="$start" -v b="$end" -v n="$((done_now - before))" 'BEGIN {printf "%.0f", n / (b - a)}') jobs/s end to end"
+elif [[ ${SYNC:-0} == 1 ]]; then
+    deploy_hello
     for c in "1 1" "2 64"; do
         set -- $c
         wrk -t"$1" -c"$2" -d3s "$BASE/fn/hello" >/dev/null
