@@ -163,19 +163,27 @@ fn stopping() -> CommitReply {
 /// The commits put off, then what is queued (up to [`MAX_BATCH`] in all);
 /// waits for one request when none was put off. `None` when the queue is
 /// closed and empty and nothing is put off.
-async fn next_commits(
-    rx: &Mutex<mpsc::Receiver<Pending>>,
-    put_off: &PutOff,
-) -> Option<Vec<Pending>> {
-    let mut batch: Vec<Pending> = std::mem::take(&mut *lock(put_off));
+///
+/// Put-off commits go at once: when another pipeline holds the queue (it
+/// waits there for the next request), they do not wait for it. They
+/// did, and with one commit at a time in flight (a script's lane) a
+/// put-off commit then waited for some other commit to arrive: ~45 ms a
+/// job in the lane.
+async fn next_commits<T>(
+    rx: &Mutex<mpsc::Receiver<T>>,
+    put_off: &std::sync::Mutex<Vec<T>>,
+) -> Option<Vec<T>> {
+    let mut batch: Vec<T> = std::mem::take(&mut *lock(put_off));
     if batch.is_empty() {
         return next_batch(rx, MAX_BATCH).await;
     }
-    top_up(&mut *rx.lock().await, &mut batch, MAX_BATCH);
+    if let Ok(mut rx) = rx.try_lock() {
+        top_up(&mut rx, &mut batch, MAX_BATCH);
+    }
     Some(batch)
 }
 
-fn lock(put_off: &PutOff) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+fn lock<T>(put_off: &std::sync::Mutex<Vec<T>>) -> std::sync::MutexGuard<'_, Vec<T>> {
     put_off.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -356,5 +364,36 @@ fn count(rollup: &Rollup, c: &Commit, subs: &[SubscriptionRow]) {
         for sub in subs.iter().filter(|s| topic_matches(&s.topic, &emit.topic)) {
             rollup.add_flow(&emit.topic, "deliver", &sub.script, 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn put_off_commits_go_at_once_while_another_pipeline_waits_for_the_queue() {
+        let (tx, rx) = mpsc::channel::<u32>(8);
+        let rx = Arc::new(Mutex::new(rx));
+        let put_off = std::sync::Mutex::new(Vec::new());
+        // Another pipeline waits for the next request, holding the queue.
+        let waiting = {
+            let rx = rx.clone();
+            tokio::spawn(async move { next_batch(&rx, MAX_BATCH).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lock(&put_off).push(1);
+        let batch = tokio::time::timeout(Duration::from_secs(5), next_commits(&rx, &put_off))
+            .await
+            .expect("held up by the pipeline waiting for the queue");
+        assert_eq!(batch, Some(vec![1]));
+        // With the queue free, what is queued joins the put-off commits.
+        tx.send(2).await.expect("send");
+        assert_eq!(waiting.await.expect("waiting"), Some(vec![2]));
+        lock(&put_off).push(3);
+        tx.send(4).await.expect("send");
+        assert_eq!(next_commits(&rx, &put_off).await, Some(vec![3, 4]));
     }
 }
