@@ -79,7 +79,7 @@ struct Script {
 
 /// How a script's jobs run on this executor now, after its commits
 /// conflicted (see the module's documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contention {
     /// No recent conflict: up to the cap at once.
     Free,
